@@ -1,0 +1,140 @@
+"""Local chains for tests, the devnet and the no-setup demo.
+
+- `start_anvil()`: the anvil binary from `npm ci --prefix contracts` (@foundry-rs/anvil), on a free port.
+- `start_eth_tester()`: an in-process py-evm chain behind web3's AsyncEthereumTesterProvider. Slow
+  (~20 tx/s, `get_logs` takes seconds) — only for the tiny demo when Node is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_NODE_MODULES = REPO_ROOT / "contracts" / "node_modules"
+# anvil's (and hardhat's) public, well-known dev mnemonic: its accounts are funded on every anvil chain.
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+ANVIL_CHAIN_ID = 31337
+_LISTENING = re.compile(rb"Listening on (\d+\.\d+\.\d+\.\d+):(\d+)")
+
+
+class LocalChainError(RuntimeError):
+    pass
+
+
+def anvil_path(node_modules_dir: Path | None = None) -> Path | None:
+    """The anvil executable installed by npm, or None.
+
+    Prefers the native binary of the platform package over the `.bin/anvil` Node wrapper: it starts
+    faster and a signal reaches anvil itself instead of a wrapper that has to forward it.
+    """
+    nm = Path(node_modules_dir) if node_modules_dir else DEFAULT_NODE_MODULES
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    system = platform.system().lower()
+    for candidate in (nm / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / "anvil", nm / ".bin" / "anvil"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@contextlib.asynccontextmanager
+async def start_anvil(
+    node_modules_dir: Path | None = None, *, extra_args: tuple[str, ...] = (), startup_timeout: float = 15.0
+) -> AsyncIterator[str]:
+    """Run anvil on 127.0.0.1 and a free port; yield its HTTP URL; stop it on exit."""
+    exe = anvil_path(node_modules_dir)
+    if exe is None:
+        raise LocalChainError("anvil not found: run `npm ci --prefix contracts`")
+    proc = await asyncio.create_subprocess_exec(
+        str(exe),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *extra_args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the Node wrapper's child dies with it
+    )
+    assert proc.stdout is not None
+    drain: asyncio.Task[None] | None = None
+    try:
+        url = await asyncio.wait_for(_read_listening(proc.stdout), startup_timeout)
+        # anvil logs every request; keep reading so a full pipe never blocks it.
+        drain = asyncio.create_task(_discard(proc.stdout))
+        log.debug("anvil started", extra={"url": url, "pid": proc.pid})
+        yield url
+    finally:
+        if drain is not None:
+            drain.cancel()
+        await _stop(proc)
+
+
+async def _read_listening(stream: asyncio.StreamReader) -> str:
+    tail: list[bytes] = []
+    while line := await stream.readline():
+        if m := _LISTENING.search(line):
+            return f"http://{m.group(1).decode()}:{int(m.group(2))}"
+        tail = [*tail[-20:], line]
+    raise LocalChainError("anvil exited before listening:\n" + b"".join(tail).decode(errors="replace"))
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    with contextlib.suppress(Exception):
+        while await stream.read(65536):
+            pass
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def dev_accounts(count: int = 10, mnemonic: str = ANVIL_MNEMONIC) -> list[LocalAccount]:
+    """anvil's funded dev accounts, derived from the public mnemonic (no key literal in the repo)."""
+    Account.enable_unaudited_hdwallet_features()
+    return [Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def start_eth_tester() -> AsyncIterator[tuple[AsyncWeb3[Any], list[LocalAccount]]]:
+    """An in-process EVM (py-evm) with ten funded accounts whose keys we hold, so the same local-signing
+    code path as on a real node is used (eth-tester's unlocked accounts are not relied upon)."""
+    try:
+        from web3.providers.eth_tester import AsyncEthereumTesterProvider
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise LocalChainError("eth-tester not installed: pip install 'depin-ingest[embedded]'") from exc
+    provider = AsyncEthereumTesterProvider()
+    w3 = AsyncWeb3(provider)
+    keys = provider.ethereum_tester.backend.account_keys
+    accounts: list[LocalAccount] = [Account.from_key(k.to_bytes()) for k in keys]
+    try:
+        yield w3, accounts
+    finally:
+        # Nothing to close (no sockets); drop the references so the py-evm chain can be collected.
+        del provider, w3

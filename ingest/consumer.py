@@ -1,0 +1,131 @@
+"""The consumer: MQTT batch → pipeline → one database transaction → ack. Nothing is acked before commit.
+
+A batch that cannot be committed is retried with backoff while its messages stay unacknowledged; if
+the MQTT connection drops, the broker redelivers them on the persistent session and the store's
+(device, seq) key absorbs whatever had already been committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+import asyncpg
+
+from ingest import metrics
+from ingest.adapters.mqtt import MqttConfig, MqttSource, Received
+from ingest.adapters.store import Store
+from ingest.model import BatchResult, DeviceRecord
+from ingest.pipeline import Incoming, PipelineConfig, sort_batch
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is unavailable right now", worth retrying the same batch for.
+DB_TRANSIENT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    TimeoutError,
+)
+
+
+@dataclass
+class ConsumerStats:
+    batches: int = 0
+    received: int = 0
+    stored: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+
+
+class Consumer:
+    def __init__(
+        self,
+        mqtt: MqttConfig,
+        store: Store,
+        lookup: Callable[[bytes], DeviceRecord | None],
+        *,
+        pipeline: PipelineConfig | None = None,
+        batch_max_size: int = 2000,
+        batch_max_wait_s: float = 0.05,
+        clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.mqtt = mqtt
+        self.store = store
+        self.lookup = lookup
+        self.pipeline = pipeline or PipelineConfig()
+        self.batch_max_size = min(batch_max_size, mqtt.receive_maximum)
+        self.batch_max_wait_s = batch_max_wait_s
+        self.clock = clock
+        self.stats = ConsumerStats()
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with backoff when the broker goes away."""
+        backoff = 0.2
+        while True:
+            try:
+                async with MqttSource(self.mqtt) as source:
+                    self.connected.set()
+                    backoff = 0.2
+                    while True:
+                        batch = await source.next_batch(self.batch_max_size, self.batch_max_wait_s)
+                        await self.handle(batch)
+                        source.ack(batch)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self.stats.reconnects += 1
+                metrics.MQTT_RECONNECTS.inc()
+                log.warning("mqtt connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def handle(self, batch: list[Received]) -> BatchResult:
+        """Judge and commit one batch; returns only once the outcome is durable."""
+        incoming = [Incoming(m.topic, m.payload, m.received_ms) for m in batch]
+        sorted_batch = sort_batch(incoming, self.lookup, self.clock(), self.pipeline)
+        result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
+        self._count(batch, result, sorted_batch.rejected)
+        return result
+
+    async def _commit_with_retry(self, accepted: list, rejected: list) -> BatchResult:
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self.store.write_batch(accepted, rejected)
+            except DB_TRANSIENT as exc:
+                metrics.DB_RETRIES.inc()
+                log.warning("database unavailable (%s); retrying batch in %.1fs, nothing acked", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            return result
+
+    def _count(self, batch: list[Received], result: BatchResult, rejected: list) -> None:
+        s = self.stats
+        s.batches += 1
+        s.received += len(batch)
+        s.stored += result.stored
+        s.readings += result.readings
+        s.duplicates += len(result.duplicates)
+        metrics.RECEIVED.inc(len(batch))
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.ACCEPTED.inc(result.stored)
+        metrics.READINGS.inc(result.readings)
+        metrics.DUPLICATES.inc(len(result.duplicates))
+        for r in rejected:
+            s.rejected[r.reason] = s.rejected.get(r.reason, 0) + 1
+            metrics.REJECTED.labels(reason=r.reason).inc()
+        if result.replays:
+            s.rejected["replay"] = s.rejected.get("replay", 0) + len(result.replays)
+            metrics.REJECTED.labels(reason="replay").inc(len(result.replays))

@@ -1,0 +1,187 @@
+"""Wire format v1: COSE_Sign1 (RFC 9052, CBOR tag 18, EdDSA) bytes ⇄ Packet.
+
+Shared by the service (decode) and the device SDK (encode). Pure: no I/O. `decode` checks structure
+only and never raises: every failure comes back as a `Rejection`. The signature is checked in
+`ingest.core.verify`, value ranges (NaN, lat/lon bounds) in `ingest.core.rules`, so that an unsigned
+message can never produce more than a `malformed`/`kid_mismatch`/`bad_signature` outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from ingest.model import Media, Packet, Reading, Reason, Rejection, SignedMessage
+
+COSE_SIGN1_TAG = 18
+ALG_EDDSA = -8
+HDR_ALG = 1
+HDR_KID = 4
+WIRE_VERSION = 1
+DEVICE_ID_LEN = 32
+SIGNATURE_LEN = 64
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_READINGS = 256
+# The store keeps seq in a signed bigint; a uint64 seq above this could not be stored.
+MAX_SEQ = 2**63 - 1
+MAX_TS_MS = 2**53  # far beyond any real clock; keeps ts exact in float/JSON consumers
+# Nesting depth of a legitimate message is 5 (tag/array/map/readings/vals); a small cap stops CBOR bombs.
+_MAX_DEPTH = 16
+
+
+class _Malformed(Exception):
+    """Internal: raised inside the decoder, turned into a Rejection at the boundary."""
+
+
+def _loads(data: bytes) -> Any:
+    return cbor2.loads(data, allow_duplicate_keys=False, max_depth=_MAX_DEPTH)
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    # RFC 9052 §4.4: Sig_structure = ["Signature1", body_protected, external_aad, payload]
+    return cbor2.dumps(["Signature1", protected, b"", payload])
+
+
+def signed_bytes(msg: SignedMessage) -> bytes:
+    """The exact bytes the device's Ed25519 signature covers."""
+    return sig_structure(msg.protected, msg.payload)
+
+
+def protected_header(device_id: bytes) -> bytes:
+    return cbor2.dumps({HDR_ALG: ALG_EDDSA, HDR_KID: device_id})
+
+
+def encode_payload(packet: Packet) -> bytes:
+    readings = []
+    for r in packet.readings:
+        item: dict[str, Any] = {"ts": r.ts_ms, "lat": float(r.lat), "lon": float(r.lon)}
+        if r.acc is not None:
+            item["acc"] = float(r.acc)
+        if r.alt is not None:
+            item["alt"] = float(r.alt)
+        item["vals"] = dict(r.vals)
+        if r.media is not None:
+            item["media"] = {"sha256": r.media.sha256, "uri": r.media.uri}
+        readings.append(item)
+    return cbor2.dumps(
+        {"v": packet.v, "dev": packet.dev, "seq": packet.seq, "kind": packet.kind, "readings": readings}
+    )
+
+
+def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def decode(message: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> SignedMessage | Rejection:
+    """Parse a COSE_Sign1 message. Checks structure and types, not the signature or value ranges."""
+    if len(message) > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{len(message)} bytes > limit {max_bytes}")
+    try:
+        return _decode(message)
+    except _Malformed as exc:
+        return Rejection(Reason.MALFORMED, str(exc))
+    except Exception as exc:  # the decoder must never raise past the stage: any parser error is input's fault
+        return Rejection(Reason.MALFORMED, f"cbor: {type(exc).__name__}: {exc}"[:200])
+
+
+def _decode(message: bytes) -> SignedMessage:
+    outer = _loads(message)
+    if not isinstance(outer, cbor2.CBORTag):
+        raise _Malformed("not a tagged COSE_Sign1 (tag 18 missing)")
+    if outer.tag != COSE_SIGN1_TAG:
+        raise _Malformed(f"CBOR tag {outer.tag}, expected {COSE_SIGN1_TAG} (COSE_Sign1)")
+    body = outer.value
+    if not isinstance(body, list | tuple) or len(body) != 4:
+        raise _Malformed("COSE_Sign1 must be an array of 4")
+    protected, unprotected, payload, signature = body
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        raise _Malformed("protected, payload and signature must be byte strings")
+    if not isinstance(unprotected, Mapping):
+        raise _Malformed("unprotected header must be a map")
+    if len(signature) != SIGNATURE_LEN:
+        raise _Malformed(f"signature is {len(signature)} bytes, expected {SIGNATURE_LEN}")
+    header = _loads(protected)
+    if not isinstance(header, Mapping):
+        raise _Malformed("protected header must be a map")
+    alg = header.get(HDR_ALG)
+    if alg != ALG_EDDSA or isinstance(alg, bool):
+        raise _Malformed(f"alg {alg!r} not accepted, only EdDSA ({ALG_EDDSA})")
+    kid = header.get(HDR_KID)
+    if not isinstance(kid, bytes) or len(kid) != DEVICE_ID_LEN:
+        raise _Malformed("kid must be the 32-byte device id")
+    packet = _decode_payload(_loads(payload))
+    return SignedMessage(kid=kid, protected=protected, payload=payload, signature=signature, packet=packet)
+
+
+def _uint(value: Any, name: str, limit: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Malformed(f"{name} must be an unsigned integer")
+    if value < 0 or value > limit:
+        raise _Malformed(f"{name} {value} out of range 0..{limit}")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    # NaN/inf and range are *values* problems (bad_values), judged after the signature; here only the type.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"{name} must be a number")
+    if isinstance(value, int) and abs(value) > 2**53:
+        raise _Malformed(f"{name} integer too large")
+    return float(value)
+
+
+def _decode_payload(obj: Any) -> Packet:
+    if not isinstance(obj, Mapping):
+        raise _Malformed("payload must be a map")
+    v = obj.get("v")
+    if v != WIRE_VERSION or isinstance(v, bool):
+        raise _Malformed(f"unknown version v={v!r}")
+    dev = obj.get("dev")
+    if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN:
+        raise _Malformed("dev must be the 32-byte device id")
+    seq = _uint(obj.get("seq"), "seq", MAX_SEQ)
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not 0 < len(kind) <= 32:
+        raise _Malformed("kind must be a short text")
+    raw_readings = obj.get("readings")
+    if not isinstance(raw_readings, list | tuple):
+        raise _Malformed("readings must be an array")
+    if not 1 <= len(raw_readings) <= MAX_READINGS:
+        raise _Malformed(f"{len(raw_readings)} readings, expected 1..{MAX_READINGS}")
+    readings = tuple(_decode_reading(r, i) for i, r in enumerate(raw_readings))
+    for prev, cur in itertools.pairwise(readings):
+        if cur.ts_ms < prev.ts_ms:
+            raise _Malformed("readings are not in time order")
+    return Packet(v=v, dev=dev, seq=seq, kind=kind, readings=readings)
+
+
+def _decode_reading(obj: Any, i: int) -> Reading:
+    if not isinstance(obj, Mapping):
+        raise _Malformed(f"reading {i} must be a map")
+    ts = _uint(obj.get("ts"), f"readings[{i}].ts", MAX_TS_MS)
+    lat = _number(obj.get("lat"), f"readings[{i}].lat")
+    lon = _number(obj.get("lon"), f"readings[{i}].lon")
+    acc = _number(obj["acc"], f"readings[{i}].acc") if "acc" in obj else None
+    alt = _number(obj["alt"], f"readings[{i}].alt") if "alt" in obj else None
+    raw_vals = obj.get("vals", {})
+    if not isinstance(raw_vals, Mapping) or len(raw_vals) > 64:
+        raise _Malformed(f"readings[{i}].vals must be a map of at most 64 entries")
+    vals: dict[str, float | int] = {}
+    for key, value in raw_vals.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise _Malformed(f"readings[{i}].vals keys must be short texts")
+        num = _number(value, f"readings[{i}].vals.{key}")
+        vals[key] = value if isinstance(value, int) else num
+    media = None
+    if "media" in obj:
+        m = obj["media"]
+        if not isinstance(m, Mapping):
+            raise _Malformed(f"readings[{i}].media must be a map")
+        sha, uri = m.get("sha256"), m.get("uri")
+        if not isinstance(sha, bytes) or len(sha) != 32 or not isinstance(uri, str) or len(uri) > 512:
+            raise _Malformed(f"readings[{i}].media needs sha256 (32 bytes) and uri (text)")
+        media = Media(sha256=sha, uri=uri)
+    return Reading(ts_ms=ts, lat=lat, lon=lon, vals=vals, acc=acc, alt=alt, media=media)

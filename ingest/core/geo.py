@@ -1,0 +1,98 @@
+"""H3 cells, distances, and the integer multipliers that feed the reward split. Pure (no I/O).
+
+Every quality or weight factor is an integer in basis points (`BPS` = 10000 = 1.0). Rewards are paid
+in integer token units and must be recomputable bit for bit on any machine, so no float ever reaches
+the reward math: floats stop at the distance, and the step from metres to basis points is a threshold
+comparison, not arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3
+
+BPS = 10_000
+
+# Mean Earth radius (IUGG), metres. Distances here decide location-trust thresholds of hundreds of
+# metres, where the spherical model's error (< 0.5 %) is far below GPS error.
+EARTH_RADIUS_M = 6_371_008.8
+
+# Location trust (Helium HIP-98 shape): full trust near the asserted location, a quarter a little
+# further out, nothing beyond.
+TRUST_FULL_M = 300.0
+TRUST_PARTIAL_M = 400.0
+TRUST_PARTIAL_BPS = 2_500
+
+
+def cell_for(lat: float, lon: float, res: int) -> int:
+    """The H3 cell containing (lat, lon) at resolution `res`, as the 64-bit integer the database stores."""
+    return h3.str_to_int(h3.latlng_to_cell(lat, lon, res))
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres between two WGS84 points (degrees)."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlmb = math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    # min() guards asin against a rounding overshoot past 1.0 for antipodal points.
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def distance_to_cell_m(lat: float, lon: float, cell: int) -> float:
+    """Distance in metres from (lat, lon) to the centre of H3 `cell` (an integer index).
+
+    Stationary devices assert a cell, not a point, so the cell centre is the reference location.
+    """
+    c_lat, c_lon = h3.cell_to_latlng(h3.int_to_str(cell))
+    return haversine_m(lat, lon, c_lat, c_lon)
+
+
+def location_trust(distance_m: float) -> int:
+    """Location trust in basis points for a device measured `distance_m` from where it asserted.
+
+    10000 up to 300 m, 2500 up to 400 m, 0 beyond (both bounds inclusive). A step function rather than
+    a ramp, as Helium uses, so a spoofer gains nothing by creeping outwards metre by metre. A NaN
+    distance (no usable position) earns 0, because every comparison with NaN is false.
+    """
+    if distance_m <= TRUST_FULL_M:
+        return BPS
+    if distance_m <= TRUST_PARTIAL_M:
+        return TRUST_PARTIAL_BPS
+    return 0
+
+
+def freshness_bps(last_covered_epoch: int | None, epoch: int, refill_epochs: int) -> int:
+    """How much a cell's data is still wanted in `epoch`, in basis points (Hivemapper's tile saturation).
+
+    `last_covered_epoch` is the last epoch *before* `epoch` in which the cell earned coverage; None if it
+    never has (full value: new ground pays most). The multiplier is 0 right after coverage and refills
+    linearly to 10000 after `refill_epochs`, so fleets are paid to go where data is stale rather than
+    to circle the same block. Meant for mobile classes: a stationary station covers its cell every epoch
+    and would be held at 1/refill_epochs forever, so callers pass 10000 for stationary cells.
+
+    Raises ValueError if `refill_epochs` < 1 or `last_covered_epoch` is after `epoch` (a caller bug
+    that would otherwise silently zero the cell).
+    """
+    if refill_epochs < 1:
+        raise ValueError(f"refill_epochs must be >= 1, got {refill_epochs}")
+    if last_covered_epoch is None:
+        return BPS
+    elapsed = epoch - last_covered_epoch
+    if elapsed < 0:
+        raise ValueError(f"last covered epoch {last_covered_epoch} is after epoch {epoch}")
+    return min(BPS, elapsed * BPS // refill_epochs)
+
+
+def cell_weight_bps(base_bps: int, boost_bps: int, freshness_bps: int, demand_bps: int) -> int:
+    """Cell weight = base × operator boost × freshness × demand, each in basis points, result in bps.
+
+    One floor division of the full product (not one per factor) so rounding happens once and the
+    result does not depend on the order of the factors. Boost and demand may exceed 10000 (they are
+    multipliers); no factor may be negative, since a negative weight would take emission from others.
+    """
+    factors = (base_bps, boost_bps, freshness_bps, demand_bps)
+    if any(f < 0 for f in factors):
+        raise ValueError(f"cell weight factors must be >= 0, got {factors}")
+    return base_bps * boost_bps * freshness_bps * demand_bps // BPS**3

@@ -1,0 +1,84 @@
+"""What a signed packet may claim: value sanity, time window, per-kind bounds. Pure (no I/O).
+
+Packet-level problems (coordinates that are not on Earth, timestamps outside the window) reject the
+whole packet. Reading-level implausibility (a temperature of 90 °C) keeps the reading but sets a flag:
+flagged readings are stored, visible to the owner, and earn nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ingest.model import Packet, Reading, Reason, Rejection
+
+# Reading flags (bit set, stored in readings.flags). 0 = clean.
+FLAG_BAD_VALUES = 1 << 0
+FLAG_IMPLAUSIBLE_MOTION = 1 << 1
+FLAG_OFF_LOCATION = 1 << 2
+FLAG_MEDIA_REUSE = 1 << 3
+
+FLAG_NAMES = {
+    FLAG_BAD_VALUES: Reason.BAD_VALUES,
+    FLAG_IMPLAUSIBLE_MOTION: Reason.IMPLAUSIBLE_MOTION,
+    FLAG_OFF_LOCATION: Reason.OFF_LOCATION,
+    FLAG_MEDIA_REUSE: Reason.MEDIA_REUSE,
+}
+
+# Physical bounds per kind and value key (inclusive). Weather from WeatherXM's published QoD limits.
+VALUE_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "weather": {
+        "temperature_c": (-40.0, 60.0),
+        "humidity_pct": (0.0, 100.0),
+        "pressure_hpa": (300.0, 1100.0),
+        "wind_mps": (0.0, 100.0),
+        "rain_mm": (0.0, 500.0),
+    },
+    "air": {"pm25_ugm3": (0.0, 1000.0), "pm10_ugm3": (0.0, 2000.0), "co2_ppm": (250.0, 10000.0)},
+    "dashcam": {"speed_mps": (0.0, 100.0), "heading_deg": (0.0, 360.0)},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLimits:
+    max_future_ms: int = 30_000
+    max_lateness_ms: int = 2 * 86_400_000  # two default epochs
+
+
+def check_coordinates(packet: Packet) -> Rejection | None:
+    for i, r in enumerate(packet.readings):
+        if not (math.isfinite(r.lat) and math.isfinite(r.lon)):
+            return Rejection(Reason.BAD_VALUES, f"readings[{i}]: coordinates must be finite")
+        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):
+            return Rejection(Reason.BAD_VALUES, f"readings[{i}]: lat/lon out of range ({r.lat}, {r.lon})")
+        if r.acc is not None and not (math.isfinite(r.acc) and r.acc >= 0):
+            return Rejection(Reason.BAD_VALUES, f"readings[{i}]: acc must be a finite distance >= 0")
+        if r.alt is not None and not math.isfinite(r.alt):
+            return Rejection(Reason.BAD_VALUES, f"readings[{i}]: alt must be finite")
+        for key, value in r.vals.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                return Rejection(Reason.BAD_VALUES, f"readings[{i}].vals.{key} must be finite")
+    return None
+
+
+def check_time(packet: Packet, now_ms: int, limits: TimeLimits) -> Rejection | None:
+    newest, oldest = packet.readings[-1].ts_ms, packet.readings[0].ts_ms
+    if newest > now_ms + limits.max_future_ms:
+        return Rejection(Reason.CLOCK_SKEW, f"reading {newest - now_ms} ms in the future")
+    if oldest < now_ms - limits.max_lateness_ms:
+        return Rejection(Reason.TOO_LATE, f"reading {now_ms - oldest} ms old, limit {limits.max_lateness_ms}")
+    return None
+
+
+def check_packet(packet: Packet, now_ms: int, limits: TimeLimits) -> Rejection | None:
+    """Packet-level rules, in order; None = acceptable."""
+    return check_coordinates(packet) or check_time(packet, now_ms, limits)
+
+
+def value_flags(kind: str, reading: Reading) -> int:
+    bounds = VALUE_BOUNDS.get(kind, {})
+    for key, value in reading.vals.items():
+        lo_hi = bounds.get(key)
+        if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            return FLAG_BAD_VALUES
+    return 0

@@ -1,0 +1,75 @@
+"""Who sent it: topic / kid / payload agreement, registry status, Ed25519 signature. Pure (no I/O).
+
+Order matters: identity agreement first (cheap, needs no key), then the registry, then the signature,
+so that an unregistered or forged message is never judged on its contents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from ingest.core.codec import DEVICE_ID_LEN, signed_bytes
+from ingest.model import DeviceRecord, Reason, Rejection, SignedMessage
+
+TOPIC_PREFIX = "depin/v1/"
+UP_SUFFIX = "/up"
+
+
+def up_topic(device_id: bytes) -> str:
+    return f"{TOPIC_PREFIX}{device_id.hex()}{UP_SUFFIX}"
+
+
+def ack_topic(device_id: bytes) -> str:
+    return f"{TOPIC_PREFIX}{device_id.hex()}/ack"
+
+
+def device_from_topic(topic: str) -> bytes | None:
+    """`depin/v1/{64 hex}/up` → the 32-byte id; anything else → None."""
+    if not (topic.startswith(TOPIC_PREFIX) and topic.endswith(UP_SUFFIX)):
+        return None
+    hex_id = topic[len(TOPIC_PREFIX) : -len(UP_SUFFIX)]
+    if len(hex_id) != 2 * DEVICE_ID_LEN:
+        return None
+    try:
+        return bytes.fromhex(hex_id)
+    except ValueError:
+        return None
+
+
+def check_identity(msg: SignedMessage, topic_device: bytes | None) -> Rejection | None:
+    if topic_device is None:
+        return Rejection(Reason.KID_MISMATCH, "topic does not name a device (depin/v1/{id}/up)")
+    if msg.kid != topic_device:
+        return Rejection(Reason.KID_MISMATCH, "COSE kid differs from the topic's device id")
+    if msg.packet.dev != msg.kid:
+        return Rejection(Reason.KID_MISMATCH, "payload dev differs from the COSE kid")
+    return None
+
+
+def check_signature(msg: SignedMessage, pubkey: bytes) -> Rejection | None:
+    try:
+        VerifyKey(pubkey).verify(signed_bytes(msg), msg.signature)
+    except BadSignatureError:
+        return Rejection(Reason.BAD_SIGNATURE, "Ed25519 signature does not verify with the registered key")
+    return None
+
+
+def verify(
+    msg: SignedMessage,
+    topic_device: bytes | None,
+    lookup: Callable[[bytes], DeviceRecord | None],
+) -> DeviceRecord | Rejection:
+    """Return the device record of the signer, or why the message is not from a live registered device."""
+    if (rej := check_identity(msg, topic_device)) is not None:
+        return rej
+    device = lookup(msg.kid)
+    if device is None:
+        return Rejection(Reason.UNKNOWN_DEVICE, "device id is not in the on-chain registry")
+    if not device.active:
+        return Rejection(Reason.REVOKED_DEVICE, "device was revoked on chain")
+    if (rej := check_signature(msg, device.pubkey)) is not None:
+        return rej
+    return device

@@ -1,0 +1,189 @@
+"""Wiring: database, registry mirror, consumer, epochs and API, owned by one AsyncExitStack.
+
+`depin run` hosts every part in one process; `depin consume` / `depin api` / `depin epochs` run one
+part each so they can be scaled independently. Whoever opens a resource closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from eth_account import Account
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
+from ingest.adapters.db import create_pool, embedded_postgres, migrate
+from ingest.adapters.mqtt import MqttConfig
+from ingest.adapters.store import Store
+from ingest.api.app import create_app
+from ingest.consumer import Consumer
+from ingest.core import rules
+from ingest.epochs import EpochConfig, Epochs
+from ingest.pipeline import PipelineConfig
+from ingest.registry import RegistryFollower, RegistryMirror
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARTS = ("consume", "follow", "epochs", "api")
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """A migrated Store on DEPIN_DATABASE_URL, or on an embedded PostgreSQL when none is given."""
+    async with AsyncExitStack() as stack:
+        dsn = settings.database_url
+        if dsn is None:
+            dsn = await stack.enter_async_context(embedded_postgres(settings.data_dir / "pg"))
+        pool = await create_pool(dsn)
+        stack.push_async_callback(pool.close)
+        info = await migrate(pool)
+        log.info("database ready (timescaledb=%s, applied %s)", info.timescale, info.applied or "nothing new")
+        yield Store(pool)
+
+
+def rewards_account(settings: Settings) -> Any:
+    if settings.rewards_key is not None:
+        return Account.from_key(settings.rewards_key.get_secret_value())
+    if settings.rewards_key_file is not None:
+        return Account.from_key(settings.rewards_key_file.read_text().strip())
+    return None
+
+
+@dataclass
+class Node:
+    """The service's parts, built once; `tasks()` yields the coroutines to run for the chosen parts."""
+
+    settings: Settings
+    store: Store
+    mirror: RegistryMirror
+    follower: RegistryFollower
+    consumer: Consumer
+    epochs: Epochs
+
+    async def ready(self) -> dict[str, Any]:
+        db_ok = True
+        try:
+            await self.store.pool.fetchval("SELECT 1")
+        except Exception:
+            db_ok = False
+        report = {
+            "database": db_ok,
+            "registry": self.follower.healthy,
+            "registry_block": self.mirror.block,
+            "devices": len(self.mirror.devices),
+            "mqtt": self.consumer.connected.is_set(),
+        }
+        report["ready"] = db_ok and self.follower.healthy
+        return report
+
+    def app(self) -> web.Application:
+        return create_app(self.store, self.ready, max_rows=self.settings.api_max_rows)
+
+
+def build_node(
+    settings: Settings,
+    store: Store,
+    w3: AsyncWeb3,
+    deployment: Deployment,
+    *,
+    rewards: Any = None,
+    mqtt: MqttConfig | None = None,
+) -> Node:
+    mirror = RegistryMirror()
+    follower = RegistryFollower(
+        RegistryClient(w3, deployment, None),
+        store,
+        mirror,
+        start_block=deployment.block,
+        confirmations=settings.chain_confirmations,
+        poll_s=settings.registry_poll_s,
+    )
+    pipeline = PipelineConfig(
+        max_message_bytes=settings.max_message_bytes,
+        time_limits=rules.TimeLimits(settings.max_future_ms, settings.max_lateness_ms),
+    )
+    mqtt = mqtt or MqttConfig(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        client_id=settings.mqtt_client_id,
+        group=settings.mqtt_group,
+        shared=settings.mqtt_shared,
+        receive_maximum=settings.mqtt_receive_maximum,
+    )
+    consumer = Consumer(
+        mqtt,
+        store,
+        mirror.lookup,
+        pipeline=pipeline,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+    )
+    distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
+    epochs = Epochs(
+        store,
+        distributor,
+        EpochConfig(
+            genesis_ms=settings.epoch_genesis_ms,
+            length_ms=int(settings.epoch_length_s * 1000),
+            emission=settings.epoch_emission,
+            max_devices_per_cell=settings.max_devices_per_cell,
+            grace_ms=int(settings.epoch_grace_s * 1000),
+        ),
+    )
+    return Node(settings, store, mirror, follower, consumer, epochs)
+
+
+@asynccontextmanager
+async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """Run the API until the context exits; yields its base URL (port 0 → a free port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        server = site._server  # aiohttp exposes the bound port only here (port 0 → chosen by the OS)
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
+    """`depin run`: the chosen parts until SIGINT/SIGTERM, then an ordered stop."""
+    parts = set(parts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(settings))
+        w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url))
+        deployment = Deployment.load(settings.deployment_file)
+        node = build_node(settings, store, w3, deployment, rewards=rewards_account(settings))
+        await node.follower.load()
+        tasks: list[asyncio.Task[None]] = []
+        if "follow" in parts or "consume" in parts:
+            tasks.append(asyncio.create_task(node.follower.run(), name="follower"))
+        if "consume" in parts:
+            tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))
+        if "epochs" in parts:
+            tasks.append(asyncio.create_task(node.epochs.run(), name="epochs"))
+        if "api" in parts:
+            url = await stack.enter_async_context(serve_api(node.app(), settings.api_host, settings.api_port))
+            log.info("API listening on %s", url)
+        await stop.wait()
+        log.info("stopping")
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

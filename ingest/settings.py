@@ -1,0 +1,55 @@
+"""Settings, one per environment variable with the prefix DEPIN_ (see deploy/depin.env.example)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOKEN = 10**18  # RewardToken has 18 decimals
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEPIN_", extra="ignore")
+
+    # Storage. No URL → an embedded PostgreSQL is started in data_dir/pg (the wheel, PG 18).
+    database_url: str | None = None
+    data_dir: Path = Path("/var/tmp/depin")
+
+    # MQTT: the consumer joins a shared subscription so N workers split the load.
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_client_id: str = "depin-ingest-1"
+    mqtt_group: str = "ingest"
+    mqtt_shared: bool = True
+    mqtt_receive_maximum: int = 5000
+    batch_max_size: int = Field(default=2000, ge=1, description="messages per commit; ≤ receive maximum")
+    batch_max_wait_ms: int = Field(
+        default=50, ge=1, description="longest a message waits for its batch to fill"
+    )
+
+    # Wire limits (ARCHITECTURE §2).
+    max_message_bytes: int = 64 * 1024
+    max_future_ms: int = 30_000
+    max_lateness_ms: int = 2 * 86_400_000
+
+    # Chain. The deployment file is written by `depin contracts deploy` (and by the demo).
+    chain_rpc_url: str = "http://127.0.0.1:8545"
+    deployment_file: Path = Path("deployment.json")
+    chain_confirmations: int = Field(default=0, ge=0, description="follow the registry up to latest − N")
+    registry_poll_s: float = 2.0
+    rewards_key: SecretStr | None = None  # hex private key holding REWARDS_ROLE
+    rewards_key_file: Path | None = None
+
+    # Epochs and rewards (ARCHITECTURE §5).
+    epoch_length_s: float = Field(default=86_400, gt=0)
+    epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
+    epoch_emission: int = 10_000 * TOKEN
+    max_devices_per_cell: int = 10
+    epoch_grace_s: float = 5.0  # wait this long after an epoch ends before closing it (late packets)
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_max_rows: int = 10_000

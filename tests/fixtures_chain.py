@@ -1,0 +1,70 @@
+"""Chain fixtures: one anvil per test session (from contracts/node_modules), fresh contracts per test.
+
+anvil is a hard requirement of the integration suite: if it is missing the fixture fails (never skips),
+so a CI run without `npm ci --prefix contracts` cannot pass by silently testing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from devices.chain import Deployment, Signer, deploy_contracts
+from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil
+
+__all__ = ["accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]
+
+
+@pytest.fixture(scope="session")
+async def anvil_url() -> AsyncIterator[str]:
+    if anvil_path() is None:
+        pytest.fail(
+            "anvil not found in contracts/node_modules: run `npm ci --prefix contracts`", pytrace=False
+        )
+    async with start_anvil() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def accounts() -> list[LocalAccount]:
+    """anvil's ten funded dev accounts; [0] deploys and operates, the others are owners/strangers."""
+    return dev_accounts(10)
+
+
+@pytest.fixture(scope="session")
+def deployer(accounts: list[LocalAccount]) -> LocalAccount:
+    return accounts[0]
+
+
+@pytest.fixture
+async def w3(anvil_url: str) -> AsyncIterator[AsyncWeb3[Any]]:
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    try:
+        yield w3
+    finally:
+        await w3.provider.disconnect()
+
+
+@pytest.fixture
+def make_signer(w3: AsyncWeb3[Any]) -> Callable[[LocalAccount], Signer]:
+    """A new Signer per account per test; each fetches its pending nonce on first use."""
+
+    def make(account: LocalAccount) -> Signer:
+        return Signer(w3, account, poll_latency=0.01)
+
+    return make
+
+
+@pytest.fixture
+def signer(make_signer: Callable[[LocalAccount], Signer], deployer: LocalAccount) -> Signer:
+    return make_signer(deployer)
+
+
+@pytest.fixture
+async def deployment(w3: AsyncWeb3[Any], signer: Signer) -> Deployment:
+    """Fresh contracts for every test (~0.1 s on anvil): no state leaks between tests."""
+    return await deploy_contracts(w3, signer)

@@ -1,0 +1,523 @@
+"""Store and migrations against a real PostgreSQL (one embedded server per session, a database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.adapters.db import create_pool, embedded_postgres, migrate
+from ingest.adapters.store import DAY_MS, Store, ensure_partitions, ms_to_dt
+from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, RejectedMessage
+
+pytestmark = pytest.mark.integration
+
+ALL_MIGRATIONS = ["001_core.sql", "002_readings.native.sql", "003_epochs.sql"]
+CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
+CELL_B = 0x8928308280BFFFF
+
+
+def dev(n: int) -> bytes:
+    return hashlib.sha256(b"device" + bytes([n])).digest()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def packet(
+    device: bytes,
+    seq: int,
+    *,
+    n: int = 3,
+    ts0: int | None = None,
+    step_ms: int = 1000,
+    variant: bytes = b"",
+    flags: tuple[int, ...] | None = None,
+    cells: tuple[int, ...] | None = None,
+    kind: str = "weather",
+    readings: tuple[Reading, ...] | None = None,
+) -> AcceptedPacket:
+    ts0 = now_ms() if ts0 is None else ts0
+    if readings is None:
+        readings = tuple(
+            Reading(
+                ts_ms=ts0 + i * step_ms,
+                lat=52.5 + i * 1e-4,
+                lon=13.4,
+                vals={"temperature_c": 20.5 + i},
+                acc=3.5,
+                alt=34.0,
+            )
+            for i in range(n)
+        )
+    payload_digest = hashlib.sha256(device + seq.to_bytes(8, "big") + variant).digest()
+    return AcceptedPacket(
+        device_id=device,
+        seq=seq,
+        kind=kind,
+        payload_digest=payload_digest,
+        received_ms=now_ms(),
+        readings=readings,
+        cells=cells if cells is not None else (CELL_A,) * len(readings),
+        flags=flags if flags is not None else (0,) * len(readings),
+        message_digest=hashlib.sha256(b"msg" + payload_digest).digest(),
+    )
+
+
+def rejection(i: int, reason: Reason = Reason.BAD_SIGNATURE, device: bytes | None = None) -> RejectedMessage:
+    return RejectedMessage(
+        message_digest=hashlib.sha256(b"rej" + i.to_bytes(4, "big")).digest(),
+        device_id=device,
+        seq=i,
+        reason=reason,
+        detail=f"test {i}",
+        received_ms=now_ms(),
+        topic="depin/v1/x/up",
+    )
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_once(pg_dsn: str) -> None:
+    pool = await create_pool(pg_dsn)
+    try:
+        first = await migrate(pool)
+        assert first.timescale is False
+        assert first.applied == ALL_MIGRATIONS
+        second = await migrate(pool)
+        assert second.applied == []
+        rows = await pool.fetch("SELECT version, mode FROM schema_migrations ORDER BY version")
+        assert [(r["version"], r["mode"]) for r in rows] == [
+            ("001_core", "native"),
+            ("002_readings", "native"),
+            ("003_epochs", "native"),
+        ]
+        kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
+        assert kind == b"p"  # partitioned table
+    finally:
+        await pool.close()
+
+
+async def test_migrations_concurrent(pg_dsn: str) -> None:
+    pools = [await create_pool(pg_dsn, max_size=2) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(p) for p in pools))
+        applied = [r.applied for r in results]
+        assert sorted(applied, key=len) == [[], [], ALL_MIGRATIONS]
+        assert await pools[0].fetchval("SELECT count(*) FROM schema_migrations") == 3
+    finally:
+        for p in pools:
+            await p.close()
+
+
+# --- write path -----------------------------------------------------------------------------------
+
+
+async def test_write_batch_stores_and_is_idempotent(store: Store) -> None:
+    pkts = [packet(dev(1), 1), packet(dev(1), 2), packet(dev(2), 1)]
+    rejs = [rejection(1), rejection(2, Reason.MALFORMED)]
+    res = await store.write_batch(pkts, rejs)
+    assert (res.stored, res.readings, res.rejections) == (3, 9, 2)
+    assert res.duplicates == [] and res.replays == []
+
+    again = await store.write_batch(pkts, rejs)
+    assert (again.stored, again.readings, again.rejections) == (0, 0, 0)
+    assert sorted(again.duplicates) == sorted((p.device_id, p.seq) for p in pkts)
+    assert again.replays == []
+    assert await store.counts() == {
+        "packets": 3,
+        "readings": 9,
+        "rejections": {"bad_signature": 1, "malformed": 1},
+    }
+
+
+async def test_duplicate_vs_replay(store: Store) -> None:
+    original = packet(dev(1), 7)
+    await store.write_batch([original], [])
+    replay = packet(dev(1), 7, variant=b"forged")
+    res = await store.write_batch([packet(dev(1), 7), replay], [])
+    assert res.stored == 0
+    assert res.duplicates == [(dev(1), 7)]
+    assert res.replays == [(dev(1), 7)]
+    assert res.rejections == 1
+    rows = await store.pool.fetch("SELECT * FROM rejections")
+    assert len(rows) == 1
+    assert rows[0]["reason"] == "replay"
+    assert bytes(rows[0]["message_digest"]) == replay.message_digest
+    assert (bytes(rows[0]["device_id"]), rows[0]["seq"]) == (dev(1), 7)
+    stored = await store.pool.fetchval("SELECT payload_digest FROM packets")
+    assert bytes(stored) == original.payload_digest  # the first one stays
+    # Re-running the batch with the replay records nothing new.
+    res = await store.write_batch([replay], [])
+    assert (res.replays, res.rejections) == ([(dev(1), 7)], 0)
+
+
+async def test_in_batch_duplicate_and_replay(store: Store) -> None:
+    first = packet(dev(3), 1)
+    res = await store.write_batch([first, packet(dev(3), 1), packet(dev(3), 1, variant=b"other")], [])
+    assert (res.stored, res.readings) == (1, 3)
+    assert res.duplicates == [(dev(3), 1)]
+    assert res.replays == [(dev(3), 1)]
+    assert (await store.counts())["readings"] == 3
+    assert bytes(await store.pool.fetchval("SELECT payload_digest FROM packets")) == first.payload_digest
+
+
+async def test_concurrent_writers_overlapping_batches(store: Store) -> None:
+    """Two workers get the same packets (a redelivery after a reconnect) in opposite orders at once."""
+    pkts = [packet(dev(d), seq, n=2) for d in range(5) for seq in range(40)]
+    for _ in range(3):
+        results = await asyncio.gather(
+            store.write_batch(pkts, []), store.write_batch(list(reversed(pkts)), [])
+        )
+        assert sum(r.stored for r in results) in (len(pkts), 0)
+        assert all(r.replays == [] for r in results)
+        assert sum(r.stored + len(r.duplicates) for r in results) == 2 * len(pkts)
+    assert (await store.counts())["packets"] == len(pkts)
+    assert (await store.counts())["readings"] == 2 * len(pkts)
+
+
+async def test_rejections_unique_per_message(store: Store) -> None:
+    r = rejection(42, device=dev(1))
+    res = await store.write_batch([], [r, r])
+    assert res.rejections == 1
+    res = await store.write_batch([], [r])
+    assert res.rejections == 0
+    recent = await store.recent_rejections(dev(1), 10)
+    assert len(recent) == 1
+    assert recent[0]["reason"] == "bad_signature"
+    assert recent[0]["device_id"] == dev(1).hex()
+    assert recent[0]["message_digest"] == r.message_digest.hex()
+    assert await store.recent_rejections(dev(2), 10) == []
+
+
+async def test_hostile_values_do_not_fail_the_batch(store: Store) -> None:
+    """NUL in texts, floats beyond `real`, absurd timestamps: the batch commits, nothing raises."""
+    odd = Reading(
+        ts_ms=now_ms(),
+        lat=1.0,
+        lon=2.0,
+        vals={"t\x00x": 1.5},
+        acc=1e300,
+        alt=-1e300,
+        media=Media(sha256=b"\x01" * 32, uri="s3://b/\x00k"),
+    )
+    p1 = packet(dev(4), 1, readings=(odd,), kind="we\x00ather")
+    p2 = packet(dev(4), 2, ts0=2**53)  # beyond year 9999
+    r = RejectedMessage(
+        hashlib.sha256(b"nul").digest(), None, 2**64 - 1, Reason.MALFORMED, "bad \x00", now_ms(), "t\x00"
+    )
+    res = await store.write_batch([p1, p2], [r])
+    assert (res.stored, res.readings, res.rejections) == (1, 1, 2)
+    page = await store.readings(device_id=dev(4), start_ms=0, end_ms=now_ms() + DAY_MS, limit=10)
+    item = page["items"][0]
+    assert item["vals"] == {"t\ufffdx": 1.5}
+    assert (item["acc"], item["alt"]) == (None, None)
+    assert item["media"] == {"sha256": "01" * 32, "uri": "s3://b/\ufffdk"}
+    reasons = {x["reason"]: x for x in await store.recent_rejections(None, 10)}
+    assert reasons["malformed"]["seq"] in (None, 2)
+
+
+# --- partitions -----------------------------------------------------------------------------------
+
+
+async def _partition_of(store: Store, device: bytes) -> set[str]:
+    rows = await store.pool.fetch(
+        "SELECT DISTINCT tableoid::regclass::text AS p FROM readings WHERE device_id=$1", device
+    )
+    return {r["p"] for r in rows}
+
+
+def _day_name(ms: int) -> str:
+    return "readings_p" + time.strftime("%Y%m%d", time.gmtime(ms / 1000))
+
+
+async def test_daily_partitions_and_default(store: Store) -> None:
+    today = now_ms()
+    tomorrow = today + DAY_MS
+    old = today - 30 * DAY_MS  # outside the on-demand window → DEFAULT partition
+    await store.write_batch(
+        [
+            packet(dev(1), 1, ts0=today, n=1),
+            packet(dev(2), 1, ts0=tomorrow, n=1),
+            packet(dev(3), 1, ts0=old, n=1),
+        ],
+        [],
+    )
+    assert await _partition_of(store, dev(1)) == {_day_name(today)}
+    assert await _partition_of(store, dev(2)) == {_day_name(tomorrow)}
+    assert await _partition_of(store, dev(3)) == {"readings_default"}
+
+    # Creating the old day's partition later moves its rows out of the DEFAULT partition.
+    async with store.pool.acquire() as conn:
+        created = await ensure_partitions(conn, ms_to_dt(old), ms_to_dt(old))
+        assert created == [_day_name(old)]
+        assert await ensure_partitions(conn, ms_to_dt(old), ms_to_dt(old)) == []
+    assert await _partition_of(store, dev(3)) == {_day_name(old)}
+    assert (await store.counts())["readings"] == 3
+    # The key still holds on the moved partition: the same packet is a duplicate, not a second row.
+    res = await store.write_batch([packet(dev(3), 1, ts0=old, n=1)], [])
+    assert res.duplicates == [(dev(3), 1)]
+
+
+async def test_partition_creation_race(store: Store) -> None:
+    start = now_ms() + 60 * DAY_MS  # days nobody created yet
+    lo, hi = ms_to_dt(start), ms_to_dt(start + 4 * DAY_MS)
+
+    async def create() -> list[str]:
+        async with store.pool.acquire() as conn:
+            return await ensure_partitions(conn, lo, hi)
+
+    results = await asyncio.gather(*(create() for _ in range(4)))
+    created = sorted(name for r in results for name in r)
+    assert created == sorted(_day_name(start + i * DAY_MS) for i in range(5))
+
+
+# --- registry mirror and cursor -------------------------------------------------------------------
+
+
+async def test_devices_and_cursor_round_trip(store: Store) -> None:
+    a = DeviceRecord(dev(1), b"\x11" * 32, "0x" + "aa" * 20, 2, CELL_A, True, registered_block=10)
+    b = DeviceRecord(dev(2), b"\x22" * 32, "0x" + "bb" * 20, 1, 0, True)
+    await store.upsert_devices([a, b], block=12)
+    loaded = {d.device_id: d for d in await store.load_devices()}
+    assert loaded[dev(1)] == a
+    assert loaded[dev(2)] == DeviceRecord(dev(2), b"\x22" * 32, "0x" + "bb" * 20, 1, 0, True, 12)
+
+    moved = DeviceRecord(dev(1), b"\x33" * 32, "0x" + "cc" * 20, 2, CELL_B, False)
+    await store.upsert_devices([moved], block=20)
+    d1 = {d.device_id: d for d in await store.load_devices()}[dev(1)]
+    assert (d1.pubkey, d1.owner, d1.asserted_cell, d1.active, d1.registered_block) == (
+        b"\x33" * 32,
+        "0x" + "cc" * 20,
+        CELL_B,
+        False,
+        10,
+    )
+    assert await store.pool.fetchval("SELECT updated_block FROM devices WHERE device_id=$1", dev(1)) == 20
+
+    assert await store.get_cursor("registry") is None
+    await store.set_cursor("registry", 100, b"\xab" * 32)
+    assert await store.get_cursor("registry") == (100, b"\xab" * 32)
+    await store.set_cursor("registry", 101, b"\xcd" * 32)
+    assert await store.get_cursor("registry") == (101, b"\xcd" * 32)
+
+
+# --- epochs ---------------------------------------------------------------------------------------
+
+
+async def test_epoch_coverage_aggregation(store: Store) -> None:
+    owner1, owner2 = "0x" + "01" * 20, "0x" + "02" * 20
+    await store.upsert_devices(
+        [
+            DeviceRecord(dev(1), b"k" * 32, owner1, 2, 0, True, 5),
+            DeviceRecord(dev(2), b"k" * 32, owner2, 1, 0, True, 7),
+        ],
+        block=9,
+    )
+    t0 = (now_ms() // DAY_MS) * DAY_MS  # today 00:00 UTC
+    start, end = t0 + 3_600_000, t0 + 7_200_000
+    # dev1: 4 readings in the window: cells A, A, B, B with flags 0, 2, 0, 0; one reading after the window.
+    p1 = packet(
+        dev(1),
+        1,
+        n=5,
+        ts0=start,
+        step_ms=600_000,
+        cells=(CELL_A, CELL_A, CELL_B, CELL_B, CELL_A),
+        flags=(0, 2, 0, 0, 0),
+    )  # ts: start+0, +10, +20, +30, +40 min → all inside
+    p2 = packet(dev(1), 2, n=1, ts0=end, cells=(CELL_A,))  # exactly at end: excluded
+    p3 = packet(dev(2), 1, n=3, ts0=start - 1, step_ms=1, cells=(CELL_A,) * 3, flags=(1, 1, 0))
+    # p3: ts start-1 (excluded), start (flagged), start+1 (clean)
+    p4 = packet(dev(9), 1, n=2, ts0=start, cells=(CELL_A,) * 2)  # unknown to the mirror: left out
+    await store.write_batch([p1, p2, p3, p4], [])
+    rows = await store.epoch_coverage(start, end)
+    got = [
+        (r.device_id, r.owner, r.hw_class, r.cell, r.readings, r.flagged, r.registered_block) for r in rows
+    ]
+    expected = sorted(
+        [
+            (dev(1), owner1, 2, CELL_A, 2, 1, 5),  # start, +40 min clean; +10 min flagged
+            (dev(1), owner1, 2, CELL_B, 2, 0, 5),
+            (dev(2), owner2, 1, CELL_A, 1, 1, 7),
+        ],
+        key=lambda t: (t[0], t[3]),
+    )
+    assert got == expected
+
+
+async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> None:
+    big = 2**255 + 12345  # far beyond 2^64
+    owner1, owner2 = "0xAbC" + "0" * 37, "0x" + "02" * 20
+    proof = ["0x" + "ab" * 32, "0x" + "cd" * 32]
+    args = dict(
+        epoch=1,
+        start_ms=1_000,
+        end_ms=2_000,
+        emission=big + 10,
+        allocated=big,
+        unissued=10,
+        root=b"\x01" * 32,
+        inputs_digest=b"\x02" * 32,
+        manifest={"epoch": 1, "params": {"k": 10}},
+        device_rewards=[(dev(1), owner1, CELL_A, 5, big - 1), (dev(2), owner2, CELL_B, 1, 1)],
+        owner_rewards=[(owner1, big - 1, big - 1, proof), (owner2, 1, 1, [])],
+    )
+    saved = await store.save_epoch_result(**args)  # type: ignore[arg-type]
+    assert saved["status"] == "closed"
+    assert (saved["emission"], saved["allocated"], saved["unissued"]) == (big + 10, big, 10)
+    assert saved["root"] == "0x" + "01" * 32
+    assert saved["manifest"] == {"epoch": 1, "params": {"k": 10}}
+    assert (saved["start_ms"], saved["end_ms"]) == (1_000, 2_000)
+
+    # Same epoch again with different numbers: nothing changes, the stored row comes back.
+    again = await store.save_epoch_result(**{**args, "allocated": 1, "owner_rewards": []})  # type: ignore[arg-type]
+    assert again == saved
+    assert await store.pool.fetchval("SELECT count(*) FROM owner_rewards") == 2
+
+    reward = await store.owner_reward(1, owner1.lower())
+    assert reward == {"epoch": 1, "owner": owner1, "amount": big - 1, "cumulative": big - 1, "proof": proof}
+    assert await store.owner_reward(1, "0x" + "99" * 20) is None
+    rewards = await store.epoch_rewards(1)
+    assert rewards["devices"][0]["amount"] in (big - 1, 1)
+    assert sum(d["amount"] for d in rewards["devices"]) == big
+
+    args2 = {
+        **args,
+        "epoch": 2,
+        "start_ms": 2_000,
+        "end_ms": 3_000,
+        "owner_rewards": [(owner1, 5, big + 4, [])],
+        "device_rewards": [],
+    }
+    await store.save_epoch_result(**args2)  # type: ignore[arg-type]
+    assert await store.last_epoch() == 2
+    assert await store.cumulative_by_owner(2) == {owner1: big - 1, owner2: 1}
+    assert await store.cumulative_by_owner(3) == {owner1: big + 4, owner2: 1}
+    assert await store.cumulative_by_owner(1) == {}
+
+    # Publish journal and status transitions.
+    assert await store.journal_tx(1, b"\xf8raw", b"\x0a" * 32, 7)
+    e = await store.get_epoch(1)
+    assert e is not None and (e["raw_tx"], e["tx_nonce"], e["status"]) == ("0xf8726177", 7, "closed")
+    assert not await store.mark_settled(1)  # not published yet
+    assert await store.mark_published(1, b"\x0a" * 32, 123)
+    assert await store.mark_settled(1)
+    e = await store.get_epoch(1)
+    assert e is not None and (e["status"], e["block_number"]) == ("settled", 123)
+    assert e["published_ms"] is not None
+    assert not await store.journal_tx(1, b"x", b"y", 8)  # settled: the journal is frozen
+    assert not await store.mark_published(1, b"\x0b" * 32, 124)
+    assert await store.get_epoch(99) is None
+
+
+async def test_last_epoch_empty(store: Store) -> None:
+    assert await store.last_epoch() is None
+
+
+# --- queries --------------------------------------------------------------------------------------
+
+
+async def test_cursor_pagination_returns_every_row_once(store: Store) -> None:
+    t0 = now_ms() - 3_600_000
+    pkts = []
+    for d in range(1, 6):
+        for seq in range(1, 5):
+            # Same timestamps across devices and duplicated timestamps inside packets: ties galore.
+            readings = tuple(
+                Reading(ts_ms=t0 + seq * 1000 + (i // 2) * 1000, lat=1.0, lon=2.0, vals={"i": i})
+                for i in range(5)
+            )
+            cells = tuple(CELL_A if (d + i) % 2 else CELL_B for i in range(5))
+            pkts.append(packet(dev(d), seq, readings=readings, cells=cells))
+    res = await store.write_batch(pkts, [])
+    assert res.readings == 100
+
+    async def collect(**filters: object) -> list[tuple[int, str, int, int]]:
+        out: list[tuple[int, str, int, int]] = []
+        after = None
+        while True:
+            page = await store.readings(start_ms=t0, end_ms=t0 + 3_600_000, limit=7, after=after, **filters)  # type: ignore[arg-type]
+            out += [(i["ts"], i["device_id"], i["seq"], i["idx"]) for i in page["items"]]
+            after = page["next"]
+            if after is None:
+                return out
+
+    everything = await collect()
+    assert len(everything) == 100
+    assert len(set(everything)) == 100
+    assert everything == sorted(everything, key=lambda k: (k[0], bytes.fromhex(k[1]), k[2], k[3]))
+
+    one_device = await collect(device_id=dev(3))
+    assert len(one_device) == 20 and len(set(one_device)) == 20
+    assert one_device == [k for k in everything if k[1] == dev(3).hex()]
+
+    one_cell = await collect(cell=CELL_A)
+    in_a = {(p.device_id.hex(), p.seq, i) for p in pkts for i, c in enumerate(p.cells) if c == CELL_A}
+    assert len(in_a) == 52
+    assert one_cell == [k for k in everything if k[1:] in in_a]
+    page = await store.readings(cell=CELL_A, start_ms=t0, end_ms=t0 + 3_600_000, limit=1)
+    assert page["items"][0]["cell"] == "8928308280fffff"
+
+
+# --- embedded server ------------------------------------------------------------------------------
+
+
+async def test_embedded_server_reuses_its_data_dir() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="depin-pg-")) / "data"
+    try:
+        async with embedded_postgres(data_dir) as dsn:
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+            await conn.close()
+        # A process that died holding a handle (its pid left in the wheel's list) must not keep the
+        # server from stopping on the next exit.
+        dead = await asyncio.create_subprocess_exec("true")
+        await dead.wait()
+        (data_dir / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+        async with embedded_postgres(data_dir) as dsn:
+            conn = await asyncpg.connect(dsn)
+            assert await conn.fetchval("SELECT x FROM kept") == 42
+            await conn.close()
+        with pytest.raises(OSError):
+            await asyncpg.connect(dsn, timeout=5)
+    finally:
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+# --- throughput (printed, not asserted) -----------------------------------------------------------
+
+
+async def test_copy_throughput_50k(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = now_ms() - 600_000
+    await store.write_batch([packet(dev(200), 1, ts0=t0)], [])  # warm: staging tables, partitions
+    shapes = {
+        "100 readings/packet": [
+            packet(dev(d), seq, n=100, ts0=t0 + seq * 100, step_ms=1) for d in range(10) for seq in range(50)
+        ],
+        "1 reading/packet": [
+            packet(dev(d), seq, n=1, ts0=t0 + seq) for d in range(10, 20) for seq in range(5000)
+        ],
+    }
+    for label, pkts in shapes.items():
+        per_batch = max(1, 5000 // len(pkts[0].readings))  # 5 000 readings per batch
+        started = time.perf_counter()
+        total = 0
+        for i in range(0, len(pkts), per_batch):
+            total += (await store.write_batch(pkts[i : i + per_batch], [])).readings
+        elapsed = time.perf_counter() - started
+        assert total == 50_000
+        with capsys.disabled():
+            print(
+                f"\nwrite_batch, {label}: 50,000 readings in {elapsed:.2f} s = {total / elapsed:,.0f} "
+                f"readings/s, {len(pkts) / elapsed:,.0f} packets/s (5k-reading batches)"
+            )
