@@ -247,7 +247,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(
         "rejected by reason: " + (", ".join(f"{k} {v}" for k, v in sorted(s["rejected"].items())) or "none")
     )
-    print(f"cells covered (last epoch) {s['cells_covered']}")
+    print(f"duplicates absorbed {s['duplicates']} · cells covered (last epoch) {s['cells_covered']}")
     for e in s["epochs"]:
         print(f"epoch {e['epoch']}: root {e['root']} tx {e['tx']} allocated {e['allocated']}")
     c = s["claim"]

@@ -1,0 +1,275 @@
+"""Local MQTT brokers for tests, the demo and benchmarks: Mosquitto as a subprocess, amqtt in-process.
+
+`start_broker(data_dir)` prefers Mosquitto (MQTT 5, `$share` subscriptions, on-disk persistence) and
+falls back to amqtt, a pure-Python broker that needs no install but speaks MQTT 3.1.1 only and takes a
+`$share/…` filter literally (it matches nothing) — so callers must check `shared_subscriptions`.
+Both listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+# The broker only has to pass a 64 KiB message plus MQTT framing; the service enforces its own 64 KiB
+# limit (RELIABILITY A1) so an oversize message becomes a `too_large` rejection, not a disconnect.
+MAX_PACKET_SIZE = 131072
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+async def _unsupported() -> None:
+    raise NotImplementedError("this broker cannot be restarted")
+
+
+@dataclass
+class BrokerInfo:
+    """Where a running broker listens and what it supports. `restart()` keeps host, port and data."""
+
+    host: str
+    port: int
+    kind: str  # "mosquitto" | "amqtt"
+    shared_subscriptions: bool
+    _restart: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
+    _stop: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
+    _start: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def restart(self) -> None:
+        """Stop gracefully (Mosquitto writes its persistence file) and start on the same port."""
+        await self._restart()
+
+    async def stop(self) -> None:
+        """Take the broker down (for outage tests); `start()` brings it back on the same port."""
+        await self._stop()
+
+    async def start(self) -> None:
+        await self._start()
+
+
+def mosquitto_path() -> str | None:
+    for candidate in MOSQUITTO_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("mosquitto")
+
+
+def free_port(host: str = HOST) -> int:
+    # Mosquitto has no "port 0 → tell me which": take one from the kernel and hand it over. The window
+    # between close() and Mosquitto's bind is tiny; a collision shows up as a start failure, not a hang.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_config(data_dir: Path, port: int) -> str:
+    lines = [
+        f"listener {port} {HOST}",
+        "allow_anonymous true",
+        # Queued QoS1 messages of persistent sessions are written to disk on shutdown and survive a
+        # restart; a SIGKILL loses what arrived since the last autosave.
+        "persistence true",
+        f"persistence_location {data_dir}/",
+        "persistence_file mosquitto.db",
+        # The default cap (1000 queued per offline session) would silently drop a consumer's backlog.
+        "max_queued_messages 1000000",
+        "max_queued_bytes 0",
+        # Also the Receive Maximum Mosquitto grants v5 publishers: a pipelined publisher must stay below.
+        "max_inflight_messages 10000",
+        f"max_packet_size {MAX_PACKET_SIZE}",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
+    if os.geteuid() == 0:
+        # As root Mosquitto drops to user `mosquitto`, which cannot write a root-owned temp data dir.
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
+
+
+async def _wait_for_port(host: str, port: int, proc: asyncio.subprocess.Process, log_file: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while True:
+        if proc.returncode is not None:
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {_tail(log_file)}")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"mosquitto did not listen on {host}:{port}: {_tail(log_file)}") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _prepare_dir(data_dir: Path) -> Path:
+    # Absolute: the config names it and Mosquitto resolves relative paths from its own cwd.
+    path = Path(data_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _MosquittoProcess:
+    def __init__(self, exe: str, data_dir: Path, port: int) -> None:
+        self.exe = exe
+        self.data_dir = data_dir
+        self.port = port
+        self.conf = data_dir / "mosquitto.conf"
+        self.log_file = data_dir / "mosquitto.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            return
+        self.conf.write_text(mosquitto_config(self.data_dir, self.port))
+        with self.log_file.open("ab") as log_fh:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.exe,
+                "-c",
+                str(self.conf),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=log_fh,
+                start_new_session=True,  # a Ctrl-C in the terminal goes to us; we stop it in order
+            )
+        try:
+            await _wait_for_port(HOST, self.port, self.proc, self.log_file)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("mosquitto started", extra={"port": self.port, "pid": self.proc.pid})
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # graceful: Mosquitto saves its persistence file on SIGTERM
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        log.info("mosquitto stopped", extra={"port": self.port, "rc": proc.returncode})
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+@asynccontextmanager
+async def start_mosquitto(data_dir: Path, *, port: int = 0) -> AsyncIterator[BrokerInfo]:
+    """Run Mosquitto on 127.0.0.1 with persistence in `data_dir`; stop it on exit."""
+    exe = mosquitto_path()
+    if exe is None:
+        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+    broker = _MosquittoProcess(exe, _prepare_dir(data_dir), port or free_port())
+    await broker.start()
+    try:
+        yield BrokerInfo(
+            HOST,
+            broker.port,
+            kind="mosquitto",
+            shared_subscriptions=True,
+            _restart=broker.restart,
+            _stop=broker.stop,
+            _start=broker.start,
+        )
+    finally:
+        await broker.stop()
+
+
+def _amqtt_config(port: int) -> dict[str, Any]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+        # Only anonymous auth: the default plugin set also logs every packet and publishes $SYS topics.
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+class _AmqttBroker:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker  # optional dependency (extra "embedded")
+
+        if self.broker is not None:
+            return
+        broker = Broker(_amqtt_config(self.port))
+        await broker.start()
+        self.broker = broker
+        if self.port == 0:
+            # Bound to port 0: ask the listening socket which port the kernel picked.
+            server = broker._servers["default"].instance
+            self.port = int(server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        broker, self.broker = self.broker, None
+        if broker is not None:
+            await broker.shutdown()
+
+    async def restart(self) -> None:
+        # In-memory broker: sessions and queued messages do not survive this.
+        await self.stop()
+        await self.start()
+
+
+@asynccontextmanager
+async def start_amqtt(*, port: int = 0) -> AsyncIterator[BrokerInfo]:
+    """Run the pure-Python amqtt broker in this event loop (MQTT 3.1.1 only, no `$share`)."""
+    broker = _AmqttBroker(port)
+    await broker.start()
+    try:
+        yield BrokerInfo(
+            HOST,
+            broker.port,
+            kind="amqtt",
+            shared_subscriptions=False,
+            _restart=broker.restart,
+            _stop=broker.stop,
+            _start=broker.start,
+        )
+    finally:
+        await broker.stop()
+
+
+@asynccontextmanager
+async def start_broker(data_dir: Path, *, port: int = 0) -> AsyncIterator[BrokerInfo]:
+    """Mosquitto when installed, else amqtt (the demo's no-install fallback)."""
+    if mosquitto_path() is not None:
+        async with start_mosquitto(data_dir, port=port) as info:
+            yield info
+    else:
+        log.warning("mosquitto not found; using the in-process amqtt broker (no $share, MQTT 3.1.1)")
+        async with start_amqtt(port=port) as info:
+            yield info

@@ -1,0 +1,86 @@
+"""Adversaries: each returns `(topic, message bytes)` ready for `publish_raw`, and the reason it should earn.
+
+forged               valid structure, wrong key            → bad_signature
+unregistered_device  fresh identity, not on chain          → unknown_device
+replay_of            the same bytes again                  → duplicate (absorbed, no second row)
+seq_reuse            the real key, an old seq, new content → replay
+teleporting          a dashcam 50 km away within 0.5 s      → stored, flagged implausible_motion
+spoofing             a station 5 km from its asserted cell → stored, location trust 0 (off_location)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from nacl.signing import SigningKey
+
+from devices.keys import DeviceIdentity, new_identity
+from devices.sdk import build_message
+from ingest.core.codec import decode
+from ingest.core.hwclass import WEATHER
+from ingest.core.verify import up_topic
+from ingest.model import Rejection
+from simulator.fleet import SimDevice, offset_latlon, readings_for, route_position, timestamps_for
+
+Message = tuple[str, bytes]
+
+
+def forged(dev: SimDevice, now_ms: int) -> Message:
+    """What someone without the device's key can send: a plausible packet signed with another key.
+
+    Does not advance the device's seq: the real device never sent it.
+    """
+    wrong = DeviceIdentity(dev.device_id, SigningKey(hashlib.sha256(b"forger" + dev.device_id).digest()))
+    seq = dev.seq + 1
+    readings = readings_for(dev, seq, timestamps_for(dev, now_ms, 1, 1000))
+    return dev.topic, build_message(wrong, seq, dev.kind, readings)
+
+
+def unregistered_device(now_ms: int, *, lat: float = 37.7749, lon: float = -122.4194) -> Message:
+    """A correctly signed weather packet from a device the registry has never seen."""
+    identity = new_identity()
+    stranger = SimDevice(
+        identity, WEATHER.name, WEATHER.id, owner="0x" + "00" * 20, lat=lat, lon=lon, asserted_cell=0
+    )
+    readings = readings_for(stranger, 1, [now_ms])
+    return up_topic(identity.device_id), build_message(identity, 1, WEATHER.name, readings)
+
+
+def replay_of(message: bytes) -> Message:
+    """Anyone who saw a message can send it again, byte for byte, on its device's topic."""
+    decoded = decode(message)
+    if isinstance(decoded, Rejection):
+        raise ValueError(f"not a valid message: {decoded.detail}")
+    return up_topic(decoded.kid), message
+
+
+def seq_reuse(dev: SimDevice, now_ms: int, seq: int = 1) -> Message:
+    """The device itself (say after a counter reset) signs new content under an already used seq."""
+    ts = max(now_ms, dev.last_ts_ms + 1)
+    readings = readings_for(dev, seq, [ts])
+    return dev.topic, build_message(dev.identity, seq, dev.kind, readings)
+
+
+def teleporting(dev: SimDevice, now_ms: int, jump_m: float = 50_000.0) -> Message:
+    """A dashcam that claims two positions `jump_m` apart 500 ms apart (the device's own key, next seq)."""
+    if not dev.mobile:
+        raise ValueError("teleporting needs a mobile device")
+    dev.seq += 1
+    t0 = max(now_ms - 500, dev.last_ts_ms + 1)
+    lat, lon, _ = route_position(dev, t0)  # honest first reading, then the jump
+    here, there = (lat, lon), offset_latlon(lat, lon, jump_m, 0.0)
+    readings = readings_for(dev, dev.seq, [t0, t0 + 500], positions=[here, there])
+    dev.last_ts_ms = t0 + 500
+    return dev.topic, build_message(dev.identity, dev.seq, dev.kind, readings)
+
+
+def spoofing(dev: SimDevice, now_ms: int, offset_m: float = 5_000.0) -> Message:
+    """A station reporting from `offset_m` north of where it asserted (the device's own key, next seq)."""
+    if dev.mobile:
+        raise ValueError("spoofing needs a stationary device")
+    dev.seq += 1
+    ts = max(now_ms, dev.last_ts_ms + 1)
+    away = offset_latlon(dev.lat, dev.lon, 0.0, offset_m)
+    readings = readings_for(dev, dev.seq, [ts], positions=[away])
+    dev.last_ts_ms = ts
+    return dev.topic, build_message(dev.identity, dev.seq, dev.kind, readings)

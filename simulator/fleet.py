@@ -1,0 +1,394 @@
+"""A simulated fleet: dashcams driving loops, weather and air stations standing still, and a publisher.
+
+Everything is deterministic from the seed — ids, keys, routes, station sites, and (for a given `now_ms`)
+every message byte — so a failing test or a benchmark run can be repeated exactly. Ed25519 signatures
+are deterministic too, which is what makes whole messages repeatable.
+
+A dashcam's position is a function of the reading's timestamp (distance along its route = phase +
+speed × t), so any two of its readings are at most `speed × Δt` apart in a straight line: honest
+dashcams never look like teleports, whatever order or spacing the caller picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiomqtt
+import h3
+from nacl.signing import SigningKey
+
+from devices.keys import DeviceIdentity
+from devices.sdk import build_message
+from ingest.core.geo import cell_for
+from ingest.core.hwclass import AIR, DASHCAM, WEATHER, HwClass
+from ingest.core.verify import up_topic
+from ingest.model import DeviceRecord, Media, Reading
+
+log = logging.getLogger(__name__)
+
+CLASSES: dict[str, HwClass] = {c.name: c for c in (DASHCAM, WEATHER, AIR)}
+SAN_FRANCISCO = (37.7749, -122.4194)
+_M_PER_DEG_LAT = 111_320.0
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class SimDevice:
+    """One simulated device. Mutable: `seq`, position and `last_ts_ms` advance as it sends."""
+
+    identity: DeviceIdentity
+    kind: str
+    hw_class: int
+    owner: str
+    lat: float
+    lon: float
+    asserted_cell: int  # H3 cell at the class resolution for stations, 0 for mobile devices
+    seq: int = 0  # last seq sent; the first message carries 1
+    heading: float = 0.0  # degrees clockwise from north
+    speed_mps: float = 0.0
+    # Dashcams only: a closed loop in metres (east, north) around `origin`, and where on it t=0 falls.
+    route: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    origin: tuple[float, float] = field(default=SAN_FRANCISCO, repr=False)
+    phase_m: float = 0.0
+    last_ts_ms: int = 0
+
+    @property
+    def device_id(self) -> bytes:
+        return self.identity.device_id
+
+    @property
+    def pubkey(self) -> bytes:
+        return self.identity.pubkey
+
+    @property
+    def topic(self) -> str:
+        return up_topic(self.identity.device_id)
+
+    @property
+    def mobile(self) -> bool:
+        return CLASSES[self.kind].mobile
+
+
+def device_record(dev: SimDevice, *, active: bool = True) -> DeviceRecord:
+    """What the registry mirror would hold for `dev` once registered (for chain-less tests)."""
+    return DeviceRecord(
+        device_id=dev.device_id,
+        pubkey=dev.pubkey,
+        owner=dev.owner,
+        hw_class=dev.hw_class,
+        asserted_cell=dev.asserted_cell,
+        active=active,
+    )
+
+
+# --- geometry -------------------------------------------------------------------------------------
+
+
+def offset_latlon(lat: float, lon: float, east_m: float, north_m: float) -> tuple[float, float]:
+    """Move a point by metres east/north (equirectangular: exact enough over tens of kilometres)."""
+    return (
+        lat + north_m / _M_PER_DEG_LAT,
+        lon + east_m / (_M_PER_DEG_LAT * math.cos(math.radians(lat))),
+    )
+
+
+def _route_length(route: Sequence[tuple[float, float]]) -> float:
+    return sum(math.dist(a, b) for a, b in itertools.pairwise([*route, route[0]]))
+
+
+def route_position(dev: SimDevice, ts_ms: int) -> tuple[float, float, float]:
+    """(lat, lon, heading°) of a dashcam at `ts_ms`; stations are where they are."""
+    if not dev.route:
+        return dev.lat, dev.lon, dev.heading
+    s = (dev.phase_m + dev.speed_mps * ts_ms / 1000.0) % _route_length(dev.route)
+    for a, b in itertools.pairwise([*dev.route, dev.route[0]]):
+        seg = math.dist(a, b)
+        if s <= seg:
+            f = s / seg if seg else 0.0
+            x, y = a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1])
+            heading = math.degrees(math.atan2(b[0] - a[0], b[1] - a[1])) % 360.0
+            lat, lon = offset_latlon(dev.origin[0], dev.origin[1], x, y)
+            return lat, lon, heading
+        s -= seg
+    raise AssertionError("unreachable: s is below the route length")
+
+
+def _make_route(rng: random.Random) -> tuple[tuple[float, float], ...]:
+    # A lumpy loop 1.5–4 km around the centre: long enough that a dashcam crosses many res-9 cells
+    # (edge ~200 m, so one every ~20–40 s at 10 m/s) and never leaves the city.
+    n = rng.randint(6, 10)
+    radius = rng.uniform(1500.0, 4000.0)
+    rotation = rng.uniform(0, 2 * math.pi)
+    points = []
+    for i in range(n):
+        angle = rotation + 2 * math.pi * (i + rng.uniform(-0.25, 0.25)) / n
+        r = radius * rng.uniform(0.7, 1.3)
+        points.append((r * math.cos(angle), r * math.sin(angle)))
+    return tuple(points)
+
+
+# --- the fleet ------------------------------------------------------------------------------------
+
+
+def make_fleet(
+    n: int,
+    owners: Sequence[str],
+    *,
+    seed: int,
+    center: tuple[float, float] = SAN_FRANCISCO,
+    dashcam_share: float = 0.3,
+    station_radius_m: float = 20_000.0,
+) -> list[SimDevice]:
+    """`n` devices, owners round-robin; the rest after dashcams split evenly between weather and air.
+
+    Stations sit near the centre of a cell of their class resolution (that cell is their asserted
+    cell; location trust is measured from its centre), each in a cell of its own when space allows.
+    """
+    if not owners:
+        raise ValueError("need at least one owner")
+    rng = random.Random(seed)
+    n_dash = round(n * dashcam_share)
+    kinds = ["dashcam"] * n_dash + [("weather", "air")[i % 2] for i in range(n - n_dash)]
+    rng.shuffle(kinds)
+    taken: set[int] = set()
+    fleet = []
+    for i, kind in enumerate(kinds):
+        hw = CLASSES[kind]
+        # Keys from the seeded RNG, never from os.urandom: the same seed must give the same fleet.
+        identity = DeviceIdentity(rng.randbytes(32), SigningKey(rng.randbytes(32)))
+        dev = SimDevice(identity, kind, hw.id, owners[i % len(owners)], center[0], center[1], 0)
+        if hw.mobile:
+            dev.route = _make_route(rng)
+            dev.origin = center
+            dev.phase_m = rng.uniform(0, _route_length(dev.route))
+            dev.speed_mps = round(rng.uniform(8.0, 12.0), 2)
+            dev.lat, dev.lon, dev.heading = route_position(dev, 0)
+        else:
+            for _ in range(50):
+                dist = station_radius_m * math.sqrt(rng.random())  # uniform over the disc
+                bearing = rng.uniform(0, 2 * math.pi)
+                lat, lon = offset_latlon(*center, dist * math.sin(bearing), dist * math.cos(bearing))
+                cell = cell_for(lat, lon, hw.h3_res)
+                if cell not in taken:
+                    break
+            taken.add(cell)
+            c_lat, c_lon = h3.cell_to_latlng(h3.int_to_str(cell))
+            # A few tens of metres off the centre, like a real mast: well inside full location trust.
+            dev.lat, dev.lon = offset_latlon(c_lat, c_lon, rng.uniform(-30, 30), rng.uniform(-30, 30))
+            dev.asserted_cell = cell_for(dev.lat, dev.lon, hw.h3_res)
+        fleet.append(dev)
+    return fleet
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+def media_for(device_id: bytes, seq: int, index: int) -> Media:
+    """A dashcam frame reference: sha256 of (device, seq, index), uri a CIDv1 (raw, sha2-256) of it."""
+    digest = hashlib.sha256(device_id + seq.to_bytes(8, "big") + index.to_bytes(2, "big")).digest()
+    return Media(sha256=digest, uri=f"ipfs://f01551220{digest.hex()}")
+
+
+def _values(dev: SimDevice, rng: random.Random, station: random.Random, ts_ms: int) -> dict[str, float | int]:
+    if dev.kind == "weather":
+        day = 2 * math.pi * ((ts_ms / 86_400_000.0) - 0.375)  # warmest mid-afternoon
+        temp = 17.5 + station.uniform(-1.5, 1.5) + 5.5 * math.sin(day) + rng.gauss(0, 0.3)
+        temp = min(25.0, max(10.0, temp))
+        humidity = min(90.0, max(40.0, 65.0 - 3.0 * (temp - 17.5) + rng.gauss(0, 2.0)))
+        return {
+            "temperature_c": round(temp, 2),
+            "humidity_pct": round(humidity, 1),
+            "pressure_hpa": round(1013.0 + station.uniform(-4, 4) + rng.gauss(0, 0.3), 1),
+            "wind_mps": round(abs(rng.gauss(3.0, 1.5)), 1),
+        }
+    if dev.kind == "air":
+        pm25 = min(35.0, max(2.0, rng.lognormvariate(math.log(10.0), 0.4)))
+        return {
+            "pm25_ugm3": round(pm25, 1),
+            "pm10_ugm3": round(pm25 * rng.uniform(1.3, 2.0), 1),
+            "co2_ppm": int(rng.gauss(450, 30)),
+        }
+    return {"speed_mps": round(max(0.0, dev.speed_mps + rng.gauss(0, 0.3)), 2)}
+
+
+def readings_for(
+    dev: SimDevice,
+    seq: int,
+    timestamps: Sequence[int],
+    *,
+    positions: Sequence[tuple[float, float]] | None = None,
+) -> list[Reading]:
+    """Readings `dev` would take at `timestamps` (at `positions` if given). Pure: does not move `dev`.
+
+    Values are seeded by (device, seq) so a message is reproducible; stations also get a fixed
+    per-device bias (their microclimate).
+    """
+    rng = random.Random(hashlib.sha256(dev.device_id + seq.to_bytes(8, "big")).digest())
+    station = random.Random(dev.device_id)
+    out = []
+    for i, ts in enumerate(timestamps):
+        lat, lon, heading = route_position(dev, ts)
+        if positions is not None:
+            lat, lon = positions[i]
+        vals = _values(dev, rng, station, ts)
+        media = None
+        if dev.kind == "dashcam":
+            vals["heading_deg"] = round(heading, 1)
+            media = media_for(dev.device_id, seq, i)
+        acc = round(rng.uniform(2.0, 8.0), 1) if dev.mobile else 1.5
+        out.append(Reading(ts_ms=ts, lat=round(lat, 7), lon=round(lon, 7), vals=vals, acc=acc, media=media))
+    return out
+
+
+def timestamps_for(dev: SimDevice, now_ms: int, count: int, interval_ms: int) -> list[int]:
+    """`count` times ending at `now_ms`, `interval_ms` apart, each after the device's previous reading.
+
+    A fast sender (many packets per second of real time) would otherwise send readings that go back in
+    time across packets; pushing them just past the last one keeps a device's readings in order.
+    """
+    return [max(now_ms - (count - 1 - i) * interval_ms, dev.last_ts_ms + 1 + i) for i in range(count)]
+
+
+def next_message(dev: SimDevice, now_ms: int, readings_per_packet: int = 1, interval_ms: int = 1000) -> bytes:
+    """The device's next signed packet: seq + 1, `readings_per_packet` readings ending near `now_ms`."""
+    dev.seq += 1
+    ts = timestamps_for(dev, now_ms, readings_per_packet, interval_ms)
+    readings = readings_for(dev, dev.seq, ts)
+    dev.last_ts_ms = ts[-1]
+    last = readings[-1]
+    dev.lat, dev.lon = last.lat, last.lon
+    if dev.mobile:
+        dev.heading = float(last.vals["heading_deg"])
+    return build_message(dev.identity, dev.seq, dev.kind, readings)
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    sent: int
+    bytes: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def unique_client_id(prefix: str = "sim") -> str:
+    return f"{prefix}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def publisher(
+    host: str, port: int, *, mqtt5: bool = True, inflight: int = 500, client_id: str | None = None
+) -> aiomqtt.Client:
+    """A QoS1 publishing client that lets `inflight` messages await their PUBACK at once."""
+    client = aiomqtt.Client(
+        host,
+        port,
+        identifier=client_id or unique_client_id(),
+        protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
+        # paho's own default is 20 in flight; messages beyond it wait in paho's queue, serialising
+        # the round trips. Must stay ≤ the broker's Receive Maximum (Mosquitto: max_inflight_messages).
+        max_inflight_messages=inflight,
+        timeout=30,
+    )
+    client.pending_calls_threshold = inflight + 1  # aiomqtt warns above 10 pending publishes
+    return client
+
+
+async def stream(
+    fleet: Sequence[SimDevice],
+    host: str,
+    port: int,
+    *,
+    packets_per_device: int,
+    readings_per_packet: int = 1,
+    interval_ms: int = 1000,
+    rate_per_s: float | None = None,
+    clock: Callable[[], int] = wall_ms,
+    progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 1000,
+    mqtt5: bool = True,
+    inflight: int = 500,
+) -> StreamStats:
+    """Publish `packets_per_device` packets per device, round-robin, QoS 1; return when all are PUBACKed.
+
+    aiomqtt's `publish` awaits the PUBACK, so each publish runs as its own task and a semaphore bounds
+    how many wait at once. Tasks start in creation order and paho writes a message when `publish` is
+    called, so each device's packets reach the broker in seq order. `clock` gives the messages' `now_ms`
+    (wall clock by default; pass a fake one to backdate a stream into a past epoch).
+    """
+    total = packets_per_device * len(fleet)
+    sem = asyncio.Semaphore(inflight)
+    pending: set[asyncio.Task[None]] = set()
+    errors: list[BaseException] = []
+    sent = nbytes = 0
+    loop = asyncio.get_running_loop()
+
+    async def one(client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        try:
+            await client.publish(topic, payload, qos=1)
+        finally:
+            sem.release()
+
+    def done(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            errors.append(exc)
+
+    async with publisher(host, port, mqtt5=mqtt5, inflight=inflight) as client:
+        start = loop.time()
+        try:
+            for _ in range(packets_per_device):
+                for dev in fleet:
+                    if errors:
+                        raise errors[0]
+                    if rate_per_s:
+                        delay = start + sent / rate_per_s - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    payload = next_message(dev, clock(), readings_per_packet, interval_ms)
+                    await sem.acquire()
+                    task = asyncio.create_task(one(client, dev.topic, payload))
+                    pending.add(task)
+                    task.add_done_callback(done)
+                    sent += 1
+                    nbytes += len(payload)
+                    if progress is not None and sent % progress_every == 0:
+                        progress(sent, total)
+            if pending:
+                await asyncio.wait(set(pending))
+            if errors:
+                raise errors[0]
+        finally:
+            for task in pending:
+                task.cancel()
+        seconds = loop.time() - start
+    if progress is not None and sent % progress_every:
+        progress(sent, total)
+    log.info("stream done", extra={"sent": sent, "bytes": nbytes, "seconds": round(seconds, 3)})
+    return StreamStats(sent=sent, bytes=nbytes, seconds=seconds)
+
+
+async def publish_raw(
+    host: str, port: int, items: Sequence[tuple[str, bytes]], *, mqtt5: bool = True, qos: int = 1
+) -> None:
+    """Publish arbitrary (topic, bytes) pairs in order — forged, replayed or malformed messages."""
+    async with publisher(host, port, mqtt5=mqtt5, inflight=100) as client:
+        # Sequential on purpose: a few messages, and tests care about their order.
+        for topic, payload in items:
+            await client.publish(topic, payload, qos=qos)
