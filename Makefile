@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 
 # Node is optional for the demo (it falls back to an in-process EVM) and required for the tests.
 $(NODE_STAMP): contracts/package.json contracts/package-lock.json
-	npm ci --prefix contracts --no-audit --no-fund --loglevel=error
+	@# Not `npm ci`: npm 11 calls the lock out of sync over anvil's other-platform optional packages;
+	@# `npm install` resolves from the same lock and leaves it unchanged.
+	npm install --prefix contracts --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 node: $(NODE_STAMP)
