@@ -16,7 +16,9 @@ __all__ = ["mosquitto"]
 @pytest.fixture(scope="session")
 async def mosquitto() -> AsyncIterator[BrokerInfo]:
     if mosquitto_path() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto (make test does this)", pytrace=False)
+        pytest.fail(
+            "mosquitto is not installed: apt-get install mosquitto (make test does this)", pytrace=False
+        )
     with tempfile.TemporaryDirectory(prefix="depin-mqtt-") as tmp:
         async with start_mosquitto(Path(tmp)) as broker:
             yield broker
