@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -19,6 +19,7 @@ import asyncpg
 from ingest import metrics
 from ingest.adapters.mqtt import MqttConfig, MqttSource, Received
 from ingest.adapters.store import Store
+from ingest.core.verify import device_from_topic
 from ingest.model import BatchResult, DeviceRecord
 from ingest.pipeline import Incoming, PipelineConfig, sort_batch
 
@@ -57,6 +58,7 @@ class Consumer:
         batch_max_size: int = 2000,
         batch_max_wait_s: float = 0.05,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        prefetch: Callable[[set[bytes]], Awaitable[None]] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.store = store
@@ -65,6 +67,9 @@ class Consumer:
         self.batch_max_size = min(batch_max_size, mqtt.receive_maximum)
         self.batch_max_wait_s = batch_max_wait_s
         self.clock = clock
+        # Called with the device ids named by a batch's topics before it is judged, so the registry
+        # can resolve ids its mirror does not know (one bounded, cached chain read each) off the hot path.
+        self.prefetch = prefetch
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
 
@@ -91,6 +96,9 @@ class Consumer:
     async def handle(self, batch: list[Received]) -> BatchResult:
         """Judge and commit one batch; returns only once the outcome is durable."""
         incoming = [Incoming(m.topic, m.payload, m.received_ms) for m in batch]
+        if self.prefetch is not None:
+            ids = {d for m in batch if (d := device_from_topic(m.topic)) is not None}
+            await self.prefetch(ids)
         sorted_batch = sort_batch(incoming, self.lookup, self.clock(), self.pipeline)
         result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
         self._count(batch, result, sorted_batch.rejected)
