@@ -32,8 +32,8 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
-async def _unsupported() -> None:
-    raise NotImplementedError("this broker cannot be restarted")
+async def _unsupported(*_: object, **__: object) -> None:
+    raise NotImplementedError("not supported by this broker handle")
 
 
 @dataclass
@@ -44,21 +44,26 @@ class BrokerInfo:
     port: int
     kind: str  # "mosquitto" | "amqtt"
     shared_subscriptions: bool
-    _restart: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
-    _stop: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
+    _restart: Callable[..., Awaitable[None]] = field(default=_unsupported, repr=False)
+    _stop: Callable[..., Awaitable[None]] = field(default=_unsupported, repr=False)
     _start: Callable[[], Awaitable[None]] = field(default=_unsupported, repr=False)
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
-    async def restart(self) -> None:
-        """Stop gracefully (Mosquitto writes its persistence file) and start on the same port."""
-        await self._restart()
+    async def restart(self, *, hard: bool = False) -> None:
+        """Stop and start on the same port and data dir.
 
-    async def stop(self) -> None:
+        Graceful (SIGTERM) by default: Mosquitto writes its persistence file, so persistent sessions and
+        their queued QoS1 messages survive. `hard=True` is a crash (SIGKILL): Mosquitto only snapshots
+        on shutdown (or every `autosave_interval`, 30 min by default), so queued messages are lost.
+        """
+        await self._restart(hard=hard)
+
+    async def stop(self, *, hard: bool = False) -> None:
         """Take the broker down (for outage tests); `start()` brings it back on the same port."""
-        await self._stop()
+        await self._stop(hard=hard)
 
     async def start(self) -> None:
         await self._start()
@@ -168,11 +173,13 @@ class _MosquittoProcess:
             raise
         log.info("mosquitto started", extra={"port": self.port, "pid": self.proc.pid})
 
-    async def stop(self) -> None:
+    async def stop(self, *, hard: bool = False) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGTERM)  # graceful: Mosquitto saves its persistence file on SIGTERM
+        # SIGTERM is graceful: Mosquitto saves its persistence file. SIGKILL simulates a crash.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
@@ -180,8 +187,8 @@ class _MosquittoProcess:
             await proc.wait()
         log.info("mosquitto stopped", extra={"port": self.port, "rc": proc.returncode})
 
-    async def restart(self) -> None:
-        await self.stop()
+    async def restart(self, *, hard: bool = False) -> None:
+        await self.stop(hard=hard)
         await self.start()
 
 
@@ -233,13 +240,13 @@ class _AmqttBroker:
             server = broker._servers["default"].instance
             self.port = int(server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
+    async def stop(self, *, hard: bool = False) -> None:
         broker, self.broker = self.broker, None
         if broker is not None:
             await broker.shutdown()
 
-    async def restart(self) -> None:
-        # In-memory broker: sessions and queued messages do not survive this.
+    async def restart(self, *, hard: bool = False) -> None:
+        # In-memory broker: sessions and queued messages never survive this, hard or not.
         await self.stop()
         await self.start()
 
