@@ -2,33 +2,112 @@
 
 The consumer never calls the chain per message: it looks devices up in this mirror. The follower
 replays events from the deployment block in ranges, then follows new blocks up to latest − N
-confirmations, persisting the mirror and a (block, hash) checkpoint so a restart resumes where it was.
+confirmations (or the node's `finalized` block), persisting the mirror and a (block, hash) checkpoint so
+a restart resumes where it was.
+
+Reorgs. Every sync first checks that the newest checkpoint's hash is still canonical. If not, it walks
+back a ring of recent in-memory checkpoints to the newest one the chain still agrees with; each
+checkpoint carries the undo record of its range (the prior state of the ids it changed), so the orphaned
+ranges are taken back exactly and the forward scan re-folds from the agreed block. When the ring cannot
+reach an agreed block (a reorg deeper than the ring, or the checkpoint was loaded from the database after
+a restart), the mirror is rebuilt by replaying every event from the deployment block — the same code path
+as the first start, so correct by construction, and at a registry's scale (one event per registration or
+change) a few seconds of eth_getLogs. Memory and database change only after the new state is complete,
+so a failure half-way leaves the old state and the same reorg is handled again at the next poll.
+
+Unknown ids. `prefetch(ids)` (the consumer's hook, called before a batch is judged) resolves ids the
+mirror does not hold with at most one contract read per id per negative-cache TTL, a token-bucket read
+budget (over any T seconds at most `prefetch_budget + prefetch_rate_s × T` reads), bounded concurrency
+and a time limit; reads stop while the RPC is down (those ids stay unknown →
+`unknown_device`, never accepted). Found devices go to an overlay that the event fold supersedes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import Counter, Gauge
+from web3.exceptions import BlockNotFound
+from web3.types import RPCEndpoint
 
 from devices.chain import RegistryClient
 from ingest import metrics
 from ingest.adapters.store import Store
-from ingest.core.registry_fold import apply_events
+from ingest.core.negative_cache import NegativeCache, ReadBudget
+from ingest.core.registry_fold import Position, Undo, apply_events, confirmed_height, rollback
 from ingest.model import DeviceRecord
 
 log = logging.getLogger(__name__)
 
 CURSOR = "registry"
+# For the service's chain provider: web3 validates every eth_call against eth_chainId, which uncached
+# triples the RPC calls an on-demand read costs; the chain id never changes under a running service.
+# No validation threshold: web3 would look it up by briefly switching caching off, which races between
+# concurrent requests (caching then stays off for good).
+PROVIDER_OPTIONS: dict[str, Any] = {
+    "cache_allowed_requests": True,
+    "cacheable_requests": {RPCEndpoint("eth_chainId")},
+    "request_cache_validation_threshold": None,
+}
+HeadMode = Literal["latest", "finalized"]
+
+SYNC_FAILURES = Counter("depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)")
+REORGS = Counter(
+    "depin_registry_reorgs_total",
+    "reorgs below the registry checkpoint, by how they were undone",
+    ["recovery"],
+)
+ONDEMAND_READS = Counter(
+    "depin_registry_ondemand_reads_total",
+    "contract reads for ids unknown to the mirror, by result (found, absent, error, timeout)",
+    ["result"],
+)
+ONDEMAND_SKIPPED = Counter(
+    "depin_registry_ondemand_skipped_total",
+    "unknown ids left unread this batch (over_budget, rpc_down); not negative-cached",
+    ["why"],
+)
+NEGATIVE_CACHE_IDS = Gauge("depin_registry_negative_cache_ids", "ids cached as not registered")
 
 
 class RegistryMirror:
     def __init__(self) -> None:
         self.devices: dict[bytes, DeviceRecord] = {}
         self.block = -1
+        # Records read on demand for ids the event fold has not reached, with the block up to which the
+        # read is known to be at least as new. Dropped once the fold has passed that block: from then on
+        # the fold holds the truth, present or not (an overlay entry from an orphaned fork dies with it).
+        self.resolved: dict[bytes, tuple[DeviceRecord, int]] = {}
 
     def lookup(self, device_id: bytes) -> DeviceRecord | None:
-        return self.devices.get(device_id)
+        rec = self.devices.get(device_id)
+        if rec is None and (hit := self.resolved.get(device_id)) is not None:
+            return hit[0]
+        return rec
+
+    def prune_resolved(self) -> None:
+        if self.resolved:
+            self.resolved = {d: hit for d, hit in self.resolved.items() if hit[1] > self.block}
+
+
+@dataclass
+class Checkpoint:
+    """A folded range ending at `block`. `undo` restores the state before the range; None when that
+    state is unknown here (the checkpoint loaded from the database at start)."""
+
+    block: int
+    block_hash: bytes
+    undo: Undo | None
+
+
+class ReorgDuringScan(Exception):
+    """The chain changed under a range being scanned; nothing was applied, the next poll re-checks."""
 
 
 class RegistryFollower:
@@ -40,62 +119,292 @@ class RegistryFollower:
         *,
         start_block: int,
         confirmations: int = 0,
+        head: HeadMode = "latest",
         poll_s: float = 2.0,
         chunk_blocks: int = 2000,
+        reorg_window: int = 128,
+        negative_ttl_s: float = 60.0,
+        negative_max: int = 100_000,
+        prefetch_budget: int = 50,
+        prefetch_rate_s: float = 20.0,
+        prefetch_concurrency: int = 8,
+        prefetch_timeout_s: float = 2.0,
         progress: Callable[[int, int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.store = store
         self.mirror = mirror
         self.start_block = start_block
         self.confirmations = confirmations
+        self.head_mode: HeadMode = head
         self.poll_s = poll_s
         self.chunk_blocks = chunk_blocks
         self.progress = progress
-        self.healthy = False
+        self.clock = clock
+        self.applied: dict[bytes, Position] = {}  # id → position of the last event folded into it
+        self.checkpoints: deque[Checkpoint] = deque(maxlen=max(1, reorg_window))
+        self.negative = NegativeCache(negative_ttl_s, negative_max)
+        self.read_budget = ReadBudget(prefetch_rate_s, prefetch_budget)
+        self.prefetch_timeout_s = prefetch_timeout_s
+        self._read_slots = asyncio.Semaphore(prefetch_concurrency)
+        self.healthy = False  # the last sync succeeded
+        self.rpc_up = True  # no RPC failure since the last successful sync (prefetch reads stop if False)
+        self.last_error: str | None = None
+        self.head: int | None = None  # chain head and confirmed target seen by the last sync
+        self.target: int | None = None
+        self.sync_failures = 0
+        self.reorgs: dict[str, int] = {"undo": 0, "rebuild": 0}
+        self.reads: dict[str, int] = {"found": 0, "absent": 0, "error": 0, "timeout": 0}
 
     async def load(self) -> None:
         """Start from the persisted mirror and checkpoint, so a restart does not replay from genesis."""
         for rec in await self.store.load_devices():
             self.mirror.devices[rec.device_id] = rec
         cursor = await self.store.get_cursor(CURSOR)
-        self.mirror.block = cursor[0] if cursor else self.start_block - 1
+        if cursor is None:
+            self.mirror.block = self.start_block - 1
+        else:
+            self.mirror.block = cursor[0]
+            self.checkpoints.append(Checkpoint(cursor[0], cursor[1], None))
         metrics.REGISTRY_DEVICES.set(len(self.mirror.devices))
 
-    async def sync_once(self) -> int:
-        """Fold every event up to the confirmed head; returns the number of events applied."""
-        w3 = self.client.w3
-        head = await w3.eth.block_number
-        target = head - self.confirmations
-        applied = 0
-        frm = self.mirror.block + 1
-        while frm <= target:
-            to = min(frm + self.chunk_blocks - 1, target)
-            events = await self.client.fetch_events(frm, to)
-            changed = apply_events(self.mirror.devices, events)
-            block = await w3.eth.get_block(to)
-            await self.store.upsert_devices([self.mirror.devices[d] for d in changed], to)
-            await self.store.set_cursor(CURSOR, to, bytes(block["hash"]))
-            self.mirror.block = to
-            applied += len(events)
-            if self.progress is not None:
-                self.progress(to, target)
-            frm = to + 1
-        metrics.REGISTRY_BLOCK.set(self.mirror.block)
-        metrics.REGISTRY_LAG.set(max(0, head - self.mirror.block))
-        metrics.REGISTRY_DEVICES.set(len(self.mirror.devices))
-        return applied
+    # --- following ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
         while True:
             try:
                 await self.sync_once()
-                self.healthy = True
-                metrics.CHAIN_UP.set(1)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # RPC down: keep serving known devices from the mirror
-                self.healthy = False
-                metrics.CHAIN_UP.set(0)
                 log.warning("registry sync failed: %s", exc)
             await asyncio.sleep(self.poll_s)
+
+    async def sync_once(self) -> int:
+        """Handle a reorg if there was one, then fold every event up to the confirmed head; returns the
+        number of events applied. Updates health and metrics; re-raises a failure after counting it."""
+        try:
+            applied = await self._sync()
+        except ReorgDuringScan as exc:
+            log.info("registry: %s; re-checking at the next poll", exc)
+            return 0
+        except Exception as exc:
+            self.sync_failures += 1
+            SYNC_FAILURES.inc()
+            self._rpc_failed(exc)
+            raise
+        self.healthy = self.rpc_up = True
+        self.last_error = None
+        metrics.CHAIN_UP.set(1)
+        return applied
+
+    def _rpc_failed(self, exc: BaseException) -> None:
+        self.healthy = self.rpc_up = False
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        metrics.CHAIN_UP.set(0)
+
+    async def _sync(self) -> int:
+        w3 = self.client.w3
+        head = await w3.eth.block_number
+        if self.head_mode == "finalized":
+            target = int((await w3.eth.get_block("finalized"))["number"])
+        else:
+            target = confirmed_height(head, self.confirmations)
+        await self._handle_reorg(target)
+        applied = 0
+        frm = self.mirror.block + 1
+        replaying = target - frm + 1 > self.chunk_blocks
+        while frm <= target:
+            to = min(frm + self.chunk_blocks - 1, target)
+            applied += await self._fold_and_persist(frm, to)
+            if self.progress is not None:
+                self.progress(to, target)
+            if replaying:
+                log.info(
+                    "registry replay: block %d of %d, %d events so far, %d devices",
+                    to, target, applied, len(self.mirror.devices),
+                )  # fmt: skip
+            frm = to + 1
+        self.mirror.prune_resolved()
+        self.head, self.target = head, target
+        metrics.REGISTRY_BLOCK.set(self.mirror.block)
+        metrics.REGISTRY_LAG.set(max(0, head - self.mirror.block))
+        metrics.REGISTRY_DEVICES.set(len(self.mirror.devices))
+        return applied
+
+    async def _scan(
+        self, devices: dict[bytes, DeviceRecord], applied: dict[bytes, Position], frm: int, to: int
+    ) -> tuple[Checkpoint, set[bytes], int]:
+        """Fold the events of [frm, to] into `devices`; returns the range's checkpoint (with undo), the
+        changed ids and the event count. The hash of `to` is read BEFORE the logs: a reorg after that
+        read leaves a checkpoint the next sync finds orphaned, so a mixed view is never trusted."""
+        block_hash = bytes((await self.client.w3.eth.get_block(to))["hash"])
+        events = await self.client.fetch_events(frm, to)
+        if any(e.block_number == to and e.block_hash != block_hash for e in events):
+            raise ReorgDuringScan(f"block {to} changed while its logs were read")
+        undo: Undo = {}
+        changed = apply_events(devices, events, applied, undo)
+        return Checkpoint(to, block_hash, undo), changed, len(events)
+
+    async def _fold_and_persist(self, frm: int, to: int) -> int:
+        devices = self.mirror.devices
+        checkpoint, changed, count = await self._scan(devices, self.applied, frm, to)
+        try:
+            await self.store.save_mirror(CURSOR, to, checkpoint.block_hash, [devices[d] for d in changed])
+        except BaseException:
+            # Memory never runs ahead of the checkpoint: the same range is folded again next time.
+            rollback(devices, self.applied, checkpoint.undo or {})
+            raise
+        self.mirror.block = to
+        self.checkpoints.append(checkpoint)
+        return count
+
+    # --- reorgs ---------------------------------------------------------------------------------------
+
+    async def _canonical_hash(self, block: int) -> bytes | None:
+        try:
+            return bytes((await self.client.w3.eth.get_block(block))["hash"])
+        except BlockNotFound:
+            return None  # the chain is now shorter than the checkpoint
+
+    async def _handle_reorg(self, target: int) -> None:
+        if not self.checkpoints:
+            return
+        newest = self.checkpoints[-1]
+        if await self._canonical_hash(newest.block) == newest.block_hash:
+            return
+        agreed = len(self.checkpoints) - 2
+        while agreed >= 0:
+            cp = self.checkpoints[agreed]
+            if await self._canonical_hash(cp.block) == cp.block_hash:
+                break
+            agreed -= 1
+        orphaned = list(self.checkpoints)[agreed + 1 :]
+        if agreed < 0 or any(cp.undo is None for cp in orphaned):
+            log.warning(
+                "registry: checkpoint %d is no longer canonical; rebuilding from events", newest.block
+            )
+            await self._rebuild(target)
+            self.reorgs["rebuild"] += 1
+            REORGS.labels(recovery="rebuild").inc()
+            return
+        base = self.checkpoints[agreed]
+        # Merge the orphaned ranges' undo newest → oldest: each id gets its state before the oldest range.
+        merged: Undo = {}
+        for cp in reversed(orphaned):
+            merged.update(cp.undo or {})
+        restored = {d: rec for d, (rec, _) in merged.items()}
+        await self.store.save_mirror(
+            CURSOR,
+            base.block,
+            base.block_hash,
+            upserts=[rec for rec in restored.values() if rec is not None],
+            deletes=[d for d, rec in restored.items() if rec is None],
+        )
+        rollback(self.mirror.devices, self.applied, merged)
+        for _ in orphaned:
+            self.checkpoints.pop()
+        self.mirror.block = base.block
+        self.mirror.resolved.clear()
+        self.reorgs["undo"] += 1
+        REORGS.labels(recovery="undo").inc()
+        log.warning(
+            "registry: reorg below block %d; took back %d ranges (%d devices) to block %d and re-scanning",
+            newest.block, len(orphaned), len(merged), base.block,
+        )  # fmt: skip
+
+    async def _rebuild(self, target: int) -> None:
+        """Replay every event from the deployment block into a fresh state, then swap it in."""
+        if target < self.start_block:
+            raise RuntimeError(f"chain target {target} is below the deployment block {self.start_block}")
+        devices: dict[bytes, DeviceRecord] = {}
+        applied: dict[bytes, Position] = {}
+        ring: deque[Checkpoint] = deque(maxlen=self.checkpoints.maxlen)
+        frm = self.start_block
+        while frm <= target:
+            to = min(frm + self.chunk_blocks - 1, target)
+            checkpoint, _, _ = await self._scan(devices, applied, frm, to)
+            ring.append(checkpoint)
+            if self.progress is not None:
+                self.progress(to, target)
+            frm = to + 1
+        last = ring[-1]
+        stale = [r.device_id for r in await self.store.load_devices() if r.device_id not in devices]
+        await self.store.save_mirror(CURSOR, last.block, last.block_hash, list(devices.values()), stale)
+        self.mirror.devices = devices
+        self.mirror.block = last.block
+        self.mirror.resolved.clear()
+        self.applied = applied
+        self.checkpoints = ring
+        log.warning(
+            "registry rebuilt to block %d: %d devices, %d removed", last.block, len(devices), len(stale)
+        )
+
+    # --- unknown ids ----------------------------------------------------------------------------------
+
+    async def prefetch(self, ids: Iterable[bytes]) -> None:
+        """Resolve ids the mirror does not know before a batch is judged (the consumer's hook).
+
+        At most one read per id per negative-cache TTL, and only as many as the read budget grants; the
+        rest stay unknown this time and are NOT cached (a later batch may resolve them). Never raises:
+        an id that could not be read is simply unknown (→ `unknown_device`, never accepted)."""
+        now = self.clock()
+        unknown = [
+            d
+            for d in dict.fromkeys(ids)
+            if self.mirror.lookup(d) is None and not self.negative.contains(d, now)
+        ]
+        if not unknown:
+            return
+        if not self.rpc_up:
+            ONDEMAND_SKIPPED.labels(why="rpc_down").inc(len(unknown))
+            return
+        at = self._read_at()
+        if at is None:
+            return
+        block_id, floor = at
+        todo = unknown[: self.read_budget.take(len(unknown), now)]
+        if len(unknown) > len(todo):
+            ONDEMAND_SKIPPED.labels(why="over_budget").inc(len(unknown) - len(todo))
+        if not todo:
+            return
+        tasks = [asyncio.create_task(self._read(d, block_id)) for d in todo]
+        done, pending = await asyncio.wait(tasks, timeout=self.prefetch_timeout_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        for device_id, task in zip(todo, tasks, strict=True):
+            result = self._outcome(task, task in done)
+            self.reads[result] += 1
+            ONDEMAND_READS.labels(result=result).inc()
+            if result == "absent":
+                self.negative.add(device_id, now)
+            elif result == "found" and (rec := task.result()) is not None:
+                self.mirror.resolved[device_id] = (rec, floor)
+        NEGATIVE_CACHE_IDS.set(len(self.negative))
+
+    def _read_at(self) -> tuple[Any, int] | None:
+        """Which state to read (the same trust as the follower: confirmed blocks only) and the block the
+        fold must pass before the read is superseded. None before the first sync when N > 0."""
+        if self.head_mode == "finalized":
+            return "finalized", self.target if self.target is not None else -1
+        if self.confirmations == 0:
+            return "latest", self.head if self.head is not None else -1
+        if self.target is None:
+            return None
+        return self.target, self.target
+
+    async def _read(self, device_id: bytes, block_id: Any) -> DeviceRecord | None:
+        async with self._read_slots:
+            return await self.client.get_device(device_id, block_identifier=block_id)
+
+    def _outcome(self, task: asyncio.Task[DeviceRecord | None], finished: bool) -> str:
+        if not finished or task.cancelled():
+            return "timeout"
+        exc = task.exception()
+        if exc is not None:
+            self._rpc_failed(exc)  # stop reading until a sync succeeds again
+            return "error"
+        return "found" if task.result() is not None else "absent"

@@ -2,7 +2,8 @@
 
 `devices.chain.RegistryClient.fetch_events` produces `RegistryEvent`s in chain order; the service's
 follower feeds them here. Replaying the full event history from the deployment block in order always
-reproduces the contract's state, so a mirror can be rebuilt from scratch after a reorg.
+reproduces the contract's state, so a mirror can be rebuilt from scratch after a reorg; a shallow reorg
+is cheaper to take back with the per-range undo records `apply_events` can keep (`rollback`).
 """
 
 from __future__ import annotations
@@ -52,20 +53,40 @@ class HwClassInfo:
     enabled: bool
 
 
-def apply_events(mirror: dict[bytes, DeviceRecord], events: Iterable[RegistryEvent]) -> set[bytes]:
-    """Apply device events in order, updating `mirror` in place (a full copy per block would be wasteful
-    for a large fleet). Returns the ids whose record changed, for the caller to persist.
+Position = tuple[int, int]  # (block number, log index): an event's place in chain order
+# The state an id had before a range was folded: its record (None = not registered) and its position.
+Undo = dict[bytes, tuple[DeviceRecord | None, Position | None]]
+
+
+def apply_events(
+    mirror: dict[bytes, DeviceRecord],
+    events: Iterable[RegistryEvent],
+    applied: dict[bytes, Position] | None = None,
+    undo: Undo | None = None,
+) -> set[bytes]:
+    """Apply device events in chain order, updating `mirror` in place (a full copy per block would be
+    wasteful for a large fleet). Returns the ids whose record changed, for the caller to persist.
+
+    Events are sorted by position first, and with `applied` (id → position of the last event folded
+    into its record) an event at or before that position is skipped: re-fetching an overlapping range
+    or feeding an older event never rolls a record back. With `undo`, the state each changed id had
+    before this call is recorded there (first write wins), so `rollback` can take the range back out
+    when a reorg orphans it.
 
     An event for an id the mirror never saw registered is ignored: it can only happen when the mirror did
     not start from the deployment block, and inventing a partial record would be worse than a miss.
     """
     changed: set[bytes] = set()
-    for ev in events:
+    for ev in sorted(events, key=lambda e: e.position):
         if ev.kind not in DEVICE_EVENT_KINDS:
             continue
+        last = applied.get(ev.device_id) if applied is not None else None
+        if last is not None and ev.position <= last:
+            continue
+        rec = mirror.get(ev.device_id)
         f = ev.fields
         if ev.kind == DEVICE_REGISTERED:
-            mirror[ev.device_id] = DeviceRecord(
+            new = DeviceRecord(
                 device_id=ev.device_id,
                 pubkey=bytes(f["pubkey"]),
                 owner=str(f["owner"]),
@@ -74,22 +95,43 @@ def apply_events(mirror: dict[bytes, DeviceRecord], events: Iterable[RegistryEve
                 active=True,
                 registered_block=ev.block_number,
             )
-            changed.add(ev.device_id)
+        elif rec is None:
             continue
-        rec = mirror.get(ev.device_id)
-        if rec is None:
-            continue
-        if ev.kind == DEVICE_REVOKED:
-            rec = dataclasses.replace(rec, active=False)
+        elif ev.kind == DEVICE_REVOKED:
+            new = dataclasses.replace(rec, active=False)
         elif ev.kind == KEY_ROTATED:
-            rec = dataclasses.replace(rec, pubkey=bytes(f["newPubkey"]))
+            new = dataclasses.replace(rec, pubkey=bytes(f["newPubkey"]))
         elif ev.kind == LOCATION_SET:
-            rec = dataclasses.replace(rec, asserted_cell=int(f["cell"]))
-        elif ev.kind == DEVICE_TRANSFERRED:
-            rec = dataclasses.replace(rec, owner=str(f["to"]))
-        mirror[ev.device_id] = rec
+            new = dataclasses.replace(rec, asserted_cell=int(f["cell"]))
+        else:  # DEVICE_TRANSFERRED
+            new = dataclasses.replace(rec, owner=str(f["to"]))
+        if undo is not None and ev.device_id not in undo:
+            undo[ev.device_id] = (rec, last)
+        mirror[ev.device_id] = new
+        if applied is not None:
+            applied[ev.device_id] = ev.position
         changed.add(ev.device_id)
     return changed
+
+
+def rollback(mirror: dict[bytes, DeviceRecord], applied: dict[bytes, Position], undo: Undo) -> set[bytes]:
+    """Restore the ids in `undo` to the state they had before its range was folded (a record that did
+    not exist is removed). Undo newest range first when taking back several. Returns the ids touched."""
+    for device_id, (rec, position) in undo.items():
+        if rec is None:
+            mirror.pop(device_id, None)
+        else:
+            mirror[device_id] = rec
+        if position is None:
+            applied.pop(device_id, None)
+        else:
+            applied[device_id] = position
+    return set(undo)
+
+
+def confirmed_height(head: int, confirmations: int) -> int:
+    """The newest block the follower folds when trusting blocks `confirmations` deep (−1: none yet)."""
+    return max(-1, head - confirmations)
 
 
 def apply_hw_class_events(classes: dict[int, HwClassInfo], events: Iterable[RegistryEvent]) -> set[int]:
