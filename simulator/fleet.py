@@ -213,7 +213,8 @@ def _values(dev: SimDevice, rng: random.Random, station: random.Random, ts_ms: i
         return {
             "temperature_c": round(temp, 2),
             "humidity_pct": round(humidity, 1),
-            "pressure_hpa": round(1013.0 + station.uniform(-4, 4) + rng.gauss(0, 0.3), 1),
+            # Barometers are quiet (~0.1 hPa); more noise would trip the 0.8 hPa/min jump rule.
+            "pressure_hpa": round(1013.0 + station.uniform(-4, 4) + rng.gauss(0, 0.1), 1),
             "wind_mps": round(abs(rng.gauss(3.0, 1.5)), 1),
         }
     if dev.kind == "air":

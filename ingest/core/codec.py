@@ -8,6 +8,7 @@ message can never produce more than a `malformed`/`kid_mismatch`/`bad_signature`
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +38,13 @@ class _Malformed(Exception):
 
 
 def _loads(data: bytes) -> Any:
-    return cbor2.loads(data, allow_duplicate_keys=False, max_depth=_MAX_DEPTH)
+    """Exactly one CBOR item, no duplicate map keys, no trailing bytes: a lenient parser would let two
+    implementations read one signed message differently (a parser differential)."""
+    fp = io.BytesIO(data)
+    item = cbor2.CBORDecoder(fp, allow_duplicate_keys=False, max_depth=_MAX_DEPTH).decode()
+    if fp.tell() != len(data):
+        raise _Malformed(f"{len(data) - fp.tell()} bytes after the CBOR item")
+    return item
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:

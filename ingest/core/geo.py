@@ -43,10 +43,42 @@ def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 def distance_to_cell_m(lat: float, lon: float, cell: int) -> float:
     """Distance in metres from (lat, lon) to the centre of H3 `cell` (an integer index).
 
-    Stationary devices assert a cell, not a point, so the cell centre is the reference location.
+    Location trust uses `distance_outside_cell_m` instead: a device anywhere in its cell is where it
+    said it is, and a coarse cell's centre can be a kilometre from an honest station.
     """
     c_lat, c_lon = h3.cell_to_latlng(h3.int_to_str(cell))
     return haversine_m(lat, lon, c_lat, c_lon)
+
+
+def distance_outside_cell_m(lat: float, lon: float, cell: int) -> float:
+    """Metres from (lat, lon) to the nearest point of H3 `cell`: 0 inside it.
+
+    A stationary device asserts a cell, at whatever resolution its owner chose, so anywhere inside it
+    is where it said it is; outside, the distance counts from the cell's edge (for a res-12 cell, a
+    few metres across, that is HIP-98's distance from the asserted point). Edges are measured in a
+    local flat projection around the point, exact to well under a metre at cell sizes up to res 5.
+    """
+    cell_str = h3.int_to_str(cell)
+    if h3.latlng_to_cell(lat, lon, h3.get_resolution(cell_str)) == cell_str:
+        return 0.0
+    k = math.radians(1.0) * EARTH_RADIUS_M  # metres per degree of latitude
+    cos_lat = math.cos(math.radians(lat))
+
+    def local(v_lat: float, v_lon: float) -> tuple[float, float]:
+        d_lon = (v_lon - lon + 180.0) % 360.0 - 180.0  # across the antimeridian too
+        return d_lon * k * cos_lat, (v_lat - lat) * k
+
+    ring = [local(*v) for v in h3.cell_to_boundary(cell_str)]
+    return min(_to_segment(a, b) for a, b in zip(ring, ring[1:] + ring[:1], strict=True))
+
+
+def _to_segment(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Distance from the origin to segment ab (planar)."""
+    (ax, ay), (bx, by) = a, b
+    dx, dy = bx - ax, by - ay
+    length2 = dx * dx + dy * dy
+    t = 0.0 if length2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / length2))
+    return math.hypot(ax + t * dx, ay + t * dy)
 
 
 def location_trust(distance_m: float) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 
 from devices.keys import identity_from_seed, new_identity
@@ -104,3 +105,111 @@ def test_time_window(offset_ms: int, reason: Reason | None) -> None:
     p = Packet(1, b"\x00" * 32, 1, "weather", (Reading(T0 + offset_ms, 1.0, 1.0, {}),))
     out = rules.check_time(p, T0, rules.TimeLimits())
     assert (out.reason if out else None) == reason
+
+
+# --- RELIABILITY B11, case by case (beyond the shared vectors) -----------------------------------------
+
+_DEV = b"\x07" * 32
+
+
+def _payload(**changes: object) -> dict:
+    reading = {"ts": T0, "lat": 52.5, "lon": 13.4, "vals": {"temperature_c": 12.5}}
+    reading.update(changes.pop("reading", {}))  # type: ignore[call-overload]
+    obj = {"v": 1, "dev": _DEV, "seq": 1, "kind": "weather", "readings": [reading]}
+    obj.update(changes)
+    return obj
+
+
+def _envelope(
+    payload: bytes, protected: bytes | None = None, unprotected: object = None, sig: bytes = b"\0" * 64
+) -> bytes:
+    prot = protected if protected is not None else codec.protected_header(_DEV)
+    return cbor2.dumps(cbor2.CBORTag(18, [prot, {} if unprotected is None else unprotected, payload, sig]))
+
+
+def _bytes_of(obj: dict) -> bytes:
+    return cbor2.dumps(obj)
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "reason"),
+    [
+        ("ok", _envelope(_bytes_of(_payload())), None),
+        ("v true", _envelope(_bytes_of(_payload(v=True))), Reason.MALFORMED),
+        ("v 2", _envelope(_bytes_of(_payload(v=2))), Reason.MALFORMED),
+        ("seq 2^63-1", _envelope(_bytes_of(_payload(seq=2**63 - 1))), None),
+        ("seq 2^63", _envelope(_bytes_of(_payload(seq=2**63))), Reason.MALFORMED),
+        ("seq 2^64 bignum", _envelope(_bytes_of(_payload(seq=2**64))), Reason.MALFORMED),
+        ("seq float", _envelope(_bytes_of(_payload(seq=1.0))), Reason.MALFORMED),
+        ("seq bool", _envelope(_bytes_of(_payload(seq=True))), Reason.MALFORMED),
+        ("ts > 2^53", _envelope(_bytes_of(_payload(reading={"ts": 2**53 + 1}))), Reason.MALFORMED),
+        ("lat text", _envelope(_bytes_of(_payload(reading={"lat": "52.5"}))), Reason.MALFORMED),
+        ("huge int value", _envelope(_bytes_of(_payload(reading={"vals": {"x": 2**60}}))), Reason.MALFORMED),
+        ("vals not a map", _envelope(_bytes_of(_payload(reading={"vals": [1]}))), Reason.MALFORMED),
+        (
+            "media short hash",
+            _envelope(_bytes_of(_payload(reading={"media": {"sha256": b"1", "uri": ""}}))),
+            Reason.MALFORMED,
+        ),
+        ("kind empty", _envelope(_bytes_of(_payload(kind=""))), Reason.MALFORMED),
+        ("dev short", _envelope(_bytes_of(_payload(dev=b"\1"))), Reason.MALFORMED),
+        ("payload not a map", _envelope(cbor2.dumps([1, 2])), Reason.MALFORMED),
+        ("payload not cbor", _envelope(b"\xff\xfe"), Reason.MALFORMED),
+        ("payload trailing bytes", _envelope(_bytes_of(_payload()) + b"\x00"), Reason.MALFORMED),
+        # duplicate keys, hand-encoded: a map of 2 with key 1 twice (cbor2 cannot write it from a dict)
+        (
+            "protected dup key",
+            _envelope(_bytes_of(_payload()), protected=b"\xa2\x01\x27\x01\x27"),
+            Reason.MALFORMED,
+        ),
+        (
+            "alg true",
+            _envelope(_bytes_of(_payload()), protected=cbor2.dumps({1: True, 4: _DEV})),
+            Reason.MALFORMED,
+        ),
+        ("alg missing", _envelope(_bytes_of(_payload()), protected=cbor2.dumps({4: _DEV})), Reason.MALFORMED),
+        (
+            "kid short",
+            _envelope(_bytes_of(_payload()), protected=cbor2.dumps({1: -8, 4: b"\1"})),
+            Reason.MALFORMED,
+        ),
+        ("unprotected a list", _envelope(_bytes_of(_payload()), unprotected=[]), Reason.MALFORMED),
+        ("signature 63 bytes", _envelope(_bytes_of(_payload()), sig=b"\0" * 63), Reason.MALFORMED),
+        ("array of 3", cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b""])), Reason.MALFORMED),
+        ("depth bomb", b"\x81" * 5000 + b"\x00", Reason.MALFORMED),
+        ("empty", b"", Reason.MALFORMED),
+        ("just at the size limit", b"\x00" * codec.MAX_MESSAGE_BYTES, Reason.MALFORMED),
+        ("one byte over", b"\x00" * (codec.MAX_MESSAGE_BYTES + 1), Reason.TOO_LARGE),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_decode_cases(case: str, message: bytes, reason: Reason | None) -> None:
+    out = codec.decode(message)
+    if reason is None:
+        assert isinstance(out, SignedMessage), out
+    else:
+        assert isinstance(out, Rejection) and out.reason == reason, (case, out)
+        assert out.detail
+
+
+@pytest.mark.parametrize(
+    ("reading", "bad"),
+    [
+        ({}, False),
+        ({"lat": float("nan")}, True),
+        ({"lon": float("inf")}, True),
+        ({"lat": 90.0, "lon": -180.0}, False),
+        ({"lat": -90.01}, True),
+        ({"lon": 180.01}, True),
+        ({"acc": -1.0}, True),
+        ({"acc": float("nan")}, True),
+        ({"alt": float("-inf")}, True),
+        ({"vals": {"temperature_c": float("nan")}}, True),
+        ({"vals": {"temperature_c": 99.0}}, False),  # out of bounds is a flag, not a rejection
+    ],
+)
+def test_values_that_are_not_numbers_on_earth_are_bad_values(reading: dict, bad: bool) -> None:
+    msg = codec.decode(_envelope(_bytes_of(_payload(reading=reading))))
+    assert isinstance(msg, SignedMessage)
+    out = rules.check_coordinates(msg.packet)
+    assert (out.reason if out else None) == (Reason.BAD_VALUES if bad else None)

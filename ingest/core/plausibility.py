@@ -1,0 +1,233 @@
+"""Reading-level plausibility: where a device says it is and how its values move. Pure (no I/O).
+
+Every check here keeps the reading and sets a flag (rules.FLAG_*): the reading is signed, so it is
+stored and shown to its owner, but a flagged reading earns nothing (the store counts it as flagged,
+which also lowers the device's quality in the reward split).
+
+Some checks compare a reading with the device's previous one, also across packets, through a `Track`
+the caller keeps per device (see ingest.core.state). Motion and jumps compare in both directions of
+time (physics is symmetric), so a packet that arrives late is still checked against the newest known
+reading; a flatline run only grows in time order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import h3
+
+from ingest.core import rules
+from ingest.core.geo import BPS, distance_outside_cell_m, haversine_m, location_trust
+from ingest.core.hwclass import HwClass
+from ingest.model import Reading
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+
+# Weather quality limits are WeatherXM's published QoD v1 self-quality checks ("Out-of-Bounds (OBC)
+# and Self Quality Checks (SQC)", docs.weatherxm.com/weather-and-science/quality-mechanisms/
+# obc-sqc-documentation): Table 6 for constancy, Table 9 (stations reporting every minute or less
+# often) for jumps. Air quality has no such reference; its limits are ours and say so.
+
+
+@dataclass(frozen=True, slots=True)
+class Constancy:
+    """How long a value may stay exactly the same before the sensor is taken to be stuck."""
+
+    limit_ms: int
+    nonzero_only: bool = False  # exactly 0 may stay as long as it likes (calm air, a dark night)
+
+
+@dataclass(frozen=True, slots=True)
+class StepLimit:
+    """The largest believable change between consecutive readings: `per_minute` for each minute of the
+    gap (a shorter gap is allowed one minute's worth), never more than `cap`."""
+
+    per_minute: float
+    cap: float
+
+    def allowed(self, dt_ms: int) -> float:
+        return min(self.cap, self.per_minute * max(abs(dt_ms), MINUTE_MS) / MINUTE_MS)
+
+
+# WeatherXM Table 6: temperature 240 min, humidity 360 min, pressure 120 min, wind speed 360 min when
+# not 0, illuminance 120 min when not 0. Left out: WeatherXM's conditional cases (constant zero wind or
+# a constant vane only count when warm and dry), which need other keys' medians.
+# Air (ours): CO2 from an NDIR sensor always wanders by a few ppm; particulate counters read whole
+# µg/m³ and really do sit at 1–2 in clean air for hours, so they are left out.
+CONSTANCY: Mapping[str, Mapping[str, Constancy]] = MappingProxyType(
+    {
+        "weather": {
+            "temperature_c": Constancy(240 * MINUTE_MS),
+            "humidity_pct": Constancy(360 * MINUTE_MS),
+            "pressure_hpa": Constancy(120 * MINUTE_MS),
+            "wind_mps": Constancy(360 * MINUTE_MS, nonzero_only=True),
+            "illuminance_lux": Constancy(120 * MINUTE_MS, nonzero_only=True),
+        },
+        "air": {"co2_ppm": Constancy(6 * HOUR_MS)},
+    }
+)
+
+# WeatherXM Table 9, per minute / upper limit: temperature 3 / 15 °C, humidity 10 / 80 %, wind speed
+# 10 / 15 m/s, pressure 0.8 / 15 hPa, illuminance 97 600 / 146 400 lux. No limit for wind direction
+# (WeatherXM has none) or rain. Air quality is left out: a passing smoke plume is a real spike.
+MAX_STEP: Mapping[str, Mapping[str, StepLimit]] = MappingProxyType(
+    {
+        "weather": {
+            "temperature_c": StepLimit(3.0, 15.0),
+            "humidity_pct": StepLimit(10.0, 80.0),
+            "wind_mps": StepLimit(10.0, 15.0),
+            "pressure_hpa": StepLimit(0.8, 15.0),
+            "illuminance_lux": StepLimit(97_600.0, 146_400.0),
+        }
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityLimits:
+    constancy: Mapping[str, Mapping[str, Constancy]] = field(default_factory=lambda: CONSTANCY)
+    max_step: Mapping[str, Mapping[str, StepLimit]] = field(default_factory=lambda: MAX_STEP)
+    # A "step" is two readings at most this far apart: WeatherXM's upper limits are for consecutive
+    # hourly values; after a longer silence there is no previous value to compare with.
+    step_window_ms: int = HOUR_MS
+    # GPS jitter allowance subtracted from every distance before the speed test, so that two fixes a
+    # few milliseconds apart do not read as hundreds of km/h (consumer GPS: ~5 m open sky, ~25 m in
+    # street canyons). Not taken from the reading's own `acc`: the device chooses that number.
+    motion_slack_m: float = 25.0
+
+
+@dataclass(slots=True)
+class Fix:
+    ts_ms: int
+    lat: float
+    lon: float
+
+
+@dataclass(slots=True)
+class Run:
+    """The latest value of one quantity and since when it has been exactly that."""
+
+    value: float | int
+    since_ms: int
+    last_ms: int
+
+
+@dataclass(slots=True)
+class Track:
+    """What one device's readings so far imply: its newest position and its value runs.
+
+    Bounded: one Fix, and one Run per key listed in the limits for its kind (never per arbitrary key).
+    """
+
+    fix: Fix | None = None
+    runs: dict[str, Run] = field(default_factory=dict)
+
+
+def too_fast(distance_m: float, dt_ms: int, max_speed_kmh: float, slack_m: float) -> bool:
+    """True if covering `distance_m` (minus the jitter slack) in `dt_ms` is above `max_speed_kmh`.
+
+    Exactly the maximum passes. Multiplied out instead of divided so that dt = 0 needs no special
+    case: any real displacement in no time is too fast.
+    """
+    excess_m = distance_m - slack_m
+    if not excess_m > 0:
+        return False
+    # m/ms × 3600 = km/h
+    return excess_m * 3600.0 > max_speed_kmh * abs(dt_ms)
+
+
+def location_trust_bps(lat: float, lon: float, asserted_cell: int) -> int:
+    """Location trust (bps) of a stationary device at (lat, lon) against the cell it asserted on chain.
+
+    A device with no asserted cell (0), or one the chain holds that is not a valid H3 index, gets 0:
+    a stationary device that can be anywhere must not cover any cell it likes.
+    """
+    if asserted_cell <= 0 or asserted_cell >= 1 << 64 or not h3.is_valid_cell(h3.int_to_str(asserted_cell)):
+        return 0
+    return location_trust(distance_outside_cell_m(lat, lon, asserted_cell))
+
+
+def _value_flags(kind: str, r: Reading, runs: dict[str, Run], limits: QualityLimits) -> int:
+    flags = 0
+    constancy = limits.constancy.get(kind, {})
+    steps = limits.max_step.get(kind, {})
+    for key, value in r.vals.items():
+        if (key not in constancy and key not in steps) or rules.out_of_bounds(kind, key, value):
+            continue  # an impossible value is flagged bad_values and must not become the reference
+        if not math.isfinite(value):
+            continue  # the pipeline rejects these; judged alone, NaN must not become a reference either
+        run = runs.get(key)
+        if run is None:
+            runs[key] = Run(value, r.ts_ms, r.ts_ms)
+            continue
+        step = steps.get(key)
+        dt = r.ts_ms - run.last_ms
+        if (
+            step is not None
+            and abs(dt) <= limits.step_window_ms
+            and abs(value - run.value) > step.allowed(dt)
+        ):
+            flags |= rules.FLAG_VALUE_JUMP
+        if dt < 0:
+            continue  # out of order: compared, but a run only grows forwards in time
+        if value == run.value:
+            stuck = constancy.get(key)
+            if (
+                stuck is not None
+                and not (stuck.nonzero_only and value == 0)
+                and r.ts_ms - run.since_ms > stuck.limit_ms
+            ):
+                flags |= rules.FLAG_FLATLINE
+            run.last_ms = r.ts_ms
+        else:
+            runs[key] = Run(value, r.ts_ms, r.ts_ms)
+    return flags
+
+
+def assess(
+    readings: Sequence[Reading], hw: HwClass, asserted_cell: int, track: Track, limits: QualityLimits
+) -> tuple[int, ...]:
+    """Flags for each reading of one accepted packet (time-ordered); advances `track`.
+
+    - bad_values: a value outside the kind's physical bounds (rules.VALUE_BOUNDS).
+    - implausible_motion (mobile classes): faster than the class maximum from the previous reading,
+      within the packet and across packets.
+    - off_location (stationary classes): location trust below full (more than 300 m outside the
+      asserted cell, or no valid asserted cell). The 0.25 band of HIP-98 also earns nothing: the
+      reward split is per reading, flagged or clean, and rounding partial trust down never pays a
+      spoofer.
+    - flatline / value_jump: see CONSTANCY and MAX_STEP.
+    """
+    out = []
+    newest = track.fix
+    prev: Fix | None = None  # the previous reading of this packet
+    for r in readings:
+        flags = rules.value_flags(hw.name, r)
+        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):  # also false for NaN
+            # The pipeline rejects such packets before this point (and geo.haversine_m raises for
+            # |lat| > 90); judged alone, a position that is not on Earth is no fix.
+            out.append(flags | rules.FLAG_BAD_VALUES | _value_flags(hw.name, r, track.runs, limits))
+            continue
+        here = Fix(r.ts_ms, r.lat, r.lon)
+        if hw.mobile:
+            ref = prev if prev is not None else newest
+            if ref is not None and too_fast(
+                haversine_m(ref.lat, ref.lon, r.lat, r.lon),
+                r.ts_ms - ref.ts_ms,
+                hw.max_speed_kmh,
+                limits.motion_slack_m,
+            ):
+                flags |= rules.FLAG_IMPLAUSIBLE_MOTION
+        elif location_trust_bps(r.lat, r.lon, asserted_cell) < BPS:
+            flags |= rules.FLAG_OFF_LOCATION
+        flags |= _value_flags(hw.name, r, track.runs, limits)
+        prev = here
+        if newest is None or r.ts_ms >= newest.ts_ms:
+            newest = here
+        out.append(flags)
+    track.fix = newest
+    return tuple(out)
