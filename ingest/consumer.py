@@ -3,6 +3,11 @@
 A batch that cannot be committed is retried with backoff while its messages stay unacknowledged; if
 the MQTT connection drops, the broker redelivers them on the persistent session and the store's
 (device, seq) key absorbs whatever had already been committed.
+
+Backpressure: one batch at a time, the next read only after commit + ack, so a slow database stops
+the reading; what this process holds is bounded by the Receive Maximum (see ingest/adapters/mqtt.py)
+and visible as `depin_mqtt_pending_messages`. Owner feedback (`MqttConfig.ack_feedback`) is published
+after the ack, QoS 0, best effort: the API's rejections endpoint is the durable record.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import asyncpg
 from ingest import metrics
 from ingest.adapters.mqtt import MqttConfig, MqttSource, Received
 from ingest.adapters.store import Store
-from ingest.core.verify import device_from_topic
-from ingest.model import BatchResult, DeviceRecord
-from ingest.pipeline import Incoming, PipelineConfig, sort_batch
+from ingest.core.feedback import DeviceFeedback, batch_feedback, stored_keys
+from ingest.core.verify import ack_topic, device_from_topic
+from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
+from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,8 @@ DB_TRANSIENT = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
+    # Also covers CannotConnectNowError (server starting up) and CrashShutdownError.
+    asyncpg.exceptions.OperatorInterventionError,
     TimeoutError,
 )
 
@@ -64,6 +72,7 @@ class Consumer:
         self.store = store
         self.lookup = lookup
         self.pipeline = pipeline or PipelineConfig()
+        self.pipeline_state = PipelineState()  # per-device rate buckets, tracks, media index
         self.batch_max_size = min(batch_max_size, mqtt.receive_maximum)
         self.batch_max_wait_s = batch_max_wait_s
         self.clock = clock
@@ -72,26 +81,48 @@ class Consumer:
         self.prefetch = prefetch
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
+        self._source: MqttSource | None = None
+        self._in_batch = 0  # messages of the batch being judged/committed (not acked yet)
+        self._feedback: dict[bytes, DeviceFeedback] = {}
+
+    def pending(self) -> int:
+        """Messages received from the broker whose outcome is not committed yet (batch + queue)."""
+        return self._in_batch + (self._source.buffered() if self._source is not None else 0)
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff when the broker goes away."""
+        metrics.MQTT_PENDING.set_function(self.pending)
         backoff = 0.2
         while True:
             try:
                 async with MqttSource(self.mqtt) as source:
+                    self._source = source
                     self.connected.set()
+                    metrics.MQTT_CONNECTED.set(1)
                     backoff = 0.2
                     while True:
                         batch = await source.next_batch(self.batch_max_size, self.batch_max_wait_s)
+                        self._in_batch = len(batch)
                         await self.handle(batch)
-                        source.ack(batch)
+                        source.ack(batch)  # after a connection loss this is a no-op: redelivered
+                        self._in_batch = 0
+                        await self._publish_feedback(source)
             except aiomqtt.MqttError as exc:
-                self.connected.clear()
+                self._disconnected()
                 self.stats.reconnects += 1
                 metrics.MQTT_RECONNECTS.inc()
                 log.warning("mqtt connection lost (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 2.0)  # short: a restarted broker is back in seconds
+            finally:
+                self._disconnected()
+
+    def _disconnected(self) -> None:
+        # Whatever the dropped connection held is gone from this process: the broker redelivers it.
+        self.connected.clear()
+        metrics.MQTT_CONNECTED.set(0)
+        self._source = None
+        self._in_batch = 0
 
     async def handle(self, batch: list[Received]) -> BatchResult:
         """Judge and commit one batch; returns only once the outcome is durable."""
@@ -99,10 +130,23 @@ class Consumer:
         if self.prefetch is not None:
             ids = {d for m in batch if (d := device_from_topic(m.topic)) is not None}
             await self.prefetch(ids)
-        sorted_batch = sort_batch(incoming, self.lookup, self.clock(), self.pipeline)
+        sorted_batch = sort_batch(incoming, self.lookup, self.clock(), self.pipeline, self.pipeline_state)
         result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
-        self._count(batch, result, sorted_batch.rejected)
+        self._count(batch, result, sorted_batch.accepted, sorted_batch.rejected)
+        if self.mqtt.ack_feedback:
+            self._feedback = batch_feedback(
+                [(p.device_id, p.seq) for p in sorted_batch.accepted],
+                [(r.device_id, r.seq, r.reason.value) for r in sorted_batch.rejected],
+                result.duplicates,
+                result.replays,
+            )
         return result
+
+    async def _publish_feedback(self, source: MqttSource) -> None:
+        feedback, self._feedback = self._feedback, {}
+        for device_id, fb in feedback.items():
+            await source.publish(ack_topic(device_id), fb.encode(), qos=0)
+        metrics.FEEDBACK_PUBLISHED.inc(len(feedback))
 
     async def _commit_with_retry(self, accepted: list, rejected: list) -> BatchResult:
         delay = 0.1
@@ -119,7 +163,13 @@ class Consumer:
             metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
             return result
 
-    def _count(self, batch: list[Received], result: BatchResult, rejected: list) -> None:
+    def _count(
+        self,
+        batch: list[Received],
+        result: BatchResult,
+        accepted: list[AcceptedPacket],
+        rejected: list[RejectedMessage],
+    ) -> None:
         s = self.stats
         s.batches += 1
         s.received += len(batch)
@@ -131,9 +181,25 @@ class Consumer:
         metrics.ACCEPTED.inc(result.stored)
         metrics.READINGS.inc(result.readings)
         metrics.DUPLICATES.inc(len(result.duplicates))
+        self._observe_latency(accepted, result)
         for r in rejected:
             s.rejected[r.reason] = s.rejected.get(r.reason, 0) + 1
             metrics.REJECTED.labels(reason=r.reason).inc()
         if result.replays:
             s.rejected["replay"] = s.rejected.get("replay", 0) + len(result.replays)
             metrics.REJECTED.labels(reason="replay").inc(len(result.replays))
+
+    @staticmethod
+    def _observe_latency(accepted: list[AcceptedPacket], result: BatchResult) -> None:
+        """publish→commit per newly stored packet; publish time = its newest reading's timestamp."""
+        committed_ms = time.time_ns() // 1_000_000
+        if result.duplicates or result.replays:
+            first = {(p.device_id, p.seq): p for p in reversed(accepted)}
+            keys = stored_keys([(p.device_id, p.seq) for p in accepted], result.duplicates, result.replays)
+            stored = [first[k] for k in keys]
+        else:
+            stored = accepted
+        observe = metrics.PUBLISH_TO_COMMIT_SECONDS.observe
+        for p in stored:
+            if p.readings:
+                observe(max(0, committed_ms - p.readings[-1].ts_ms) / 1000)

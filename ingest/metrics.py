@@ -1,4 +1,11 @@
-"""Prometheus metrics (served at /metrics). Names follow RELIABILITY.md: depin_rejected_total{reason}."""
+"""Prometheus metrics (served at /metrics). Names follow RELIABILITY.md: depin_rejected_total{reason}.
+
+Metrics are per process: with N consumer processes on one shared subscription, each serves its own
+share (scrape every worker, or sum). Publish→commit latency uses the packet's newest reading timestamp
+as the publish time: devices stamp readings when they take them and publish right after, so this is
+the latency an owner sees (it includes any time the device held the packet, and device clock error;
+negative values from fast device clocks count as 0). No extra field on the wire.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,24 @@ REJECTED = Counter("depin_rejected_total", "messages rejected, by reason code", 
 BATCH_SIZE = Histogram(
     "depin_batch_size", "messages per committed batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000)
 )
-COMMIT_SECONDS = Histogram("depin_commit_seconds", "time to commit one batch to PostgreSQL")
+COMMIT_SECONDS = Histogram(
+    "depin_commit_seconds",
+    "time to commit one batch to PostgreSQL (one attempt that succeeded)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUBLISH_TO_COMMIT_SECONDS = Histogram(
+    "depin_publish_to_commit_seconds",
+    "newest reading's timestamp in a packet → its batch committed, per newly stored packet",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+# Set to a callback by the consumer: evaluated at scrape time, so it is right even while a commit hangs.
+MQTT_PENDING = Gauge(
+    "depin_mqtt_pending_messages",
+    "messages received from the broker whose outcome is not committed yet (batch + client queue); "
+    "bounded by the Receive Maximum when acks are manual",
+)
+MQTT_CONNECTED = Gauge("depin_mqtt_connected", "1 while the consumer is connected and subscribed")
+FEEDBACK_PUBLISHED = Counter("depin_feedback_published_total", "owner feedback messages published (…/ack)")
 DB_RETRIES = Counter("depin_db_retries_total", "batch commits retried because the database was down")
 MQTT_RECONNECTS = Counter("depin_mqtt_reconnects_total", "reconnects to the MQTT broker")
 REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the registry mirror")

@@ -28,6 +28,8 @@ class Reason(StrEnum):
     IMPLAUSIBLE_MOTION = "implausible_motion"
     OFF_LOCATION = "off_location"
     MEDIA_REUSE = "media_reuse"
+    FLATLINE = "flatline"
+    VALUE_JUMP = "value_jump"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,56 @@
-"""The data path in one place: decode → verify → rules → cells. Every message gets exactly one outcome.
+"""The data path in one place: decode → verify → rate → rules → flags → cells. One outcome per message.
 
-No I/O here: the consumer hands in a batch of raw MQTT messages and a registry lookup, and gets back
-the packets to store and the rejections to record. Storing them (and learning which packets were
-duplicates or replays) is the store's job; acknowledging them after that commit is the consumer's.
+No I/O here: the consumer hands in a batch of raw MQTT messages, a registry lookup and the
+`PipelineState` it keeps between batches, and gets back the packets to store and the rejections to
+record. Storing them (and learning which packets were duplicates or replays) is the store's job;
+acknowledging them after that commit is the consumer's.
+
+The rate limit runs after the signature check, so nobody can spend another device's tokens, and
+before the time and value rules, so every authenticated packet is charged. Only accepted packets
+advance a device's track (last position, value runs) and the media index.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ingest.core import codec, rules
+from ingest.core import codec, plausibility, rules
 from ingest.core.geo import cell_for
 from ingest.core.hwclass import DEFAULT_CLASSES, HwClass
+from ingest.core.ratelimit import RateLimit, packet_clock_ms
+from ingest.core.state import PipelineState
 from ingest.core.verify import device_from_topic, verify
 from ingest.model import AcceptedPacket, DeviceRecord, Reason, RejectedMessage, Rejection
+
+__all__ = [
+    "REJECTION_REASONS",
+    "Incoming",
+    "PipelineConfig",
+    "PipelineState",
+    "Sorted",
+    "judge",
+    "sort_batch",
+]
+
+# Every reason `judge` can reject with. The store adds `replay` (and counts `duplicate`); the reading
+# flags are rules.FLAG_NAMES. The README's table lists exactly these (tests/unit/test_rules.py checks).
+REJECTION_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.TOO_LARGE,
+        Reason.MALFORMED,
+        Reason.KID_MISMATCH,
+        Reason.UNKNOWN_DEVICE,
+        Reason.REVOKED_DEVICE,
+        Reason.BAD_SIGNATURE,
+        Reason.RATE_LIMITED,
+        Reason.BAD_VALUES,
+        Reason.CLOCK_SKEW,
+        Reason.TOO_LATE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +62,16 @@ class Incoming:
 
 @dataclass(slots=True)
 class Sorted:
-    """A batch split by outcome. `index` maps each accepted packet back to its position in the batch."""
+    """A batch split by outcome.
+
+    `reused_media`: media hashes this batch showed coming from a second device. Their readings in this
+    batch are flagged media_reuse on every device; the first device's readings stored by an earlier
+    batch can only be flagged by the store (UPDATE … WHERE media_sha256 = ANY(…)).
+    """
 
     accepted: list[AcceptedPacket] = field(default_factory=list)
     rejected: list[RejectedMessage] = field(default_factory=list)
+    reused_media: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +79,8 @@ class PipelineConfig:
     max_message_bytes: int = codec.MAX_MESSAGE_BYTES
     time_limits: rules.TimeLimits = field(default_factory=rules.TimeLimits)
     classes: Mapping[int, HwClass] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    rate_limit: RateLimit | None = field(default_factory=RateLimit)  # None: no per-device limit
+    quality: plausibility.QualityLimits = field(default_factory=plausibility.QualityLimits)
 
 
 def judge(
@@ -45,8 +88,13 @@ def judge(
     lookup: Callable[[bytes], DeviceRecord | None],
     now_ms: int,
     config: PipelineConfig,
+    state: PipelineState | None = None,
 ) -> AcceptedPacket | RejectedMessage:
-    """One message → one outcome. Never raises for bad input."""
+    """One message → one outcome. Never raises for bad input.
+
+    Without a `state` the message is judged on its own (a fresh, full bucket and no history).
+    """
+    state = state if state is not None else PipelineState(max_devices=1, max_media=256)
     message_digest = hashlib.sha256(msg.payload).digest()
     topic_device = device_from_topic(msg.topic)
 
@@ -76,8 +124,22 @@ def judge(
             Rejection(Reason.MALFORMED, f"kind {packet.kind!r} but the device is registered as {hw.name!r}"),
             packet.seq,
         )
+    dev_state = state.device(device.device_id)
+    if config.rate_limit is not None:
+        limits = config.time_limits
+        at_ms = packet_clock_ms(packet, msg.received_ms, limits.max_future_ms, limits.max_lateness_ms)
+        if not dev_state.bucket.admit(packet.seq, at_ms, config.rate_limit):
+            rate = config.rate_limit
+            detail = f"over {rate.per_second:g} packets/s (burst {rate.burst:g}) of device time"
+            return reject(Rejection(Reason.RATE_LIMITED, detail), packet.seq)
     if (rej := rules.check_packet(packet, now_ms, config.time_limits)) is not None:
         return reject(rej, packet.seq)
+    flags = list(
+        plausibility.assess(packet.readings, hw, device.asserted_cell, dev_state.track, config.quality)
+    )
+    for i, r in enumerate(packet.readings):
+        if r.media is not None and state.media_owner(r.media.sha256, device.device_id) != device.device_id:
+            flags[i] |= rules.FLAG_MEDIA_REUSE
     return AcceptedPacket(
         device_id=device.device_id,
         seq=packet.seq,
@@ -86,7 +148,7 @@ def judge(
         received_ms=msg.received_ms,
         readings=packet.readings,
         cells=tuple(cell_for(r.lat, r.lon, hw.h3_res) for r in packet.readings),
-        flags=tuple(rules.value_flags(packet.kind, r) for r in packet.readings),
+        flags=tuple(flags),
         message_digest=message_digest,
     )
 
@@ -96,12 +158,36 @@ def sort_batch(
     lookup: Callable[[bytes], DeviceRecord | None],
     now_ms: int,
     config: PipelineConfig,
+    state: PipelineState | None = None,
 ) -> Sorted:
+    """Judge a batch in order, against and into `state` (the consumer keeps it between batches).
+
+    Without a `state` the batch is judged with a fresh one (no history from earlier batches).
+    """
+    state = state if state is not None else PipelineState()
     out = Sorted()
     for msg in batch:
-        outcome = judge(msg, lookup, now_ms, config)
+        outcome = judge(msg, lookup, now_ms, config, state)
         if isinstance(outcome, AcceptedPacket):
             out.accepted.append(outcome)
         else:
             out.rejected.append(outcome)
+    reused = {
+        r.media.sha256
+        for p in out.accepted
+        for r, f in zip(p.readings, p.flags, strict=True)
+        if r.media is not None and f & rules.FLAG_MEDIA_REUSE
+    }
+    if reused:
+        # The later device was flagged as it came; now flag the first one too where it is in this batch.
+        out.accepted = [_flag_media(p, reused) for p in out.accepted]
+        out.reused_media = sorted(reused)
     return out
+
+
+def _flag_media(p: AcceptedPacket, reused: set[bytes]) -> AcceptedPacket:
+    flags = tuple(
+        f | rules.FLAG_MEDIA_REUSE if r.media is not None and r.media.sha256 in reused else f
+        for r, f in zip(p.readings, p.flags, strict=True)
+    )
+    return p if flags == p.flags else dataclasses.replace(p, flags=flags)

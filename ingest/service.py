@@ -28,7 +28,7 @@ from ingest.consumer import Consumer
 from ingest.core import rules
 from ingest.epochs import EpochConfig, Epochs
 from ingest.pipeline import PipelineConfig
-from ingest.registry import RegistryFollower, RegistryMirror
+from ingest.registry import PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,19 @@ class Node:
             await self.store.pool.fetchval("SELECT 1")
         except Exception:
             db_ok = False
-        report = {
+        chain_ok = self.follower.healthy and self.follower.rpc_up
+        report: dict[str, Any] = {
             "database": db_ok,
             "registry": self.follower.healthy,
             "registry_block": self.mirror.block,
             "devices": len(self.mirror.devices),
+            "chain_rpc": self.follower.rpc_up,
+            "chain_error": self.follower.last_error,
             "mqtt": self.consumer.connected.is_set(),
         }
-        report["ready"] = db_ok and self.follower.healthy
+        # Name what is failing, so a 503 says "chain" (RPC down: known devices still flow) or "database".
+        report["failing"] = [name for name, ok in (("database", db_ok), ("chain", chain_ok)) if not ok]
+        report["ready"] = db_ok and chain_ok
         return report
 
     def app(self) -> web.Application:
@@ -126,6 +131,7 @@ def build_node(
         pipeline=pipeline,
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+        prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(
@@ -158,8 +164,37 @@ async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator
         await runner.cleanup()
 
 
+def mqtt_config(settings: Settings) -> MqttConfig:
+    """The consumer's MQTT settings from DEPIN_MQTT_* (and DEPIN_ACK_FEEDBACK)."""
+    return MqttConfig(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        client_id=settings.mqtt_client_id,
+        group=settings.mqtt_group,
+        shared=settings.mqtt_shared,
+        receive_maximum=settings.mqtt_receive_maximum,
+        manual_ack=settings.mqtt_manual_ack,
+        ack_feedback=settings.ack_feedback,
+    )
+
+
+async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
+    """Catch the mirror up with the chain before consuming, so registered devices are not rejected as
+    unknown while a fresh worker replays events. Chain down: go on with the persisted mirror (the
+    follower keeps retrying; `/readyz` and `depin_chain_rpc_up` show it)."""
+    try:
+        await asyncio.wait_for(node.follower.sync_once(), timeout_s)
+    except Exception as exc:
+        log.warning("registry not synced before consuming (%s); using the persisted mirror", exc)
+
+
 async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
-    """`depin run`: the chosen parts until SIGINT/SIGTERM, then an ordered stop."""
+    """`depin run`: the chosen parts until SIGINT/SIGTERM, then an ordered stop.
+
+    `consume` implies `follow` (the consumer judges against the registry mirror). If a part stops on
+    its own (a bug, an error it does not handle) the process stops with an error rather than staying up
+    half-dead: its messages are unacked, so the broker hands them to the restarted (or another) worker.
+    """
     parts = set(parts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,10 +203,14 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
-        w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url))
+        w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
         deployment = Deployment.load(settings.deployment_file)
-        node = build_node(settings, store, w3, deployment, rewards=rewards_account(settings))
+        node = build_node(
+            settings, store, w3, deployment, rewards=rewards_account(settings), mqtt=mqtt_config(settings)
+        )
         await node.follower.load()
+        if "consume" in parts:
+            await first_registry_sync(node)
         tasks: list[asyncio.Task[None]] = []
         if "follow" in parts or "consume" in parts:
             tasks.append(asyncio.create_task(node.follower.run(), name="follower"))
@@ -182,8 +221,13 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         if "api" in parts:
             url = await stack.enter_async_context(serve_api(node.app(), settings.api_host, settings.api_port))
             log.info("API listening on %s", url)
-        await stop.wait()
-        log.info("stopping")
-        for t in tasks:
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        ended = [t for t in tasks if t.done()]
+        log.info("stopping", extra={"consumer": vars(node.consumer.stats)})
+        for t in [stopping, *tasks]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(stopping, *tasks, return_exceptions=True)
+        for t in ended:
+            exc = None if t.cancelled() else t.exception()
+            raise RuntimeError(f"part {t.get_name()!r} stopped unexpectedly: {exc!r}") from exc

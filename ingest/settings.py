@@ -23,7 +23,14 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "depin-ingest-1"
     mqtt_group: str = "ingest"
     mqtt_shared: bool = True
+    # MQTT 5 Receive Maximum: caps the unacknowledged messages the broker sends this process, i.e. what
+    # it buffers while the database is slow (backpressure). Must be ≥ batch_max_size.
     mqtt_receive_maximum: int = 5000
+    # Ack each message only after its batch is committed. False exists only for the regression test
+    # that shows what auto-ack loses on a crash; never run production with it.
+    mqtt_manual_ack: bool = True
+    # Opt-in owner feedback: per-packet outcomes on depin/v1/{device_id_hex}/ack after each commit.
+    ack_feedback: bool = False
     batch_max_size: int = Field(default=2000, ge=1, description="messages per commit; ≤ receive maximum")
     batch_max_wait_ms: int = Field(
         default=50, ge=1, description="longest a message waits for its batch to fill"

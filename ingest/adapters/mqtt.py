@@ -7,6 +7,17 @@ ack-after-commit works (ARCHITECTURE §1, FIELD-NOTES "MQTT"):
 - a persistent session (clean_start=False + session expiry) so unacked messages come back after a
   reconnect; a batch that failed to commit means reconnect, never skip;
 - acks in arrival order; never set `max_queued_incoming_messages` (a full queue drops silently).
+
+Backpressure. The consumer holds one batch at a time and reads the next only after the previous one
+is committed and acked, so a slow database stops the reading. aiomqtt's queue is unbounded, but it
+cannot grow without bound: with manual ack the broker sends a client at most Receive Maximum
+unacknowledged QoS 1/2 messages (MQTT 5 §3.3.4; Mosquitto honours it, measured in
+tests/integration/test_faults.py: with receive_maximum=50 and the `packets` table locked, 400
+published messages leave exactly 50 in this process and the rest queued in the broker's session).
+So messages held in this process (batch + queue) ≤ `receive_maximum`, shown as
+`depin_mqtt_pending_messages`; the backlog waits in the broker (`max_queued_messages`). Over MQTT
+3.1.1 the broker's `max_inflight_messages` plays that role. With `manual_ack=False` paho acks on
+receipt, nothing bounds the queue, and a crash loses whatever it held — hence manual ack only.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ class MqttConfig:
     username: str | None = None
     password: str | None = None
     manual_ack: bool = True  # False only to demonstrate, in a test, what auto-ack loses
+    ack_feedback: bool = False  # publish per-packet outcomes on depin/v1/{id}/ack after each commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,10 @@ class MqttSource:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._client.__aexit__(None, None, None)
+
+    def buffered(self) -> int:
+        """Messages received from the broker and waiting in the client's queue (not yet in a batch)."""
+        return self._client._queue.qsize()
 
     def _convert(self, m: aiomqtt.Message, now_ms: int) -> Received:
         payload = m.payload if isinstance(m.payload, bytes | bytearray) else str(m.payload).encode()

@@ -140,6 +140,54 @@ async def ensure_partitions(conn: asyncpg.Connection, min_ts: datetime, max_ts: 
     return [r["name"] for r in rows]
 
 
+async def _upsert_devices(conn: Any, records: Sequence[DeviceRecord], block: int) -> None:
+    latest = {r.device_id: r for r in records}
+    if not latest:
+        return
+    rows = list(latest.values())
+    ids = [r.device_id for r in rows]
+    await conn.execute(
+        """INSERT INTO devices (device_id, pubkey, owner, hw_class, asserted_cell, active,
+                                registered_block, updated_block)
+           SELECT d, k, o, h, c, a, rb, $8
+           FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int[], $5::bigint[], $6::bool[],
+                       $7::bigint[]) AS u(d, k, o, h, c, a, rb)
+           ON CONFLICT (device_id) DO UPDATE SET
+               pubkey = excluded.pubkey, owner = excluded.owner, hw_class = excluded.hw_class,
+               asserted_cell = excluded.asserted_cell, active = excluded.active,
+               registered_block = CASE WHEN excluded.registered_block > 0
+                                       THEN excluded.registered_block
+                                       ELSE devices.registered_block END,
+               updated_block = excluded.updated_block""",
+        ids,
+        [r.pubkey for r in rows],
+        [r.owner for r in rows],
+        [r.hw_class for r in rows],
+        [cell_to_db(r.asserted_cell) for r in rows],
+        [r.active for r in rows],
+        [r.registered_block for r in rows],
+        block,
+    )
+    # A record without its registration block (0): the first block we saw it in stands in.
+    await conn.execute(
+        "UPDATE devices SET registered_block = $2 WHERE device_id = ANY($1) AND registered_block = 0",
+        ids,
+        block,
+    )
+
+
+async def _set_cursor(conn: Any, name: str, block: int, block_hash: bytes) -> None:
+    await conn.execute(
+        """INSERT INTO chain_cursor (name, block_number, block_hash, updated_at)
+           VALUES ($1, $2, $3, now())
+           ON CONFLICT (name) DO UPDATE SET block_number = excluded.block_number,
+               block_hash = excluded.block_hash, updated_at = excluded.updated_at""",
+        name,
+        block,
+        block_hash,
+    )
+
+
 class Store:
     def __init__(
         self,
@@ -324,40 +372,24 @@ class Store:
 
     async def upsert_devices(self, records: Sequence[DeviceRecord], block: int) -> None:
         """Insert or update mirror rows as of `block` (the last record of a device id wins)."""
-        latest = {r.device_id: r for r in records}
-        if not latest:
-            return
-        rows = list(latest.values())
-        ids = [r.device_id for r in rows]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """INSERT INTO devices (device_id, pubkey, owner, hw_class, asserted_cell, active,
-                                        registered_block, updated_block)
-                   SELECT d, k, o, h, c, a, rb, $8
-                   FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int[], $5::bigint[], $6::bool[],
-                               $7::bigint[]) AS u(d, k, o, h, c, a, rb)
-                   ON CONFLICT (device_id) DO UPDATE SET
-                       pubkey = excluded.pubkey, owner = excluded.owner, hw_class = excluded.hw_class,
-                       asserted_cell = excluded.asserted_cell, active = excluded.active,
-                       registered_block = CASE WHEN excluded.registered_block > 0
-                                               THEN excluded.registered_block
-                                               ELSE devices.registered_block END,
-                       updated_block = excluded.updated_block""",
-                ids,
-                [r.pubkey for r in rows],
-                [r.owner for r in rows],
-                [r.hw_class for r in rows],
-                [cell_to_db(r.asserted_cell) for r in rows],
-                [r.active for r in rows],
-                [r.registered_block for r in rows],
-                block,
-            )
-            # A record without its registration block (0): the first block we saw it in stands in.
-            await conn.execute(
-                "UPDATE devices SET registered_block = $2 WHERE device_id = ANY($1) AND registered_block = 0",
-                ids,
-                block,
-            )
+            await _upsert_devices(conn, records, block)
+
+    async def save_mirror(
+        self,
+        cursor: str,
+        block: int,
+        block_hash: bytes,
+        upserts: Sequence[DeviceRecord] = (),
+        deletes: Sequence[bytes] = (),
+    ) -> None:
+        """Mirror rows and the checkpoint that covers them in ONE transaction: after a crash or a failed
+        write the rows are never ahead of (or behind) the (block, hash) a restart resumes from."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if deletes:
+                await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", list(deletes))
+            await _upsert_devices(conn, upserts, block)
+            await _set_cursor(conn, cursor, block, block_hash)
 
     async def load_devices(self) -> list[DeviceRecord]:
         rows = await self.pool.fetch(
@@ -384,15 +416,7 @@ class Store:
         return None if row is None else (row["block_number"], bytes(row["block_hash"]))
 
     async def set_cursor(self, name: str, block: int, block_hash: bytes) -> None:
-        await self.pool.execute(
-            """INSERT INTO chain_cursor (name, block_number, block_hash, updated_at)
-               VALUES ($1, $2, $3, now())
-               ON CONFLICT (name) DO UPDATE SET block_number = excluded.block_number,
-                   block_hash = excluded.block_hash, updated_at = excluded.updated_at""",
-            name,
-            block,
-            block_hash,
-        )
+        await _set_cursor(self.pool, name, block, block_hash)
 
     # --- API queries ------------------------------------------------------------------------------
 

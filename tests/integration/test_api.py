@@ -14,7 +14,7 @@ from devices.sdk import build_message
 from ingest.adapters.store import Store
 from ingest.core.verify import up_topic
 from ingest.model import DeviceRecord, Reading
-from ingest.pipeline import Incoming, PipelineConfig, sort_batch
+from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ async def api(store: Store) -> AsyncIterator[tuple[str, list[bytes]]]:
             msgs.append(
                 Incoming(up_topic(ident.device_id), build_message(ident, seq, "weather", [reading]), NOW)
             )
-    out = sort_batch(msgs, registry.get, NOW, PipelineConfig())
+    out = sort_batch(msgs, registry.get, NOW, PipelineConfig(), PipelineState())
     assert not out.rejected
     await store.write_batch(out.accepted, [])
     async with serve_api(create_app(store, _ready, max_rows=100), "127.0.0.1", 0) as url:

@@ -20,9 +20,28 @@ def test_bounded_demo_runs_and_its_summary_adds_up() -> None:
         env = {**os.environ, "DEPIN_DATA_DIR": str(Path(tmp) / "data")}
         env.pop("DEPIN_DATABASE_URL", None)
         proc = subprocess.run(
-            [sys.executable, "-m", "ingest.cli", "demo", "--devices", "6", "--epochs", "2",
-             "--epoch-seconds", "4", "--exit", "--summary", str(summary_path), "--api-port", "0"],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
+            [
+                sys.executable,
+                "-m",
+                "ingest.cli",
+                "demo",
+                "--devices",
+                "6",
+                "--epochs",
+                "2",
+                "--epoch-seconds",
+                "4",
+                "--exit",
+                "--summary",
+                str(summary_path),
+                "--api-port",
+                "0",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "=== depin demo summary ===" in proc.stdout
