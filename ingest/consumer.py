@@ -4,10 +4,12 @@ A batch that cannot be committed is retried with backoff while its messages stay
 the MQTT connection drops, the broker redelivers them on the persistent session and the store's
 (device, seq) key absorbs whatever had already been committed.
 
-Backpressure: one batch at a time, the next read only after commit + ack, so a slow database stops
-the reading; what this process holds is bounded by the Receive Maximum (see ingest/adapters/mqtt.py)
-and visible as `depin_mqtt_pending_messages`. Owner feedback (`MqttConfig.ack_feedback`) is published
-after the ack, QoS 0, best effort: the API's rejections endpoint is the durable record.
+Pipelining and backpressure: while one batch commits the next is judged (CPU work overlaps the database
+round trip), but a third is not read until that commit is done and acked, so a slow database stops the
+reading and acks stay in arrival order; what this process holds is bounded by the Receive Maximum (see
+ingest/adapters/mqtt.py) and visible as `depin_mqtt_pending_messages`. Owner feedback
+(`MqttConfig.ack_feedback`) is published after the ack, QoS 0, best effort: the API's rejections
+endpoint is the durable record.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, stored_keys
 from ingest.core.verify import ack_topic, device_from_topic
 from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
-from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
+from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ DB_TRANSIENT = (
     asyncpg.exceptions.OperatorInterventionError,
     TimeoutError,
 )
+
+
+@dataclass(slots=True)
+class _Inflight:
+    """A judged batch whose commit runs while the next batch is judged; acked once that commit is done."""
+
+    batch: list[Received]
+    commit: asyncio.Task[BatchResult]
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Consumer:
         metrics.MQTT_PENDING.set_function(self.pending)
         backoff = 0.2
         while True:
+            inflight: _Inflight | None = None
             try:
                 async with MqttSource(self.mqtt) as source:
                     self._source = source
@@ -101,13 +112,21 @@ class Consumer:
                     metrics.MQTT_CONNECTED.set(1)
                     backoff = 0.2
                     while True:
+                        if inflight is not None and source.buffered() == 0:
+                            # Nothing waiting: finish the previous batch now rather than hold its acks
+                            # while waiting on an empty queue (and the broker's Receive Maximum).
+                            await self._finish(inflight, source)
+                            inflight = None
                         batch = await source.next_batch(self.batch_max_size, self.batch_max_wait_s)
-                        self._in_batch = len(batch)
-                        await self.handle(batch)
-                        source.ack(batch)  # after a connection loss this is a no-op: redelivered
-                        self._in_batch = 0
-                        await self._publish_feedback(source)
+                        self._in_batch += len(batch)
+                        sorted_batch = await self.judge(batch)
+                        if inflight is not None:
+                            await self._finish(inflight, source)  # acks stay in arrival order
+                        inflight = _Inflight(batch, asyncio.create_task(self.commit(batch, sorted_batch)))
             except aiomqtt.MqttError as exc:
+                if inflight is not None:  # let its outcome become durable; the broker redelivers it
+                    await asyncio.gather(inflight.commit, return_exceptions=True)
+                    inflight = None
                 self._disconnected()
                 self.stats.reconnects += 1
                 metrics.MQTT_RECONNECTS.inc()
@@ -115,7 +134,16 @@ class Consumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)  # short: a restarted broker is back in seconds
             finally:
+                if inflight is not None:
+                    inflight.commit.cancel()  # rolled back, never acked: redelivered after a restart
+                    await asyncio.gather(inflight.commit, return_exceptions=True)
                 self._disconnected()
+
+    async def _finish(self, inflight: _Inflight, source: MqttSource) -> None:
+        await inflight.commit  # raises what the commit raised (a non-transient database error)
+        source.ack(inflight.batch)  # after a connection loss this is a no-op: redelivered
+        self._in_batch -= len(inflight.batch)
+        await self._publish_feedback(source)
 
     def _disconnected(self) -> None:
         # Whatever the dropped connection held is gone from this process: the broker redelivers it.
@@ -126,11 +154,18 @@ class Consumer:
 
     async def handle(self, batch: list[Received]) -> BatchResult:
         """Judge and commit one batch; returns only once the outcome is durable."""
+        return await self.commit(batch, await self.judge(batch))
+
+    async def judge(self, batch: list[Received]) -> Sorted:
+        """The pure part: every message's outcome, against and into this worker's pipeline state."""
         incoming = [Incoming(m.topic, m.payload, m.received_ms) for m in batch]
         if self.prefetch is not None:
             ids = {d for m in batch if (d := device_from_topic(m.topic)) is not None}
             await self.prefetch(ids)
-        sorted_batch = sort_batch(incoming, self.lookup, self.clock(), self.pipeline, self.pipeline_state)
+        return sort_batch(incoming, self.lookup, self.clock(), self.pipeline, self.pipeline_state)
+
+    async def commit(self, batch: list[Received], sorted_batch: Sorted) -> BatchResult:
+        """Store a judged batch (retrying while the database is away) and count its outcomes."""
         result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
         self._count(batch, result, sorted_batch.accepted, sorted_batch.rejected)
         if self.mqtt.ack_feedback:

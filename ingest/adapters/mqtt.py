@@ -8,16 +8,16 @@ ack-after-commit works (ARCHITECTURE §1, FIELD-NOTES "MQTT"):
   reconnect; a batch that failed to commit means reconnect, never skip;
 - acks in arrival order; never set `max_queued_incoming_messages` (a full queue drops silently).
 
-Backpressure. The consumer holds one batch at a time and reads the next only after the previous one
-is committed and acked, so a slow database stops the reading. aiomqtt's queue is unbounded, but it
-cannot grow without bound: with manual ack the broker sends a client at most Receive Maximum
-unacknowledged QoS 1/2 messages (MQTT 5 §3.3.4; Mosquitto honours it, measured in
-tests/integration/test_faults.py: with receive_maximum=50 and the `packets` table locked, 400
-published messages leave exactly 50 in this process and the rest queued in the broker's session).
-So messages held in this process (batch + queue) ≤ `receive_maximum`, shown as
-`depin_mqtt_pending_messages`; the backlog waits in the broker (`max_queued_messages`). Over MQTT
-3.1.1 the broker's `max_inflight_messages` plays that role. With `manual_ack=False` paho acks on
-receipt, nothing bounds the queue, and a crash loses whatever it held — hence manual ack only.
+Backpressure. The consumer holds at most two batches (one committing, the next being judged) and reads
+no further until the older one is committed and acked, so a slow database stops the reading. aiomqtt's
+queue is unbounded, but it cannot grow without bound: with manual ack the broker sends a client at most
+Receive Maximum unacknowledged QoS 1/2 messages (MQTT 5 §3.3.4; Mosquitto honours it, measured in
+tests/integration/test_faults.py: with receive_maximum=50 and the `packets` table locked, 400 published
+messages leave exactly 50 in this process and the rest queued in the broker's session). So messages held
+in this process (batch + queue) ≤ `receive_maximum`, shown as `depin_mqtt_pending_messages`; the backlog
+waits in the broker (`max_queued_messages`). Over MQTT 3.1.1 the broker's `max_inflight_messages` plays
+that role. With `manual_ack=False` paho acks on receipt, nothing bounds the queue, and a crash loses
+whatever it held — hence manual ack only.
 """
 
 from __future__ import annotations

@@ -133,6 +133,8 @@ def _uint(value: Any, name: str, limit: int) -> int:
 
 def _number(value: Any, name: str) -> float:
     # NaN/inf and range are *values* problems (bad_values), judged after the signature; here only the type.
+    if type(value) is float:  # the common case first: a plain float needs no further check
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Malformed(f"{name} must be a number")
     if isinstance(value, int) and abs(value) > 2**53:
@@ -168,9 +170,16 @@ def _decode_payload(obj: Any) -> Packet:
 def _decode_reading(obj: Any, i: int) -> Reading:
     if not isinstance(obj, Mapping):
         raise _Malformed(f"reading {i} must be a map")
-    ts = _uint(obj.get("ts"), f"readings[{i}].ts", MAX_TS_MS)
-    lat = _number(obj.get("lat"), f"readings[{i}].lat")
-    lon = _number(obj.get("lon"), f"readings[{i}].lon")
+    # Field names for errors are built only when a check fails: this runs once per reading.
+    ts = obj.get("ts")
+    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+        ts = _uint(ts, f"readings[{i}].ts", MAX_TS_MS)
+    lat = obj.get("lat")
+    if type(lat) is not float:
+        lat = _number(lat, f"readings[{i}].lat")
+    lon = obj.get("lon")
+    if type(lon) is not float:
+        lon = _number(lon, f"readings[{i}].lon")
     acc = _number(obj["acc"], f"readings[{i}].acc") if "acc" in obj else None
     alt = _number(obj["alt"], f"readings[{i}].alt") if "alt" in obj else None
     raw_vals = obj.get("vals", {})
@@ -178,8 +187,11 @@ def _decode_reading(obj: Any, i: int) -> Reading:
         raise _Malformed(f"readings[{i}].vals must be a map of at most 64 entries")
     vals: dict[str, float | int] = {}
     for key, value in raw_vals.items():
-        if not isinstance(key, str) or not 0 < len(key) <= 64:
+        if type(key) is not str or not 0 < len(key) <= 64:
             raise _Malformed(f"readings[{i}].vals keys must be short texts")
+        if type(value) is float:
+            vals[key] = value
+            continue
         num = _number(value, f"readings[{i}].vals.{key}")
         vals[key] = value if isinstance(value, int) else num
     media = None

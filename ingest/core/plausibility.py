@@ -12,6 +12,7 @@ reading; a flatline run only grows in time order.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,9 +147,15 @@ def location_trust_bps(lat: float, lon: float, asserted_cell: int) -> int:
     A device with no asserted cell (0), or one the chain holds that is not a valid H3 index, gets 0:
     a stationary device that can be anywhere must not cover any cell it likes.
     """
-    if asserted_cell <= 0 or asserted_cell >= 1 << 64 or not h3.is_valid_cell(h3.int_to_str(asserted_cell)):
+    if not _valid_cell(asserted_cell):
         return 0
     return location_trust(distance_outside_cell_m(lat, lon, asserted_cell))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _valid_cell(cell: int) -> bool:
+    # Cached: checked for every reading of a stationary device, and a device's cell rarely changes.
+    return 0 < cell < 1 << 64 and h3.is_valid_cell(h3.int_to_str(cell))
 
 
 def _value_flags(kind: str, r: Reading, runs: dict[str, Run], limits: QualityLimits) -> int:

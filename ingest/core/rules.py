@@ -100,7 +100,13 @@ def out_of_bounds(kind: str, key: str, value: float) -> bool:
 
 def value_flags(kind: str, reading: Reading) -> int:
     """FLAG_BAD_VALUES if any value is outside the kind's physical bounds, else 0."""
-    return FLAG_BAD_VALUES if any(out_of_bounds(kind, k, v) for k, v in reading.vals.items()) else 0
+    bounds = VALUE_BOUNDS.get(kind)
+    if bounds:
+        for key, value in reading.vals.items():  # a plain loop: this runs for every reading
+            lo_hi = bounds.get(key)
+            if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+                return FLAG_BAD_VALUES
+    return 0
 
 
 def flag_reasons(flags: int) -> list[Reason]:
