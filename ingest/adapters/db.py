@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +132,23 @@ def dsn_with_database(dsn: str, database: str) -> str:
 # --- pool -----------------------------------------------------------------------------------------
 
 
-# One encoder instance: json.dumps with keyword arguments builds a new encoder per call (~30 % slower).
+# The json module, for what orjson refuses (integers beyond 64 bits, e.g. token amounts in a manifest).
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _jsonb_encode(value: Any) -> bytes:
     # Binary jsonb (version byte 1 + text): COPY is binary in asyncpg and refuses text-only codecs.
+    # orjson first: one reading's `vals` in ~0.3 µs against ~2.7 µs with the json module, and every
+    # stored reading goes through here. Either way NaN/inf end as null (orjson's default, _json_safe).
     try:
-        text = _encode_json(value)
-    except ValueError:
-        text = _encode_json(_json_safe(value))
-    if "\\u0000" in text:
-        # PostgreSQL jsonb cannot hold U+0000 (json.dumps writes it as \\u0000): one NUL would fail the
-        # whole batch. A literal backslash-u0000 also lands here, harmlessly: _json_safe keeps it.
-        text = _encode_json(_json_safe(value))
-    return b"\x01" + text.encode()
+        text = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError: a non-text key, a huge integer, …
+        text = _encode_json(_json_safe(value)).encode()
+    if b"\\u0000" in text:
+        # PostgreSQL jsonb cannot hold U+0000 (written as \\u0000): one NUL would fail the whole batch.
+        # A literal backslash-u0000 also lands here, harmlessly: _json_safe keeps it.
+        text = _encode_json(_json_safe(value)).encode()
+    return b"\x01" + text
 
 
 def _jsonb_decode(data: bytes) -> Any:

@@ -32,6 +32,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ingest.adapters import paho_properties
+
+paho_properties.install()  # every PUBLISH received builds a Properties: share its tables
 log = logging.getLogger(__name__)
 
 UP_FILTER = "depin/v1/+/up"

@@ -160,30 +160,45 @@ def _decode_payload(obj: Any) -> Packet:
         raise _Malformed("readings must be an array")
     if not 1 <= len(raw_readings) <= MAX_READINGS:
         raise _Malformed(f"{len(raw_readings)} readings, expected 1..{MAX_READINGS}")
-    readings = tuple(_decode_reading(r, i) for i, r in enumerate(raw_readings))
+    readings = tuple([_decode_reading(r, i) for i, r in enumerate(raw_readings)])
     for prev, cur in itertools.pairwise(readings):
         if cur.ts_ms < prev.ts_ms:
             raise _Malformed("readings are not in time order")
     return Packet(v=v, dev=dev, seq=seq, kind=kind, readings=readings)
 
 
+_ABSENT = object()
+
+
 def _decode_reading(obj: Any, i: int) -> Reading:
-    if not isinstance(obj, Mapping):
+    # Runs once per reading: exact-type checks first (cbor2 gives plain dict/int/float/str), and
+    # field names for errors built only when a check fails.
+    if type(obj) is not dict:
         raise _Malformed(f"reading {i} must be a map")
-    # Field names for errors are built only when a check fails: this runs once per reading.
-    ts = obj.get("ts")
+    get = obj.get
+    ts = get("ts")
     if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
         ts = _uint(ts, f"readings[{i}].ts", MAX_TS_MS)
-    lat = obj.get("lat")
+    lat = get("lat")
     if type(lat) is not float:
         lat = _number(lat, f"readings[{i}].lat")
-    lon = obj.get("lon")
+    lon = get("lon")
     if type(lon) is not float:
         lon = _number(lon, f"readings[{i}].lon")
-    acc = _number(obj["acc"], f"readings[{i}].acc") if "acc" in obj else None
-    alt = _number(obj["alt"], f"readings[{i}].alt") if "alt" in obj else None
-    raw_vals = obj.get("vals", {})
-    if not isinstance(raw_vals, Mapping) or len(raw_vals) > 64:
+    acc = get("acc", _ABSENT)
+    if acc is _ABSENT:
+        acc = None
+    elif type(acc) is not float:
+        acc = _number(acc, f"readings[{i}].acc")
+    alt = get("alt", _ABSENT)
+    if alt is _ABSENT:
+        alt = None
+    elif type(alt) is not float:
+        alt = _number(alt, f"readings[{i}].alt")
+    raw_vals = get("vals", _ABSENT)
+    if raw_vals is _ABSENT:
+        raw_vals = {}
+    if type(raw_vals) is not dict or len(raw_vals) > 64:
         raise _Malformed(f"readings[{i}].vals must be a map of at most 64 entries")
     vals: dict[str, float | int] = {}
     for key, value in raw_vals.items():
@@ -197,10 +212,10 @@ def _decode_reading(obj: Any, i: int) -> Reading:
     media = None
     if "media" in obj:
         m = obj["media"]
-        if not isinstance(m, Mapping):
+        if type(m) is not dict:
             raise _Malformed(f"readings[{i}].media must be a map")
         sha, uri = m.get("sha256"), m.get("uri")
         if not isinstance(sha, bytes) or len(sha) != 32 or not isinstance(uri, str) or len(uri) > 512:
             raise _Malformed(f"readings[{i}].media needs sha256 (32 bytes) and uri (text)")
         media = Media(sha256=sha, uri=uri)
-    return Reading(ts_ms=ts, lat=lat, lon=lon, vals=vals, acc=acc, alt=alt, media=media)
+    return Reading(ts, lat, lon, vals, acc, alt, media)
