@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import h3
+from h3.api import basic_int as h3_int
 
 BPS = 10_000
 
@@ -27,7 +28,7 @@ TRUST_PARTIAL_BPS = 2_500
 
 def cell_for(lat: float, lon: float, res: int) -> int:
     """The H3 cell containing (lat, lon) at resolution `res`, as the 64-bit integer the database stores."""
-    return h3.str_to_int(h3.latlng_to_cell(lat, lon, res))
+    return h3_int.latlng_to_cell(lat, lon, res)  # the integer API: no string round trip
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -58,9 +59,9 @@ def distance_outside_cell_m(lat: float, lon: float, cell: int) -> float:
     few metres across, that is HIP-98's distance from the asserted point). Edges are measured in a
     local flat projection around the point, exact to well under a metre at cell sizes up to res 5.
     """
-    cell_str = h3.int_to_str(cell)
-    if h3.latlng_to_cell(lat, lon, h3.get_resolution(cell_str)) == cell_str:
+    if h3_int.latlng_to_cell(lat, lon, h3_int.get_resolution(cell)) == cell:
         return 0.0
+    cell_str = h3.int_to_str(cell)
     k = math.radians(1.0) * EARTH_RADIUS_M  # metres per degree of latitude
     cos_lat = math.cos(math.radians(lat))
 

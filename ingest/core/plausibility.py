@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import h3
 
@@ -158,40 +159,49 @@ def _valid_cell(cell: int) -> bool:
     return 0 < cell < 1 << 64 and h3.is_valid_cell(h3.int_to_str(cell))
 
 
+_NO_LIMITS: Mapping[str, Any] = MappingProxyType({})
+
+
 def _value_flags(kind: str, r: Reading, runs: dict[str, Run], limits: QualityLimits) -> int:
+    # Runs for every reading: lookups hoisted out of the loop, StepLimit.allowed written out.
+    constancy = limits.constancy.get(kind, _NO_LIMITS)
+    steps = limits.max_step.get(kind, _NO_LIMITS)
+    if not constancy and not steps:
+        return 0
+    bounds = rules.VALUE_BOUNDS.get(kind, _NO_LIMITS)
+    ts = r.ts_ms
     flags = 0
-    constancy = limits.constancy.get(kind, {})
-    steps = limits.max_step.get(kind, {})
     for key, value in r.vals.items():
-        if (key not in constancy and key not in steps) or rules.out_of_bounds(kind, key, value):
+        stuck = constancy.get(key)
+        step = steps.get(key)
+        if stuck is None and step is None:
+            continue
+        lo_hi = bounds.get(key)
+        if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
             continue  # an impossible value is flagged bad_values and must not become the reference
         if not math.isfinite(value):
             continue  # the pipeline rejects these; judged alone, NaN must not become a reference either
         run = runs.get(key)
         if run is None:
-            runs[key] = Run(value, r.ts_ms, r.ts_ms)
+            runs[key] = Run(value, ts, ts)
             continue
-        step = steps.get(key)
-        dt = r.ts_ms - run.last_ms
-        if (
-            step is not None
-            and abs(dt) <= limits.step_window_ms
-            and abs(value - run.value) > step.allowed(dt)
-        ):
-            flags |= rules.FLAG_VALUE_JUMP
+        dt = ts - run.last_ms
+        if step is not None and abs(dt) <= limits.step_window_ms:
+            allowed = min(step.cap, step.per_minute * max(abs(dt), MINUTE_MS) / MINUTE_MS)
+            if abs(value - run.value) > allowed:
+                flags |= rules.FLAG_VALUE_JUMP
         if dt < 0:
             continue  # out of order: compared, but a run only grows forwards in time
         if value == run.value:
-            stuck = constancy.get(key)
             if (
                 stuck is not None
                 and not (stuck.nonzero_only and value == 0)
-                and r.ts_ms - run.since_ms > stuck.limit_ms
+                and ts - run.since_ms > stuck.limit_ms
             ):
                 flags |= rules.FLAG_FLATLINE
-            run.last_ms = r.ts_ms
+            run.last_ms = ts
         else:
-            runs[key] = Run(value, r.ts_ms, r.ts_ms)
+            runs[key] = Run(value, ts, ts)
     return flags
 
 

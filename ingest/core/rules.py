@@ -65,9 +65,9 @@ class TimeLimits:
 
 def check_coordinates(packet: Packet) -> Rejection | None:
     for i, r in enumerate(packet.readings):
-        if not (math.isfinite(r.lat) and math.isfinite(r.lon)):
-            return Rejection(Reason.BAD_VALUES, f"readings[{i}]: coordinates must be finite")
-        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):
+        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):  # also false for NaN
+            if not (math.isfinite(r.lat) and math.isfinite(r.lon)):
+                return Rejection(Reason.BAD_VALUES, f"readings[{i}]: coordinates must be finite")
             return Rejection(Reason.BAD_VALUES, f"readings[{i}]: lat/lon out of range ({r.lat}, {r.lon})")
         if r.acc is not None and not (math.isfinite(r.acc) and r.acc >= 0):
             return Rejection(Reason.BAD_VALUES, f"readings[{i}]: acc must be a finite distance >= 0")
