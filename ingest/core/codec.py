@@ -8,6 +8,7 @@ message can never produce more than a `malformed`/`kid_mismatch`/`bad_signature`
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 from collections.abc import Mapping
@@ -47,9 +48,29 @@ def _loads(data: bytes) -> Any:
     return item
 
 
+_SIG1_PREFIX = cbor2.dumps(["Signature1", b"", b"", b""])[:12]  # array(4) header + "Signature1"
+
+
+def _bstr(data: bytes) -> bytes:
+    """CBOR byte string: the shortest length header (RFC 8949 §4.2.1), then the bytes."""
+    n = len(data)
+    if n < 24:
+        head = bytes((0x40 + n,))
+    elif n < 0x100:
+        head = b"\x58" + n.to_bytes(1, "big")
+    elif n < 0x10000:
+        head = b"\x59" + n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        head = b"\x5a" + n.to_bytes(4, "big")
+    else:
+        head = b"\x5b" + n.to_bytes(8, "big")
+    return head + data
+
+
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    # RFC 9052 §4.4: Sig_structure = ["Signature1", body_protected, external_aad, payload]
-    return cbor2.dumps(["Signature1", protected, b"", payload])
+    # RFC 9052 §4.4: Sig_structure = ["Signature1", body_protected, external_aad, payload], encoded as
+    # cbor2.dumps would (tests/unit/test_codec.py compares); by hand, as it is built for every message.
+    return _SIG1_PREFIX + _bstr(protected) + b"\x40" + _bstr(payload)
 
 
 def signed_bytes(msg: SignedMessage) -> bytes:
@@ -110,6 +131,15 @@ def _decode(message: bytes) -> SignedMessage:
         raise _Malformed("unprotected header must be a map")
     if len(signature) != SIGNATURE_LEN:
         raise _Malformed(f"signature is {len(signature)} bytes, expected {SIGNATURE_LEN}")
+    kid = _protected_kid(protected)
+    packet = _decode_payload(_loads(payload))
+    return SignedMessage(kid=kid, protected=protected, payload=payload, signature=signature, packet=packet)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _protected_kid(protected: bytes) -> bytes:
+    """The kid of a valid protected header. Cached: a device sends the same header bytes every time
+    (only valid headers are cached; a bad one raises every time)."""
     header = _loads(protected)
     if not isinstance(header, Mapping):
         raise _Malformed("protected header must be a map")
@@ -119,8 +149,7 @@ def _decode(message: bytes) -> SignedMessage:
     kid = header.get(HDR_KID)
     if not isinstance(kid, bytes) or len(kid) != DEVICE_ID_LEN:
         raise _Malformed("kid must be the 32-byte device id")
-    packet = _decode_payload(_loads(payload))
-    return SignedMessage(kid=kid, protected=protected, payload=payload, signature=signature, packet=packet)
+    return kid
 
 
 def _uint(value: Any, name: str, limit: int) -> int:

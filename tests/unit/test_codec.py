@@ -78,6 +78,8 @@ def test_round_trip_every_field() -> None:
     assert check_signature(msg, ident.pubkey) is None
     wrong = check_signature(msg, new_identity().pubkey)
     assert wrong is not None and wrong.reason == Reason.BAD_SIGNATURE
+    short_key = check_signature(msg, ident.pubkey[:31])  # a malformed registry key verifies nothing
+    assert short_key is not None and short_key.reason == Reason.BAD_SIGNATURE
 
 
 def test_size_limit_is_checked_before_parsing() -> None:
@@ -213,3 +215,9 @@ def test_values_that_are_not_numbers_on_earth_are_bad_values(reading: dict, bad:
     assert isinstance(msg, SignedMessage)
     out = rules.check_coordinates(msg.packet)
     assert (out.reason if out else None) == (Reason.BAD_VALUES if bad else None)
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_sig_structure_is_what_cbor2_encodes(n: int) -> None:
+    protected, payload = b"\xa2" * n, b"\xab" * (n + 1)
+    assert codec.sig_structure(protected, payload) == cbor2.dumps(["Signature1", protected, b"", payload])
