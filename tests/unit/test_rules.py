@@ -534,3 +534,20 @@ def test_readme_tables_match_the_code() -> None:
     assert flags == {(reason.value, bit) for bit, reason in rules.FLAG_NAMES.items()}
     # Every code is one or the other, except `duplicate` (a counted outcome, not a rejection).
     assert {r.value for r in Reason} == reasons | {name for name, _ in flags} | {Reason.DUPLICATE.value}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["weather", "air", "dashcam"]),
+    vals=st.dictionaries(
+        st.sampled_from(["temperature_c", "humidity_pct", "pressure_hpa", "co2_ppm", "speed_mps", "other"]),
+        st.floats(allow_nan=True, allow_infinity=True) | st.integers(-100_000, 100_000),
+        max_size=6,
+    ),
+)
+def test_assess_flags_bad_values_exactly_as_the_bounds_rule(kind: str, vals: dict) -> None:
+    """assess folds the bounds check into its one pass over the values; it must agree with rules."""
+    hw = {"weather": WEATHER, "air": AIR, "dashcam": DASHCAM}[kind]
+    reading = Reading(T0, BERLIN[0], BERLIN[1], vals)
+    (flags,) = assess([reading], hw, cell_for(*BERLIN, hw.h3_res), Track(), LIMITS)
+    assert flags & rules.FLAG_BAD_VALUES == rules.value_flags(kind, reading)
