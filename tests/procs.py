@@ -23,8 +23,6 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import asyncpg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.adapters.broker import free_port
@@ -239,23 +237,6 @@ async def publish_resilient(
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
     return stats
-
-
-async def drop_session(host: str, port: int, client_id: str) -> None:
-    """Remove a persistent session (clean start, expiry 0) so it stops queueing messages."""
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    client = aiomqtt.Client(
-        host,
-        port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=True,
-        properties=props,
-    )
-    with contextlib.suppress(aiomqtt.MqttError):
-        async with client:
-            pass
 
 
 # --- database -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ whatever it held — hence manual ack only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -149,3 +150,21 @@ class MqttSource:
 
     async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         await self._client.publish(topic, payload, qos=qos)
+
+
+async def drop_session(host: str, port: int, client_id: str) -> None:
+    """Remove a persistent session (clean start, expiry 0) so it stops queueing messages: for a worker
+    taken out of service for good, and for tests and the benchmark."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client = aiomqtt.Client(
+        host,
+        port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=True,
+        properties=props,
+    )
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with client:
+            pass

@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.adapters.broker import BrokerInfo, start_amqtt
+from ingest.adapters.mqtt import drop_session
 from simulator import make_fleet, next_message, publish_raw, stream
 from simulator.fleet import unique_client_id
 
@@ -43,21 +44,6 @@ async def subscriber(
     ) as client:
         await client.subscribe(filter_, qos=1)
         yield client
-
-
-async def drop_session(broker: BrokerInfo, client_id: str) -> None:
-    """Remove a persistent session, or the shared broker keeps queueing later tests' messages for it."""
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=True,
-        properties=props,
-    ):
-        pass
 
 
 async def collect(
@@ -122,7 +108,7 @@ async def test_restart_keeps_a_persistent_sessions_queue(mosquitto: BrokerInfo, 
     finally:
         # A SIGKILL restart reloads the last snapshot, which can bring back an earlier test's session.
         for cid in _persistent_ids:
-            await drop_session(mosquitto, cid)
+            await drop_session(mosquitto.host, mosquitto.port, cid)
 
 
 async def test_amqtt_fallback_relays_without_share() -> None:

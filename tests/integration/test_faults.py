@@ -19,6 +19,7 @@ import pytest
 from devices.chain import DeviceInput, RegistryClient
 from ingest.adapters.broker import start_mosquitto
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
+from ingest.adapters.mqtt import drop_session
 from ingest.adapters.store import Store
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
@@ -28,7 +29,6 @@ from tests.procs import (
     PostgresControl,
     PublishStats,
     consumer_env,
-    drop_session,
     publish_resilient,
     table_counts,
     try_counts,
