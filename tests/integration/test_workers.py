@@ -15,13 +15,13 @@ import asyncpg
 import pytest
 
 from devices.chain import DeviceInput, RegistryClient
-from ingest.adapters.mqtt import MqttConfig
+from ingest.adapters.mqtt import MqttConfig, drop_session
 from ingest.adapters.store import Store
 from ingest.consumer import Consumer
 from ingest.core.verify import ack_topic
 from simulator import cheaters
 from simulator.fleet import SimDevice, device_record, make_fleet, next_message, unique_client_id
-from tests.procs import ConsumerProcess, consumer_env, drop_session, publish_resilient, table_counts, wait_for
+from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration
 
