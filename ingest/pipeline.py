@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingest.core import codec, plausibility, rules
-from ingest.core.geo import cell_for
+from ingest.core.geo import cells_for
 from ingest.core.hwclass import DEFAULT_CLASSES, HwClass
 from ingest.core.ratelimit import RateLimit, packet_clock_ms
 from ingest.core.state import PipelineState
@@ -147,7 +147,7 @@ def judge(
         payload_digest=hashlib.sha256(decoded.payload).digest(),
         received_ms=msg.received_ms,
         readings=packet.readings,
-        cells=tuple(cell_for(r.lat, r.lon, hw.h3_res) for r in packet.readings),
+        cells=cells_for(((r.lat, r.lon) for r in packet.readings), hw.h3_res),
         flags=tuple(flags),
         message_digest=message_digest,
     )

@@ -9,6 +9,7 @@ comparison, not arithmetic.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import h3
 from h3.api import basic_int as h3_int
@@ -29,6 +30,20 @@ TRUST_PARTIAL_BPS = 2_500
 def cell_for(lat: float, lon: float, res: int) -> int:
     """The H3 cell containing (lat, lon) at resolution `res`, as the 64-bit integer the database stores."""
     return h3_int.latlng_to_cell(lat, lon, res)  # the integer API: no string round trip
+
+
+def cells_for(points: Iterable[tuple[float, float]], res: int) -> tuple[int, ...]:
+    """`cell_for` of each (lat, lon); a point equal to the one before reuses its cell (a station's
+    readings all sit at one position)."""
+    out = []
+    last_lat = last_lon = math.nan  # equal to nothing
+    cell = 0
+    for lat, lon in points:
+        if lat != last_lat or lon != last_lon:
+            cell = h3_int.latlng_to_cell(lat, lon, res)
+            last_lat, last_lon = lat, lon
+        out.append(cell)
+    return tuple(out)
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import h3
 
@@ -89,6 +89,12 @@ MAX_STEP: Mapping[str, Mapping[str, StepLimit]] = MappingProxyType(
 )
 
 
+class KeyLimits(NamedTuple):
+    bounds: tuple[float, float] | None
+    constancy: Constancy | None
+    step: StepLimit | None
+
+
 @dataclass(frozen=True, slots=True)
 class QualityLimits:
     constancy: Mapping[str, Mapping[str, Constancy]] = field(default_factory=lambda: CONSTANCY)
@@ -100,6 +106,20 @@ class QualityLimits:
     # few milliseconds apart do not read as hundreds of km/h (consumer GPS: ~5 m open sky, ~25 m in
     # street canyons). Not taken from the reading's own `acc`: the device chooses that number.
     motion_slack_m: float = 25.0
+    # kind → key → everything checked for it (bounds, constancy, step), built once from the fields
+    # above and rules.VALUE_BOUNDS: one lookup per value instead of three.
+    by_kind: Mapping[str, Mapping[str, KeyLimits]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        table: dict[str, dict[str, KeyLimits]] = {}
+        for kind in {*rules.VALUE_BOUNDS, *self.constancy, *self.max_step}:
+            bounds = rules.VALUE_BOUNDS.get(kind, {})
+            stuck, steps = self.constancy.get(kind, {}), self.max_step.get(kind, {})
+            table[kind] = {
+                key: KeyLimits(bounds.get(key), stuck.get(key), steps.get(key))
+                for key in {*bounds, *stuck, *steps}
+            }
+        object.__setattr__(self, "by_kind", MappingProxyType(table))
 
 
 @dataclass(slots=True)
@@ -127,6 +147,9 @@ class Track:
 
     fix: Fix | None = None
     runs: dict[str, Run] = field(default_factory=dict)
+    # The last location-trust verdict (lat, lon, asserted cell, trusted): a station sends the same
+    # position every time, and the H3 lookups behind the verdict are the costliest part of a reading.
+    trust_memo: tuple[float, float, int, bool] | None = None
 
 
 def too_fast(distance_m: float, dt_ms: int, max_speed_kmh: float, slack_m: float) -> bool:
@@ -162,24 +185,24 @@ def _valid_cell(cell: int) -> bool:
 _NO_LIMITS: Mapping[str, Any] = MappingProxyType({})
 
 
-def _value_flags(kind: str, r: Reading, runs: dict[str, Run], limits: QualityLimits) -> int:
+def _value_flags(
+    table: Mapping[str, KeyLimits], r: Reading, runs: dict[str, Run], limits: QualityLimits
+) -> int:
     """bad_values (as rules.value_flags), flatline and value_jump of one reading; advances `runs`.
 
-    One pass over the values, lookups hoisted and StepLimit.allowed written out: this runs for every
-    reading stored."""
-    constancy = limits.constancy.get(kind, _NO_LIMITS)
-    steps = limits.max_step.get(kind, _NO_LIMITS)
-    bounds = rules.VALUE_BOUNDS.get(kind, _NO_LIMITS)
+    One pass over the values, one lookup per value (`table` is limits.by_kind[kind]) and
+    StepLimit.allowed written out: this runs for every reading stored."""
     ts = r.ts_ms
     flags = 0
     for key, value in r.vals.items():
-        lo_hi = bounds.get(key)
+        spec = table.get(key)
+        if spec is None:
+            continue
+        lo_hi, stuck, step = spec
         if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
             # Flagged; an impossible value must not become the reference of a run either.
             flags |= rules.FLAG_BAD_VALUES
             continue
-        stuck = constancy.get(key)
-        step = steps.get(key)
         if stuck is None and step is None:
             continue
         if not math.isfinite(value):
@@ -225,8 +248,9 @@ def assess(
     out = []
     newest = track.fix
     prev: Fix | None = None  # the previous reading of this packet
+    table = limits.by_kind.get(hw.name, _NO_LIMITS)
     for r in readings:
-        flags = _value_flags(hw.name, r, track.runs, limits)  # bad_values, flatline, value_jump
+        flags = _value_flags(table, r, track.runs, limits)  # bad_values, flatline, value_jump
         if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0):  # also false for NaN
             # The pipeline rejects such packets before this point (and geo.haversine_m raises for
             # |lat| > 90); judged alone, a position that is not on Earth is no fix.
@@ -242,8 +266,17 @@ def assess(
                 limits.motion_slack_m,
             ):
                 flags |= rules.FLAG_IMPLAUSIBLE_MOTION
-        elif location_trust_bps(r.lat, r.lon, asserted_cell) < BPS:
-            flags |= rules.FLAG_OFF_LOCATION
+        else:
+            memo = track.trust_memo
+            if memo is None or memo[0] != r.lat or memo[1] != r.lon or memo[2] != asserted_cell:
+                memo = track.trust_memo = (
+                    r.lat,
+                    r.lon,
+                    asserted_cell,
+                    location_trust_bps(r.lat, r.lon, asserted_cell) == BPS,
+                )
+            if not memo[3]:
+                flags |= rules.FLAG_OFF_LOCATION
         prev = here
         if newest is None or r.ts_ms >= newest.ts_ms:
             newest = here

@@ -208,6 +208,10 @@ def test_decode_cases(case: str, message: bytes, reason: Reason | None) -> None:
         ({"alt": float("-inf")}, True),
         ({"vals": {"temperature_c": float("nan")}}, True),
         ({"vals": {"temperature_c": 99.0}}, False),  # out of bounds is a flag, not a rejection
+        ({"vals": {"a": 1.0, "b": float("-inf"), "c": 2}}, True),
+        ({"vals": {"a": float("inf"), "b": float("-inf")}}, True),  # their sum is NaN: still found
+        ({"vals": {"a": 1e308, "b": 1e308}}, False),  # finite values whose sum overflows
+        ({"vals": {"a": 2**53, "b": -(2**53), "c": 0.5}}, False),
     ],
 )
 def test_values_that_are_not_numbers_on_earth_are_bad_values(reading: dict, bad: bool) -> None:

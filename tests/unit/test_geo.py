@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import h3
 import pytest
@@ -77,6 +78,13 @@ def test_cell_for_resolution_and_containment(lat: float, lon: float, res: int) -
     assert h3.get_resolution(h3.int_to_str(cell)) == res
     # a point lies within about one edge length of its cell's centre (generous bound for distortion)
     assert distance_to_cell_m(lat, lon, cell) <= 2 * h3.average_hexagon_edge_length(res, unit="m")
+
+
+@given(st.lists(st.tuples(lats, lons), max_size=12), st.sampled_from([7, 9]), st.randoms())
+def test_cells_for_is_cell_for_of_each_point(points: list, res: int, rnd: random.Random) -> None:
+    # Repeat some points back to back: those reuse the previous cell, and must still be right.
+    points = [p for p in points for _ in range(rnd.randint(1, 3))]
+    assert geo.cells_for(points, res) == tuple(cell_for(lat, lon, res) for lat, lon in points)
 
 
 @pytest.mark.parametrize(

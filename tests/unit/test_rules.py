@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.core import rules
+from ingest.core import plausibility, rules
 from ingest.core.geo import BPS, EARTH_RADIUS_M, cell_for, distance_outside_cell_m
 from ingest.core.hwclass import AIR, DASHCAM, DEFAULT_CLASSES, WEATHER
 from ingest.core.plausibility import QualityLimits, Track, assess, location_trust_bps, too_fast
@@ -390,6 +390,36 @@ def test_outside_a_coarse_cell_distance_counts_from_its_edge(outside_m: float, t
 def test_no_or_invalid_asserted_cell_means_no_trust(asserted: int) -> None:
     assert location_trust_bps(*BERLIN, asserted) == 0
     assert assess([w(T0)], WEATHER, asserted, Track(), LIMITS) == (rules.FLAG_OFF_LOCATION,)
+
+
+def test_location_verdict_is_remembered_only_for_the_same_position_and_cell() -> None:
+    cell = cell_for(*BERLIN, WEATHER.h3_res)
+    elsewhere = cell_for(0.0, 0.0, WEATHER.h3_res)
+    far = north(*BERLIN, 5_000.0)
+    track = Track()
+    assert assess([w(T0)], WEATHER, cell, track, LIMITS) == (0,)
+    # Same position, new asserted cell (set-location on chain): judged again.
+    assert assess([w(T0 + MINUTE)], WEATHER, elsewhere, track, LIMITS) == (rules.FLAG_OFF_LOCATION,)
+    assert assess([w(T0 + 2 * MINUTE)], WEATHER, cell, track, LIMITS) == (0,)
+    # Same cell, the station moved away and back within one packet.
+    readings = [w(T0 + 3 * MINUTE, *far), w(T0 + 4 * MINUTE), w(T0 + 5 * MINUTE, *far)]
+    assert assess(readings, WEATHER, cell, track, LIMITS) == (
+        rules.FLAG_OFF_LOCATION,
+        0,
+        rules.FLAG_OFF_LOCATION,
+    )
+
+
+def test_quality_limits_table_follows_custom_limits() -> None:
+    stuck = plausibility.Constancy(2 * MINUTE)
+    limits = QualityLimits(constancy={"air": {"pm25_ugm3": stuck}}, max_step={})
+    assert limits.by_kind["air"]["pm25_ugm3"] == (rules.VALUE_BOUNDS["air"]["pm25_ugm3"], stuck, None)
+    assert "temperature_c" in limits.by_kind["weather"]  # bounds alone still listed
+    assert limits.by_kind["weather"]["temperature_c"].constancy is None
+    cell, lat, lon = station_cell(AIR.h3_res)
+    readings = [Reading(T0 + i * MINUTE, lat, lon, {"pm25_ugm3": 7.0}) for i in range(4)]
+    assert assess(readings, AIR, cell, Track(), limits) == (0, 0, 0, rules.FLAG_FLATLINE)
+    assert assess(readings, AIR, cell, Track(), LIMITS) == (0, 0, 0, 0)  # PM has no default limit
 
 
 def test_mobile_devices_are_not_judged_by_an_asserted_cell() -> None:
