@@ -216,7 +216,6 @@ def _consumer_proc(
     cfg: MqttConfig,
     dsn: str,
     fleet_args: tuple[int, int],
-    batch_wait_s: float,
     handled: Any,
     ready: Any,
     go: Any,
@@ -235,7 +234,8 @@ def _consumer_proc(
         pool = await create_pool(dsn, max_size=2)
         store = TimedStore(pool)
         store.latencies_ms = []
-        consumer = Consumer(cfg, store, registry.get, batch_max_size=5000, batch_max_wait_s=batch_wait_s)
+        # Batch size and wait: the service defaults (DEPIN_BATCH_MAX_SIZE, DEPIN_BATCH_MAX_WAIT_MS).
+        consumer = Consumer(cfg, store, registry.get)
         ready.release()
         await asyncio.to_thread(go.wait)
         task = asyncio.create_task(consumer.run())
@@ -267,7 +267,7 @@ def _consumer_proc(
 class Workers:
     """N consumer processes; `start()` returns when all are ready, `go()` lets them consume."""
 
-    def __init__(self, cfgs: list[MqttConfig], dsn: str, fleet_args: tuple[int, int], batch_wait_s: float):
+    def __init__(self, cfgs: list[MqttConfig], dsn: str, fleet_args: tuple[int, int]):
         ctx = mp.get_context("spawn")
         self.handled = ctx.Value("q", 0)
         self._ready = ctx.Semaphore(0)
@@ -280,7 +280,6 @@ class Workers:
                     cfg,
                     dsn,
                     fleet_args,
-                    batch_wait_s,
                     self.handled,
                     self._ready,
                     self._go,
@@ -340,7 +339,7 @@ async def service_drain(
     cfgs = worker_configs(broker, name, workers)
     for cfg in cfgs:
         await register_session(cfg)
-    pool_w = Workers(cfgs, dsn, (args.devices, rpp), batch_wait_s=0.05)
+    pool_w = Workers(cfgs, dsn, (args.devices, rpp))
     if live:
         await pool_w.start()
         started = pool_w.go()
@@ -375,7 +374,7 @@ async def service_latency(
     await pool.close()
     devices = max(args.devices, int(rate * 2))  # stay within each device's rate limit
     cfgs = worker_configs(broker, f"lat{workers}", workers)
-    pool_w = Workers(cfgs, dsn_with_database(admin_dsn, "bench_latency"), (devices, 99), batch_wait_s=0.02)
+    pool_w = Workers(cfgs, dsn_with_database(admin_dsn, "bench_latency"), (devices, 99))
     await pool_w.start()
     pool_w.go()
     await asyncio.sleep(1.0)  # let every worker connect and subscribe before the stream starts
