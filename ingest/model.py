@@ -1,4 +1,4 @@
-"""Domain types shared by every stage. Frozen dataclasses: raw and verified data are different types.
+"""Domain types shared by every stage. Immutable: raw and verified data are different types.
 
 An expected rejection is a returned `Rejection` value; an exception means something broke.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Reason(StrEnum):
@@ -38,8 +39,10 @@ class Media:
     uri: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """One timestamped, located measurement. A NamedTuple rather than a frozen dataclass: as immutable,
+    and built about three times faster (the decoder builds one per reading received)."""
+
     ts_ms: int
     lat: float
     lon: float

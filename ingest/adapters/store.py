@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -105,13 +104,6 @@ def _hex0x(b: bytes | None) -> str | None:
 def _text(s: str) -> str:
     # PostgreSQL text cannot hold U+0000; one NUL in a detail or uri must not fail a whole batch.
     return s.replace("\x00", "\ufffd") if "\x00" in s else s
-
-
-def _f32(x: float | None) -> float | None:
-    # acc/alt are `real`: asyncpg refuses out-of-range floats, which would fail the whole batch.
-    if x is None or not math.isfinite(x) or abs(x) > _F32_MAX:
-        return None
-    return x
 
 
 def _unstorable(p: AcceptedPacket) -> str | None:
@@ -728,27 +720,28 @@ def _fallback_digest(p: AcceptedPacket) -> bytes:
 
 
 def _reading_records(p: AcceptedPacket) -> list[tuple[Any, ...]]:
-    # Once per stored reading: locals hoisted, timestamps built inline (_unstorable checked their range).
+    # Once per stored reading: locals hoisted, timestamps built inline (_unstorable checked their range),
+    # acc/alt are `real`: asyncpg refuses out-of-range floats, which would fail the whole batch, so they
+    # become NULL (the comparison is false for NaN and ±inf too).
     kind = _text(p.kind)
     flags, cells, device_id, seq = p.flags, p.cells, p.device_id, p.seq
     n_flags = len(flags)
-    epoch, td = _EPOCH, timedelta
+    epoch, td, f32_max = _EPOCH, timedelta, _F32_MAX
     out = []
-    for i, r in enumerate(p.readings):
-        media = r.media
+    for i, (ts_ms, lat, lon, vals, acc, alt, media) in enumerate(p.readings):
         out.append(
             (
-                epoch + td(0, 0, r.ts_ms * 1000),
+                epoch + td(0, 0, ts_ms * 1000),
                 device_id,
                 seq,
                 i,
-                r.lat,
-                r.lon,
-                None if r.acc is None else _f32(r.acc),
-                None if r.alt is None else _f32(r.alt),
+                lat,
+                lon,
+                acc if acc is None or -f32_max <= acc <= f32_max else None,
+                alt if alt is None or -f32_max <= alt <= f32_max else None,
                 cells[i],
                 kind,
-                r.vals,
+                vals,
                 None if media is None else media.sha256,
                 None if media is None else _text(media.uri),
                 flags[i] if i < n_flags else 0,

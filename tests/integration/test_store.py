@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -210,17 +211,18 @@ async def test_hostile_values_do_not_fail_the_batch(store: Store) -> None:
         alt=-1e300,
         media=Media(sha256=b"\x01" * 32, uri="s3://b/\x00k"),
     )
-    p1 = packet(dev(4), 1, readings=(odd,), kind="we\x00ather")
+    odder = odd._replace(ts_ms=odd.ts_ms + 1, acc=math.nan, alt=-math.inf)
+    p1 = packet(dev(4), 1, readings=(odd, odder), kind="we\x00ather")
     p2 = packet(dev(4), 2, ts0=2**53)  # beyond year 9999
     r = RejectedMessage(
         hashlib.sha256(b"nul").digest(), None, 2**64 - 1, Reason.MALFORMED, "bad \x00", now_ms(), "t\x00"
     )
     res = await store.write_batch([p1, p2], [r])
-    assert (res.stored, res.readings, res.rejections) == (1, 1, 2)
+    assert (res.stored, res.readings, res.rejections) == (1, 2, 2)
     page = await store.readings(device_id=dev(4), start_ms=0, end_ms=now_ms() + DAY_MS, limit=10)
     item = page["items"][0]
     assert item["vals"] == {"t\ufffdx": 1.5}
-    assert (item["acc"], item["alt"]) == (None, None)
+    assert [(x["acc"], x["alt"]) for x in page["items"]] == [(None, None)] * 2
     assert item["media"] == {"sha256": "01" * 32, "uri": "s3://b/\ufffdk"}
     reasons = {x["reason"]: x for x in await store.recent_rejections(None, 10)}
     assert reasons["malformed"]["seq"] in (None, 2)
