@@ -254,7 +254,14 @@ class Store:
             else:
                 first[key] = p
 
-        await self._ensure_days(r.ts_ms // DAY_MS for p in first.values() for r in p.readings)
+        # Readings are in time order (the decoder rejects others), so a packet's first and last reading
+        # bound its days; a stray reading would still land in the default partition, never fail.
+        await self._ensure_days(
+            day
+            for p in first.values()
+            if p.readings
+            for day in range(p.readings[0].ts_ms // DAY_MS, p.readings[-1].ts_ms // DAY_MS + 1)
+        )
 
         inserted: set[tuple[bytes, int]] = set()
         stored_digest: dict[tuple[bytes, int], bytes] = {}

@@ -270,6 +270,15 @@ async def test_daily_partitions_and_default(store: Store) -> None:
     assert res.duplicates == [(dev(3), 1)]
 
 
+async def test_packet_spanning_days_gets_every_days_partition(store: Store) -> None:
+    # The store derives a packet's days from its first and last reading only: a reading on a later day
+    # than the first must still find its day's partition, not fall into the DEFAULT one.
+    start = (now_ms() // DAY_MS + 1) * DAY_MS - 1000  # one second before tomorrow starts
+    await store.write_batch([packet(dev(5), 1, ts0=start, n=3, step_ms=DAY_MS // 2 + 1)], [])
+    days = {_day_name(start + i * (DAY_MS // 2 + 1)) for i in range(3)}
+    assert len(days) == 2 and await _partition_of(store, dev(5)) == days
+
+
 async def test_partition_creation_race(store: Store) -> None:
     start = now_ms() + 60 * DAY_MS  # days nobody created yet
     lo, hi = ms_to_dt(start), ms_to_dt(start + 4 * DAY_MS)
