@@ -82,7 +82,7 @@ class Consumer:
         self.store = store
         self.lookup = lookup
         self.pipeline = pipeline or PipelineConfig()
-        self.pipeline_state = PipelineState()  # per-device rate buckets, tracks, media index
+        self.pipeline_state = PipelineState()  # per-device rate buckets and tracks
         self.batch_max_size = min(batch_max_size, mqtt.receive_maximum)
         self.batch_max_wait_s = batch_max_wait_s
         self.clock = clock
@@ -216,6 +216,7 @@ class Consumer:
         metrics.ACCEPTED.inc(result.stored)
         metrics.READINGS.inc(result.readings)
         metrics.DUPLICATES.inc(len(result.duplicates))
+        metrics.MEDIA_REUSED.inc(len(result.reused_media))
         self._observe_latency(accepted, result)
         for r in rejected:
             s.rejected[r.reason] = s.rejected.get(r.reason, 0) + 1

@@ -37,6 +37,9 @@ MQTT_PENDING = Gauge(
 )
 MQTT_CONNECTED = Gauge("depin_mqtt_connected", "1 while the consumer is connected and subscribed")
 FEEDBACK_PUBLISHED = Counter("depin_feedback_published_total", "owner feedback messages published (…/ack)")
+MEDIA_REUSED = Counter(
+    "depin_media_reused_total", "batches' media hashes found sent by more than one device (readings flagged)"
+)
 DB_RETRIES = Counter("depin_db_retries_total", "batch commits retried because the database was down")
 MQTT_RECONNECTS = Counter("depin_mqtt_reconnects_total", "reconnects to the MQTT broker")
 REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the registry mirror")

@@ -130,6 +130,8 @@ class BatchResult:
     duplicates: list[tuple[bytes, int]] = field(default_factory=list)
     replays: list[tuple[bytes, int]] = field(default_factory=list)
     rejections: int = 0
+    # Media hashes this batch found sent by more than one device (their readings are now flagged).
+    reused_media: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ advance a device's track (last position, value runs) and the media index.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,14 +63,12 @@ class Incoming:
 class Sorted:
     """A batch split by outcome.
 
-    `reused_media`: media hashes this batch showed coming from a second device. Their readings in this
-    batch are flagged media_reuse on every device; the first device's readings stored by an earlier
-    batch can only be flagged by the store (UPDATE … WHERE media_sha256 = ANY(…)).
+    Media reuse is not flagged here: it needs every hash ever stored, so the store decides it in the
+    batch's transaction (`ingest/core/media.py`).
     """
 
     accepted: list[AcceptedPacket] = field(default_factory=list)
     rejected: list[RejectedMessage] = field(default_factory=list)
-    reused_media: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +91,7 @@ def judge(
 
     Without a `state` the message is judged on its own (a fresh, full bucket and no history).
     """
-    state = state if state is not None else PipelineState(max_devices=1, max_media=256)
+    state = state if state is not None else PipelineState(max_devices=1)
     message_digest = hashlib.sha256(msg.payload).digest()
     topic_device = device_from_topic(msg.topic)
 
@@ -134,12 +131,7 @@ def judge(
             return reject(Rejection(Reason.RATE_LIMITED, detail), packet.seq)
     if (rej := rules.check_packet(packet, now_ms, config.time_limits)) is not None:
         return reject(rej, packet.seq)
-    flags = list(
-        plausibility.assess(packet.readings, hw, device.asserted_cell, dev_state.track, config.quality)
-    )
-    for i, r in enumerate(packet.readings):
-        if r.media is not None and state.media_owner(r.media.sha256, device.device_id) != device.device_id:
-            flags[i] |= rules.FLAG_MEDIA_REUSE
+    flags = plausibility.assess(packet.readings, hw, device.asserted_cell, dev_state.track, config.quality)
     return AcceptedPacket(
         device_id=device.device_id,
         seq=packet.seq,
@@ -148,7 +140,7 @@ def judge(
         received_ms=msg.received_ms,
         readings=packet.readings,
         cells=cells_for(((r.lat, r.lon) for r in packet.readings), hw.h3_res),
-        flags=tuple(flags),
+        flags=flags,
         message_digest=message_digest,
     )
 
@@ -172,22 +164,4 @@ def sort_batch(
             out.accepted.append(outcome)
         else:
             out.rejected.append(outcome)
-    reused = {
-        r.media.sha256
-        for p in out.accepted
-        for r, f in zip(p.readings, p.flags, strict=True)
-        if r.media is not None and f & rules.FLAG_MEDIA_REUSE
-    }
-    if reused:
-        # The later device was flagged as it came; now flag the first one too where it is in this batch.
-        out.accepted = [_flag_media(p, reused) for p in out.accepted]
-        out.reused_media = sorted(reused)
     return out
-
-
-def _flag_media(p: AcceptedPacket, reused: set[bytes]) -> AcceptedPacket:
-    flags = tuple(
-        f | rules.FLAG_MEDIA_REUSE if r.media is not None and r.media.sha256 in reused else f
-        for r, f in zip(p.readings, p.flags, strict=True)
-    )
-    return p if flags == p.flags else dataclasses.replace(p, flags=flags)

@@ -6,6 +6,7 @@ replay_of            the same bytes again                  → duplicate (absorb
 seq_reuse            the real key, an old seq, new content → replay
 teleporting          a dashcam 50 km away within 0.5 s      → stored, flagged implausible_motion
 spoofing             a station 5 km from its asserted cell → stored, location trust 0 (off_location)
+media_copier         a dashcam re-sending another's frame   → stored, both flagged media_reuse
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from devices.sdk import build_message
 from ingest.core.codec import decode
 from ingest.core.hwclass import WEATHER
 from ingest.core.verify import up_topic
-from ingest.model import Rejection
+from ingest.model import Rejection, SignedMessage
 from simulator.fleet import SimDevice, offset_latlon, readings_for, route_position, timestamps_for
 
 Message = tuple[str, bytes]
@@ -48,10 +49,14 @@ def unregistered_device(now_ms: int, *, lat: float = 37.7749, lon: float = -122.
 
 def replay_of(message: bytes) -> Message:
     """Anyone who saw a message can send it again, byte for byte, on its device's topic."""
+    return up_topic(_decoded(message).kid), message
+
+
+def _decoded(message: bytes) -> SignedMessage:
     decoded = decode(message)
     if isinstance(decoded, Rejection):
         raise ValueError(f"not a valid message: {decoded.detail}")
-    return up_topic(decoded.kid), message
+    return decoded
 
 
 def seq_reuse(dev: SimDevice, now_ms: int, seq: int = 1) -> Message:
@@ -83,4 +88,21 @@ def spoofing(dev: SimDevice, now_ms: int, offset_m: float = 5_000.0) -> Message:
     away = offset_latlon(dev.lat, dev.lon, 0.0, offset_m)
     readings = readings_for(dev, dev.seq, [ts], positions=[away])
     dev.last_ts_ms = ts
+    return dev.topic, build_message(dev.identity, dev.seq, dev.kind, readings)
+
+
+def media_copier(dev: SimDevice, victim_message: bytes, now_ms: int) -> Message:
+    """A dashcam that sends, under its own key and next seq, the frames of another device's message
+    (the store then flags both devices' readings media_reuse)."""
+    if dev.kind != "dashcam":
+        raise ValueError("media_copier needs a dashcam")
+    frames = [r.media for r in _decoded(victim_message).packet.readings if r.media is not None]
+    if not frames:
+        raise ValueError("the victim's message carries no media")
+    dev.seq += 1
+    timestamps = timestamps_for(dev, now_ms, len(frames), 1000)
+    readings = [
+        r._replace(media=m) for r, m in zip(readings_for(dev, dev.seq, timestamps), frames, strict=True)
+    ]
+    dev.last_ts_ms = timestamps[-1]
     return dev.topic, build_message(dev.identity, dev.seq, dev.kind, readings)

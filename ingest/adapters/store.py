@@ -1,8 +1,9 @@
 """The store: every write and query of the service against PostgreSQL, on one asyncpg pool.
 
 Write path (`write_batch`): COPY packets into a staging table, one `INSERT … ON CONFLICT DO NOTHING`
-into `packets` (the (device, seq) source of truth), COPY the readings of the packets that were new,
-record rejections keyed by message digest. One transaction per batch, so the consumer acknowledges
+into `packets` (the (device, seq) source of truth), record the first use of each media hash in `media`
+(media reuse), COPY the readings of the packets that were new, record rejections keyed by message
+digest. One transaction per batch, so the consumer acknowledges
 the MQTT messages only after everything they produced is committed; re-running a batch is a no-op.
 
 Conventions of the values returned to the API: times as epoch milliseconds, device ids and message
@@ -21,6 +22,8 @@ from typing import Any
 
 import asyncpg
 
+from ingest.core.media import MediaUse, first_uses
+from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import (
     AcceptedPacket,
     BatchResult,
@@ -45,6 +48,9 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS _stage_packets (
     device_id bytea, seq bigint, payload_digest bytea, kind text, n_readings int,
     received_at timestamptz, first_ts timestamptz) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS _stage_media (
+    media_sha256 bytea, device_id bytea, ts timestamptz, seq bigint, idx smallint, reused boolean)
+    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _stage_rejections (
     message_digest bytea, device_id bytea, seq bigint, reason text, detail text, topic text,
     received_at timestamptz) ON COMMIT DELETE ROWS;
@@ -265,6 +271,7 @@ class Store:
 
         inserted: set[tuple[bytes, int]] = set()
         stored_digest: dict[tuple[bytes, int], bytes] = {}
+        reused: set[bytes] = set()
         n_readings = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_STAGING_DDL)
@@ -303,7 +310,9 @@ class Store:
                 )
                 stored_digest = {(bytes(r["device_id"]), r["seq"]): bytes(r["payload_digest"]) for r in rows}
 
-                readings = [rec for key in inserted for rec in _reading_records(first[key])]
+                new_packets = [first[key] for key in sorted(inserted)]
+                reused = await self._record_media(conn, new_packets)
+                readings = [rec for p in new_packets for rec in _reading_records(p, reused)]
                 if readings:
                     await conn.copy_records_to_table("readings", columns=_READING_COLUMNS, records=readings)
                 n_readings = len(readings)
@@ -337,7 +346,59 @@ class Store:
             duplicates=duplicates,
             replays=[(p.device_id, p.seq) for p in replays],
             rejections=n_rejections,
+            reused_media=sorted(reused),
         )
+
+    @staticmethod
+    async def _record_media(conn: asyncpg.Connection, packets: Sequence[AcceptedPacket]) -> set[bytes]:
+        """Record the first use of each media hash of these (new) packets; return the hashes now known
+        to come from more than one device, and flag the stored first use of each (an earlier batch's
+        reading). The caller flags this batch's readings of those hashes before writing them.
+
+        Rows are inserted in hash order, so two workers meeting the same hashes lock them in the same
+        order; the lock on a `media` row also serialises the UPDATE of its first reading."""
+        firsts, reused = first_uses(
+            MediaUse(r.media.sha256, p.device_id, r.ts_ms, p.seq, i)
+            for p in packets
+            for i, r in enumerate(p.readings)
+            if r.media is not None
+        )
+        if not firsts:
+            return reused
+        await conn.copy_records_to_table(
+            "_stage_media",
+            columns=["media_sha256", "device_id", "ts", "seq", "idx", "reused"],
+            records=[
+                (u.sha256, u.device_id, ms_to_dt(u.ts_ms), u.seq, u.idx, u.sha256 in reused) for u in firsts
+            ],
+        )
+        # A new hash is inserted. A hash already known from another device, or already known reused, is
+        # marked reused and its first use returned; the first device sending its own hash again before
+        # anyone copied it is not reuse, and returns nothing.
+        rows = await conn.fetch(
+            """WITH up AS (
+                   INSERT INTO media (media_sha256, device_id, ts, seq, idx, reused)
+                   SELECT media_sha256, device_id, ts, seq, idx, reused FROM _stage_media
+                   ORDER BY media_sha256
+                   ON CONFLICT (media_sha256) DO UPDATE SET reused = true
+                   WHERE media.device_id <> EXCLUDED.device_id OR media.reused
+                   RETURNING media_sha256, device_id, ts, seq, idx, reused)
+               SELECT * FROM up WHERE reused"""
+        )
+        if rows:
+            reused.update(bytes(r["media_sha256"]) for r in rows)
+            await conn.execute(
+                f"""UPDATE readings r SET flags = r.flags | {FLAG_MEDIA_REUSE}
+                    FROM unnest($1::bytea[], $2::timestamptz[], $3::bigint[], $4::smallint[])
+                         AS f(device_id, ts, seq, idx)
+                    WHERE r.device_id = f.device_id AND r.ts = f.ts AND r.seq = f.seq AND r.idx = f.idx
+                      AND r.flags & {FLAG_MEDIA_REUSE} = 0""",
+                [r["device_id"] for r in rows],
+                [r["ts"] for r in rows],
+                [r["seq"] for r in rows],
+                [r["idx"] for r in rows],
+            )
+        return reused
 
     @staticmethod
     async def _insert_rejections(conn: asyncpg.Connection, rejections: Sequence[RejectedMessage]) -> int:
@@ -726,7 +787,9 @@ def _fallback_digest(p: AcceptedPacket) -> bytes:
     return hashlib.sha256(b"depin-packet\x00" + p.device_id + str(p.seq).encode() + p.payload_digest).digest()
 
 
-def _reading_records(p: AcceptedPacket) -> list[tuple[Any, ...]]:
+def _reading_records(
+    p: AcceptedPacket, reused_media: set[bytes] | frozenset[bytes] = frozenset()
+) -> list[tuple[Any, ...]]:
     # Once per stored reading: locals hoisted, timestamps built inline (_unstorable checked their range),
     # acc/alt are `real`: asyncpg refuses out-of-range floats, which would fail the whole batch, so they
     # become NULL (the comparison is false for NaN and ±inf too).
@@ -751,7 +814,8 @@ def _reading_records(p: AcceptedPacket) -> list[tuple[Any, ...]]:
                 vals,
                 None if media is None else media.sha256,
                 None if media is None else _text(media.uri),
-                flags[i] if i < n_flags else 0,
+                (flags[i] if i < n_flags else 0)
+                | (FLAG_MEDIA_REUSE if media is not None and media.sha256 in reused_media else 0),
             )
         )
     return out

@@ -19,6 +19,9 @@ import pytest
 from devices.chain import DeviceInput, DistributorClient, RegistryClient, Signer
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
+from ingest.core.codec import decode
+from ingest.core.rules import FLAG_MEDIA_REUSE
+from ingest.model import SignedMessage
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
@@ -76,15 +79,29 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
     assert counts["packets"] == 1000 and counts["readings"] == 1000
     assert node.mirror.block >= deployment.block and len(node.mirror.devices) == 20
 
-    # Replays of 100 stored packets, 10 forgeries, one unregistered device.
+    # Replays of 100 stored packets, 10 forgeries, one unregistered device, and a dashcam re-sending a
+    # frame another dashcam sent (stored in an earlier batch).
     replays = [cheaters.replay_of(m) for _, m in messages[:100]]
     forged = [cheaters.forged(d, now) for d in fleet[:10]]
-    await publish_raw(broker.host, broker.port, replays + forged + [cheaters.unregistered_device(now)])
-    await wait_until(lambda: node.consumer.stats.received >= 1111, what="1111 messages consumed")
+    victim, copier = [d for d in fleet if d.kind == "dashcam"][:2]
+    frame_msg = next(m for t, m in messages if t == victim.topic)
+    copied = cheaters.media_copier(copier, frame_msg, now)
+    await publish_raw(
+        broker.host, broker.port, replays + forged + [cheaters.unregistered_device(now), copied]
+    )
+    await wait_until(lambda: node.consumer.stats.received >= 1112, what="1112 messages consumed")
     counts = await node.store.counts()
-    assert counts["packets"] == 1000, "a replay stored something new"
+    assert counts["packets"] == 1001, "a replay stored something new"
     assert counts["rejections"] == {"bad_signature": 10, "unknown_device": 1}
     assert node.consumer.stats.duplicates == 100
+    frame = decode(frame_msg)
+    assert isinstance(frame, SignedMessage) and frame.packet.readings[0].media is not None
+    rows = await node.store.pool.fetch(
+        "SELECT device_id, flags FROM readings WHERE media_sha256 = $1", frame.packet.readings[0].media.sha256
+    )
+    assert sorted((bytes(r["device_id"]), r["flags"] & FLAG_MEDIA_REUSE) for r in rows) == sorted(
+        [(victim.device_id, FLAG_MEDIA_REUSE), (copier.device_id, FLAG_MEDIA_REUSE)]
+    )
 
     # Owners can see why a packet was rejected.
     async with aiohttp.ClientSession() as http:

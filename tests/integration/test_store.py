@@ -16,11 +16,12 @@ import pytest
 
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.store import DAY_MS, Store, ensure_partitions, ms_to_dt
+from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, RejectedMessage
 
 pytestmark = pytest.mark.integration
 
-ALL_MIGRATIONS = ["001_core.sql", "002_readings.native.sql", "003_epochs.sql"]
+ALL_MIGRATIONS = ["001_core.sql", "002_readings.native.sql", "003_epochs.sql", "004_media.sql"]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
 
@@ -101,6 +102,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("001_core", "native"),
             ("002_readings", "native"),
             ("003_epochs", "native"),
+            ("004_media", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
@@ -114,7 +116,7 @@ async def test_migrations_concurrent(pg_dsn: str) -> None:
         results = await asyncio.gather(*(migrate(p) for p in pools))
         applied = [r.applied for r in results]
         assert sorted(applied, key=len) == [[], [], ALL_MIGRATIONS]
-        assert await pools[0].fetchval("SELECT count(*) FROM schema_migrations") == 3
+        assert await pools[0].fetchval("SELECT count(*) FROM schema_migrations") == 4
     finally:
         for p in pools:
             await p.close()
@@ -226,6 +228,63 @@ async def test_hostile_values_do_not_fail_the_batch(store: Store) -> None:
     assert item["media"] == {"sha256": "01" * 32, "uri": "s3://b/\ufffdk"}
     reasons = {x["reason"]: x for x in await store.recent_rejections(None, 10)}
     assert reasons["malformed"]["seq"] in (None, 2)
+
+
+# --- media reuse -----------------------------------------------------------------------------------
+
+
+async def _flags_of(store: Store, device: bytes, seq: int) -> list[int]:
+    rows = await store.pool.fetch(
+        "SELECT flags FROM readings WHERE device_id=$1 AND seq=$2 ORDER BY idx", device, seq
+    )
+    return [r["flags"] for r in rows]
+
+
+async def test_media_reuse_flags_every_device_across_batches_workers_and_restarts(store: Store) -> None:
+    """RELIABILITY D.19: the same media hash from two devices flags both, whichever batch, worker or
+    process stored the first use (a second Store on the same database stands for either)."""
+    frame, own, shared = (Media(bytes([i]) * 32, f"ipfs://{i}") for i in (0xF1, 0xF2, 0xF3))
+    a, b, c, d = dev(11), dev(12), dev(13), dev(14)
+
+    def shot(device: bytes, seq: int, *media: Media) -> AcceptedPacket:
+        t = now_ms() - 10_000 + seq
+        return packet(
+            device, seq, readings=tuple(Reading(t + i, 52.5, 13.4, {}, media=m) for i, m in enumerate(media))
+        )
+
+    first = await store.write_batch([shot(a, 1, frame), shot(a, 2, own)], [])
+    again = await store.write_batch([shot(a, 3, frame)], [])  # a's own frame again: not reuse
+    assert first.reused_media == again.reused_media == []
+    assert [await _flags_of(store, a, s) for s in (1, 2, 3)] == [[0], [0], [0]]
+
+    other_worker = Store(store.pool)
+    copied = await other_worker.write_batch([shot(b, 1, frame)], [])
+    assert copied.reused_media == [frame.sha256]
+    assert await _flags_of(store, b, 1) == [FLAG_MEDIA_REUSE]
+    assert await _flags_of(store, a, 1) == [FLAG_MEDIA_REUSE]  # the first use, stored two batches ago
+    assert await _flags_of(store, a, 2) == [0]
+
+    later = await store.write_batch([shot(a, 4, frame)], [])  # the hash is known reused now
+    assert later.reused_media == [frame.sha256] and await _flags_of(store, a, 4) == [FLAG_MEDIA_REUSE]
+
+    # Within one batch: both devices, every reading carrying the hash, and nothing else.
+    both = await store.write_batch([shot(c, 1, shared, frame), shot(d, 1, own, shared)], [])
+    assert both.reused_media == sorted([frame.sha256, shared.sha256, own.sha256])
+    assert await _flags_of(store, c, 1) == [FLAG_MEDIA_REUSE, FLAG_MEDIA_REUSE]
+    assert await _flags_of(store, d, 1) == [FLAG_MEDIA_REUSE, FLAG_MEDIA_REUSE]  # own: a's, copied by d
+    assert await _flags_of(store, a, 2) == [FLAG_MEDIA_REUSE]
+
+    # A redelivered packet stores nothing and decides nothing.
+    redelivered = await store.write_batch([shot(b, 1, frame)], [])
+    assert redelivered.stored == 0 and redelivered.reused_media == []
+    rows = await store.pool.fetch(
+        "SELECT media_sha256, device_id, seq, reused FROM media ORDER BY media_sha256"
+    )
+    assert [(bytes(r["media_sha256"]), bytes(r["device_id"]), r["seq"], r["reused"]) for r in rows] == [
+        (frame.sha256, a, 1, True),
+        (own.sha256, a, 2, True),
+        (shared.sha256, c, 1, True),
+    ]
 
 
 # --- partitions -----------------------------------------------------------------------------------

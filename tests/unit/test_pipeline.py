@@ -192,46 +192,6 @@ def test_value_jump_and_flatline_span_batches() -> None:
     assert send(5, NOW + 4 * hour + 60_001, 20.0) == rules.FLAG_FLATLINE
 
 
-def test_media_reuse_flags_both_devices_within_a_batch() -> None:
-    a, rec_a = _dashcam()
-    b, rec_b = _dashcam()
-    lookup = {rec_a.device_id: rec_a, rec_b.device_id: rec_b}.get
-    frame = Media(b"\x42" * 32, "ipfs://frame")
-    own = Media(b"\x43" * 32, "ipfs://own")
-
-    def shot(m: Media) -> list[Reading]:
-        return [Reading(NOW - 1000, *BERLIN, {}, media=m)]
-
-    out = sort_batch(
-        [
-            _msg(a, 1, "dashcam", shot(frame)),
-            _msg(b, 1, "dashcam", shot(frame)),
-            _msg(b, 2, "dashcam", shot(own)),
-        ],
-        lookup,
-        NOW,
-        CFG,
-        PipelineState(),
-    )
-    assert [p.flags for p in out.accepted] == [(rules.FLAG_MEDIA_REUSE,), (rules.FLAG_MEDIA_REUSE,), (0,)]
-    assert out.reused_media == [frame.sha256]
-
-
-def test_media_reuse_across_batches_flags_the_copier_and_reports_the_hash() -> None:
-    a, rec_a = _dashcam()
-    b, rec_b = _dashcam()
-    lookup = {rec_a.device_id: rec_a, rec_b.device_id: rec_b}.get
-    state = PipelineState()
-    frame = Media(b"\x44" * 32, "ipfs://frame")
-    shot = [Reading(NOW - 1000, *BERLIN, {}, media=frame)]
-    first = sort_batch([_msg(a, 1, "dashcam", shot)], lookup, NOW, CFG, state)
-    resent = sort_batch([_msg(a, 1, "dashcam", shot)], lookup, NOW, CFG, state)  # a's own redelivery
-    copy = sort_batch([_msg(b, 7, "dashcam", shot)], lookup, NOW, CFG, state)
-    assert first.accepted[0].flags == (0,) and resent.accepted[0].flags == (0,) and not resent.reused_media
-    assert copy.accepted[0].flags == (rules.FLAG_MEDIA_REUSE,)
-    assert copy.reused_media == [frame.sha256]  # for the store to flag a's stored reading too
-
-
 # --- duplicate vs replay (the store decides; the pipeline gives it the right keys) --------------------
 
 
@@ -259,8 +219,8 @@ def test_duplicate_and_replay_keys() -> None:
 # --- bounded memory ---------------------------------------------------------------------------------
 
 
-def test_state_stays_bounded_under_many_devices_and_media() -> None:
-    state = PipelineState(max_devices=8, max_media=16)
+def test_state_stays_bounded_under_many_devices() -> None:
+    state = PipelineState(max_devices=8)
     registry = {}
     batch = []
     for i in range(40):
@@ -272,7 +232,7 @@ def test_state_stays_bounded_under_many_devices_and_media() -> None:
         batch.append(_msg(cam, 1, "dashcam", readings))
     out = sort_batch(batch, registry.get, NOW, CFG, state)
     assert len(out.accepted) == 40
-    assert state.devices == 8 and state.media == 16
+    assert state.devices == 8
 
 
 def test_a_device_track_holds_only_the_listed_keys() -> None:

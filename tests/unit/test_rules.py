@@ -448,7 +448,7 @@ def test_flag_bits_are_distinct_and_named() -> None:
 
 
 def test_device_state_is_lru_capped() -> None:
-    state = PipelineState(max_devices=2, max_media=2)
+    state = PipelineState(max_devices=2)
     a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
     sa = state.device(a)
     state.device(b)
@@ -456,16 +456,6 @@ def test_device_state_is_lru_capped() -> None:
     state.device(c)  # evicts b
     assert state.devices == 2 and state.device(a) is sa
     assert state.device(b) is not None and state.devices == 2
-
-
-def test_media_index_keeps_the_first_owner_and_is_capped() -> None:
-    state = PipelineState(max_devices=1, max_media=2)
-    a, b = b"\x0a" * 32, b"\x0b" * 32
-    assert state.media_owner(b"h1", a) == a
-    assert state.media_owner(b"h1", b) == a  # b re-sent a's frame
-    state.media_owner(b"h2", b)
-    state.media_owner(b"h3", b)  # evicts h1 (oldest)
-    assert state.media == 2 and state.media_owner(b"h1", b) == b
 
 
 # --- never raise ------------------------------------------------------------------------------------
@@ -522,7 +512,7 @@ def test_memory_per_device_is_bounded() -> None:
     """tracemalloc counts allocations (not time): deterministic. The state.py figure is ~1.0 KB."""
     import tracemalloc
 
-    state = PipelineState(max_devices=500, max_media=500)
+    state = PipelineState(max_devices=500)
     cell, lat, lon = station_cell()
     vals = {"temperature_c": 12.5, "humidity_pct": 60.0, "pressure_hpa": 1013.2, "wind_mps": 2.5}
     tracemalloc.start()
@@ -533,12 +523,11 @@ def test_memory_per_device_is_bounded() -> None:
             for seq in (0, 255, RL.window - 1):  # bitmaps as wide as the window
                 st_.bucket.admit(seq, T0 + seq * 1000, RL)
             assess([Reading(T0, lat, lon, dict(vals, junk=1.0))], WEATHER, cell, st_.track, LIMITS)
-            state.media_owner(i.to_bytes(32, "little"), i.to_bytes(32, "big"))
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert state.devices == 500 and state.media == 500
-    assert used < 500 * 2048 + 500 * 512
+    assert state.devices == 500
+    assert used < 500 * 2048
 
 
 def test_readme_tables_match_the_code() -> None:

@@ -154,3 +154,19 @@ def test_cheaters() -> None:
     _, raw = cheaters.spoofing(station, T0 + 10_000)
     (r,) = signed(raw).packet.readings
     assert 4_500 < distance_to_cell_m(r.lat, r.lon, station.asserted_cell) < 5_500
+
+
+def test_media_copier_sends_the_victims_frames_under_its_own_key() -> None:
+    fleet = make_fleet(10, OWNERS, seed=8)
+    victim, copier = by_kind(fleet, "dashcam")[:2]
+    station = by_kind(fleet, "weather")[0]
+    original = next_message(victim, T0, 3)
+    topic, raw = cheaters.media_copier(copier, original, T0 + 5000)
+    copy = signed(raw)
+    assert topic == copier.topic and check_signature(copy, copier.pubkey) is None
+    assert [r.media for r in copy.packet.readings] == [r.media for r in signed(original).packet.readings]
+    assert [r.ts_ms for r in copy.packet.readings] == sorted(r.ts_ms for r in copy.packet.readings)
+    with pytest.raises(ValueError):
+        cheaters.media_copier(station, original, T0)  # not a dashcam
+    with pytest.raises(ValueError):
+        cheaters.media_copier(copier, next_message(station, T0), T0)  # nothing to copy
