@@ -43,6 +43,9 @@ DB_TRANSIENT = (
     # Also covers CannotConnectNowError (server starting up) and CrashShutdownError.
     asyncpg.exceptions.OperatorInterventionError,
     TimeoutError,
+    # After the server went away mid-operation, asyncpg's pool can hand out a connection whose protocol
+    # is still "in an operation" (MagicStack/asyncpg#784): the pool's connections are replaced, see below.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -191,6 +194,8 @@ class Consumer:
                 result = await self.store.write_batch(accepted, rejected)
             except DB_TRANSIENT as exc:
                 metrics.DB_RETRIES.inc()
+                if isinstance(exc, asyncpg.exceptions.InternalClientError):
+                    await self.store.pool.expire_connections()  # reconnect rather than reuse one
                 log.warning("database unavailable (%s); retrying batch in %.1fs, nothing acked", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

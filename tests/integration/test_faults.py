@@ -109,7 +109,9 @@ async def until_stored(dsn: str, n: int, timeout: float = 30.0) -> None:
     await wait_for(check, timeout, f"{n} packets stored")
 
 
-async def until_reconciled(dsn: str, sc: Scenario, timeout: float = 60.0) -> Counts:
+async def until_reconciled(
+    dsn: str, sc: Scenario, worker: ConsumerProcess | None = None, timeout: float = 60.0
+) -> Counts:
     async def check() -> Counts | None:
         counts = await try_counts(dsn)
         return counts if counts is not None and counts.outcomes >= len(sc.messages) else None
@@ -117,7 +119,8 @@ async def until_reconciled(dsn: str, sc: Scenario, timeout: float = 60.0) -> Cou
     try:
         await wait_for(check, timeout, "every message to have its outcome")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; {len(sc.messages)} sent, now {await try_counts(dsn)}") from None
+        log = f"\nworker log:\n{worker.log_tail(150)}" if worker is not None else ""
+        raise AssertionError(f"{exc}; {len(sc.messages)} sent, now {await try_counts(dsn)}{log}") from None
     await asyncio.sleep(0.5)  # anything redelivered late must not add rows
     return await table_counts(dsn)
 
@@ -150,7 +153,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
         assert at_kill.packets < scenario.valid, "the stream ended before the kill"
         await w.start()  # same client id, clean_start False: the session's backlog is delivered
         await asyncio.wait_for(pub, 60)
-        counts = await until_reconciled(pg_dsn, scenario)
+        counts = await until_reconciled(pg_dsn, scenario, w)
         scenario.assert_reconciled(counts, stats)
         report("SIGKILL", started, counts, stats, await w.metrics())
         assert await w.stop() == 0, w.log_tail()
@@ -251,7 +254,7 @@ async def test_postgres_stopped_mid_stream(mosquitto: Any, scenario: Scenario) -
             await pg.start()
             print(f"\nPostgreSQL down for {time.perf_counter() - down:.1f} s")
             await asyncio.wait_for(pub, 60)
-            counts = await until_reconciled(dsn, scenario)
+            counts = await until_reconciled(dsn, scenario, w)
             scenario.assert_reconciled(counts, stats)
             metrics = await w.metrics()
             report("PostgreSQL outage", started, counts, stats, metrics)
@@ -288,7 +291,7 @@ async def test_broker_restarted_mid_stream(
             assert not pub.done(), "the stream ended during the outage: it did not span it"
             await broker.start()
             await asyncio.wait_for(pub, 60)
-            counts = await until_reconciled(pg_dsn, scenario)
+            counts = await until_reconciled(pg_dsn, scenario, w)
             scenario.assert_reconciled(counts, stats)
             metrics = await w.metrics()
             report("broker restart", started, counts, stats, metrics)
