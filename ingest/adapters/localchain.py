@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import signal
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,51 +56,57 @@ def anvil_path(node_modules_dir: Path | None = None) -> Path | None:
 
 @contextlib.asynccontextmanager
 async def start_anvil(
-    node_modules_dir: Path | None = None, *, extra_args: tuple[str, ...] = (), startup_timeout: float = 15.0
+    node_modules_dir: Path | None = None,
+    *,
+    extra_args: tuple[str, ...] = (),
+    startup_timeout: float = 15.0,
+    log_path: Path | None = None,
 ) -> AsyncIterator[str]:
-    """Run anvil on 127.0.0.1 and a free port; yield its HTTP URL; stop it on exit."""
+    """Run anvil on 127.0.0.1 and a free port; yield its HTTP URL; stop it on exit.
+
+    anvil logs every request. Its output goes to a file (`log_path`, else one in a temporary
+    directory), not a pipe: a pipe is only drained while our event loop runs, and a test blocked in
+    synchronous code (or a busy demo) let it fill, which froze anvil mid-request for good.
+    """
     exe = anvil_path(node_modules_dir)
     if exe is None:
         raise LocalChainError("anvil not found: run `npm ci --prefix contracts`")
-    proc = await asyncio.create_subprocess_exec(
-        str(exe),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        *extra_args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the Node wrapper's child dies with it
-    )
-    assert proc.stdout is not None
-    drain: asyncio.Task[None] | None = None
-    try:
-        url = await asyncio.wait_for(_read_listening(proc.stdout), startup_timeout)
-        # anvil logs every request; keep reading so a full pipe never blocks it.
-        drain = asyncio.create_task(_discard(proc.stdout))
-        log.debug("anvil started", extra={"url": url, "pid": proc.pid})
-        yield url
-    finally:
-        if drain is not None:
-            drain.cancel()
-        await _stop(proc)
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="depin-anvil-"))
+            log_path = Path(tmp) / "anvil.log"
+        log_file = stack.enter_context(await asyncio.to_thread(open, log_path, "wb"))
+        proc = await asyncio.create_subprocess_exec(
+            str(exe),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *extra_args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the Node wrapper's child dies with it
+        )
+        try:
+            url = await _wait_listening(proc, log_path, startup_timeout)
+            log.debug("anvil started", extra={"url": url, "pid": proc.pid, "log": str(log_path)})
+            yield url
+        finally:
+            await _stop(proc)
 
 
-async def _read_listening(stream: asyncio.StreamReader) -> str:
-    tail: list[bytes] = []
-    while line := await stream.readline():
-        if m := _LISTENING.search(line):
+async def _wait_listening(proc: asyncio.subprocess.Process, log_path: Path, timeout: float) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        text = await asyncio.to_thread(log_path.read_bytes)
+        if m := _LISTENING.search(text):
             return f"http://{m.group(1).decode()}:{int(m.group(2))}"
-        tail = [*tail[-20:], line]
-    raise LocalChainError("anvil exited before listening:\n" + b"".join(tail).decode(errors="replace"))
-
-
-async def _discard(stream: asyncio.StreamReader) -> None:
-    with contextlib.suppress(Exception):
-        while await stream.read(65536):
-            pass
+        if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+            what = "exited" if proc.returncode is not None else f"did not listen within {timeout:g} s"
+            tail = b"\n".join(text.splitlines()[-20:]).decode(errors="replace")
+            raise LocalChainError(f"anvil {what}:\n{tail}")
+        await asyncio.sleep(0.02)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
