@@ -7,7 +7,7 @@ NODE_STAMP := contracts/node_modules/.installed-stamp
 MOSQUITTO := $(shell command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null)
 ARGS ?=
 
-.PHONY: demo test lint setup node mosquitto bench
+.PHONY: demo test lint setup node mosquitto bench status-before
 
 setup: $(STAMP)
 
@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 
 # Node is optional for the demo (it falls back to an in-process EVM) and required for the tests.
 $(NODE_STAMP): contracts/package.json contracts/package-lock.json
-	@# Not `npm ci`: npm 11 calls the lock out of sync over anvil's other-platform optional packages;
-	@# `npm install` resolves from the same lock and leaves it unchanged.
-	npm install --prefix contracts --no-audit --no-fund --loglevel=error
+	@# `npm ci` installs exactly the lock and never rewrites it (the lock lists every platform's
+	@# optional anvil package, so npm finds it in sync on any machine).
+	npm ci --prefix contracts --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 node: $(NODE_STAMP)
@@ -40,9 +40,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) node mosquitto lint
+# The test command must leave the checkout's tracked files as it found them (npm, builds and tests
+# write only to ignored or temp paths): `git status` is taken first and compared at the end.
+GIT_STATUS = git status --porcelain --untracked-files=no 2>/dev/null || true
+
+status-before:
+	@mkdir -p .depin && $(GIT_STATUS) > .depin/status-before
+
+test: status-before $(STAMP) node mosquitto lint
 	node contracts/build.js --check
 	$(VENV)/bin/pytest -q -ra
+	@$(GIT_STATUS) > .depin/status-after
+	@cmp -s .depin/status-before .depin/status-after || \
+	  { echo "make test changed tracked files:"; diff .depin/status-before .depin/status-after; exit 1; }
 
 bench: $(STAMP) node mosquitto
 	$(PY) bench/ingest.py
