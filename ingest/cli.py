@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ingest.logs import FORMATS, configure
 from ingest.settings import Settings
 
 if TYPE_CHECKING:
@@ -192,7 +192,13 @@ def _add_hw_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depin", description="DePIN ingestion and rewards service")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ours; libraries stay quiet)")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("DEPIN_LOG_FORMAT", "text"),
+        help="text lines or one JSON object per line for log shippers (default DEPIN_LOG_FORMAT, else text)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run the whole path locally: DB, broker, chain, fleet, epoch, claim")
@@ -227,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # The service logs its start-up, epochs and reconnects at INFO; one-shot commands speak on stdout.
+    try:
+        configure(verbose=args.verbose, fmt=args.log_format, service=args.command == "run")
+    except ValueError as exc:  # a bad DEPIN_LOG_FORMAT (argparse checks only the flag)
+        print(f"depin: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except BrokenPipeError:

@@ -26,7 +26,7 @@ import asyncpg
 from ingest import metrics
 from ingest.adapters.mqtt import MqttConfig, MqttSource, Received
 from ingest.adapters.store import Store
-from ingest.core.feedback import DeviceFeedback, batch_feedback, stored_keys
+from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.verify import ack_topic, device_from_topic
 from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
@@ -177,6 +177,7 @@ class Consumer:
                 [(r.device_id, r.seq, r.reason.value) for r in sorted_batch.rejected],
                 result.duplicates,
                 result.replays,
+                packet_flags(sorted_batch.accepted, result.reused_media),
             )
         return result
 

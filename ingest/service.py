@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -20,8 +22,8 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
-from ingest.adapters.db import create_pool, embedded_postgres, migrate
-from ingest.adapters.mqtt import MqttConfig
+from ingest.adapters.db import create_pool, embedded_postgres, migrate, redacted
+from ingest.adapters.mqtt import MqttConfig, subscription
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.consumer import Consumer
@@ -42,11 +44,19 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     async with AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
-            dsn = await stack.enter_async_context(embedded_postgres(settings.data_dir / "pg"))
+            pg_dir = settings.data_dir / "pg"
+            dsn = await stack.enter_async_context(embedded_postgres(pg_dir))
+            log.info("database: embedded PostgreSQL in %s (DEPIN_DATABASE_URL unset)", pg_dir)
+        else:
+            log.info("database: %s", redacted(dsn))
         pool = await create_pool(dsn)
         stack.push_async_callback(pool.close)
         info = await migrate(pool)
-        log.info("database ready (timescaledb=%s, applied %s)", info.timescale, info.applied or "nothing new")
+        log.info(
+            "database ready: %s, migrations %s",
+            "TimescaleDB hypertables" if info.timescale else "native partitions (no TimescaleDB)",
+            ", ".join(info.applied) if info.applied else "up to date",
+        )
         yield Store(pool)
 
 
@@ -201,26 +211,59 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    log.info("depin run: parts %s (pid %d)", ", ".join(p for p in PARTS if p in parts), os.getpid())
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
         w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
         deployment = Deployment.load(settings.deployment_file)
-        node = build_node(
-            settings, store, w3, deployment, rewards=rewards_account(settings), mqtt=mqtt_config(settings)
+        log.info(
+            "chain: %s, deployment %s (chain id %d, registry %s, distributor %s, from block %d)",
+            settings.chain_rpc_url,
+            settings.deployment_file,
+            deployment.chain_id,
+            deployment.registry,
+            deployment.distributor,
+            deployment.block,
         )
+        rewards = rewards_account(settings)
+        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt_config(settings))
         await node.follower.load()
         if "consume" in parts:
             await first_registry_sync(node)
+        if "follow" in parts or "consume" in parts:
+            log.info(
+                "registry mirror: %d devices at block %d; polling every %.1f s",
+                len(node.mirror.devices),
+                node.mirror.block,
+                settings.registry_poll_s,
+            )
         tasks: list[asyncio.Task[None]] = []
         if "follow" in parts or "consume" in parts:
             tasks.append(asyncio.create_task(node.follower.run(), name="follower"))
         if "consume" in parts:
+            cfg = node.consumer.mqtt
+            log.info(
+                "MQTT: broker %s:%d, client id %s, subscription %s",
+                cfg.host,
+                cfg.port,
+                cfg.client_id,
+                subscription(cfg),
+            )
             tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))
         if "epochs" in parts:
+            log.info(
+                "epochs: length %s s from genesis %s, grace %s s; %s",
+                f"{settings.epoch_length_s:g}",
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(settings.epoch_genesis_ms / 1000)),
+                f"{settings.epoch_grace_s:g}",
+                f"publishing as {rewards.address}"
+                if rewards is not None
+                else "no DEPIN_REWARDS_KEY(_FILE): epochs are closed but not published",
+            )
             tasks.append(asyncio.create_task(node.epochs.run(), name="epochs"))
         if "api" in parts:
             url = await stack.enter_async_context(serve_api(node.app(), settings.api_host, settings.api_port))
-            log.info("API listening on %s", url)
+            log.info("API listening on %s (try %s/readyz)", url, url)
         stopping = asyncio.create_task(stop.wait(), name="stop")
         await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
         ended = [t for t in tasks if t.done()]
@@ -231,3 +274,4 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         for t in ended:
             exc = None if t.cancelled() else t.exception()
             raise RuntimeError(f"part {t.get_name()!r} stopped unexpectedly: {exc!r}") from exc
+        log.info("stopped")

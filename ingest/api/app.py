@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,11 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.adapters.store import Store
 from ingest.api.openapi import OPENAPI
+from ingest.core.rules import flag_reasons
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 READY: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("ready")
 MAX_ROWS: web.AppKey[int] = web.AppKey("max_rows", int)
 MAX_RANGE_MS = 31 * 86_400_000
+DEFAULT_RANGE_MS = 86_400_000
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -88,16 +91,21 @@ async def openapi(_: web.Request) -> web.Response:
 
 
 async def readings(request: web.Request) -> web.Response:
-    """Readings of one device or one H3 cell in [from, to), cursor-paginated, oldest first."""
+    """Readings of one device or one H3 cell in [from, to), cursor-paginated, oldest first.
+
+    `to` defaults to now and `from` to one day before `to`, so `?device=ID` alone shows the last day.
+    """
     q = request.query
     device = _device_id(q["device"]) if "device" in q else None
     cell = _cell(q["cell"]) if "cell" in q else None
     if device is None and cell is None:
         raise BadRequest("give device=<hex id> or cell=<h3 index>")
-    start = _int_param(request, "from")
-    end = _int_param(request, "to")
+    end = _int_param(request, "to", time.time_ns() // 1_000_000)
+    start = _int_param(request, "from", max(0, end - DEFAULT_RANGE_MS))
     if end <= start or end - start > MAX_RANGE_MS:
-        raise BadRequest(f"need from < to and a range of at most {MAX_RANGE_MS} ms")
+        raise BadRequest(
+            f"need from < to and a range of at most 31 days ({MAX_RANGE_MS} ms); got from={start} to={end}"
+        )
     limit = _int_param(request, "limit", 1000, lo=1, hi=request.app[MAX_ROWS])
     after = None
     if "cursor" in q:
@@ -109,6 +117,8 @@ async def readings(request: web.Request) -> web.Response:
     page = await request.app[STORE].readings(
         device_id=device, cell=cell, start_ms=start, end_ms=end, limit=limit, after=after
     )
+    for item in page["items"]:
+        item["flags"] = [r.value for r in flag_reasons(item["flags"])]  # named, as in the README
     body: dict[str, Any] = {"readings": page["items"], "next": None}
     if page["next"] is not None:
         ts, dev, seq, idx = page["next"]

@@ -46,12 +46,19 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     _q("device", "device id, 64 hex"),
                     _q("cell", "H3 cell (hex index)"),
-                    _q("from", "start, ms since epoch (inclusive)", required=True, typ="integer"),
-                    _q("to", "end, ms since epoch (exclusive)", required=True, typ="integer"),
+                    _q(
+                        "from",
+                        "start, ms since epoch (inclusive; default: one day before `to`)",
+                        typ="integer",
+                    ),
+                    _q("to", "end, ms since epoch (exclusive; default: now); at most 31 days", typ="integer"),
                     _q("limit", "page size (default 1000)", typ="integer"),
                     _q("cursor", "the `next` value of the previous page"),
                 ],
-                "responses": {"200": _ok("a page of readings and the next cursor"), "400": _ERR},
+                "responses": {
+                    "200": _ok('a page of readings (flags named, e.g. ["bad_values"]) and the next cursor'),
+                    "400": _ERR,
+                },
             }
         },
         "/v1/devices/{device_id}/rejections": {

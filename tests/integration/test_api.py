@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,3 +115,30 @@ async def test_unknown_epoch_and_owner_are_404(api: tuple[str, list[bytes]]) -> 
             assert r.status == 400
         async with http.get(f"{url}/openapi.json") as r:
             assert (await r.json())["openapi"].startswith("3.")
+
+
+async def test_recent_readings_without_a_range_and_flags_by_name(store: Store) -> None:
+    """`?device=ID` alone covers the last day; a flagged reading names its flags."""
+    from ingest.api.app import create_app
+
+    now = time.time_ns() // 1_000_000
+    ident = new_identity()
+    cell = h3.str_to_int(h3.latlng_to_cell(52.52, 13.4, 7))  # where the station asserted it stands
+    registry = {ident.device_id: DeviceRecord(ident.device_id, ident.pubkey, "0x" + "12" * 20, 2, cell, True)}
+    old = Reading(now - 2 * 86_400_000 + 60_000, 52.52, 13.4, {"temperature_c": 10.0})  # 2 days ago
+    hot = Reading(now - 60_000, 52.52, 13.4, {"temperature_c": 80.0})  # over 60 °C: bad_values
+    msgs = [
+        Incoming(up_topic(ident.device_id), build_message(ident, seq, "weather", [r]), now)
+        for seq, r in ((1, old), (2, hot))
+    ]
+    out = sort_batch(msgs, registry.get, now, PipelineConfig(), PipelineState())
+    assert not out.rejected
+    await store.write_batch(out.accepted, [])
+    async with (
+        serve_api(create_app(store, _ready), "127.0.0.1", 0) as url,
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/v1/readings?device={ident.device_id.hex()}") as r,
+    ):
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    assert [(x["seq"], x["flags"]) for x in body["readings"]] == [(2, ["bad_values"])]

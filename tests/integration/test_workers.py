@@ -15,12 +15,20 @@ import asyncpg
 import pytest
 
 from devices.chain import DeviceInput, RegistryClient
+from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
 from ingest.adapters.store import Store
 from ingest.consumer import Consumer
 from ingest.core.verify import ack_topic
 from simulator import cheaters
-from simulator.fleet import SimDevice, device_record, make_fleet, next_message, unique_client_id
+from simulator.fleet import (
+    SimDevice,
+    device_record,
+    make_fleet,
+    next_message,
+    readings_for,
+    unique_client_id,
+)
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration
@@ -179,7 +187,10 @@ async def test_owners_get_per_packet_feedback(store: Store, mosquitto: Any, acco
             await wait_for(_stored(consumer, 9), 20, "9 packets stored")
             a, b, c = fleet
             now = time.time_ns() // 1_000_000
+            a.seq += 1  # a's seq 4: signed, stored, but every value far out of its kind's bounds
+            hot = [r._replace(vals=dict.fromkeys(r.vals, 1e6)) for r in readings_for(a, a.seq, [now - 1000])]
             later = [
+                (a.topic, build_message(a.identity, a.seq, a.kind, hot)),
                 cheaters.replay_of(first[0][1]),  # a's seq 1 again: duplicate
                 cheaters.forged(b, now),  # b's seq 4, wrong key: bad_signature
                 (c.topic, b"\xa1not cose"),  # c, unreadable: malformed, no seq
@@ -202,7 +213,7 @@ async def test_owners_get_per_packet_feedback(store: Store, mosquitto: Any, acco
                 ]
 
             async def all_told() -> bool:
-                return len(outcomes(a)) == 3 and "4" in outcomes(b) and bool(unsequenced(c))
+                return len(outcomes(a)) == 4 and "4" in outcomes(b) and bool(unsequenced(c))
 
             await wait_for(all_told, 20, "feedback for every packet")
             listener.cancel()
@@ -210,8 +221,13 @@ async def test_owners_get_per_packet_feedback(store: Store, mosquitto: Any, acco
         assert unsequenced(c) == ["malformed"]
         assert outcomes(b) == {"1": "accepted", "2": "accepted", "3": "accepted", "4": "bad_signature"}
         told_a = [body["seq"] for t, body in received if t == ack_topic(a.device_id)]
-        assert {"1": "duplicate"} in told_a, told_a
-        assert sum(body["accepted"] for t, body in received if t == ack_topic(a.device_id)) == 3
+        assert any(told.get("1") == "duplicate" for told in told_a), told_a
+        assert sum(body["accepted"] for t, body in received if t == ack_topic(a.device_id)) == 4
+        assert outcomes(a)["4"] == "flagged"  # stored, but it earns nothing: the owner is told why
+        told_flags = [
+            body["flags"] for t, body in received if t == ack_topic(a.device_id) and "flags" in body
+        ]
+        assert len(told_flags) == 1 and "bad_values" in told_flags[0]["4"], told_flags
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
