@@ -28,11 +28,12 @@ def _demo(args: argparse.Namespace) -> int:
         summary=args.summary,
         seed=args.seed,
         api_port=args.api_port,
+        data_dir=args.data_dir,
     )
     try:
         asyncio.run(run_demo(opts))
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: every part was stopped
+        print("[demo] stopped", flush=True)
     return 0
 
 
@@ -208,7 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--exit", action="store_true", help="exit after the summary instead of serving the API")
     d.add_argument("--summary", type=Path, help="also write the summary as JSON to this file")
     d.add_argument("--seed", type=int, default=7, help="fleet seed (same seed, same devices)")
-    d.add_argument("--api-port", type=int, default=8080, help="API port on 127.0.0.1 (0 = any free port)")
+    d.add_argument(
+        "--api-port",
+        type=int,
+        help="API port on 127.0.0.1 (default 8080, or a free one if 8080 is taken; 0 = any free port)",
+    )
+    d.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the run's database, broker data and files here (default: a fresh directory under "
+        "$DEPIN_DATA_DIR/demo, removed at exit)",
+    )
     d.set_defaults(func=_demo)
 
     r = sub.add_parser("run", help="run the service (settings from DEPIN_* environment variables)")

@@ -10,11 +10,19 @@ publish its Merkle root, claim one owner's reward, and print a summary. The API 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,16 +55,129 @@ class DemoOptions:
     summary: Path | None = None
     seed: int = 7
     owners: int = 3
-    api_port: int = 8080
+    api_port: int | None = None  # None: 8080, or a free port when 8080 is taken (another demo)
+    data_dir: Path | None = None  # None: a fresh run directory, removed at exit
+
+
+DEFAULT_API_PORT = 8080
 
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def demo_owners(seed: int, n: int) -> list[Any]:
+    """The demo's owner accounts, from the seed: the same seed gives the same addresses (and the same
+    fleet), so the README's examples name real owners and devices. Throw-away demo keys only."""
+    return [
+        Account.from_key(hashlib.sha256(f"depin-demo-owner/{seed}/{i}".encode()).digest()) for i in range(n)
+    ]
+
+
+@contextmanager
+def run_directory(base: Path, given: Path | None) -> Iterator[Path]:
+    """Where this run keeps its database, broker and files. A fresh `run-…` directory per run (two
+    demos at once never share one) that is removed at exit, unless `given` names one to use and keep.
+    `current.env` beside the runs holds the settings of the newest live run (see `_write_env`)."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given.resolve()
+        return
+    root = base / "demo"
+    root.mkdir(parents=True, exist_ok=True)
+    _prune_dead_runs(root)
+    path = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=root)).resolve()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        current = root / "current.env"
+        with contextlib.suppress(OSError):
+            if f"# run {path}\n" in current.read_text():
+                # Hand the pointer to another demo still running, if any, rather than leave it dangling.
+                live = sorted(_live_runs(root), key=lambda env: env.stat().st_mtime)
+                if live:
+                    _replace_file(current, live[-1].read_text())
+                else:
+                    current.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_pid(env_file: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in env_file.read_text().splitlines():
+            if line.startswith("# pid "):
+                return int(line.split()[2])
+    return None
+
+
+def _live_runs(root: Path) -> list[Path]:
+    return [
+        env for env in root.glob("run-*/demo.env") if (pid := _run_pid(env)) is not None and _pid_alive(pid)
+    ]
+
+
+def _prune_dead_runs(root: Path) -> None:
+    """Remove run directories left by a demo that was killed (SIGKILL skips the clean-up), once
+    neither that demo nor its PostgreSQL runs any more."""
+    for run in root.glob("run-*"):
+        pid = _run_pid(run / "demo.env")
+        pg = run / "pg" / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if pg.exists() and _pid_alive(int(pg.read_text().split()[0])):
+                continue
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_env(run_dir: Path, values: dict[str, str]) -> Path:
+    """`demo.env` in the run directory and a copy as `current.env` beside the runs: `. FILE` gives a
+    shell the demo's settings, so `depin …` commands and `depin run` reach its chain, database and
+    broker."""
+    lines = [
+        f"# depin demo settings; use with: . {run_dir.parent / 'current.env'}",
+        f"# run {run_dir}",
+        f"# pid {os.getpid()}",
+    ]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+    text = "\n".join(lines) + "\n"
+    (run_dir / "demo.env").write_text(text)
+    current = run_dir.parent / "current.env"
+    _replace_file(current, text)
+    return current
+
+
+def _api_port(wanted: int | None) -> int:
+    """The port asked for; by default 8080, or a free one when 8080 is taken (say, by another demo)."""
+    if wanted is not None:
+        return wanted
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", DEFAULT_API_PORT))
+        except OSError:
+            return 0
+    return DEFAULT_API_PORT
+
+
 @asynccontextmanager
 async def _fresh_database(data_dir: Path, name: str) -> AsyncIterator[str]:
-    """A fresh database on the embedded server: the demo's chain is new each run, so is its data."""
+    """A fresh database on the run's embedded server: the demo's chain is new each run, so is its data
+    (with `--data-dir` the server is reused, the database is not)."""
     async with embedded_postgres(data_dir / "pg") as admin_dsn:
         conn = await asyncpg.connect(admin_dsn)
         try:
@@ -68,32 +189,46 @@ async def _fresh_database(data_dir: Path, name: str) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _chain() -> AsyncIterator[tuple[AsyncWeb3, list[Any], str]]:
+async def _chain(run_dir: Path) -> AsyncIterator[tuple[AsyncWeb3, list[Any], str, str | None]]:
+    """(web3, funded accounts, description, RPC URL or None for the in-process EVM)."""
     if anvil_path() is not None:
-        async with start_anvil() as url:
-            yield AsyncWeb3(AsyncHTTPProvider(url)), dev_accounts(), f"anvil {url}"
+        async with start_anvil(log_path=run_dir / "anvil.log") as url:
+            yield AsyncWeb3(AsyncHTTPProvider(url)), dev_accounts(), f"anvil {url}", url
     else:
         async with start_eth_tester() as (w3, accounts):
-            yield w3, accounts, "eth-tester (in-process)"
+            yield w3, accounts, "eth-tester (in-process)", None
 
 
 async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str, Any]:
+    """The demo until done (`--exit`) or stopped. SIGTERM, like Ctrl-C, unwinds every part in order,
+    so the database, broker and chain it started stop with it."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    if main is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, main.cancel)
     base = base or Settings()
-    data_dir = base.data_dir / "demo"
+    with run_directory(base.data_dir, opts.data_dir) as run_dir:
+        return await _run_demo(opts, base, run_dir)
+
+
+async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
+    say(f"run directory {run_dir}")
     async with AsyncExitStack() as stack:
-        dsn = await stack.enter_async_context(_fresh_database(data_dir, "depin_demo"))
+        dsn = await stack.enter_async_context(_fresh_database(run_dir, "depin_demo"))
         say(f"PostgreSQL up ({dsn})")
-        broker = await stack.enter_async_context(start_broker(data_dir / "mqtt"))
+        broker = await stack.enter_async_context(start_broker(run_dir / "mqtt"))
         say(f"MQTT broker up: {broker.kind} on {broker.host}:{broker.port}")
-        w3, accounts, chain_desc = await stack.enter_async_context(_chain())
+        w3, accounts, chain_desc, rpc_url = await stack.enter_async_context(_chain(run_dir))
         operator, rewards_acct = accounts[0], accounts[1]
         say(f"chain up: {chain_desc}")
         op_signer = Signer(w3, operator)
         deployment = await deploy_contracts(w3, op_signer, rewards_account=rewards_acct.address)
+        deployment.save(run_dir / "deployment.json")
         say(f"contracts deployed: registry {deployment.registry}, distributor {deployment.distributor}")
 
-        owners = [Account.create() for _ in range(opts.owners)]
+        owners = demo_owners(opts.seed, opts.owners)
         fleet = make_fleet(opts.devices, [o.address for o in owners], seed=opts.seed)
         registry = RegistryClient(w3, deployment, op_signer)
         await registry.register_batch(
@@ -111,7 +246,6 @@ async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str,
                 "epoch_genesis_ms": genesis_ms,
                 "epoch_length_s": opts.epoch_seconds,
                 "registry_poll_s": 0.5,
-                "api_port": opts.api_port,
             }
         )
         store = await stack.enter_async_context(open_store(settings))
@@ -129,8 +263,12 @@ async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str,
         tasks = [asyncio.create_task(node.follower.run()), asyncio.create_task(node.consumer.run())]
         stack.callback(lambda: [t.cancel() for t in tasks])
         await asyncio.wait_for(node.consumer.connected.wait(), 30)
-        api_url = await stack.enter_async_context(serve_api(node.app(), settings.api_host, opts.api_port))
+        api_url = await stack.enter_async_context(
+            serve_api(node.app(), settings.api_host, _api_port(opts.api_port))
+        )
         say(f"API up at {api_url}")
+        env_file = _write_env(run_dir, _demo_env(run_dir, dsn, broker, rpc_url, operator))
+        say(f"settings for `depin` commands against this demo: . {env_file}")
 
         sent = 0
         epochs: list[dict[str, Any]] = []
@@ -155,6 +293,7 @@ async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str,
 
         claim = await _claim_one(w3, deployment, api_url, owners, epochs[-1]["epoch"], operator)
         counts = await store.counts()
+        device = fleet[0]
         summary = {
             "devices": len(fleet),
             "owners": len(owners),
@@ -178,15 +317,48 @@ async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str,
             ],
             "claim": claim,
             "api": api_url,
+            "example_device": device.device_id.hex(),
+            "example_owner": owners[0].address,
+            "env_file": str(env_file),
+            "try": [
+                f"{api_url}/v1/readings?device={device.device_id.hex()}&limit=2",
+                f"{api_url}/v1/devices/{device.device_id.hex()}/rejections",
+                f"{api_url}/v1/epochs/{epochs[-1]['epoch']}",
+                f"{api_url}/v1/owners/{owners[0].address}/proof",
+                f"{api_url}/v1/stats",
+                f"{api_url}/readyz",
+            ],
             "seconds": round(time.monotonic() - started, 1),
         }
         _print_summary(summary)
         if opts.summary is not None:
             opts.summary.write_text(json.dumps(summary, indent=2) + "\n")
         if not opts.exit:
-            say(f"API stays up at {api_url} (try {api_url}/v1/epochs/1) — Ctrl-C to stop")
-            await asyncio.Event().wait()
+            say(f"API stays up at {api_url} — Ctrl-C (or SIGTERM) stops the demo and everything it started")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                say("stopping: API, consumer, chain, broker, PostgreSQL")
+                raise
         return summary
+
+
+def _demo_env(run_dir: Path, dsn: str, broker: Any, rpc_url: str | None, operator: Any) -> dict[str, str]:
+    """The settings a shell needs to use this demo's parts (the operator key is anvil's public dev key)."""
+    key_file = run_dir / "operator.key"
+    key_file.write_text(operator.key.hex() + "\n")
+    key_file.chmod(0o600)
+    env = {
+        "DEPIN_DATA_DIR": str(run_dir),
+        "DEPIN_DATABASE_URL": dsn,
+        "DEPIN_MQTT_HOST": broker.host,
+        "DEPIN_MQTT_PORT": str(broker.port),
+        "DEPIN_DEPLOYMENT_FILE": str(run_dir / "deployment.json"),
+        "DEPIN_OPERATOR_KEY_FILE": str(key_file),
+    }
+    if rpc_url is not None:  # the in-process EVM has no URL another process could reach
+        env["DEPIN_CHAIN_RPC_URL"] = rpc_url
+    return env
 
 
 async def _stream_epoch(fleet: list, host: str, port: int, end_ms: int) -> int:
@@ -252,4 +424,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"epoch {e['epoch']}: root {e['root']} tx {e['tx']} allocated {e['allocated']}")
     c = s["claim"]
     print(f"claim: {c['owner']} received {c['claimed']} (manifest cumulative {c['expected']})")
-    print(f"API: {s['api']}  ({s['seconds']} s)")
+    print(f"a device: {s['example_device']} · an owner: {s['example_owner']}")
+    print(f"API: {s['api']}  ({s['seconds']} s); try:")
+    for url in s["try"]:
+        print(f"  curl -s '{url}'")
+    print(f"operator commands against this demo: . {s['env_file']} && depin device list")
