@@ -44,8 +44,31 @@ def _run(args: argparse.Namespace) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise SystemExit(f"depin run: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    asyncio.run(run(Settings(), parts))
+    asyncio.run(run(load_settings(), parts))
     return 0
+
+
+def load_settings() -> Settings:
+    """Settings from DEPIN_*; a bad or contradictory value is one line naming it, not pydantic's table."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            (f"DEPIN_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        raise ValueError("; ".join(problems)) from None
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from ingest import brokerauth
+
+    if args.broker_command == "passwd":
+        return brokerauth.cmd_passwd(args.file, args.cred, args.user, args.password_file, args.rotate)
+    return brokerauth.cmd_acl(args.service_user, args.out)
 
 
 def _chain_settings(args: argparse.Namespace) -> ChainSettings:
@@ -191,6 +214,32 @@ def _add_hw_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         p.set_defaults(func=_device_chain)
 
 
+def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("broker", help="Mosquitto password file and ACL for devices and the service")
+    bsub = b.add_subparsers(dest="broker_command", required=True)
+    pw = bsub.add_parser(
+        "passwd",
+        help="add or replace users in a Mosquitto password file (mode 0600)",
+        description="Devices log in as their id (hex) with the password kept in their credential file "
+        '("mqtt_password", generated if absent); the service account\'s password is kept in '
+        "--password-file (generated if absent). Other users in --file are kept.",
+    )
+    pw.add_argument("--file", type=Path, required=True, help="Mosquitto password file to update")
+    pw.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
+    pw.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
+    pw.add_argument(
+        "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
+    )
+    pw.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
+    pw.set_defaults(func=_broker)
+    acl = bsub.add_parser("acl", help="write the broker's ACL (devices: own topics; service: all)")
+    acl.add_argument(
+        "--service-user", action="append", required=True, help="service account (repeat for several)"
+    )
+    acl.add_argument("--out", type=Path, help="ACL file to write, mode 0600 (default: stdout)")
+    acl.set_defaults(func=_broker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depin", description="DePIN ingestion and rewards service")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ours; libraries stay quiet)")
@@ -239,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_device_commands(sub)
     _add_hw_commands(sub)
+    _add_broker_commands(sub)
     return p
 
 
@@ -264,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command_name(args: argparse.Namespace) -> str:
     words = ["depin", args.command]
-    for attr in ("contracts_command", "device_command", "hw_command"):
+    for attr in ("contracts_command", "device_command", "hw_command", "broker_command"):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))
     return " ".join(words)

@@ -24,7 +24,7 @@ import aiomqtt
 import asyncpg
 
 from ingest import metrics
-from ingest.adapters.mqtt import MqttConfig, MqttSource, Received
+from ingest.adapters.mqtt import MqttConfig, MqttSource, Received, describe_connect_error
 from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.verify import ack_topic, device_from_topic
@@ -108,8 +108,10 @@ class Consumer:
         backoff = 0.2
         while True:
             inflight: _Inflight | None = None
+            connected = False
             try:
                 async with MqttSource(self.mqtt) as source:
+                    connected = True
                     self._source = source
                     self.connected.set()
                     metrics.MQTT_CONNECTED.set(1)
@@ -133,7 +135,11 @@ class Consumer:
                 self._disconnected()
                 self.stats.reconnects += 1
                 metrics.MQTT_RECONNECTS.inc()
-                log.warning("mqtt connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                if connected:
+                    where = f"{self.mqtt.host}:{self.mqtt.port}"
+                    log.warning("MQTT connection to %s lost (%s); reconnecting in %.1fs", where, exc, backoff)
+                else:
+                    log.warning("%s; retrying in %.1fs", describe_connect_error(self.mqtt, exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)  # short: a restarted broker is back in seconds
             finally:

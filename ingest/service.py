@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,9 +24,10 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
 from ingest.adapters.db import create_pool, embedded_postgres, migrate, redacted
-from ingest.adapters.mqtt import MqttConfig, subscription
+from ingest.adapters.mqtt import MqttConfig, subscription, uses_tls
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
+from ingest.brokerauth import read_password_file
 from ingest.consumer import Consumer
 from ingest.core import rules
 from ingest.epochs import EpochConfig, Epochs
@@ -126,14 +128,7 @@ def build_node(
         max_message_bytes=settings.max_message_bytes,
         time_limits=rules.TimeLimits(settings.max_future_ms, settings.max_lateness_ms),
     )
-    mqtt = mqtt or MqttConfig(
-        host=settings.mqtt_host,
-        port=settings.mqtt_port,
-        client_id=settings.mqtt_client_id,
-        group=settings.mqtt_group,
-        shared=settings.mqtt_shared,
-        receive_maximum=settings.mqtt_receive_maximum,
-    )
+    mqtt = mqtt or mqtt_config(settings)  # one builder: login, TLS, manual ack and feedback included
     consumer = Consumer(
         mqtt,
         store,
@@ -175,7 +170,13 @@ async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator
 
 
 def mqtt_config(settings: Settings) -> MqttConfig:
-    """The consumer's MQTT settings from DEPIN_MQTT_* (and DEPIN_ACK_FEEDBACK)."""
+    """The consumer's MQTT settings from DEPIN_MQTT_* (and DEPIN_ACK_FEEDBACK). Reads the password file
+    here, at start: a missing or empty file stops `depin run` with one line instead of a reconnect loop."""
+    password = None
+    if settings.mqtt_password is not None:
+        password = settings.mqtt_password.get_secret_value()
+    elif settings.mqtt_password_file is not None:
+        password = read_password_file(settings.mqtt_password_file)
     return MqttConfig(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
@@ -183,9 +184,19 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         group=settings.mqtt_group,
         shared=settings.mqtt_shared,
         receive_maximum=settings.mqtt_receive_maximum,
+        username=settings.mqtt_username,
+        password=password,
+        tls=settings.mqtt_tls_on,
+        tls_ca_file=_path(settings.mqtt_tls_ca_file),
+        tls_cert_file=_path(settings.mqtt_tls_cert_file),
+        tls_key_file=_path(settings.mqtt_tls_key_file),
         manual_ack=settings.mqtt_manual_ack,
         ack_feedback=settings.ack_feedback,
     )
+
+
+def _path(p: Path | None) -> str | None:
+    return None if p is None else str(p)
 
 
 async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
@@ -212,6 +223,7 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     log.info("depin run: parts %s (pid %d)", ", ".join(p for p in PARTS if p in parts), os.getpid())
+    mqtt = mqtt_config(settings)  # before anything starts: an unreadable password file is one error line
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
         w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
@@ -226,7 +238,7 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             deployment.block,
         )
         rewards = rewards_account(settings)
-        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt_config(settings))
+        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt)
         await node.follower.load()
         if "consume" in parts:
             await first_registry_sync(node)
@@ -243,10 +255,12 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         if "consume" in parts:
             cfg = node.consumer.mqtt
             log.info(
-                "MQTT: broker %s:%d, client id %s, subscription %s",
+                "MQTT: broker %s:%d%s, client id %s, %s, subscription %s",
                 cfg.host,
                 cfg.port,
+                " (TLS)" if uses_tls(cfg) else "",
                 cfg.client_id,
+                f"user {cfg.username}" if cfg.username else "anonymous",
                 subscription(cfg),
             )
             tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))

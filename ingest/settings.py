@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOKEN = 10**18  # RewardToken has 18 decimals
@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "depin-ingest-1"
     mqtt_group: str = "ingest"
     mqtt_shared: bool = True
+    # Broker login (deploy/mosquitto.conf refuses anonymous clients): the service account that
+    # `depin broker passwd --user NAME --password-file FILE` created. The password from the environment
+    # or, preferred, from a file (first line); not both.
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = None
+    # TLS to the broker. True = verify the broker against the system CAs; a CA file (a private CA) or a
+    # client certificate turns TLS on by itself. Hostname checking stays on: the broker's certificate
+    # must name DEPIN_MQTT_HOST. Unset = TLS only if a file below is given.
+    mqtt_tls: bool | None = None
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None  # client certificate (PEM), for brokers that require one
+    mqtt_tls_key_file: Path | None = None  # its key, if not in the certificate file
     # MQTT 5 Receive Maximum: caps the unacknowledged messages the broker sends this process, i.e. what
     # it buffers while the database is slow (backpressure). Must be ≥ batch_max_size.
     mqtt_receive_maximum: int = 5000
@@ -60,3 +73,22 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_max_rows: int = 10_000
+
+    @model_validator(mode="after")
+    def _mqtt_login_and_tls(self) -> Settings:
+        if self.mqtt_password is not None and self.mqtt_password_file is not None:
+            raise ValueError("set DEPIN_MQTT_PASSWORD or DEPIN_MQTT_PASSWORD_FILE, not both")
+        if self.mqtt_username is None and (self.mqtt_password or self.mqtt_password_file):
+            raise ValueError("DEPIN_MQTT_PASSWORD(_FILE) is set but DEPIN_MQTT_USERNAME is not")
+        if self.mqtt_tls_key_file is not None and self.mqtt_tls_cert_file is None:
+            raise ValueError(
+                "DEPIN_MQTT_TLS_KEY_FILE needs DEPIN_MQTT_TLS_CERT_FILE (the client certificate)"
+            )
+        files = self.mqtt_tls_ca_file or self.mqtt_tls_cert_file
+        if self.mqtt_tls is False and files:
+            raise ValueError("DEPIN_MQTT_TLS=false but a DEPIN_MQTT_TLS_*_FILE is set: remove one")
+        return self
+
+    @property
+    def mqtt_tls_on(self) -> bool:
+        return bool(self.mqtt_tls or self.mqtt_tls_ca_file or self.mqtt_tls_cert_file)

@@ -30,7 +30,7 @@ from nacl.signing import SigningKey
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devices.keys import DeviceIdentity
-from devices.sdk import build_message
+from devices.sdk import BrokerLogin, build_message
 from ingest.core.geo import cell_for
 from ingest.core.hwclass import AIR, DASHCAM, WEATHER, HwClass
 from ingest.core.verify import up_topic
@@ -297,12 +297,20 @@ def unique_client_id(prefix: str = "sim") -> str:
 
 
 def publisher(
-    host: str, port: int, *, mqtt5: bool = True, inflight: int = 100, client_id: str | None = None
+    host: str,
+    port: int,
+    *,
+    mqtt5: bool = True,
+    inflight: int = 100,
+    client_id: str | None = None,
+    login: BrokerLogin | None = None,
 ) -> aiomqtt.Client:
-    """A QoS1 publishing client that lets `inflight` messages await their PUBACK at once."""
+    """A QoS1 publishing client that lets `inflight` messages await their PUBACK at once. `login`: a
+    device's username/password (+TLS) for a secured broker, where it may publish on its own topic only."""
     client = aiomqtt.Client(
         host,
         port,
+        **(login.client_kwargs() if login is not None else {}),
         identifier=client_id or unique_client_id(),
         protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
         # paho's own default is 20 in flight; messages beyond it wait in paho's queue, serialising
@@ -320,17 +328,17 @@ _UNSUPPORTED_PROTOCOL = {1, 0x84}
 
 @asynccontextmanager
 async def connected_publisher(
-    host: str, port: int, *, mqtt5: bool | None = None, inflight: int = 100
+    host: str, port: int, *, mqtt5: bool | None = None, inflight: int = 100, login: BrokerLogin | None = None
 ) -> AsyncIterator[aiomqtt.Client]:
     """A connected publisher. `mqtt5=None`: MQTT 5, or 3.1.1 if the broker refuses 5 (amqtt does)."""
-    client = publisher(host, port, mqtt5=mqtt5 is not False, inflight=inflight)
+    client = publisher(host, port, mqtt5=mqtt5 is not False, inflight=inflight, login=login)
     try:
         await client.__aenter__()
     except MqttConnectError as exc:
         code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
         if mqtt5 is not None or code not in _UNSUPPORTED_PROTOCOL:
             raise
-        client = publisher(host, port, mqtt5=False, inflight=inflight)
+        client = publisher(host, port, mqtt5=False, inflight=inflight, login=login)
         await client.__aenter__()
     try:
         yield client
@@ -352,6 +360,7 @@ async def stream(
     progress_every: int = 1000,
     mqtt5: bool | None = None,
     inflight: int = 100,
+    login: BrokerLogin | None = None,
 ) -> StreamStats:
     """Publish `packets_per_device` packets per device, round-robin, QoS 1; return when all are PUBACKed.
 
@@ -360,7 +369,8 @@ async def stream(
     called, so each device's packets reach the broker in seq order. `clock` gives the messages' `now_ms`
     (wall clock by default; pass a fake one to backdate a stream into a past epoch). `mqtt5=None`
     tries MQTT 5 and falls back to 3.1.1 if the broker refuses it (amqtt). ~100 in flight is the sweet
-    spot: paho and aiomqtt both scan their pending lists per PUBACK, so more costs more CPU.
+    spot: paho and aiomqtt both scan their pending lists per PUBACK, so more costs more CPU. `login`
+    logs in as one device: a secured broker lets it publish its own topic only (a one-device fleet).
     """
     total = packets_per_device * len(fleet)
     sem = asyncio.Semaphore(inflight)
@@ -380,7 +390,7 @@ async def stream(
         if not task.cancelled() and (exc := task.exception()) is not None:
             errors.append(exc)
 
-    async with connected_publisher(host, port, mqtt5=mqtt5, inflight=inflight) as client:
+    async with connected_publisher(host, port, mqtt5=mqtt5, inflight=inflight, login=login) as client:
         start = loop.time()
         try:
             for _ in range(packets_per_device):
@@ -415,10 +425,16 @@ async def stream(
 
 
 async def publish_raw(
-    host: str, port: int, items: Sequence[tuple[str, bytes]], *, mqtt5: bool | None = None, qos: int = 1
+    host: str,
+    port: int,
+    items: Sequence[tuple[str, bytes]],
+    *,
+    mqtt5: bool | None = None,
+    qos: int = 1,
+    login: BrokerLogin | None = None,
 ) -> None:
     """Publish arbitrary (topic, bytes) pairs in order — forged, replayed or malformed messages."""
-    async with connected_publisher(host, port, mqtt5=mqtt5) as client:
+    async with connected_publisher(host, port, mqtt5=mqtt5, login=login) as client:
         # Sequential on purpose: a few messages, and tests care about their order.
         for topic, payload in items:
             await client.publish(topic, payload, qos=qos)

@@ -5,20 +5,43 @@ client id or `$share` group a test creates should come from `unique_client_id()`
 a persistent session behind should remove it (reconnect with clean start and session expiry 0), or
 that session keeps queueing every later test's messages.
 Never skips: without Mosquitto, a test that needs it fails with the install command.
+
+`secured_mosquitto(dir, files)` runs a broker of its own with deploy/mosquitto.conf — the operators'
+file, directive for directive — with only its listener, persistence directory, password file and ACL
+paths (and TLS files) rewritten (`ingest.adapters.broker.secured_config`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from ingest.adapters.broker import BrokerInfo, mosquitto_path, start_mosquitto
+from ingest.adapters.broker import BrokerInfo, SecuredFiles, mosquitto_path, secured_config, start_mosquitto
 from simulator.fleet import unique_client_id
 
-__all__ = ["mosquitto", "unique_client_id"]
+__all__ = ["DEPLOY_CONF", "mosquitto", "secured_mosquitto", "unique_client_id"]
+
+DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
+
+
+@asynccontextmanager
+async def secured_mosquitto(data_dir: Path, files: SecuredFiles) -> AsyncIterator[BrokerInfo]:
+    """Mosquitto with deploy/mosquitto.conf (anonymous refused, password file, ACL) on a free port."""
+    if mosquitto_path() is None:
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
+    writer = partial(_deploy_config, DEPLOY_CONF.read_text(), files=files)
+    async with start_mosquitto(data_dir, config=writer) as broker:
+        yield broker
+
+
+def _deploy_config(template: str, data_dir: Path, port: int, *, files: SecuredFiles) -> str:
+    return secured_config(template, data_dir, port, files)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

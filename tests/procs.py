@@ -25,6 +25,7 @@ import aiomqtt
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from devices.sdk import BrokerLogin
 from ingest.adapters.broker import free_port
 from simulator.fleet import publisher, unique_client_id
 
@@ -195,6 +196,7 @@ async def publish_resilient(
     rate_per_s: float | None = None,
     stats: PublishStats | None = None,
     timeout: float = 60.0,
+    login: BrokerLogin | None = None,
 ) -> PublishStats:
     """QoS 1, in order, each message until the broker PUBACKs it: a device's at-least-once publisher.
 
@@ -218,7 +220,7 @@ async def publish_resilient(
                     raise TimeoutError(f"publisher gave up after {stats.sent} of {len(messages)}")
                 try:
                     if client is None:
-                        client = publisher(host, port, client_id=unique_client_id("pub"))
+                        client = publisher(host, port, client_id=unique_client_id("pub"), login=login)
                         await client.__aenter__()
                     await client.publish(topic, payload, qos=1, timeout=5)
                     break

@@ -110,6 +110,52 @@ def mosquitto_config(data_dir: Path, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class SecuredFiles:
+    """Where a secured broker's auth (and optional TLS) files are, for `secured_config`."""
+
+    password_file: Path
+    acl_file: Path
+    certfile: Path | None = None  # server certificate and key: the listener speaks TLS
+    keyfile: Path | None = None
+    client_ca: Path | None = None  # also require a client certificate signed by this CA
+
+
+def secured_config(template: str, data_dir: Path, port: int, files: SecuredFiles) -> str:
+    """A deployment config (deploy/mosquitto.conf) made runnable here: every directive kept as written,
+    only the listener (port, 127.0.0.1, + TLS files), persistence_location, password_file and acl_file
+    rewritten (and `user root` added when root, as `mosquitto_config` does). A template missing one of
+    those, or with a second active listener, is an error: tests must run what operators deploy."""
+    rewrite = {
+        "persistence_location": f"persistence_location {data_dir}/",
+        "password_file": f"password_file {files.password_file}",
+        "acl_file": f"acl_file {files.acl_file}",
+    }
+    seen: dict[str, int] = {}
+    out = []
+    for line in template.splitlines():
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else None
+        if key is not None:
+            seen[key] = seen.get(key, 0) + 1
+        if key == "listener":
+            out.append(f"listener {port} {HOST}")
+            if files.certfile is not None:
+                out += [f"certfile {files.certfile}", f"keyfile {files.keyfile or files.certfile}"]
+                if files.client_ca is not None:
+                    out += [f"cafile {files.client_ca}", "require_certificate true"]
+        elif key in rewrite:
+            out.append(rewrite[key])
+        else:
+            out.append(line)
+    for key in ("listener", *rewrite):
+        if seen.get(key) != 1:
+            raise ValueError(f"broker config template: expected one {key!r} line, found {seen.get(key, 0)}")
+    if os.geteuid() == 0:
+        out.append("user root")  # as in mosquitto_config: root-owned temp files stay readable
+    return "\n".join(out) + "\n"
+
+
 async def _wait_for_port(host: str, port: int, proc: asyncio.subprocess.Process, log_file: Path) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
@@ -143,11 +189,15 @@ def _prepare_dir(data_dir: Path) -> Path:
     return path
 
 
+ConfigWriter = Callable[[Path, int], str]  # (data dir, port) → mosquitto.conf text
+
+
 class _MosquittoProcess:
-    def __init__(self, exe: str, data_dir: Path, port: int) -> None:
+    def __init__(self, exe: str, data_dir: Path, port: int, config: ConfigWriter = mosquitto_config) -> None:
         self.exe = exe
         self.data_dir = data_dir
         self.port = port
+        self.config = config
         self.conf = data_dir / "mosquitto.conf"
         self.log_file = data_dir / "mosquitto.log"
         self.proc: asyncio.subprocess.Process | None = None
@@ -155,7 +205,7 @@ class _MosquittoProcess:
     async def start(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             return
-        self.conf.write_text(mosquitto_config(self.data_dir, self.port))
+        self.conf.write_text(self.config(self.data_dir, self.port))
         with self.log_file.open("ab") as log_fh:
             self.proc = await asyncio.create_subprocess_exec(
                 self.exe,
@@ -193,12 +243,15 @@ class _MosquittoProcess:
 
 
 @asynccontextmanager
-async def start_mosquitto(data_dir: Path, *, port: int = 0) -> AsyncIterator[BrokerInfo]:
-    """Run Mosquitto on 127.0.0.1 with persistence in `data_dir`; stop it on exit."""
+async def start_mosquitto(
+    data_dir: Path, *, port: int = 0, config: ConfigWriter = mosquitto_config
+) -> AsyncIterator[BrokerInfo]:
+    """Run Mosquitto on 127.0.0.1 with persistence in `data_dir`; stop it on exit. `config` writes its
+    configuration (default: anonymous, for tests and the demo; see `secured_config`)."""
     exe = mosquitto_path()
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
-    broker = _MosquittoProcess(exe, _prepare_dir(data_dir), port or free_port())
+    broker = _MosquittoProcess(exe, _prepare_dir(data_dir), port or free_port(), config)
     await broker.start()
     try:
         yield BrokerInfo(

@@ -25,13 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.adapters import paho_properties
 
@@ -52,7 +56,12 @@ class MqttConfig:
     receive_maximum: int = 5000
     session_expiry_s: int = 3600
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # TLS: on with the system CAs, or with a private CA file; an optional client certificate (+ key).
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     manual_ack: bool = True  # False only to demonstrate, in a test, what auto-ack loses
     ack_feedback: bool = False  # publish per-packet outcomes on depin/v1/{id}/ack after each commit
 
@@ -68,6 +77,63 @@ class Received:
 
 def subscription(config: MqttConfig) -> str:
     return f"$share/{config.group}/{UP_FILTER}" if config.shared else UP_FILTER
+
+
+def uses_tls(config: MqttConfig) -> bool:
+    return bool(config.tls or config.tls_ca_file or config.tls_cert_file)
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """The client's TLS context (aiomqtt's `tls_context`), or None for plain TCP. Verifies the broker's
+    certificate and hostname: against `tls_ca_file` if given, else the system CAs."""
+    if not uses_tls(config):
+        return None
+    ctx = ssl.create_default_context(cafile=config.tls_ca_file)
+    if config.tls_cert_file:
+        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return ctx
+
+
+def connect_options(config: MqttConfig) -> dict[str, Any]:
+    """Login and TLS keyword arguments for `aiomqtt.Client`."""
+    return {"username": config.username, "password": config.password, "tls_context": tls_context(config)}
+
+
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker answered SUBACK with a failure code (its ACL): the message says what to check."""
+
+
+# CONNACK codes that mean "your login was refused": MQTT 3.1.1 (4, 5) and MQTT 5 (0x86, 0x87, 0x8C).
+_AUTH_REFUSED = {4, 5, 0x86, 0x87, 0x8C}
+_V3_CONNACK = {
+    1: "Unacceptable protocol version",
+    2: "Identifier rejected",
+    3: "Server unavailable",
+    4: "Bad user name or password",
+    5: "Not authorized",
+}
+
+
+def describe_connect_error(config: MqttConfig, exc: BaseException) -> str:
+    """One line naming the broker, what it (or the network) said, and what to check."""
+    if isinstance(exc, SubscriptionRefused):
+        return str(exc)
+    where = f"MQTT broker {config.host}:{config.port}"
+    rc = getattr(exc, "rc", None)
+    if isinstance(exc, MqttConnectError) and rc is not None:
+        code = rc.value if isinstance(rc, ReasonCode) else int(rc)
+        reason = rc.getName() if isinstance(rc, ReasonCode) else _V3_CONNACK.get(code, f"code {code}")
+        msg = f"{where} refused the connection: {reason}"
+        if code in _AUTH_REFUSED:
+            who = f"user {config.username!r}" if config.username else "anonymous: no username set"
+            msg += f" — check DEPIN_MQTT_USERNAME / DEPIN_MQTT_PASSWORD(_FILE) ({who})"
+        elif code == 0x85 or code == 2:
+            msg += " — check DEPIN_MQTT_CLIENT_ID"
+        return msg
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text or "TLS" in text:
+        return f"TLS handshake with {where} failed: {text} — check DEPIN_MQTT_TLS_CA_FILE and DEPIN_MQTT_HOST"
+    return f"cannot connect to {where}: {text}"
 
 
 class MqttSource:
@@ -87,19 +153,39 @@ class MqttSource:
             config.host,
             config.port,
             identifier=config.client_id,
-            username=config.username,
-            password=config.password,
             keepalive=30,
+            **connect_options(config),
             **kwargs,
         )
         if config.manual_ack:
             self._client._client.manual_ack_set(True)
 
     async def __aenter__(self) -> MqttSource:
+        cfg = self.config
         await self._client.__aenter__()
-        await self._client.subscribe(subscription(self.config), qos=1)
+        try:
+            granted = await self._client.subscribe(subscription(cfg), qos=1)
+            refused = _refused(granted)
+            if refused is not None:
+                # The broker's ACL does not let this account read the devices' topics: without this
+                # check the service would sit connected, receiving nothing.
+                raise SubscriptionRefused(
+                    f"MQTT broker {cfg.host}:{cfg.port} refused the subscription to {subscription(cfg)}: "
+                    f"{refused} — check the broker's ACL gives {cfg.username or 'this client'} read on "
+                    f"{UP_FILTER} (`depin broker acl --service-user NAME`)"
+                )
+        except BaseException:
+            await self._client.__aexit__(None, None, None)
+            raise
         log.info(
-            "subscribed", extra={"filter": subscription(self.config), "client_id": self.config.client_id}
+            "connected to MQTT broker %s:%d as client id %s%s%s, subscribed to %s",
+            cfg.host,
+            cfg.port,
+            cfg.client_id,
+            f", user {cfg.username}" if cfg.username else "",
+            ", TLS" if uses_tls(cfg) else "",
+            subscription(cfg),
+            extra={"filter": subscription(cfg), "client_id": cfg.client_id},
         )
         return self
 
@@ -152,9 +238,18 @@ class MqttSource:
         await self._client.publish(topic, payload, qos=qos)
 
 
-async def drop_session(host: str, port: int, client_id: str) -> None:
+def _refused(granted: Any) -> str | None:
+    """A SUBACK's failure reason (MQTT 5 reason code ≥ 0x80, or 3.1.1's 0x80), else None."""
+    for code in granted if isinstance(granted, list | tuple) else [granted]:
+        value = code.value if isinstance(code, ReasonCode) else code
+        if isinstance(value, int) and value >= 0x80:
+            return code.getName() if isinstance(code, ReasonCode) else f"code {value:#x}"
+    return None
+
+
+async def drop_session(host: str, port: int, client_id: str, *, login: MqttConfig | None = None) -> None:
     """Remove a persistent session (clean start, expiry 0) so it stops queueing messages: for a worker
-    taken out of service for good, and for tests and the benchmark."""
+    taken out of service for good, and for tests and the benchmark. `login`: username/password/TLS."""
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
     client = aiomqtt.Client(
@@ -164,6 +259,7 @@ async def drop_session(host: str, port: int, client_id: str) -> None:
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=True,
         properties=props,
+        **(connect_options(login) if login is not None else {}),
     )
     with contextlib.suppress(aiomqtt.MqttError):
         async with client:

@@ -1,0 +1,232 @@
+"""`depin broker …`: Mosquitto's password file and ACL for a device fleet and the service account(s).
+
+Pure parts (tested without a broker): `hash_password` writes Mosquitto 2's `$7$` format (PBKDF2-HMAC-
+SHA512, 101 iterations, 12-byte salt, base64 — what `mosquitto_passwd` writes), `upsert_passwd` replaces
+or appends entries and keeps everything else, `acl_text` is the ACL that deploy/mosquitto.acl documents.
+
+Devices log in with username = their device id (64 lowercase hex, as in their topic) and a random
+password that is kept in their own 0600 credential file as `"mqtt_password"`: the file the device is
+provisioned with already holds its signing key, so it gets no second secret to carry. The service's
+password lives in a 0600 file of its own (`DEPIN_MQTT_PASSWORD_FILE`). An existing password is reused on
+a re-run (only its hash is rewritten), so re-running never locks a device out; `--rotate` makes new ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from devices.keys import load_identity
+
+ITERATIONS = 101  # mosquitto_passwd's default (PW_DEFAULT_ITERATIONS)
+SALT_BYTES = 12  # mosquitto_passwd's SALT_LEN
+CRED_PASSWORD_KEY = "mqtt_password"
+# Service account names go into the ACL's `user` lines and the password file's `user:` prefix: no
+# spaces, colons or topic wildcards.
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# The broker's rules (deploy/mosquitto.acl). `pattern` lines apply to every authenticated client with
+# %u = its username: a device (username = its id) may publish only on its own …/up and read only its own
+# …/ack. Service accounts read every device's …/up (the consumer's shared subscription) and write acks.
+DEVICE_RULES = ("pattern write depin/v1/%u/up", "pattern read depin/v1/%u/ack")
+SERVICE_RULES = ("topic read depin/v1/+/up", "topic write depin/v1/+/ack")
+
+
+class BrokerAuthError(ValueError):
+    """A user-facing failure (bad name, unreadable file): one line, exit 1."""
+
+
+# --------------------------------------------------------------------------------------------- pure
+
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
+    """`$7$<iterations>$<b64 salt>$<b64 sha512 pbkdf2>`, the hash Mosquitto ≥ 2.0 reads."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if `password` matches a `$7$` hash (ours or mosquitto_passwd's)."""
+    try:
+        _, kind, iterations, salt64, digest64 = hashed.split("$")
+        if kind != "7":
+            return False
+        salt, digest = base64.b64decode(salt64), base64.b64decode(digest64)
+        mine = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(iterations))
+    except ValueError:
+        return False
+    return hmac.compare_digest(mine, digest)
+
+
+def check_username(name: str) -> str:
+    if not _USERNAME.fullmatch(name):
+        raise BrokerAuthError(
+            f"bad username {name!r}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def upsert_passwd(text: str, entries: dict[str, str]) -> str:
+    """The password file `text` with each user's line replaced by `user:hash` (in place), new users
+    appended, every other line kept as it was."""
+    todo = dict(entries)
+    out = []
+    for line in text.splitlines():
+        user = line.split(":", 1)[0] if ":" in line and not line.startswith("#") else None
+        if user is not None and user in todo:
+            out.append(f"{user}:{todo.pop(user)}")
+        else:
+            out.append(line)
+    out.extend(f"{user}:{hashed}" for user, hashed in todo.items())
+    return "\n".join(out) + "\n" if out else ""
+
+
+def acl_text(service_users: Sequence[str]) -> str:
+    """The ACL file: device patterns, then one block per service account."""
+    if not service_users:
+        raise BrokerAuthError("name at least one --service-user (the account DEPIN_MQTT_USERNAME names)")
+    lines = [
+        "# Mosquitto ACL for depin-ingest (written by `depin broker acl`; see README, Securing the broker).",
+        "# Devices (username = device id hex): publish only on their own …/up, read only their own …/ack.",
+        *DEVICE_RULES,
+    ]
+    for user in dict.fromkeys(check_username(u) for u in service_users):
+        lines += ["", "# The ingest service: reads every device's …/up, writes their …/ack.", f"user {user}"]
+        lines += list(SERVICE_RULES)
+    return "\n".join(lines) + "\n"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)  # 192 bits; URL-safe, so no quoting trouble in files or shells
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with a 0600 file; an existing file's owner is kept (an operator who
+    chowned it to `mosquitto` does not have to do it again after a re-run)."""
+    path = Path(path)
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        if st is not None and os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise BrokerAuthError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    password: str
+    created: bool  # a new password was generated (first run or --rotate)
+
+
+def device_account(cred: Path, rotate: bool) -> Account:
+    """The device's MQTT login from its credential file, generating (and storing) a password if needed."""
+    identity = load_identity(cred)  # ValueError naming the file if it is not a credential file
+    data = json.loads(cred.read_text())
+    password = data.get(CRED_PASSWORD_KEY)
+    if isinstance(password, str) and password and not rotate:
+        return Account(identity.hex_id, password, created=False)
+    data[CRED_PASSWORD_KEY] = new_password()
+    write_private(cred, json.dumps(data))
+    return Account(identity.hex_id, data[CRED_PASSWORD_KEY], created=True)
+
+
+def service_account(user: str, password_file: Path, rotate: bool) -> Account:
+    """The service's login; its password file is created (0600) when absent, reused when present."""
+    check_username(user)
+    existing = _read(password_file, "password file").strip()
+    if existing and not rotate:
+        return Account(user, existing, created=False)
+    password = new_password()
+    write_private(password_file, password + "\n")
+    return Account(user, password, created=True)
+
+
+def read_password_file(path: Path) -> str:
+    """A password file as `DEPIN_MQTT_PASSWORD_FILE` names it: the first line, surrounding blanks cut."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BrokerAuthError(f"cannot read the MQTT password file {path}: {exc.strerror}") from None
+    password = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise BrokerAuthError(f"the MQTT password file {path} is empty")
+    return password
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+
+def cmd_passwd(
+    file: Path,
+    creds: Iterable[Path],
+    user: str | None,
+    password_file: Path | None,
+    rotate: bool = False,
+) -> int:
+    """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account."""
+    creds = list(creds)
+    if user is None and password_file is not None:
+        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
+    if user is not None and password_file is None:
+        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
+    if not creds and user is None:
+        raise BrokerAuthError(
+            "nothing to add: give --cred FILE… (devices) and/or --user NAME --password-file FILE"
+        )
+    accounts: list[Account] = []
+    for cred in creds:
+        accounts.append(device_account(cred, rotate))
+    if user is not None and password_file is not None:
+        accounts.append(service_account(user, password_file, rotate))
+    text = _read(file, "password file")
+    write_private(file, upsert_passwd(text, {a.username: hash_password(a.password) for a in accounts}))
+    created = sum(a.created for a in accounts)
+    print(
+        f"{file}: {len(accounts)} user(s) written ({created} new password(s), "
+        f"{len(accounts) - created} kept); reload Mosquitto (SIGHUP) to apply",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_acl(service_users: Sequence[str], out: Path | None) -> int:
+    text = acl_text(service_users)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_private(out, text)
+        print(f"{out}: ACL written for service user(s) {', '.join(service_users)}", file=sys.stderr)
+    return 0
