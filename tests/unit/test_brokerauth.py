@@ -335,3 +335,19 @@ def test_depin_broker_errors_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"depin broker {argv[0]}: error: ") and message in err and err.count("\n") == 1, err
     assert not Path("pw").exists()
+
+
+def test_rewrite_keeps_the_owner_and_is_0600(tmp_path: Path) -> None:
+    """An operator chowns the files to `mosquitto` once (the broker cannot read root's 0600 files);
+    a re-run must not hand them back to root."""
+    path = tmp_path / "passwd"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        os.chown(path, *owner)
+    brokerauth.write_private(path, "new\n")
+    st = path.stat()
+    assert path.read_text() == "new\n" and (st.st_mode & 0o777) == 0o600
+    assert (st.st_uid, st.st_gid) == owner
+    assert [p.name for p in tmp_path.iterdir()] == ["passwd"]  # no temp file left behind
