@@ -24,7 +24,13 @@ import aiomqtt
 import asyncpg
 
 from ingest import metrics
-from ingest.adapters.mqtt import MqttConfig, MqttSource, Received, describe_connect_error
+from ingest.adapters.mqtt import (
+    MqttConfig,
+    MqttSource,
+    Received,
+    describe_connect_error,
+    describe_lost,
+)
 from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.verify import ack_topic, device_from_topic
@@ -136,8 +142,7 @@ class Consumer:
                 self.stats.reconnects += 1
                 metrics.MQTT_RECONNECTS.inc()
                 if connected:
-                    where = f"{self.mqtt.host}:{self.mqtt.port}"
-                    log.warning("MQTT connection to %s lost (%s); reconnecting in %.1fs", where, exc, backoff)
+                    log.warning("%s; reconnecting in %.1fs", describe_lost(self.mqtt, exc), backoff)
                 else:
                     log.warning("%s; retrying in %.1fs", describe_connect_error(self.mqtt, exc), backoff)
                 await asyncio.sleep(backoff)

@@ -99,6 +99,27 @@ def connect_options(config: MqttConfig) -> dict[str, Any]:
     return {"username": config.username, "password": config.password, "tls_context": tls_context(config)}
 
 
+def describe_lost(config: MqttConfig, exc: BaseException) -> str:
+    """One line for a connection that dropped: the broker's DISCONNECT reason when it sent one (aiomqtt
+    chains it as the cause of "Disconnected during message iteration")."""
+    where = f"MQTT connection to {config.host}:{config.port} lost"
+    reason: BaseException | None = exc
+    while reason is not None:
+        rc = getattr(reason, "rc", None)
+        if isinstance(rc, ReasonCode):
+            # paho reports a closed socket as 0x80 "Unspecified error" (Mosquitto 2.0.11 closes the socket
+            # on a restart and on a session takeover alike, without a DISCONNECT reason).
+            name = "the broker or the network closed it" if rc.value == 0x80 else rc.getName()
+            msg = f"{where}: {name}"
+            if rc.value == 0x8E:  # Session taken over
+                msg += (
+                    f" — another client connected with client id {config.client_id!r} (DEPIN_MQTT_CLIENT_ID)"
+                )
+            return msg
+        reason = reason.__cause__
+    return f"{where} ({exc or type(exc).__name__})"
+
+
 class SubscriptionRefused(aiomqtt.MqttError):
     """The broker answered SUBACK with a failure code (its ACL): the message says what to check."""
 

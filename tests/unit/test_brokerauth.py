@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from aiomqtt.exceptions import MqttConnectError, MqttError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError, MqttError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -20,7 +20,13 @@ from devices.keys import new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest import brokerauth
 from ingest.adapters.broker import SecuredFiles, secured_config
-from ingest.adapters.mqtt import MqttConfig, SubscriptionRefused, _refused, describe_connect_error
+from ingest.adapters.mqtt import (
+    MqttConfig,
+    SubscriptionRefused,
+    _refused,
+    describe_connect_error,
+    describe_lost,
+)
 from ingest.cli import main
 from ingest.service import mqtt_config
 from ingest.settings import Settings
@@ -236,6 +242,29 @@ def test_network_and_tls_failures_name_the_broker() -> None:
     assert line.startswith("TLS handshake with MQTT broker 127.0.0.1:1883 failed: [SSL: CERTIFICATE_VERIFY")
     assert line.endswith("check DEPIN_MQTT_TLS_CA_FILE and DEPIN_MQTT_HOST")
     assert describe_connect_error(CFG, SubscriptionRefused("as is")) == "as is"
+
+
+def _chained(code: int) -> MqttError:
+    # What aiomqtt raises from message iteration: the broker's reason is the cause.
+    try:
+        raise MqttError("Disconnected during message iteration") from MqttCodeError(
+            ReasonCode(PacketTypes.DISCONNECT, identifier=code), "Unexpected disconnection"
+        )
+    except MqttError as exc:
+        return exc
+
+
+def test_lost_connections_name_the_broker_and_its_reason() -> None:
+    cfg = MqttConfig(port=1883, client_id="w1")
+    assert (
+        describe_lost(cfg, _chained(0x8B)) == "MQTT connection to 127.0.0.1:1883 lost: Server shutting down"
+    )
+    assert describe_lost(cfg, _chained(0x8E)) == (
+        "MQTT connection to 127.0.0.1:1883 lost: Session taken over — another client connected with "
+        "client id 'w1' (DEPIN_MQTT_CLIENT_ID)"
+    )
+    assert describe_lost(cfg, _chained(0x80)).endswith("lost: the broker or the network closed it")
+    assert describe_lost(cfg, MqttError("boom")) == "MQTT connection to 127.0.0.1:1883 lost (boom)"
 
 
 def test_refused_subscriptions_are_recognised() -> None:
