@@ -24,7 +24,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
 from ingest.adapters.db import create_pool, embedded_postgres, migrate, redacted
-from ingest.adapters.mqtt import MqttConfig, subscription, uses_tls
+from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.brokerauth import read_password_file
@@ -177,7 +177,7 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         password = settings.mqtt_password.get_secret_value()
     elif settings.mqtt_password_file is not None:
         password = read_password_file(settings.mqtt_password_file)
-    return MqttConfig(
+    config = MqttConfig(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
         client_id=settings.mqtt_client_id,
@@ -193,6 +193,12 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         manual_ack=settings.mqtt_manual_ack,
         ack_feedback=settings.ack_feedback,
     )
+    try:
+        tls_context(config)  # load the CA and client certificate now, not at every reconnect attempt
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = "DEPIN_MQTT_TLS_CA_FILE / DEPIN_MQTT_TLS_CERT_FILE / DEPIN_MQTT_TLS_KEY_FILE"
+        raise ValueError(f"cannot load the MQTT TLS files ({files}): {exc}") from None
+    return config
 
 
 def _path(p: Path | None) -> str | None:

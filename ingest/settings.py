@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     def _mqtt_login_and_tls(self) -> Settings:
         if self.mqtt_password is not None and self.mqtt_password_file is not None:
             raise ValueError("set DEPIN_MQTT_PASSWORD or DEPIN_MQTT_PASSWORD_FILE, not both")
-        if self.mqtt_username is None and (self.mqtt_password or self.mqtt_password_file):
+        if self.mqtt_username is None and (
+            self.mqtt_password is not None or self.mqtt_password_file is not None
+        ):
             raise ValueError("DEPIN_MQTT_PASSWORD(_FILE) is set but DEPIN_MQTT_USERNAME is not")
         if self.mqtt_tls_key_file is not None and self.mqtt_tls_cert_file is None:
             raise ValueError(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import datetime as dt
-import ipaddress
 import json
 import logging
 import random
@@ -28,10 +26,6 @@ import aiomqtt
 import asyncpg
 import pytest
 from aiomqtt.exceptions import MqttConnectError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devices.keys import save_identity
 from devices.sdk import BrokerLogin
@@ -43,6 +37,7 @@ from ingest.core.verify import ack_topic
 from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
 from tests.fixtures_mqtt import secured_mosquitto
 from tests.integration.test_workers import register
+from tests.pki import make_pki
 from tests.procs import REPO, ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration
@@ -367,79 +362,6 @@ async def test_connection_problems_are_logged_with_the_broker_and_what_to_check(
 
 
 # --- TLS -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-    return key
-
-
-def make_pki(d: Path, name: str = "test CA") -> Pki:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, valid one day."""
-    d.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = _key(d / "ca.key")
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(stem: str, cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]) -> None:
-        key = _key(d / f"{stem}.key")
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        (d / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    leaf(
-        "server",
-        "127.0.0.1",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    leaf("client", SERVICE, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("depin-ingest.invalid")])
-    return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
 
 
 async def test_service_over_tls_with_a_private_ca(

@@ -30,6 +30,7 @@ from ingest.adapters.mqtt import (
 from ingest.cli import main
 from ingest.service import mqtt_config
 from ingest.settings import Settings
+from tests.pki import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,20 +148,21 @@ def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 
 def test_login_and_tls_reach_the_consumer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "svc.pass").write_text("s3cret\n")
+    pki = make_pki(tmp_path / "pki")
     s = _settings(
         monkeypatch,
         mqtt_username="depin-ingest",
         mqtt_password_file=str(tmp_path / "svc.pass"),
-        mqtt_tls_ca_file="/etc/ca.pem",
+        mqtt_tls_ca_file=str(pki.ca),
+        mqtt_tls_cert_file=str(pki.client_cert),
+        mqtt_tls_key_file=str(pki.client_key),
         mqtt_manual_ack="false",
         ack_feedback="true",
     )
     cfg = mqtt_config(s)
-    assert (cfg.username, cfg.password, cfg.tls, cfg.tls_ca_file) == (
-        "depin-ingest",
-        "s3cret",
-        True,
-        "/etc/ca.pem",
+    assert (cfg.username, cfg.password, cfg.tls) == ("depin-ingest", "s3cret", True)
+    assert (cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file) == tuple(
+        map(str, (pki.ca, pki.client_cert, pki.client_key))
     )
     assert (cfg.manual_ack, cfg.ack_feedback) == (False, True)  # build_node uses this same builder
     assert "s3cret" not in repr(cfg)
@@ -184,6 +186,14 @@ def test_contradictory_mqtt_settings(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         _settings(monkeypatch, **env)
+
+
+def test_unloadable_tls_files_stop_the_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot load the MQTT TLS files .*No such file"):
+        mqtt_config(_settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "nope.pem")))
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match="cannot load the MQTT TLS files"):
+        mqtt_config(_settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "junk.pem")))
 
 
 def test_empty_or_missing_password_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
