@@ -77,13 +77,16 @@ def check_username(name: str) -> str:
     return name
 
 
-def upsert_passwd(text: str, entries: dict[str, str]) -> str:
+def upsert_passwd(text: str, entries: dict[str, str], remove: Iterable[str] = ()) -> str:
     """The password file `text` with each user's line replaced by `user:hash` (in place), new users
-    appended, every other line kept as it was."""
+    appended, the users in `remove` taken out, every other line kept as it was."""
     todo = dict(entries)
+    gone = set(remove)
     out = []
     for line in text.splitlines():
         user = line.split(":", 1)[0] if ":" in line and not line.startswith("#") else None
+        if user is not None and user in gone:
+            continue
         if user is not None and user in todo:
             out.append(f"{user}:{todo.pop(user)}")
         else:
@@ -195,28 +198,38 @@ def cmd_passwd(
     user: str | None,
     password_file: Path | None,
     rotate: bool = False,
+    remove: Sequence[str] = (),
 ) -> int:
-    """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account."""
+    """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account,
+    take out those named by `--remove` (a revoked device's id, a retired account)."""
     creds = list(creds)
     if user is None and password_file is not None:
         raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
     if user is not None and password_file is None:
         raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
-    if not creds and user is None:
+    if not creds and user is None and not remove:
         raise BrokerAuthError(
-            "nothing to add: give --cred FILE… (devices) and/or --user NAME --password-file FILE"
+            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
         )
-    accounts: list[Account] = []
-    for cred in creds:
-        accounts.append(device_account(cred, rotate))
+    for name in remove:
+        check_username(name)
+    # Every credential file is read before any is written: a bad one stops the run with nothing changed.
+    adding = [load_identity(cred).hex_id for cred in creds] + ([user] if user is not None else [])
+    both = sorted(set(adding) & set(remove))
+    if both:
+        raise BrokerAuthError(f"{both[0]} is both added and removed")
+    accounts = [device_account(cred, rotate) for cred in creds]
     if user is not None and password_file is not None:
         accounts.append(service_account(user, password_file, rotate))
     text = _read(file, "password file")
-    write_private(file, upsert_passwd(text, {a.username: hash_password(a.password) for a in accounts}))
+    present = {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
+    entries = {a.username: hash_password(a.password) for a in accounts}
+    write_private(file, upsert_passwd(text, entries, remove))
     created = sum(a.created for a in accounts)
+    removed = len(set(remove) & present)
     print(
         f"{file}: {len(accounts)} user(s) written ({created} new password(s), "
-        f"{len(accounts) - created} kept); reload Mosquitto (SIGHUP) to apply",
+        f"{len(accounts) - created} kept), {removed} removed; reload Mosquitto (SIGHUP) to apply",
         file=sys.stderr,
     )
     return 0

@@ -67,7 +67,9 @@ def _broker(args: argparse.Namespace) -> int:
     from ingest import brokerauth
 
     if args.broker_command == "passwd":
-        return brokerauth.cmd_passwd(args.file, args.cred, args.user, args.password_file, args.rotate)
+        return brokerauth.cmd_passwd(
+            args.file, args.cred, args.user, args.password_file, args.rotate, args.remove
+        )
     return brokerauth.cmd_acl(args.service_user, args.out)
 
 
@@ -231,6 +233,9 @@ def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
     )
     pw.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
+    pw.add_argument(
+        "--remove", nargs="+", default=[], metavar="NAME", help="take users out (a revoked device's id)"
+    )
     pw.set_defaults(func=_broker)
     acl = bsub.add_parser("acl", help="write the broker's ACL (devices: own topics; service: all)")
     acl.add_argument(

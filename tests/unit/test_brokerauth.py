@@ -63,6 +63,9 @@ def test_upsert_replaces_in_place_appends_and_keeps_the_rest() -> None:
     assert out == "alice:$7$old-a\nbob:$7$new-b\n# a comment\ncarol:$7$new-c\n"
     assert brokerauth.upsert_passwd(out, {"bob": "$7$new-b"}) == out  # re-run: same file
     assert brokerauth.upsert_passwd("", {"x": "h"}) == "x:h\n"
+    assert brokerauth.upsert_passwd(out, {}, remove=["alice", "nobody"]) == (
+        "bob:$7$new-b\n# a comment\ncarol:$7$new-c\n"
+    )
 
 
 @pytest.mark.parametrize("name", ["", "a b", "a:b", "dev/1", "+", "#", "-lead", "x" * 65])
@@ -350,16 +353,24 @@ def test_depin_broker_passwd_and_acl(
     assert main(["broker", "acl", "--service-user", "w1"]) == 0
     assert "user w1" in capsys.readouterr().out
 
+    # A revoked device loses its login; the others stay.
+    assert main(["broker", "passwd", "--file", "passwd", "--remove", d2.hex_id]) == 0
+    users = [line.split(":", 1)[0] for line in Path("passwd").read_text().splitlines()]
+    assert users == ["someone", d1.hex_id, "depin-ingest"]
+    assert "1 removed" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["passwd", "--file", "pw"], "nothing to add"),
+        (["passwd", "--file", "pw"], "nothing to do"),
         (["passwd", "--file", "pw", "--cred", "missing.json"], "missing.json: not a device credential file"),
         (["passwd", "--file", "pw", "--user", "svc"], "give --password-file for 'svc'"),
         (["passwd", "--file", "pw", "--password-file", "p"], "--password-file belongs to --user"),
         (["passwd", "--file", "pw", "--user", "a b", "--password-file", "p"], "bad username 'a b'"),
         (["acl", "--service-user", "x:y"], "bad username 'x:y'"),
+        (["passwd", "--file", "pw", "--user", "s", "--password-file", "p", "--remove", "s"], "s is both"),
+        (["passwd", "--file", "pw", "--cred", "c.json", "missing.json"], "missing.json: not a device"),
     ],
 )
 def test_depin_broker_errors_are_one_line(
@@ -370,10 +381,12 @@ def test_depin_broker_errors_are_one_line(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    save_identity(new_identity(), tmp_path / "c.json")
     assert main(["broker", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"depin broker {argv[0]}: error: ") and message in err and err.count("\n") == 1, err
-    assert not Path("pw").exists()
+    assert not Path("pw").exists() and not Path("p").exists()
+    assert "mqtt_password" not in Path("c.json").read_text()  # nothing written before the failure
 
 
 def test_rewrite_keeps_the_owner_and_is_0600(tmp_path: Path) -> None:
