@@ -237,6 +237,34 @@ async def connect_code(
         return int(rc.value if hasattr(rc, "value") else rc)  # type: ignore[arg-type]
 
 
+async def test_depin_run_without_a_login_says_what_to_set(
+    pg_dsn: str, anvil_url: str, deployment: Any, tmp_path: Path
+) -> None:
+    """The issue's symptom: `depin run` against the shipped config without a login looped on a bare
+    "Not authorized". Now its log (default level) names the broker and the settings to check."""
+    deployment.save(tmp_path / "deployment.json")
+    p = provision(tmp_path / "auth", [])
+    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+        env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json")
+        del env["DEPIN_MQTT_USERNAME"], env["DEPIN_MQTT_PASSWORD_FILE"]
+        worker = ConsumerProcess(env, tmp_path / "worker.log")
+        expected = (
+            f"MQTT broker 127.0.0.1:{broker.port} refused the connection: Not authorized — check "
+            "DEPIN_MQTT_USERNAME / DEPIN_MQTT_PASSWORD(_FILE) (anonymous: no username set); retrying in"
+        )
+        try:
+            with pytest.raises(AssertionError, match="timed out"):
+                await worker.start(timeout=4)  # never connects
+
+            async def told() -> bool:
+                return worker.log_tail(200).count(expected) >= 2  # and keeps retrying, with backoff
+
+            await wait_for(told, 20, "the refusal in the service's log")
+            assert "WARNING" in worker.log_tail(200)
+        finally:
+            await worker.stop()
+
+
 NOT_AUTHORIZED = 0x87  # what Mosquitto 2.0.11 answers for every refused login, v5 and 3.1.1 alike
 
 
