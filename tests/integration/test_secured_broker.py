@@ -223,6 +223,84 @@ async def test_service_and_devices_on_the_shipped_config(
             )
 
 
+async def test_two_workers_with_their_own_accounts_and_no_session_takeover(
+    store: Any,
+    pg_dsn: str,
+    anvil_url: str,
+    w3: Any,
+    deployment: Any,
+    signer: Any,
+    accounts: list,
+    tmp_path: Path,
+) -> None:
+    """use_username_as_clientid: the broker keys each session by username. Two workers, one account
+    each, share the load even with the same DEPIN_MQTT_CLIENT_ID, and a device that connects with a
+    worker's client id (or username) as its own client id does not knock that worker off."""
+    fleet = new_fleet(4, [accounts[2].address])
+    await register(w3, deployment, signer, fleet)
+    deployment.save(tmp_path / "deployment.json")
+    p = provision(tmp_path / "auth", fleet)
+    second = "depin-ingest-2"
+    depin("broker", "passwd", "--file", p.passwd, "--user", second, "--password-file", tmp_path / "w2.pass")
+    depin("broker", "acl", "--service-user", SERVICE, "--service-user", second, "--out", p.acl)
+    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+        group = unique_client_id("g")
+        workers = []
+        for user, pass_file in ((SERVICE, p.service_pass), (second, tmp_path / "w2.pass")):
+            env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json")
+            env |= {
+                "DEPIN_MQTT_GROUP": group,
+                "DEPIN_MQTT_CLIENT_ID": "depin-ingest-1",  # the same for both: the broker uses the username
+                "DEPIN_MQTT_USERNAME": user,
+                "DEPIN_MQTT_PASSWORD_FILE": str(pass_file),
+            }
+            workers.append(ConsumerProcess(env, tmp_path / f"{user}.log"))
+        try:
+            await asyncio.gather(*(w.start() for w in workers))
+            # A device tries to take over the first worker's session by its client id and its username.
+            for client_id in ("depin-ingest-1", SERVICE):
+                async with aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=False,
+                    **p.device(fleet[0]).client_kwargs(),
+                ):
+                    await asyncio.sleep(0.3)
+            now = time.time_ns() // 1_000_000
+            per_device = [
+                [(d.topic, next_message(d, now - 60_000 + i * 1000)) for i in range(30)] for d in fleet
+            ]
+            await asyncio.gather(
+                *(
+                    publish_resilient(broker.host, broker.port, msgs, login=p.device(d), timeout=30)
+                    for d, msgs in zip(fleet, per_device, strict=True)
+                )
+            )
+
+            async def all_stored() -> bool:
+                return (await table_counts(pg_dsn)).packets >= 120
+
+            await wait_for(all_stored, 30, "120 packets stored")
+            counts = await table_counts(pg_dsn)
+            assert counts.packets == 120 and counts.rejections == {}
+            samples = [await w.metrics() for w in workers]
+            shares = [m.get("depin_accepted_total", 0.0) for m in samples]
+            assert sum(shares) == 120 and all(s > 0 for s in shares), shares
+            assert [m.get("depin_mqtt_reconnects_total", 0.0) for m in samples] == [0.0, 0.0], workers[
+                0
+            ].log_tail()
+            for w in workers:
+                assert await w.stop() == 0, w.log_tail()
+        finally:
+            for w in workers:
+                w.kill()
+            for user, pass_file in ((SERVICE, p.service_pass), (second, tmp_path / "w2.pass")):
+                login = MqttConfig(username=user, password=pass_file.read_text().strip())
+                await drop_session(broker.host, broker.port, "any", login=login)
+
+
 async def connect_code(
     broker: BrokerInfo, login: BrokerLogin | None, *, v5: bool = True, **client: Any
 ) -> int:
