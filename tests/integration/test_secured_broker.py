@@ -212,6 +212,12 @@ async def test_service_and_devices_on_the_shipped_config(
             assert {t for t, _ in a_got} == {ack_topic(a.device_id)}
             assert {t for t, _ in b_got} == {ack_topic(b.device_id)}
             assert c_got == []
+            connected = (
+                f"INFO ingest.adapters.mqtt: connected to MQTT broker 127.0.0.1:{broker.port} as client id "
+                f"{env['DEPIN_MQTT_CLIENT_ID']}, user {SERVICE}, subscribed to "
+                f"$share/{env['DEPIN_MQTT_GROUP']}/depin/v1/+/up"
+            )
+            assert connected in worker.log_tail(400), worker.log_tail()
             assert await worker.stop() == 0, worker.log_tail()
         finally:
             worker.kill()
