@@ -114,6 +114,11 @@ def explain_chain_error(exc: ChainError) -> str:
         return f"device {bytes(args[0]).hex()} is revoked"
     if name == "UnknownHwClass" and args:
         return f"hardware class {args[0]} is unknown or disabled (see `depin hw list`)"
+    if name == "MobileClassCell" and args:
+        return f"hardware class {args[0]} is mobile: its devices have no asserted cell"
+    if name == "InvalidCell" and len(args) == 2:
+        cell = f"{int(args[0]):x}"
+        return f"cell {cell} is not a valid resolution-{args[1]} H3 cell (the class's resolution)"
     if name == "InvalidH3Res" and args:
         return f"H3 resolution {args[0]} is out of range (0..15)"
     if name == "ZeroPubkey":
@@ -251,7 +256,15 @@ async def _device_or_fail(chain: Chain, device_id: bytes) -> DeviceRecord:
 # --------------------------------------------------------------------------------------------- contracts
 
 
-async def deploy(settings: ChainSettings, out: Path, rewards_account: str | None) -> int:
+async def deploy(
+    settings: ChainSettings, out: Path, rewards_account: str | None, *, force: bool = False
+) -> int:
+    # Checked before anything is sent: the file may be the only record of a live registry's address.
+    if not force and await asyncio.to_thread(out.exists):
+        raise CliError(
+            f"{out} exists: refusing to overwrite a deployment file (its contracts' addresses would be "
+            "lost); choose another --out, or pass --force to replace it"
+        )
     account = settings.account()
     url = settings.rpc_url
     w3 = AsyncWeb3(AsyncHTTPProvider(url))
@@ -540,8 +553,11 @@ async def device_set_location(settings: ChainSettings, device_id: bytes, cell: s
     async with open_chain(settings, signing=True) as chain:
         rec = await _device_or_fail(chain, device_id)
         info = await chain.registry.get_hw_class(rec.hw_class)
-        if info is not None and is_mobile(info):
+        if info is None:
+            raise CliError(f"device {device_id.hex()} has hardware class {rec.hw_class}, which is unknown")
+        if is_mobile(info):
             raise CliError(f"device {device_id.hex()} is a {info.name} (mobile): it has no asserted cell")
+        check_cell_for_class(info, cell_int)
         receipt = await chain.registry.set_location(device_id, cell_int)
     print(f"set location of {device_id.hex()}: {format_cell(rec.asserted_cell)} → {format_cell(cell_int)}")
     print(_tx_line(receipt))

@@ -111,12 +111,20 @@ def is_mobile(info: HwClassInfo) -> bool:
 
 
 def check_cell_for_class(info: HwClassInfo, cell: int) -> None:
-    """A stationary device needs the cell it is installed in (its readings are judged against it); a
-    mobile one has none."""
+    """A stationary device needs the cell it is installed in (its readings are judged against it), at
+    exactly its class's resolution: a coarser cell would let it claim anywhere in a region (the service
+    gives a cell of another resolution no trust, and the contract refuses it). A mobile one has none."""
     if is_mobile(info) and cell:
         raise InputError(f"{info.name} is a mobile class: leave the cell empty")
     if not is_mobile(info) and not cell:
         raise InputError(f"{info.name} is a stationary class: its asserted cell is required")
+    if cell:
+        res = h3.get_resolution(h3.int_to_str(cell))
+        if res != info.h3_res:
+            raise InputError(
+                f"cell {h3.int_to_str(cell)} is resolution {res}, but {info.name} cells are resolution "
+                f"{info.h3_res}: give the res-{info.h3_res} cell the device is installed in"
+            )
 
 
 def parse_fleet_csv(text: str, classes: Mapping[int, HwClassInfo]) -> list[FleetRow]:

@@ -85,7 +85,9 @@ def _deploy(args: argparse.Namespace) -> int:
     from devices import cli
 
     settings = _chain_settings(args)
-    return cli.run_command(settings, lambda: cli.deploy(settings, args.out, args.rewards_account))
+    return cli.run_command(
+        settings, lambda: cli.deploy(settings, args.out, args.rewards_account, force=args.force)
+    )
 
 
 def _device_new(args: argparse.Namespace) -> int:
@@ -289,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dep.add_argument("--rewards-account", help="address given REWARDS_ROLE (default: the deployer)")
     dep.add_argument("--out", type=Path, default=Path("deployment.json"), help="deployment file to write")
+    dep.add_argument(
+        "--force", action="store_true", help="overwrite an existing --out file (its addresses are lost)"
+    )
     dep.set_defaults(func=_deploy)
 
     _add_device_commands(sub)

@@ -58,6 +58,8 @@ contract DeviceRegistry is AccessControl {
     error ZeroPubkey();
     error UnknownHwClass(uint16 hwClass);
     error InvalidH3Res(uint8 h3Res);
+    error MobileClassCell(uint16 hwClass);
+    error InvalidCell(uint64 cell, uint8 h3Res);
 
     constructor(address admin) {
         if (admin == address(0)) revert ZeroAddress();
@@ -97,7 +99,9 @@ contract DeviceRegistry is AccessControl {
     {
         if (owner == address(0)) revert ZeroAddress();
         if (pubkey == bytes32(0)) revert ZeroPubkey();
-        if (!_hwClasses[hwClass].enabled) revert UnknownHwClass(hwClass);
+        HwClass storage c = _hwClasses[hwClass];
+        if (!c.enabled) revert UnknownHwClass(hwClass);
+        _checkCell(c, hwClass, assertedCell);
         _devices[deviceId] = Device({
             pubkey: pubkey,
             owner: owner,
@@ -129,6 +133,7 @@ contract DeviceRegistry is AccessControl {
 
     function setLocation(bytes32 deviceId, uint64 cell) external onlyRole(OPERATOR_ROLE) {
         Device storage d = _active(deviceId);
+        _checkCell(_hwClasses[d.hwClass], d.hwClass, cell);
         d.assertedCell = cell;
         emit LocationSet(deviceId, d.owner, cell);
     }
@@ -140,6 +145,21 @@ contract DeviceRegistry is AccessControl {
         address from = d.owner;
         d.owner = newOwner;
         emit DeviceTransferred(deviceId, from, newOwner);
+    }
+
+    /// @dev A cell is asserted only for a stationary class (max speed 0), at exactly the class's H3
+    ///      resolution: a coarser cell would let a station claim any position in a region. 0 means "no
+    ///      cell" (such a device earns nothing for location). Checks the H3 cell layout: bit 63 = 0,
+    ///      mode (bits 59-62) = 1, bits 56-58 = 0, resolution in bits 52-55, base cell (45-51) <= 121,
+    ///      and every digit below the resolution = 7.
+    function _checkCell(HwClass storage c, uint16 hwClass, uint64 cell) private view {
+        if (cell == 0) return;
+        if (c.maxSpeedKmh != 0) revert MobileClassCell(hwClass);
+        uint8 res = c.h3Res;
+        uint64 unused = uint64((uint256(1) << (3 * (15 - uint256(res)))) - 1);
+        if (cell >> 56 != 0x08 || (cell >> 52) & 0xF != res || (cell >> 45) & 0x7F > 121 || cell & unused != unused) {
+            revert InvalidCell(cell, res);
+        }
     }
 
     function getDevice(bytes32 deviceId) external view returns (Device memory) {

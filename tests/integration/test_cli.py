@@ -155,6 +155,22 @@ async def test_contracts_deploy_writes_the_deployment_file(
     assert "dashcam" in hw
 
 
+async def test_contracts_deploy_refuses_to_overwrite_without_force(
+    cli: Cli, w3: AsyncWeb3[Any], deployer: LocalAccount
+) -> None:
+    existing = cli.dir / "deployment.json"  # the live deployment the other commands use
+    before_text, before_chain = existing.read_text(), await chain_state(w3, deployer)
+    await cli.fails(
+        "contracts", "deploy", "--out", str(existing),
+        match=f"^depin contracts deploy: error: {existing} exists: refusing to overwrite .* pass --force",
+    )  # fmt: skip
+    assert existing.read_text() == before_text
+    assert await chain_state(w3, deployer) == before_chain  # checked before any transaction
+    out = await cli.ok("contracts", "deploy", "--out", str(existing), "--force")
+    assert f"deployment written to {existing}" in out
+    assert Deployment.load(existing).registry != cli.deployment.registry
+
+
 # ------------------------------------------------------------------------------------------ one device
 
 
@@ -389,6 +405,43 @@ async def test_lifecycle_rotate_transfer_set_location_revoke_list(
     ]
     out = await cli.ok("device", "list")
     assert "2 device(s) (1 active, 1 revoked)" in out
+
+
+async def test_a_cell_must_be_at_the_class_resolution(
+    cli: Cli, w3: AsyncWeb3[Any], deployer: LocalAccount, accounts: list[LocalAccount]
+) -> None:
+    """The issue's case: a weather station asserting a res-3 cell (~69 km) is refused before anything is
+    sent, by register, register-batch (naming the line) and set-location."""
+    owner = accounts[1].address
+    coarse = "832830fffffffff"
+    station, station_id = await new_device(cli, "station")
+    reg = ("device", "register", "--cred", str(station), "--owner", owner, "--class", "weather")
+    before = await chain_state(w3, deployer)
+    await cli.fails(
+        *reg, "--cell", coarse,
+        match=f"cell {coarse} is resolution 3, but weather cells are resolution 7: give the res-7 cell",
+    )  # fmt: skip
+    res9 = h3.latlng_to_cell(52.52, 13.40, 9)
+    await cli.fails(*reg, "--cell", res9, match="is resolution 9, but weather cells are resolution 7")
+    fleet = cli.dir / "devices.csv"
+    write_fleet(fleet, 4, [owner])
+    lines = fleet.read_text().splitlines()
+    assert lines[1].endswith(",dashcam,")  # line 2: a mobile device, made a coarse station
+    lines[1] = lines[1].replace(",dashcam,", ",weather,") + coarse
+    fleet.write_text("\n".join(lines) + "\n")
+    await cli.fails(
+        "device", "register-batch", str(fleet),
+        match=f"devices.csv: line 2: cell {coarse} is resolution 3, but weather cells are resolution 7",
+    )  # fmt: skip
+    assert await chain_state(w3, deployer) == before
+
+    await cli.ok(*reg, "--cell", CELL)
+    before = await chain_state(w3, deployer)
+    await cli.fails(
+        "device", "set-location", station_id, "--cell", coarse,
+        match="is resolution 3, but weather cells are resolution 7",
+    )  # fmt: skip
+    assert await chain_state(w3, deployer) == before
 
 
 # ------------------------------------------------------------------------------------------ hardware

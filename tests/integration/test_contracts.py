@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+import h3
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
@@ -33,7 +34,9 @@ pytestmark = pytest.mark.integration
 
 MakeSigner = Callable[[LocalAccount], Signer]
 DPR = 10**18
-CELL = 0x8928308280FFFFF  # an H3 res-9 index
+# Cells at the classes' resolutions: the registry refuses a cell of any other resolution.
+WEATHER_CELLS = [h3.str_to_int(c) for c in sorted(h3.grid_disk(h3.latlng_to_cell(52.52, 13.40, 7), 9))]
+CELL = h3.str_to_int(h3.latlng_to_cell(52.52, 13.40, 8))  # an air (res-8) cell
 
 
 def did(label: str) -> bytes:
@@ -84,7 +87,7 @@ async def test_register_batch_is_idempotent(
     registry: RegistryClient, accounts: list[LocalAccount], signer: Signer
 ) -> None:
     owners = [a.address for a in accounts[1:4]]
-    items = [DeviceInput(did(f"b{i}"), pk(f"b{i}"), owners[i % 3], 2, CELL + i) for i in range(250)]
+    items = [DeviceInput(did(f"b{i}"), pk(f"b{i}"), owners[i % 3], 2, WEATHER_CELLS[i]) for i in range(250)]
 
     first = await registry.register_batch(items, chunk_size=100)
     assert len(first.receipts) == 3
@@ -101,7 +104,12 @@ async def test_register_batch_is_idempotent(
     assert skip_gas < 5_000
 
     rec = await registry.get_device(did("b7"))
-    assert rec is not None and rec.asserted_cell == CELL + 7 and rec.hw_class == 2 and rec.owner == owners[1]
+    assert (
+        rec is not None
+        and rec.asserted_cell == WEATHER_CELLS[7]
+        and rec.hw_class == 2
+        and rec.owner == owners[1]
+    )
 
     # A revoked id stays revoked: a batch skips it and a single register reverts.
     await registry.revoke(did("b0"))
@@ -133,7 +141,7 @@ async def test_lifecycle_events_fold_into_the_contract_state(
 
     await registry.set_location(did("q"), CELL)
     with pytest.raises(ChainError, match="AccessControlUnauthorizedAccount"):
-        await as_alice.set_location(did("q"), CELL + 1)
+        await as_alice.set_location(did("q"), WEATHER_CELLS[0])
 
     await as_alice.transfer(did("r"), bob.address)
     with pytest.raises(ChainError) as err:
@@ -201,6 +209,57 @@ async def test_hw_classes(
     classes: dict[int, HwClassInfo] = {}
     apply_hw_class_events(classes, await registry.fetch_events(deployment.block, await w3.eth.block_number))
     assert classes[1].name == "dashcam" and classes[4] == HwClassInfo(4, "drone", 120, 10, False)
+
+
+async def test_asserted_cell_must_be_a_cell_at_the_class_resolution(
+    registry: RegistryClient, accounts: list[LocalAccount]
+) -> None:
+    """A coarse cell would let a station claim a whole region: only a stationary class's own
+    resolution is accepted, by register, registerBatch and setLocation alike (0 = no cell)."""
+    owner = accounts[1].address
+    berlin = (52.52, 13.40)
+    res7 = h3.str_to_int(h3.latlng_to_cell(*berlin, 7))
+    rcpt = await registry.register(did("ok"), pk("ok"), owner, 2, res7)
+    print(f"\n[gas] register (stationary, with cell): {rcpt['gasUsed']}")
+    await registry.register(did("nocell"), pk("nocell"), owner, 2, 0)  # allowed: earns no location trust
+
+    edge = h3.str_to_int(h3.origin_to_directed_edges(h3.int_to_str(res7))[0])  # mode 2, not a cell
+    bad = {
+        "res 3 (~69 km)": h3.str_to_int(h3.latlng_to_cell(*berlin, 3)),
+        "res 9": h3.str_to_int(h3.latlng_to_cell(*berlin, 9)),
+        "directed edge": edge,
+        "digit below the resolution not 7": res7 & ~1,
+        "base cell 127": (res7 & ~(0x7F << 45)) | (0x7F << 45),
+        "reserved bit 63": res7 | (1 << 63),
+    }
+    for why, cell in bad.items():
+        with pytest.raises(ChainError) as err:
+            await registry.register(did("x"), pk("x"), owner, 2, cell)
+        assert err.value.error_name == "InvalidCell", why
+        assert err.value.error_args == (cell, 7), why
+    with pytest.raises(ChainError) as err:
+        await registry.register(did("x"), pk("x"), owner, 1, res7)
+    assert err.value.error_name == "MobileClassCell" and err.value.error_args == (1,)
+    # One bad item reverts the whole batch.
+    with pytest.raises(ChainError, match="InvalidCell"):
+        await registry.register_batch(
+            [
+                DeviceInput(did("b1"), pk("b1"), owner, 2, res7),
+                DeviceInput(did("b2"), pk("b2"), owner, 2, CELL),
+            ]
+        )
+    assert await registry.get_device(did("b1")) is None
+
+    with pytest.raises(ChainError, match="InvalidCell"):
+        await registry.set_location(did("ok"), bad["res 3 (~69 km)"])
+    await registry.register(did("cam"), pk("cam"), owner, 1, 0)
+    with pytest.raises(ChainError, match="MobileClassCell"):
+        await registry.set_location(did("cam"), res7)
+    # A class's resolution changed: its devices move to cells of the new resolution.
+    await registry.set_hw_class(2, "weather", 0, 8, True)
+    await registry.set_location(did("ok"), CELL)
+    rec = await registry.get_device(did("ok"))
+    assert rec is not None and rec.asserted_cell == CELL
 
 
 async def test_access_control(

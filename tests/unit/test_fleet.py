@@ -86,6 +86,17 @@ def test_cell_and_class_rules() -> None:
         check_cell_for_class(CLASSES[1], parse_cell(CELL))
     with pytest.raises(InputError, match="stationary class: its asserted cell is required"):
         check_cell_for_class(CLASSES[2], 0)
+    check_cell_for_class(CLASSES[2], parse_cell(CELL))
+
+
+@pytest.mark.parametrize("res", [0, 3, 6, 8, 9, 15])
+def test_a_stationary_cell_must_be_at_the_class_resolution(res: int) -> None:
+    """A coarse cell (res 3 is ~69 km across) would switch off location trust for a whole region."""
+    cell = h3.latlng_to_cell(52.52, 13.40, res)
+    with pytest.raises(
+        InputError, match=f"cell {cell} is resolution {res}, but weather cells are resolution 7"
+    ):
+        check_cell_for_class(CLASSES[2], parse_cell(cell))
 
 
 # ----------------------------------------------------------------------------------------- fleet CSV
@@ -123,6 +134,7 @@ def test_fleet_csv_columns_in_any_order() -> None:
         (line(2, owner="0xnope"), "line 3: owner '0xnope' is not an address"),
         (line(2, cls="weather"), "line 3: weather is a stationary class"),
         (line(2, cell=CELL), "line 3: dashcam is a mobile class"),
+        (line(2, cls="weather", cell="832830fffffffff"), "line 3: cell 832830fffffffff is resolution 3"),
         (hex32(2), "line 3: 1 fields, expected 5"),
         (line(1).replace(hex32(1001), hex32(1002)), "line 3: device id repeats line 2"),
         (line(2).replace(hex32(1002), hex32(1001)), "line 3: pubkey repeats line 2"),
