@@ -147,9 +147,10 @@ class Track:
 
     fix: Fix | None = None
     runs: dict[str, Run] = field(default_factory=dict)
-    # The last location-trust verdict (lat, lon, asserted cell, trusted): a station sends the same
-    # position every time, and the H3 lookups behind the verdict are the costliest part of a reading.
-    trust_memo: tuple[float, float, int, bool] | None = None
+    # The last location-trust verdict (lat, lon, asserted cell, class resolution, trusted): a station
+    # sends the same position every time, and the H3 lookups behind the verdict are the costliest part
+    # of a reading. The resolution is part of the key: the class's can change on chain.
+    trust_memo: tuple[float, float, int, int, bool] | None = None
 
 
 def too_fast(distance_m: float, dt_ms: int, max_speed_kmh: float, slack_m: float) -> bool:
@@ -165,15 +166,22 @@ def too_fast(distance_m: float, dt_ms: int, max_speed_kmh: float, slack_m: float
     return excess_m * 3600.0 > max_speed_kmh * abs(dt_ms)
 
 
-def location_trust_bps(lat: float, lon: float, asserted_cell: int) -> int:
+def location_trust_bps(lat: float, lon: float, asserted_cell: int, h3_res: int | None = None) -> int:
     """Location trust (bps) of a stationary device at (lat, lon) against the cell it asserted on chain.
 
     A device with no asserted cell (0), or one the chain holds that is not a valid H3 index, gets 0:
-    a stationary device that can be anywhere must not cover any cell it likes.
+    a stationary device that can be anywhere must not cover any cell it likes. With `h3_res` (its
+    class's resolution) a cell of any other resolution is no valid cell either: a coarse cell (res 3
+    is ~69 km across) would make a station "inside" it anywhere in a region.
     """
-    if not _valid_cell(asserted_cell):
+    if not _valid_cell(asserted_cell) or (h3_res is not None and cell_res(asserted_cell) != h3_res):
         return 0
     return location_trust(distance_outside_cell_m(lat, lon, asserted_cell))
+
+
+def cell_res(cell: int) -> int:
+    """The resolution field of an H3 index (bits 52-55), as DeviceRegistry reads it."""
+    return (cell >> 52) & 0xF
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -240,9 +248,9 @@ def assess(
     - implausible_motion (mobile classes): faster than the class maximum from the previous reading,
       within the packet and across packets.
     - off_location (stationary classes): location trust below full (more than 300 m outside the
-      asserted cell, or no valid asserted cell). The 0.25 band of HIP-98 also earns nothing: the
-      reward split is per reading, flagged or clean, and rounding partial trust down never pays a
-      spoofer.
+      asserted cell, or no valid asserted cell: none, not an H3 cell, or not at the class's
+      resolution). The 0.25 band of HIP-98 also earns nothing: the reward split is per reading,
+      flagged or clean, and rounding partial trust down never pays a spoofer.
     - flatline / value_jump: see CONSTANCY and MAX_STEP.
     """
     out = []
@@ -268,14 +276,21 @@ def assess(
                 flags |= rules.FLAG_IMPLAUSIBLE_MOTION
         else:
             memo = track.trust_memo
-            if memo is None or memo[0] != r.lat or memo[1] != r.lon or memo[2] != asserted_cell:
+            if (
+                memo is None
+                or memo[0] != r.lat
+                or memo[1] != r.lon
+                or memo[2] != asserted_cell
+                or memo[3] != hw.h3_res
+            ):
                 memo = track.trust_memo = (
                     r.lat,
                     r.lon,
                     asserted_cell,
-                    location_trust_bps(r.lat, r.lon, asserted_cell) == BPS,
+                    hw.h3_res,
+                    location_trust_bps(r.lat, r.lon, asserted_cell, hw.h3_res) == BPS,
                 )
-            if not memo[3]:
+            if not memo[4]:
                 flags |= rules.FLAG_OFF_LOCATION
         prev = here
         if newest is None or r.ts_ms >= newest.ts_ms:

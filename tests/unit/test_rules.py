@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import h3
@@ -354,7 +355,9 @@ def test_location_trust_of_a_station(metres: float, trust: int, flagged: bool) -
     cell, lat, lon = station_cell(res=15)
     here = north(lat, lon, metres)
     assert location_trust_bps(*here, cell) == trust
-    flags = assess([Reading(T0, *here, {})], AIR, cell, Track(), LIMITS)
+    assert location_trust_bps(*here, cell, 15) == trust
+    point_class = dataclasses.replace(AIR, h3_res=15)  # a class whose stations assert points
+    flags = assess([Reading(T0, *here, {})], point_class, cell, Track(), LIMITS)
     assert flags == (rules.FLAG_OFF_LOCATION if flagged else 0,)
 
 
@@ -390,6 +393,32 @@ def test_outside_a_coarse_cell_distance_counts_from_its_edge(outside_m: float, t
 def test_no_or_invalid_asserted_cell_means_no_trust(asserted: int) -> None:
     assert location_trust_bps(*BERLIN, asserted) == 0
     assert assess([w(T0)], WEATHER, asserted, Track(), LIMITS) == (rules.FLAG_OFF_LOCATION,)
+
+
+@pytest.mark.parametrize("res", [0, 3, 5, 6, 8, 9, 15])
+def test_an_asserted_cell_of_another_resolution_than_the_class_is_no_cell(res: int) -> None:
+    """The issue's case: a weather station asserting a res-3 cell (~69 km) sends readings 50 km from
+    its real place. Anywhere inside that cell would be "where it said": so a cell that is not at the
+    class's resolution is no valid asserted cell (trust 0, flagged), even right at its centre."""
+    cell = cell_for(*BERLIN, res)
+    c_lat, c_lon = h3.cell_to_latlng(h3.int_to_str(cell))
+    for here in ((c_lat, c_lon), BERLIN, north(*BERLIN, 50_000.0 if res <= 3 else 0.0)):
+        assert location_trust_bps(*here, cell, WEATHER.h3_res) == 0
+        assert assess([w(T0, *here)], WEATHER, cell, Track(), LIMITS) == (rules.FLAG_OFF_LOCATION,)
+    # At the class's resolution the same place is trusted.
+    own = cell_for(*BERLIN, WEATHER.h3_res)
+    assert assess([w(T0)], WEATHER, own, Track(), LIMITS) == (0,)
+
+
+def test_a_class_resolution_change_is_judged_again_with_the_same_position_and_cell() -> None:
+    """The chain's class table can change a class's resolution: the remembered verdict must not
+    outlive it (the station's res-7 cell is no longer its class's cell at res 8)."""
+    cell = cell_for(*BERLIN, 7)
+    track = Track()
+    assert assess([w(T0)], WEATHER, cell, track, LIMITS) == (0,)
+    finer = dataclasses.replace(WEATHER, h3_res=8)
+    assert assess([w(T0 + MINUTE)], finer, cell, track, LIMITS) == (rules.FLAG_OFF_LOCATION,)
+    assert assess([w(T0 + 2 * MINUTE)], finer, cell_for(*BERLIN, 8), track, LIMITS) == (0,)
 
 
 def test_location_verdict_is_remembered_only_for_the_same_position_and_cell() -> None:
