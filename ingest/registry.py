@@ -3,7 +3,8 @@
 The consumer never calls the chain per message: it looks devices up in this mirror. The follower
 replays events from the deployment block in ranges, then follows new blocks up to latest − N
 confirmations (or the node's `finalized` block), persisting the mirror and a (block, hash) checkpoint so
-a restart resumes where it was.
+a restart resumes where it was. The hardware-class table (HwClassSet events) is folded, persisted and
+reorged the same way; the pipeline judges with `RegistryMirror.classes`.
 
 Reorgs. Every sync first checks that the newest checkpoint's hash is still canonical. If not, it walks
 back a ring of recent in-memory checkpoints to the newest one the chain still agrees with; each
@@ -28,8 +29,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge
@@ -39,8 +41,19 @@ from web3.types import RPCEndpoint
 from devices.chain import RegistryClient
 from ingest import metrics
 from ingest.adapters.store import Store
+from ingest.core.hwclass import HwClass, from_registry
 from ingest.core.negative_cache import NegativeCache, ReadBudget
-from ingest.core.registry_fold import Position, Undo, apply_events, confirmed_height, rollback
+from ingest.core.registry_fold import (
+    ClassUndo,
+    HwClassInfo,
+    Position,
+    Undo,
+    apply_events,
+    apply_hw_class_events,
+    confirmed_height,
+    rollback,
+    rollback_hw_classes,
+)
 from ingest.model import DeviceRecord
 
 log = logging.getLogger(__name__)
@@ -79,6 +92,12 @@ NEGATIVE_CACHE_IDS = Gauge("depin_registry_negative_cache_ids", "ids cached as n
 class RegistryMirror:
     def __init__(self) -> None:
         self.devices: dict[bytes, DeviceRecord] = {}
+        # The hardware-class table as on chain (HwClassSet events), disabled classes included.
+        self.hw_classes: dict[int, HwClassInfo] = {}
+        # What the pipeline judges with, derived from hw_classes once their rows are persisted. Updated
+        # in place, never replaced: the consumer holds a read-only view of this very dict
+        # (`classes_view`), so a class change applies from the next batch on.
+        self.classes: dict[int, HwClass] = {}
         self.block = -1
         # Records read on demand for ids the event fold has not reached, with the block up to which the
         # read is known to be at least as new. Dropped once the fold has passed that block: from then on
@@ -91,6 +110,19 @@ class RegistryMirror:
             return hit[0]
         return rec
 
+    def classes_view(self) -> Mapping[int, HwClass]:
+        return MappingProxyType(self.classes)
+
+    def refresh_classes(self, changed: Iterable[int]) -> None:
+        """Bring the pipeline's classes in line with hw_classes for `changed` ids. A disabled class is
+        kept: on chain "disabled" only stops new registrations, its devices keep being judged."""
+        for class_id in changed:
+            info = self.hw_classes.get(class_id)
+            if info is None:
+                self.classes.pop(class_id, None)
+            else:
+                self.classes[class_id] = from_registry(info.id, info.name, info.max_speed_kmh, info.h3_res)
+
     def prune_resolved(self) -> None:
         if self.resolved:
             self.resolved = {d: hit for d, hit in self.resolved.items() if hit[1] > self.block}
@@ -98,12 +130,24 @@ class RegistryMirror:
 
 @dataclass
 class Checkpoint:
-    """A folded range ending at `block`. `undo` restores the state before the range; None when that
-    state is unknown here (the checkpoint loaded from the database at start)."""
+    """A folded range ending at `block`. `undo` (devices) and `class_undo` (hardware classes) restore
+    the state before the range; None when that state is unknown here (the checkpoint loaded from the
+    database at start)."""
 
     block: int
     block_hash: bytes
     undo: Undo | None
+    class_undo: ClassUndo | None = None
+
+
+@dataclass
+class _FoldState:
+    """What a scan folds into: the live mirror's dicts, or fresh ones for a rebuild."""
+
+    devices: dict[bytes, DeviceRecord]
+    applied: dict[bytes, Position]
+    classes: dict[int, HwClassInfo]
+    applied_classes: dict[int, Position]
 
 
 class ReorgDuringScan(Exception):
@@ -143,6 +187,7 @@ class RegistryFollower:
         self.progress = progress
         self.clock = clock
         self.applied: dict[bytes, Position] = {}  # id → position of the last event folded into it
+        self.applied_classes: dict[int, Position] = {}  # the same for hardware classes
         self.checkpoints: deque[Checkpoint] = deque(maxlen=max(1, reorg_window))
         self.negative = NegativeCache(negative_ttl_s, negative_max)
         self.read_budget = ReadBudget(prefetch_rate_s, prefetch_budget)
@@ -161,7 +206,15 @@ class RegistryFollower:
         """Start from the persisted mirror and checkpoint, so a restart does not replay from genesis."""
         for rec in await self.store.load_devices():
             self.mirror.devices[rec.device_id] = rec
+        for info in await self.store.load_hw_classes():
+            self.mirror.hw_classes[info.id] = info
+        self.mirror.refresh_classes(self.mirror.hw_classes)
         cursor = await self.store.get_cursor(CURSOR)
+        if cursor is not None and not self.mirror.hw_classes:
+            # A mirror persisted before hardware classes were followed (the contract's constructor
+            # always sets some): replay from the deployment block, over the persisted devices.
+            log.warning("registry: no hardware classes persisted; replaying events from the deployment block")
+            cursor = None
         if cursor is None:
             self.mirror.block = self.start_block - 1
         else:
@@ -234,28 +287,40 @@ class RegistryFollower:
         return applied
 
     async def _scan(
-        self, devices: dict[bytes, DeviceRecord], applied: dict[bytes, Position], frm: int, to: int
-    ) -> tuple[Checkpoint, set[bytes], int]:
-        """Fold the events of [frm, to] into `devices`; returns the range's checkpoint (with undo), the
-        changed ids and the event count. The hash of `to` is read BEFORE the logs: a reorg after that
-        read leaves a checkpoint the next sync finds orphaned, so a mixed view is never trusted."""
+        self, state: _FoldState, frm: int, to: int
+    ) -> tuple[Checkpoint, set[bytes], set[int], int]:
+        """Fold the events of [frm, to] into `state`; returns the range's checkpoint (with undo), the
+        changed device and class ids and the event count. The hash of `to` is read BEFORE the logs: a
+        reorg after that read leaves a checkpoint the next sync finds orphaned, so a mixed view is
+        never trusted."""
         block_hash = bytes((await self.client.w3.eth.get_block(to))["hash"])
         events = await self.client.fetch_events(frm, to)
         if any(e.block_number == to and e.block_hash != block_hash for e in events):
             raise ReorgDuringScan(f"block {to} changed while its logs were read")
         undo: Undo = {}
-        changed = apply_events(devices, events, applied, undo)
-        return Checkpoint(to, block_hash, undo), changed, len(events)
+        class_undo: ClassUndo = {}
+        changed = apply_events(state.devices, events, state.applied, undo)
+        changed_classes = apply_hw_class_events(state.classes, events, state.applied_classes, class_undo)
+        return Checkpoint(to, block_hash, undo, class_undo), changed, changed_classes, len(events)
 
     async def _fold_and_persist(self, frm: int, to: int) -> int:
-        devices = self.mirror.devices
-        checkpoint, changed, count = await self._scan(devices, self.applied, frm, to)
+        devices, classes = self.mirror.devices, self.mirror.hw_classes
+        state = _FoldState(devices, self.applied, classes, self.applied_classes)
+        checkpoint, changed, changed_classes, count = await self._scan(state, frm, to)
         try:
-            await self.store.save_mirror(CURSOR, to, checkpoint.block_hash, [devices[d] for d in changed])
+            await self.store.save_mirror(
+                CURSOR,
+                to,
+                checkpoint.block_hash,
+                [devices[d] for d in changed],
+                classes=[classes[c] for c in changed_classes],
+            )
         except BaseException:
             # Memory never runs ahead of the checkpoint: the same range is folded again next time.
             rollback(devices, self.applied, checkpoint.undo or {})
+            rollback_hw_classes(classes, self.applied_classes, checkpoint.class_undo or {})
             raise
+        self.mirror.refresh_classes(changed_classes)
         self.mirror.block = to
         self.checkpoints.append(checkpoint)
         return count
@@ -292,17 +357,24 @@ class RegistryFollower:
         base = self.checkpoints[agreed]
         # Merge the orphaned ranges' undo newest → oldest: each id gets its state before the oldest range.
         merged: Undo = {}
+        merged_classes: ClassUndo = {}
         for cp in reversed(orphaned):
             merged.update(cp.undo or {})
+            merged_classes.update(cp.class_undo or {})
         restored = {d: rec for d, (rec, _) in merged.items()}
+        restored_classes = {c: info for c, (info, _) in merged_classes.items()}
         await self.store.save_mirror(
             CURSOR,
             base.block,
             base.block_hash,
             upserts=[rec for rec in restored.values() if rec is not None],
             deletes=[d for d, rec in restored.items() if rec is None],
+            classes=[info for info in restored_classes.values() if info is not None],
+            class_deletes=[c for c, info in restored_classes.items() if info is None],
         )
         rollback(self.mirror.devices, self.applied, merged)
+        rollback_hw_classes(self.mirror.hw_classes, self.applied_classes, merged_classes)
+        self.mirror.refresh_classes(merged_classes)
         for _ in orphaned:
             self.checkpoints.pop()
         self.mirror.block = base.block
@@ -318,24 +390,37 @@ class RegistryFollower:
         """Replay every event from the deployment block into a fresh state, then swap it in."""
         if target < self.start_block:
             raise RuntimeError(f"chain target {target} is below the deployment block {self.start_block}")
-        devices: dict[bytes, DeviceRecord] = {}
-        applied: dict[bytes, Position] = {}
+        state = _FoldState({}, {}, {}, {})
+        devices, classes = state.devices, state.classes
         ring: deque[Checkpoint] = deque(maxlen=self.checkpoints.maxlen)
         frm = self.start_block
         while frm <= target:
             to = min(frm + self.chunk_blocks - 1, target)
-            checkpoint, _, _ = await self._scan(devices, applied, frm, to)
+            checkpoint, _, _, _ = await self._scan(state, frm, to)
             ring.append(checkpoint)
             if self.progress is not None:
                 self.progress(to, target)
             frm = to + 1
         last = ring[-1]
         stale = [r.device_id for r in await self.store.load_devices() if r.device_id not in devices]
-        await self.store.save_mirror(CURSOR, last.block, last.block_hash, list(devices.values()), stale)
+        stale_classes = [c.id for c in await self.store.load_hw_classes() if c.id not in classes]
+        await self.store.save_mirror(
+            CURSOR,
+            last.block,
+            last.block_hash,
+            list(devices.values()),
+            stale,
+            classes=list(classes.values()),
+            class_deletes=stale_classes,
+        )
         self.mirror.devices = devices
+        gone = set(self.mirror.hw_classes) - set(classes)
+        self.mirror.hw_classes = classes
+        self.mirror.refresh_classes(gone | set(classes))
         self.mirror.block = last.block
         self.mirror.resolved.clear()
-        self.applied = applied
+        self.applied = state.applied
+        self.applied_classes = state.applied_classes
         self.checkpoints = ring
         log.warning(
             "registry rebuilt to block %d: %d devices, %d removed", last.block, len(devices), len(stale)

@@ -127,6 +127,7 @@ def build_node(
     pipeline = PipelineConfig(
         max_message_bytes=settings.max_message_bytes,
         time_limits=rules.TimeLimits(settings.max_future_ms, settings.max_lateness_ms),
+        classes=mirror.classes_view(),  # the chain's hardware classes, as the follower folds them
     )
     mqtt = mqtt or mqtt_config(settings)  # one builder: login, TLS, manual ack and feedback included
     consumer = Consumer(

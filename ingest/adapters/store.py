@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from ingest.core.media import MediaUse, first_uses
+from ingest.core.registry_fold import HwClassInfo
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import (
     AcceptedPacket,
@@ -445,14 +446,34 @@ class Store:
         block_hash: bytes,
         upserts: Sequence[DeviceRecord] = (),
         deletes: Sequence[bytes] = (),
+        classes: Sequence[HwClassInfo] = (),
+        class_deletes: Sequence[int] = (),
     ) -> None:
-        """Mirror rows and the checkpoint that covers them in ONE transaction: after a crash or a failed
-        write the rows are never ahead of (or behind) the (block, hash) a restart resumes from."""
+        """Mirror rows (devices and hardware classes) and the checkpoint that covers them in ONE
+        transaction: after a crash or a failed write the rows are never ahead of (or behind) the
+        (block, hash) a restart resumes from."""
         async with self.pool.acquire() as conn, conn.transaction():
             if deletes:
                 await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", list(deletes))
             await _upsert_devices(conn, upserts, block)
+            if class_deletes:
+                await conn.execute("DELETE FROM hw_classes WHERE id = ANY($1)", list(class_deletes))
+            if classes:
+                await conn.executemany(
+                    """INSERT INTO hw_classes (id, name, max_speed_kmh, h3_res, enabled, updated_block)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                           max_speed_kmh = excluded.max_speed_kmh, h3_res = excluded.h3_res,
+                           enabled = excluded.enabled, updated_block = excluded.updated_block""",
+                    [(c.id, c.name, c.max_speed_kmh, c.h3_res, c.enabled, block) for c in classes],
+                )
             await _set_cursor(conn, cursor, block, block_hash)
+
+    async def load_hw_classes(self) -> list[HwClassInfo]:
+        rows = await self.pool.fetch(
+            "SELECT id, name, max_speed_kmh, h3_res, enabled FROM hw_classes ORDER BY id"
+        )
+        return [HwClassInfo(r["id"], r["name"], r["max_speed_kmh"], r["h3_res"], r["enabled"]) for r in rows]
 
     async def load_devices(self) -> list[DeviceRecord]:
         rows = await self.pool.fetch(

@@ -1,8 +1,9 @@
 """Hardware classes: what kind of device it is decides its H3 resolution and how it may move. Pure.
 
-The chain's hardware-class registry will eventually be the source of truth, so nothing here is a
-global switch: every consumer takes a plain `Mapping[int, HwClass]` and `DEFAULT_CLASSES` is only what
-is used until (or unless) the registry supplies its own.
+The chain's hardware-class registry is the source of truth: the service's registry mirror folds its
+HwClassSet events and the pipeline judges with that table (`RegistryMirror.classes`). Nothing here is a
+global switch: every consumer takes a plain `Mapping[int, HwClass]`, and `DEFAULT_CLASSES` (the
+contract's constructor defaults) serves only callers without a mirror (pure tests, the simulator).
 
 Resolutions follow what each sensor actually observes: a dashcam sees a street (res 9, ~0.1 km²), an
 air-quality sensor a neighbourhood (res 8, ~0.7 km²), a weather station a district (res 7, ~5 km²,
@@ -45,7 +46,8 @@ DEFAULT_CLASSES: Mapping[int, HwClass] = MappingProxyType({c.id: c for c in (DAS
 def from_registry(class_id: int, name: str, max_speed_kmh: int, h3_res: int) -> HwClass:
     """A class from the chain registry's fields. The registry has no mobile flag: a class is mobile
     exactly when it has a speed limit, which is how the contract's defaults encode it (0 = stationary).
-    Disabled classes should simply be left out of the mapping the caller builds."""
+    The service keeps disabled classes in its mapping: on chain "disabled" only stops new
+    registrations, the devices already registered keep being judged (revoke them to stop them)."""
     return HwClass(
         id=class_id, name=name, h3_res=h3_res, max_speed_kmh=max_speed_kmh, mobile=max_speed_kmh > 0
     )

@@ -134,20 +134,58 @@ def confirmed_height(head: int, confirmations: int) -> int:
     return max(-1, head - confirmations)
 
 
-def apply_hw_class_events(classes: dict[int, HwClassInfo], events: Iterable[RegistryEvent]) -> set[int]:
-    """Same as apply_events for the hardware-class table (seeded by HwClassSet events in the constructor)."""
+# The state a hardware class had before a range was folded (None = not set), as Undo for devices.
+ClassUndo = dict[int, tuple[HwClassInfo | None, Position | None]]
+
+
+def hw_class_info(ev: RegistryEvent) -> HwClassInfo:
+    f = ev.fields
+    return HwClassInfo(
+        id=int(f["id"]),
+        name=str(f["name"]),
+        max_speed_kmh=int(f["maxSpeedKmh"]),
+        h3_res=int(f["h3Res"]),
+        enabled=bool(f["enabled"]),
+    )
+
+
+def apply_hw_class_events(
+    classes: dict[int, HwClassInfo],
+    events: Iterable[RegistryEvent],
+    applied: dict[int, Position] | None = None,
+    undo: ClassUndo | None = None,
+) -> set[int]:
+    """apply_events for the hardware-class table (seeded by HwClassSet events in the constructor): each
+    HwClassSet replaces the class whole. Same `applied` / `undo` contract as apply_events, so the
+    follower takes a reorged class change back exactly like a device change. Returns the changed ids."""
     changed: set[int] = set()
-    for ev in events:
+    for ev in sorted(events, key=lambda e: e.position):
         if ev.kind != HW_CLASS_SET:
             continue
-        f = ev.fields
-        info = HwClassInfo(
-            id=int(f["id"]),
-            name=str(f["name"]),
-            max_speed_kmh=int(f["maxSpeedKmh"]),
-            h3_res=int(f["h3Res"]),
-            enabled=bool(f["enabled"]),
-        )
+        info = hw_class_info(ev)
+        last = applied.get(info.id) if applied is not None else None
+        if last is not None and ev.position <= last:
+            continue
+        if undo is not None and info.id not in undo:
+            undo[info.id] = (classes.get(info.id), last)
         classes[info.id] = info
+        if applied is not None:
+            applied[info.id] = ev.position
         changed.add(info.id)
     return changed
+
+
+def rollback_hw_classes(
+    classes: dict[int, HwClassInfo], applied: dict[int, Position], undo: ClassUndo
+) -> set[int]:
+    """rollback for the hardware-class table."""
+    for class_id, (info, position) in undo.items():
+        if info is None:
+            classes.pop(class_id, None)
+        else:
+            classes[class_id] = info
+        if position is None:
+            applied.pop(class_id, None)
+        else:
+            applied[class_id] = position
+    return set(undo)

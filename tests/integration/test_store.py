@@ -21,7 +21,13 @@ from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, R
 
 pytestmark = pytest.mark.integration
 
-ALL_MIGRATIONS = ["001_core.sql", "002_readings.native.sql", "003_epochs.sql", "004_media.sql"]
+ALL_MIGRATIONS = [
+    "001_core.sql",
+    "002_readings.native.sql",
+    "003_epochs.sql",
+    "004_media.sql",
+    "006_hw_classes.sql",
+]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
 
@@ -103,6 +109,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("002_readings", "native"),
             ("003_epochs", "native"),
             ("004_media", "native"),
+            ("006_hw_classes", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
@@ -116,7 +123,7 @@ async def test_migrations_concurrent(pg_dsn: str) -> None:
         results = await asyncio.gather(*(migrate(p) for p in pools))
         applied = [r.applied for r in results]
         assert sorted(applied, key=len) == [[], [], ALL_MIGRATIONS]
-        assert await pools[0].fetchval("SELECT count(*) FROM schema_migrations") == 4
+        assert await pools[0].fetchval("SELECT count(*) FROM schema_migrations") == len(ALL_MIGRATIONS)
     finally:
         for p in pools:
             await p.close()

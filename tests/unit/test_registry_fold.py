@@ -14,6 +14,8 @@ from ingest.core.registry_fold import (
     HW_CLASS_SET,
     KEY_ROTATED,
     LOCATION_SET,
+    ClassUndo,
+    HwClassInfo,
     Position,
     RegistryEvent,
     Undo,
@@ -21,6 +23,7 @@ from ingest.core.registry_fold import (
     apply_hw_class_events,
     confirmed_height,
     rollback,
+    rollback_hw_classes,
 )
 from ingest.model import DeviceRecord
 
@@ -175,3 +178,34 @@ def test_hw_class_fold() -> None:
         ],
     )
     assert changed == {3} and classes[3].enabled is False
+
+
+def cls(
+    block: int, index: int = 0, *, id: int = 4, speed: int = 120, res: int = 10, on: bool = True
+) -> RegistryEvent:
+    return ev(HW_CLASS_SET, b"", block, index, id=id, name="drone", maxSpeedKmh=speed, h3Res=res, enabled=on)
+
+
+def test_hw_class_fold_in_chain_order_skips_what_was_applied() -> None:
+    classes: dict[int, HwClassInfo] = {}
+    applied: dict[int, Position] = {}
+    apply_hw_class_events(classes, [cls(3, speed=90), cls(2, speed=60)], applied)  # out of order
+    assert classes[4] == HwClassInfo(4, "drone", 90, 10, True) and applied[4] == (3, 0)
+    # An overlapping re-fetch, or an older event, never rolls a class back.
+    assert apply_hw_class_events(classes, [cls(2, speed=60), cls(3, speed=90)], applied) == set()
+    assert classes[4].max_speed_kmh == 90
+
+
+def test_hw_class_undo_and_rollback_restore_the_prior_table() -> None:
+    classes: dict[int, HwClassInfo] = {}
+    applied: dict[int, Position] = {}
+    apply_hw_class_events(classes, [cls(1, id=1, speed=200, res=9)], applied)
+    before, before_applied = copy.deepcopy(classes), dict(applied)
+    undo: ClassUndo = {}
+    changed = apply_hw_class_events(
+        classes, [cls(5, id=1, speed=150), cls(6, id=4), cls(7, id=4, on=False)], applied, undo
+    )
+    assert changed == {1, 4}
+    assert undo == {1: (before[1], (1, 0)), 4: (None, None)}  # first write wins
+    assert rollback_hw_classes(classes, applied, undo) == {1, 4}
+    assert classes == before and applied == before_applied
