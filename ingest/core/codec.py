@@ -21,7 +21,12 @@ from ingest.model import Media, Packet, Reading, Reason, Rejection, SignedMessag
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
 HDR_ALG = 1
+HDR_CRIT = 2
 HDR_KID = 4
+# Header labels this service understands (RFC 9052 §3.1: a label listed in `crit` must be one of them).
+_LABEL_NAMES = {HDR_ALG: "alg", HDR_CRIT: "crit", HDR_KID: "kid"}
+UNDERSTOOD_LABELS = frozenset({HDR_ALG, HDR_KID})
+_PROTECTED_SHAPE = f"a bstr-wrapped map {{1: {ALG_EDDSA}, 4: device_id}}"
 WIRE_VERSION = 1
 DEVICE_ID_LEN = 32
 SIGNATURE_LEN = 64
@@ -36,6 +41,18 @@ _MAX_DEPTH = 16
 
 class _Malformed(Exception):
     """Internal: raised inside the decoder, turned into a Rejection at the boundary."""
+
+
+class _MissingLabel(_Malformed):
+    """A required label is absent from the protected header; the caller says whether the unprotected
+    header has it (the protected header alone is cached, without the unprotected one)."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__(
+            f"{_LABEL_NAMES[label]} (label {label}) is missing from the protected header: "
+            f"it must be {_PROTECTED_SHAPE}"
+        )
+        self.label = label
 
 
 def _loads(data: bytes) -> Any:
@@ -125,13 +142,33 @@ def _decode(message: bytes) -> SignedMessage:
     if not isinstance(body, list | tuple) or len(body) != 4:
         raise _Malformed("COSE_Sign1 must be an array of 4")
     protected, unprotected, payload, signature = body
-    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
-        raise _Malformed("protected, payload and signature must be byte strings")
+    if not isinstance(protected, bytes):
+        raise _Malformed(
+            f"protected header must be {_PROTECTED_SHAPE}, got {_cbor_type(protected)} "
+            "(encode the map, then send those bytes as a bstr)"
+        )
+    if not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        raise _Malformed("payload and signature must be byte strings")
     if not isinstance(unprotected, Mapping):
         raise _Malformed("unprotected header must be a map")
     if len(signature) != SIGNATURE_LEN:
         raise _Malformed(f"signature is {len(signature)} bytes, expected {SIGNATURE_LEN}")
-    kid = _protected_kid(protected)
+    try:
+        kid = _protected_kid(protected)
+    except _MissingLabel as exc:
+        if exc.label in unprotected:
+            raise _Malformed(
+                f"{_LABEL_NAMES[exc.label]} (label {exc.label}) must be in the protected header, "
+                "found in the unprotected header"
+            ) from None
+        raise
+    except _Malformed as exc:
+        if not protected and unprotected:  # h'' with the labels put in the unprotected map instead
+            found = ", ".join(f"{_LABEL_NAMES.get(k, k)} (label {k})" for k in unprotected)
+            raise _Malformed(f"{exc}; found in the unprotected header instead: {found}") from None
+        raise
+    if unprotected:  # empty on the fast path: one truth test
+        _check_unprotected(unprotected, protected)
     packet = _decode_payload(_loads(payload))
     return SignedMessage(kid=kid, protected=protected, payload=payload, signature=signature, packet=packet)
 
@@ -139,17 +176,73 @@ def _decode(message: bytes) -> SignedMessage:
 @functools.lru_cache(maxsize=65_536)
 def _protected_kid(protected: bytes) -> bytes:
     """The kid of a valid protected header. Cached: a device sends the same header bytes every time
-    (only valid headers are cached; a bad one raises every time)."""
+    (only valid headers are cached; a bad one raises every time, so the error path may be slow)."""
+    if not protected:
+        raise _Malformed(f"protected header is empty (h''): it must be {_PROTECTED_SHAPE}")
     header = _loads(protected)
     if not isinstance(header, Mapping):
-        raise _Malformed("protected header must be a map")
-    alg = header.get(HDR_ALG)
+        raise _Malformed(
+            f"protected header must be {_PROTECTED_SHAPE}, got {_cbor_type(header)} inside the bstr"
+        )
+    if HDR_ALG not in header:
+        raise _MissingLabel(HDR_ALG)
+    alg = header[HDR_ALG]
     if alg != ALG_EDDSA or isinstance(alg, bool):
-        raise _Malformed(f"alg {alg!r} not accepted, only EdDSA ({ALG_EDDSA})")
-    kid = header.get(HDR_KID)
+        raise _Malformed(f"alg (label 1) must be {ALG_EDDSA} (EdDSA), got {alg!r}")
+    if HDR_KID not in header:
+        raise _MissingLabel(HDR_KID)
+    kid = header[HDR_KID]
     if not isinstance(kid, bytes) or len(kid) != DEVICE_ID_LEN:
-        raise _Malformed("kid must be the 32-byte device id")
+        got = f"{len(kid)} bytes" if isinstance(kid, bytes) else _cbor_type(kid)
+        raise _Malformed(f"kid (label 4) must be the 32-byte device id as a bstr, got {got}")
+    if HDR_CRIT in header:
+        _check_crit(header[HDR_CRIT])
     return kid
+
+
+def _check_crit(crit: Any) -> None:
+    """RFC 9052 §3.1: crit is a non-empty array of labels (int or text) the recipient must understand;
+    a message listing one it does not understand must be rejected, not processed without it."""
+    if not isinstance(crit, list | tuple) or not crit:
+        got = "an empty array" if isinstance(crit, list | tuple) else _cbor_type(crit)
+        raise _Malformed(f"crit (label 2) must be a non-empty array of header labels, got {got}")
+    for label in crit:
+        if isinstance(label, bool) or not isinstance(label, int | str):
+            raise _Malformed(f"crit (label 2) lists {label!r}: labels are integers or text strings")
+        if label not in UNDERSTOOD_LABELS:
+            understood = ", ".join(f"{n} ({_LABEL_NAMES[n]})" for n in sorted(UNDERSTOOD_LABELS))
+            raise _Malformed(
+                f"crit (label 2) lists label {label!r}, which this service does not understand "
+                f"(it understands {understood}): remove it from crit"
+            )
+
+
+def _check_unprotected(unprotected: Mapping[Any, Any], protected: bytes) -> None:
+    """What a non-empty unprotected header may not hold (RFC 9052 §3: a label in at most one of the
+    two headers; crit only in the protected one). Other labels are ignored, as the RFC allows."""
+    if HDR_CRIT in unprotected:
+        raise _Malformed("crit (label 2) must be in the protected header, found in the unprotected header")
+    header = _loads(protected)  # valid: _protected_kid has decoded it
+    both = sorted((k for k in unprotected if k in header), key=repr)
+    if both:
+        names = ", ".join(f"{_LABEL_NAMES.get(k, k)} (label {k})" for k in both)
+        raise _Malformed(
+            f"{names} in both the protected and the unprotected header: keep it in the protected one"
+        )
+
+
+def _cbor_type(value: Any) -> str:
+    # Words a firmware author knows from CBOR, for error details.
+    if isinstance(value, bool):
+        return "a bool"
+    for typ, name in ((bytes, "a bstr"), (str, "a text string"), (int, "an integer"), (float, "a float")):
+        if isinstance(value, typ):
+            return name
+    if isinstance(value, Mapping):
+        return "a map"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return "null" if value is None else type(value).__name__
 
 
 def _uint(value: Any, name: str, limit: int) -> int:
