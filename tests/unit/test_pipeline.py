@@ -106,6 +106,30 @@ def test_unknown_hardware_class_is_malformed_not_an_exception() -> None:
     assert isinstance(out, RejectedMessage) and out.reason == Reason.MALFORMED
 
 
+def test_the_pipeline_judges_with_a_live_class_table() -> None:
+    """The service hands the pipeline a read-only view of the registry mirror's class table: a class
+    added or changed in it applies to the next message, with the same config and state."""
+    from types import MappingProxyType
+
+    from ingest.core.hwclass import DEFAULT_CLASSES, from_registry
+
+    table = dict(DEFAULT_CLASSES)
+    cfg = dataclasses.replace(CFG, classes=MappingProxyType(table))
+    ident, rec = _station(hw_class=7, asserted=cell_for(*BERLIN, 10))
+    lookup = {rec.device_id: rec}.get
+    state = PipelineState()
+    out = judge(_msg(ident, 1, "buoy", _weather()), lookup, NOW, cfg, state)
+    assert isinstance(out, RejectedMessage) and "hardware class 7 is unknown" in out.detail
+    table[7] = from_registry(7, "buoy", 0, 10)
+    out = judge(_msg(ident, 2, "buoy", _weather()), lookup, NOW, cfg, state)
+    assert isinstance(out, AcceptedPacket)
+    assert out.cells == (cell_for(*BERLIN, 10),) and out.flags == (0,)
+    table[7] = from_registry(7, "buoy", 0, 9)  # resolution changed on chain: the res-10 cell no longer counts
+    out = judge(_msg(ident, 3, "buoy", _weather()), lookup, NOW, cfg, state)
+    assert isinstance(out, AcceptedPacket)
+    assert out.cells == (cell_for(*BERLIN, 9),) and out.flags == (rules.FLAG_OFF_LOCATION,)
+
+
 # --- rate limit -------------------------------------------------------------------------------------
 
 
