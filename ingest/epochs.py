@@ -231,33 +231,30 @@ class Epochs:
         )
         failures = 0
         while True:
-            step: Step | None = None
+            doing = "deciding the next epoch"
             try:
                 step = await self.next_step(clock())
                 if isinstance(step, Wait):
                     await sleep(step.ms / 1000)
                     continue
                 if isinstance(step, Close):
-                    await self.close_and_publish(step.epoch)
-                else:
-                    assert isinstance(step, Publish)
-                    await self.publish(step.epoch)
+                    doing = f"closing epoch {step.epoch}"
+                    await self.close(step.epoch)
+                assert isinstance(step, Close | Publish)
+                doing = f"publishing epoch {step.epoch}"
+                await self.publish(step.epoch)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # Never skipped: nothing was stored as done, so the next decision is the same epoch.
                 failures += 1
                 metrics.EPOCH_ERRORS.inc()
                 delay = min(self.retry_min_s * 2 ** min(failures - 1, 30), self.retry_max_s)
-                what = (
-                    f"{'closing' if isinstance(step, Close) else 'publishing'} epoch {step.epoch}"
-                    if isinstance(step, Close | Publish)
-                    else "deciding the next epoch"
-                )
                 # The traceback once per streak; then one line per retry.
                 log.error(
                     "%s failed (attempt %d): %s; retrying in %.1f s",
-                    what,
+                    doing,
                     failures,
                     exc,
                     delay,
