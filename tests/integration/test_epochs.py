@@ -160,7 +160,7 @@ async def assert_on_chain(world: World, stored: dict[int, dict[str, Any]]) -> No
 
 
 async def test_fresh_database_starts_at_the_earliest_reading_and_closes_every_epoch_in_order(
-    world: World, caplog: pytest.LogCaptureFixture
+    world: World, accounts: list[LocalAccount], make_signer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="ingest.epochs")
     clock = FakeClock(world.end(2))
@@ -190,6 +190,16 @@ async def test_fresh_database_starts_at_the_earliest_reading_and_closes_every_ep
     token_supply = await world.distributor.token.functions.totalSupply().call()
     assert token_supply == stored[7]["allocated"] + stored[9]["allocated"]
     assert await world.distributor.latest_epoch() == 10
+    # A claim against the empty epoch 8 pays the owner's cumulative amount of epoch 7.
+    owner = accounts[2]
+    reward = await world.store.owner_reward(8, owner.address)
+    assert reward is not None and reward["amount"] == 0
+    before7 = await world.store.owner_reward(7, owner.address)
+    assert before7 is not None and reward["cumulative"] == before7["cumulative"] > 0
+    claimer = DistributorClient(world.w3, world.deployment, make_signer(owner))
+    proof = [bytes.fromhex(p[2:]) for p in reward["proof"]]
+    _, paid = await claimer.claim(8, owner.address, reward["cumulative"], proof)
+    assert paid == reward["cumulative"]
     # Closed in order, one INFO line per epoch closed and per epoch published.
     closes = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
     publishes = [r.getMessage() for r in caplog.records if " published: " in r.getMessage()]
