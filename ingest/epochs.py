@@ -27,7 +27,7 @@ from ingest import metrics
 from ingest.adapters.store import Store
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import RewardParams, cumulative, inputs_digest, split_epoch
-from ingest.core.schedule import Close, Publish, Step, Wait, epoch_bounds, next_step
+from ingest.core.schedule import IDLE_POLL_MS, Close, Publish, Step, Wait, epoch_bounds, next_step
 
 log = logging.getLogger(__name__)
 
@@ -230,20 +230,32 @@ class Epochs:
             "epoch scheduler: genesis %d ms, length %d ms, grace %d ms", c.genesis_ms, c.length_ms, c.grace_ms
         )
         failures = 0
+        standing_by = False
         while True:
             doing = "deciding the next epoch"
             try:
-                step = await self.next_step(clock())
-                if isinstance(step, Wait):
-                    await sleep(step.ms / 1000)
-                    continue
-                if isinstance(step, Close):
-                    doing = f"closing epoch {step.epoch}"
-                    await self.close(step.epoch)
-                assert isinstance(step, Close | Publish)
-                doing = f"publishing epoch {step.epoch}"
-                await self.publish(step.epoch)
+                # Decide and act under the scheduler lock: a second process running this part stands
+                # by instead of closing or signing the same epoch concurrently.
+                async with self.store.scheduler_turn() as mine:
+                    if mine:
+                        if standing_by:
+                            log.info("epoch scheduler: the lock is free again; taking over")
+                        standing_by = False
+                        step = await self.next_step(clock())
+                        if isinstance(step, Close):
+                            doing = f"closing epoch {step.epoch}"
+                            await self.close(step.epoch)
+                        if isinstance(step, Close | Publish):
+                            doing = f"publishing epoch {step.epoch}"
+                            await self.publish(step.epoch)
+                    else:
+                        if not standing_by:
+                            log.info("epoch scheduler: another process holds the lock; standing by")
+                        standing_by = True
+                        step = Wait(min(IDLE_POLL_MS, c.length_ms))
                 failures = 0
+                if isinstance(step, Wait):
+                    await sleep(step.ms / 1000)  # outside the turn: the lock is not held while idle
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

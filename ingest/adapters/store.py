@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +67,9 @@ SEAL_LOCK_KEY = 0x6465_7069_6E5F_7365
 # statement but no extra round trip. The watermark must be read by a LATER statement (the packets
 # INSERT): a statement's snapshot is taken before it waits for a lock.
 _BATCH_PRELUDE = _STAGING_DDL + f"SELECT pg_advisory_xact_lock_shared({SEAL_LOCK_KEY});\n"
+# Advisory-lock key ("depin_sc") held by the epoch scheduler while it decides and acts, so two processes
+# running the `epochs` part never close or sign a publish for the same epoch at once.
+SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
 _PACKET_COLUMNS = ["device_id", "seq", "payload_digest", "kind", "n_readings", "received_at", "first_ts"]
 _REJECTION_COLUMNS = ["message_digest", "device_id", "seq", "reason", "detail", "topic", "received_at"]
 _READING_COLUMNS = [
@@ -761,6 +765,18 @@ class Store:
         while no epoch is stored."""
         value = await self.pool.fetchval("SELECT min(ts) FROM readings")
         return None if value is None else dt_to_ms(value)
+
+    @asynccontextmanager
+    async def scheduler_turn(self) -> AsyncIterator[bool]:
+        """Yields True while this caller holds the scheduler lock (session-level, one pooled connection
+        kept for the turn), False if another scheduler holds it now (do nothing, look again later)."""
+        async with self.pool.acquire() as conn:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
 
     async def seal_epoch(self, epoch: int, until_ms: int) -> tuple[int, int]:
         """Refuse new packets whose first reading is before `until_ms` (the end of `epoch`) from now on.

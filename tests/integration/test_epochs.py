@@ -23,6 +23,7 @@ from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import REWARDS_ROLE, Deployment, DistributorClient, Signer
+from ingest.adapters.db import create_pool
 from ingest.adapters.store import Store
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket, DeviceRecord, Reading
@@ -316,3 +317,37 @@ async def test_the_scheduler_survives_a_database_error_before_any_epoch_is_known
     assert [m.split(" (")[0] for m in messages] == ["deciding the next epoch failed"] * 2
     assert 'relation "epochs" does not exist' in messages[0]
     assert (await world.stored())[1]["status"] == "published"
+
+
+async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
+    world: World,
+    pg_dsn: str,
+    accounts: list[LocalAccount],
+    make_signer: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two processes running the `epochs` part (each its own pool and signer): the scheduler lock lets
+    one act at a time, so no epoch is closed twice or signed twice (which would leave one of them
+    waiting forever for a receipt of a transaction that lost its nonce)."""
+    caplog.set_level(logging.INFO, logger="ingest.epochs")
+    for n in (1, 2, 4):
+        await world.readings_in(n)
+    pool = await create_pool(pg_dsn, min_size=1, max_size=4)
+    try:
+        other = Epochs(
+            Store(pool),
+            DistributorClient(world.w3, world.deployment, make_signer(accounts[0])),
+            world.config,
+        )
+        start, stop = world.end(5) + GRACE, world.end(6) + GRACE - 1  # epoch 6 is not due
+        a, b = FakeClock(start), FakeClock(start)
+        await asyncio.gather(a.run_until(world.epochs(), stop), b.run_until(other, stop))
+    finally:
+        await pool.close()
+    stored = await world.stored()
+    assert sorted(stored) == [1, 2, 3, 4, 5] and all(e["status"] == "published" for e in stored.values())
+    await assert_on_chain(world, stored)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "failed" in m], messages
+    assert sum(" closed: " in m for m in messages) == 5 and sum(" published: " in m for m in messages) == 5
+    assert any("standing by" in m for m in messages)
