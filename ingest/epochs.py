@@ -164,6 +164,26 @@ class Epochs:
         if signer is None:
             raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
         if row["raw_tx"] is None:
+            on_chain = await self.distributor.root_of(epoch)
+            if on_chain != ZERO_ROOT:
+                # Published before without our record of it (a database restored from a backup):
+                # adopt it if it is our root; a different root needs an operator, never a second tx.
+                if on_chain != root:
+                    raise RuntimeError(
+                        f"epoch {epoch} is already on chain with root 0x{on_chain.hex()}, "
+                        f"not the stored 0x{root.hex()}"
+                    )
+                tx_hash, block = await self._published_tx(epoch)
+                await self.store.mark_published(epoch, tx_hash, block)
+                log.info(
+                    "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
+                    epoch,
+                    root.hex(),
+                    row["allocated"],
+                    tx_hash.hex(),
+                    block,
+                )
+                return await self._row(epoch)
             call = self.distributor.publish_epoch_fn(epoch, root, int(row["allocated"]))
             raw, tx_hash, nonce = await signer.sign(call)
             await self.store.journal_tx(epoch, raw, tx_hash, nonce)
@@ -191,6 +211,22 @@ class Epochs:
         )
         return await self._row(epoch)
 
+    async def _published_tx(self, epoch: int) -> tuple[bytes, int]:
+        """The tx hash and block of the epoch's EpochPublished event."""
+        assert self.distributor is not None
+        event = self.distributor.contract.events.EpochPublished()
+        logs = await self.distributor.w3.eth.get_logs(
+            {
+                "address": self.distributor.contract.address,
+                "fromBlock": self.distributor.deployment.block,
+                "toBlock": "latest",
+                "topics": [HexBytes(event.topic), HexBytes(epoch.to_bytes(32, "big"))],
+            }
+        )
+        if not logs:
+            raise LookupError(f"epoch {epoch} has a root on chain but no EpochPublished event was found")
+        return bytes(logs[-1]["transactionHash"]), int(logs[-1]["blockNumber"])
+
     async def _row(self, epoch: int) -> dict[str, Any]:
         row = await self.store.get_epoch(epoch)
         if row is None:
@@ -203,12 +239,12 @@ class Epochs:
 
     async def next_step(self, now_ms: int) -> Step:
         """Read what the decision needs from the store and take it (`ingest.core.schedule`)."""
-        last = await self.store.last_epoch_status()
+        last, unpublished = await self.store.epoch_progress()
         earliest = None if last is not None else await self.store.earliest_reading_ms()
         c = self.config
         return next_step(
-            last[0] if last else None,
-            last[1] if last else None,
+            last,
+            unpublished,
             earliest,
             now_ms,
             c.genesis_ms,

@@ -755,10 +755,14 @@ class Store:
         value: int | None = await self.pool.fetchval("SELECT max(epoch) FROM epochs")
         return value
 
-    async def last_epoch_status(self) -> tuple[int, str] | None:
-        """The highest stored epoch and its status ('closed', 'published', 'settled'), None if none."""
-        row = await self.pool.fetchrow("SELECT epoch, status FROM epochs ORDER BY epoch DESC LIMIT 1")
-        return None if row is None else (row["epoch"], row["status"])
+    async def epoch_progress(self) -> tuple[int | None, int | None]:
+        """(highest stored epoch, lowest epoch stored as 'closed': not yet published nor settled)."""
+        row = await self.pool.fetchrow(
+            """SELECT max(epoch) AS last, min(epoch) FILTER (WHERE status = 'closed') AS unpublished
+               FROM epochs"""
+        )
+        assert row is not None
+        return row["last"], row["unpublished"]
 
     async def earliest_reading_ms(self) -> int | None:
         """The earliest stored reading's timestamp. A scan (no btree on ts): the scheduler asks only

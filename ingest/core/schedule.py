@@ -63,7 +63,7 @@ Step = Close | Publish | Wait
 
 def next_step(
     last_epoch: int | None,
-    last_status: str | None,
+    unpublished: int | None,
     earliest_reading_ms: int | None,
     now_ms: int,
     genesis_ms: int,
@@ -75,15 +75,16 @@ def next_step(
 ) -> Step:
     """What the scheduler does next.
 
-    `last_epoch`/`last_status`: the highest stored epoch and its status ('closed', 'published',
-    'settled'), or None on a fresh database. `earliest_reading_ms`: the earliest stored reading's
-    timestamp (only looked at when no epoch is stored), None if there is none.
+    `last_epoch`: the highest stored epoch, None on a fresh database. `unpublished`: the lowest epoch
+    stored as closed but neither published nor settled, None if there is none (the scheduler leaves at
+    most the last one so; a close run by hand may leave others). `earliest_reading_ms`: the earliest
+    stored reading's timestamp (only looked at when no epoch is stored), None if there is none.
     """
     if length_ms <= 0 or grace_ms < 0 or max_wait_ms < 1 or idle_poll_ms < 1:
         raise ValueError("length must be > 0, grace ≥ 0, waits ≥ 1 ms")
+    if unpublished is not None:
+        return Publish(unpublished)
     if last_epoch is not None:
-        if last_status == "closed":
-            return Publish(last_epoch)
         nxt = last_epoch + 1
     elif earliest_reading_ms is None:
         return Wait(min(idle_poll_ms, length_ms, max_wait_ms))

@@ -351,3 +351,40 @@ async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
     assert not [m for m in messages if "failed" in m], messages
     assert sum(" closed: " in m for m in messages) == 5 and sum(" published: " in m for m in messages) == 5
     assert any("standing by" in m for m in messages)
+
+
+async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_signed(
+    world: World, accounts: list[LocalAccount], make_signer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingest.epochs")
+    for n in (1, 2, 3):
+        await world.readings_in(n)
+    epochs = world.epochs()
+    # Epoch 1 reached the chain without the database knowing (a database restored from a backup).
+    e1 = await epochs.close(1)
+    receipt = await world.distributor.publish_epoch(1, bytes.fromhex(e1["root"][2:]), e1["allocated"])
+    # Epoch 2's journaled tx is mined but reverts: epoch 3 got on chain first (latestEpoch = 3), from
+    # another account (the journaled tx holds this account's next nonce until it is broadcast).
+    signer = world.distributor.signer
+    assert signer is not None
+    await signer.send(world.distributor.contract.functions.grantRole(REWARDS_ROLE, accounts[6].address))
+    e2 = await epochs.close(2)
+    call = world.distributor.publish_epoch_fn(2, bytes.fromhex(e2["root"][2:]), e2["allocated"])
+    raw, tx_hash, nonce = await signer.sign(call, gas=300_000)  # explicit gas: no estimate to refuse it
+    await world.store.journal_tx(2, raw, tx_hash, nonce)
+    other = DistributorClient(world.w3, world.deployment, make_signer(accounts[6]))
+    await other.publish_epoch(3, b"\x33" * 32, 0)
+
+    clock = FakeClock(world.end(2) + GRACE)
+    await clock.run_until(epochs, clock.now + 1_000 + 2_000)
+    stored = await world.stored()
+    manual_tx = "0x" + bytes(receipt["transactionHash"]).hex()
+    assert (stored[1]["status"], stored[1]["tx_hash"]) == ("published", manual_tx)
+    assert (await world.published_on_chain())[1] == 1  # adopted, not published twice
+    assert stored[2]["status"] == "closed" and stored[2]["raw_tx"] is None  # the reverted tx is forgotten
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("epoch 1 published: " in m and "(found on chain)" in m for m in messages)
+    failures = [m for m in messages if "failed" in m]
+    assert failures[0].startswith("publishing epoch 2 failed (attempt 1): publishEpoch(2) reverted in tx")
+    assert all(m.startswith("publishing epoch 2 failed") for m in failures)  # never skipped to 3
+    assert "EpochNotAfterLatest" in failures[1]  # re-signed: now refused at the estimate

@@ -480,6 +480,7 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
     }
     await store.save_epoch_result(**args2)  # type: ignore[arg-type]
     assert await store.last_epoch() == 2
+    assert await store.epoch_progress() == (2, 1)
     assert await store.cumulative_by_owner(2) == {owner1: big - 1, owner2: 1}
     assert await store.cumulative_by_owner(3) == {owner1: big + 4, owner2: 1}
     assert await store.cumulative_by_owner(1) == {}
@@ -501,7 +502,7 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
 
 async def test_last_epoch_empty(store: Store) -> None:
     assert await store.last_epoch() is None
-    assert await store.last_epoch_status() is None
+    assert await store.epoch_progress() == (None, None)
     assert await store.earliest_reading_ms() is None
     assert await store.sealed_until() == (None, 0)
 

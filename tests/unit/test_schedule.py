@@ -26,7 +26,7 @@ def end(n: int) -> int:
 
 
 @pytest.mark.parametrize(
-    ("last", "status", "earliest", "now", "expected"),
+    ("last", "unpublished", "earliest", "now", "expected"),
     [
         # Fresh database, nothing stored: poll (every 5 s, or the epoch length if shorter).
         (None, None, None, G, Wait(5_000)),
@@ -43,34 +43,35 @@ def end(n: int) -> int:
         (None, None, G - 1, end(1) + GR, Close(1)),
         (None, None, 0, G, Wait(L + GR)),
         # A restart after epoch 3 was published or settled: epoch 4 once due.
-        (3, "published", None, end(4) + GR, Close(4)),
-        (3, "settled", G, end(4) + GR, Close(4)),
-        (3, "published", None, end(4) + GR - 20, Wait(20)),
+        (3, None, None, end(4) + GR, Close(4)),
+        (3, None, G, end(4) + GR, Close(4)),
+        (3, None, None, end(4) + GR - 20, Wait(20)),
         # Downtime spanning epochs 4..9: still epoch 4 first (every epoch in order, empty ones too).
-        (3, "published", None, end(9) + GR + 1, Close(4)),
+        (3, None, None, end(9) + GR + 1, Close(4)),
         # The earliest reading does not matter once an epoch is stored.
-        (3, "published", end(7), end(9) + GR, Close(4)),
+        (3, None, end(7), end(9) + GR, Close(4)),
         # Closed but not on chain (a crash, a failed publish): finish it first, whatever the time.
-        (3, "closed", None, end(3), Publish(3)),
-        (3, "closed", None, end(9) + GR, Publish(3)),
+        (3, 3, None, end(3), Publish(3)),
+        (3, 3, None, end(9) + GR, Publish(3)),
+        (3, 1, None, end(9) + GR, Publish(1)),  # the lowest first (only a close by hand leaves two)
         # Nothing due yet: wait exactly until the next epoch's end + grace.
         (None, None, G, G, Wait(L + GR)),
-        (3, "published", None, end(3), Wait(L + GR)),
+        (3, None, None, end(3), Wait(L + GR)),
     ],
 )
 def test_next_step(
-    last: int | None, status: str | None, earliest: int | None, now: int, expected: object
+    last: int | None, unpublished: int | None, earliest: int | None, now: int, expected: object
 ) -> None:
-    assert next_step(last, status, earliest, now, G, L, GR) == expected
+    assert next_step(last, unpublished, earliest, now, G, L, GR) == expected
 
 
 def test_waits_are_capped_and_idle_poll_follows_short_epochs() -> None:
     day = 86_400_000
-    assert next_step(3, "published", None, G, G, day, 5_000) == Wait(MAX_WAIT_MS)
+    assert next_step(3, None, None, G, G, day, 5_000) == Wait(MAX_WAIT_MS)
     assert next_step(None, None, G, G, G, day, 5_000) == Wait(MAX_WAIT_MS)
     assert next_step(None, None, None, G, G, 2_000, 500) == Wait(2_000)  # short epochs: poll faster
     assert next_step(None, None, None, G, G, day, 0, idle_poll_ms=250) == Wait(250)
-    assert next_step(1, "published", None, G, G, day, 0, max_wait_ms=7) == Wait(7)
+    assert next_step(1, None, None, G, G, day, 0, max_wait_ms=7) == Wait(7)
 
 
 def test_bad_parameters() -> None:
@@ -82,16 +83,17 @@ def test_bad_parameters() -> None:
 
 @given(
     last=st.one_of(st.none(), st.integers(1, 10_000)),
-    status=st.sampled_from(["closed", "published", "settled"]),
+    closed=st.booleans(),
     earliest=st.one_of(st.none(), st.integers(0, end(10_000))),
     now=st.integers(0, end(20_000)),
     length=st.integers(1, 10**9),
     grace=st.integers(0, 10**7),
 )
 def test_never_closes_early_and_never_skips(
-    last: int | None, status: str, earliest: int | None, now: int, length: int, grace: int
+    last: int | None, closed: bool, earliest: int | None, now: int, length: int, grace: int
 ) -> None:
-    step = next_step(last, status if last else None, earliest, now, G, length, grace)
+    unpublished = last if last and closed else None
+    step = next_step(last, unpublished, earliest, now, G, length, grace)
     if isinstance(step, Close):
         assert now >= epoch_bounds(step.epoch, G, length)[1] + grace  # only once end + grace passed
         if last is not None:
@@ -99,7 +101,7 @@ def test_never_closes_early_and_never_skips(
         else:
             assert earliest is not None and step.epoch == max(1, epoch_of(earliest, G, length))
     elif isinstance(step, Publish):
-        assert step.epoch == last and status == "closed"
+        assert step.epoch == unpublished is not None
     else:
         assert 1 <= step.ms <= MAX_WAIT_MS
         if last is not None or earliest is not None:
