@@ -237,9 +237,17 @@ class Epochs:
         await self.close(epoch)
         return await self.publish(epoch)
 
+    @property
+    def can_publish(self) -> bool:
+        """False without a key for REWARDS_ROLE: epochs are then closed (manifests, proofs) but not
+        published; once a key is configured they are published oldest first."""
+        return self.distributor is not None and self.distributor.signer is not None
+
     async def next_step(self, now_ms: int) -> Step:
         """Read what the decision needs from the store and take it (`ingest.core.schedule`)."""
         last, unpublished = await self.store.epoch_progress()
+        if not self.can_publish:
+            unpublished = None  # nothing to finish: keep closing
         earliest = None if last is not None else await self.store.earliest_reading_ms()
         c = self.config
         return next_step(
@@ -262,9 +270,6 @@ class Epochs:
         `clock` gives the time in ms and `sleep` waits seconds: tests pass a fake clock whose sleep
         advances it."""
         c = self.config
-        log.info(
-            "epoch scheduler: genesis %d ms, length %d ms, grace %d ms", c.genesis_ms, c.length_ms, c.grace_ms
-        )
         failures = 0
         standing_by = False
         while True:
@@ -281,7 +286,7 @@ class Epochs:
                         if isinstance(step, Close):
                             doing = f"closing epoch {step.epoch}"
                             await self.close(step.epoch)
-                        if isinstance(step, Close | Publish):
+                        if isinstance(step, Publish) or (isinstance(step, Close) and self.can_publish):
                             doing = f"publishing epoch {step.epoch}"
                             await self.publish(step.epoch)
                     else:

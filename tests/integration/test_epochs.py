@@ -388,3 +388,21 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_sign
     assert failures[0].startswith("publishing epoch 2 failed (attempt 1): publishEpoch(2) reverted in tx")
     assert all(m.startswith("publishing epoch 2 failed") for m in failures)  # never skipped to 3
     assert "EpochNotAfterLatest" in failures[1]  # re-signed: now refused at the estimate
+
+
+async def test_without_a_rewards_key_epochs_are_closed_then_published_oldest_first_once_there_is_one(
+    world: World,
+) -> None:
+    for n in (1, 3):
+        await world.readings_in(n)
+    clock = FakeClock(world.end(3) + GRACE)
+    await clock.run_until(world.epochs(DistributorClient(world.w3, world.deployment, None)), clock.now + 1)
+    stored = await world.stored()
+    assert {n: e["status"] for n, e in stored.items()} == {1: "closed", 2: "closed", 3: "closed"}
+    assert await world.published_on_chain() == Counter()
+    await clock.run_until(world.epochs(), clock.now + 1)  # the key is configured: a restart with it
+    stored = await world.stored()
+    assert all(e["status"] == "published" for e in stored.values()) and sorted(stored) == [1, 2, 3]
+    await assert_on_chain(world, stored)
+    blocks = [stored[n]["block_number"] for n in (1, 2, 3)]
+    assert blocks == sorted(blocks)
