@@ -270,7 +270,10 @@ async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
     down = DistributorClient(dead_w3, world.deployment, Signer(dead_w3, accounts[0]))
     clock = FakeClock(world.end(2) + GRACE)
     epochs = world.epochs(down)
-    await clock.run_until(epochs, clock.now + 1_000 + 2_000 + 4_000)
+    try:
+        await clock.run_until(epochs, clock.now + 1_000 + 2_000 + 4_000)
+    finally:
+        await dead_w3.provider.disconnect()
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 4
     assert all("publishing epoch 1 failed" in r.getMessage() for r in failures)
