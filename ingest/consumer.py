@@ -189,6 +189,7 @@ class Consumer:
                 result.duplicates,
                 result.replays,
                 packet_flags(sorted_batch.accepted, result.reused_media),
+                result.epoch_closed,
             )
         return result
 
@@ -238,17 +239,24 @@ class Consumer:
         for r in rejected:
             s.rejected[r.reason] = s.rejected.get(r.reason, 0) + 1
             metrics.REJECTED.labels(reason=r.reason).inc()
-        if result.replays:
-            s.rejected["replay"] = s.rejected.get("replay", 0) + len(result.replays)
-            metrics.REJECTED.labels(reason="replay").inc(len(result.replays))
+        # The store's own rejections (decided in the batch's transaction).
+        for reason, keys in (("replay", result.replays), ("epoch_closed", result.epoch_closed)):
+            if keys:
+                s.rejected[reason] = s.rejected.get(reason, 0) + len(keys)
+                metrics.REJECTED.labels(reason=reason).inc(len(keys))
 
     @staticmethod
     def _observe_latency(accepted: list[AcceptedPacket], result: BatchResult) -> None:
         """publish→commit per newly stored packet; publish time = its newest reading's timestamp."""
         committed_ms = time.time_ns() // 1_000_000
-        if result.duplicates or result.replays:
+        if result.duplicates or result.replays or result.epoch_closed:
             first = {(p.device_id, p.seq): p for p in reversed(accepted)}
-            keys = stored_keys([(p.device_id, p.seq) for p in accepted], result.duplicates, result.replays)
+            keys = stored_keys(
+                [(p.device_id, p.seq) for p in accepted],
+                result.duplicates,
+                result.replays,
+                result.epoch_closed,
+            )
             stored = [first[k] for k in keys]
         else:
             stored = accepted

@@ -287,6 +287,9 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
             await publish_raw(broker.host, broker.port, bad, mqtt5=broker.shared_subscriptions)
             sent += len(bad)
             await _drain(node, sent)
+            # Not before the epoch's end: closing seals it, and the next epoch's first packets (sent
+            # right after) would still fall in it and be refused `epoch_closed`.
+            await asyncio.sleep(max(0.0, (end_ms - time.time_ns() // 1_000_000) / 1000))
             row = await node.epochs.close_and_publish(epoch)
             epochs.append(row)
             say(f"epoch {epoch} closed and published: root {row['root']} tx {row['tx_hash']}")

@@ -1,9 +1,13 @@
-"""Epoch close → score (SQL) → rewards → Merkle root → manifest → publish on chain.
+"""Epoch close → seal → score (SQL) → rewards → Merkle root → manifest → publish on chain.
 
 Each step is idempotent and resumable: the result of closing is stored before anything touches the
 chain; the signed publish transaction is journaled before it is broadcast, so after a crash the same
 transaction is rebroadcast (never re-signed with a new nonce), and the contract itself refuses a
 second publish for an epoch.
+
+`Epochs.run` is the scheduler: it asks `ingest.core.schedule.next_step` what is due (the rule lives
+there, pure and table-tested) and carries it out; a failure is logged with the epoch and retried with
+backoff, never skipped, and the loop never ends on its own. Clock and sleep are injectable for tests.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,15 @@ from ingest import metrics
 from ingest.adapters.store import Store
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import RewardParams, cumulative, inputs_digest, split_epoch
-from ingest.core.schedule import epoch_bounds, epoch_of
+from ingest.core.schedule import IDLE_POLL_MS, Close, Publish, Step, Wait, epoch_bounds, next_step
 
 log = logging.getLogger(__name__)
 
 ZERO_ROOT = b"\x00" * 32
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +52,20 @@ def _unhex(value: str) -> bytes:
 
 
 class Epochs:
-    def __init__(self, store: Store, distributor: DistributorClient | None, config: EpochConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        distributor: DistributorClient | None,
+        config: EpochConfig,
+        *,
+        retry_min_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
         self.store = store
         self.distributor = distributor
         self.config = config
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
 
     def params(self) -> RewardParams:
         return RewardParams(
@@ -55,11 +73,15 @@ class Epochs:
         )
 
     async def close(self, epoch: int) -> dict[str, Any]:
-        """Score the epoch from stored readings and save the manifest (once; later calls return it)."""
+        """Seal the epoch, score it from stored readings and save the manifest (once; later calls
+        return it). Sealing first refuses new packets for it (`epoch_closed`) and waits for the batches
+        in flight, so the coverage counts every batch committed before the seal and none after.
+        Sealing is up to the epoch's end, so close epochs in order (the scheduler does)."""
         existing = await self.store.get_epoch(epoch)
         if existing is not None:
             return existing
         start_ms, end_ms = epoch_bounds(epoch, self.config.genesis_ms, self.config.length_ms)
+        await self.store.seal_epoch(epoch, end_ms)
         rows = await self.store.epoch_coverage(start_ms, end_ms)
         params = self.params()
         split = split_epoch(rows, params)
@@ -110,14 +132,18 @@ class Epochs:
             device_rows,
             owner_rows,
         )
-        log.info(
-            "epoch %d closed: %d cells, allocated %d, root 0x%s",
-            epoch,
-            split.cells,
-            split.allocated,
-            root.hex(),
-        )
-        return await self._row(epoch)
+        row = await self._row(epoch)
+        if row["inputs_digest"] == "0x" + digest.hex():  # not a concurrent closer's result
+            metrics.EPOCHS_CLOSED.inc()
+            log.info(
+                "epoch %d closed: %d cells, %d devices, allocated %d, root 0x%s",
+                epoch,
+                split.cells,
+                len(device_rows),
+                split.allocated,
+                root.hex(),
+            )
+        return row
 
     async def publish(self, epoch: int) -> dict[str, Any]:
         """Put the epoch's root on chain exactly once; resumes a journaled transaction after a crash."""
@@ -128,13 +154,36 @@ class Epochs:
             return row
         root = _unhex(row["root"])
         if root == ZERO_ROOT:
-            # Nobody has ever earned: no tree to commit to (the contract refuses a zero root).
+            # Nobody has ever earned: no tree to commit to (the contract refuses a zero root). An empty
+            # epoch AFTER a paid one is not this case: its tree is the unchanged cumulative one, and it
+            # is published with the previous root and a total of 0 (the contract mints nothing).
             await self.store.settle_without_tx(epoch)
-            log.info("epoch %d had nothing to pay; settled without a transaction", epoch)
+            log.info("epoch %d settled without a transaction: nobody has earned yet", epoch)
             return await self._row(epoch)
         signer = self.distributor.signer
-        assert signer is not None, "publishing needs the REWARDS_ROLE key"
+        if signer is None:
+            raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
         if row["raw_tx"] is None:
+            on_chain = await self.distributor.root_of(epoch)
+            if on_chain != ZERO_ROOT:
+                # Published before without our record of it (a database restored from a backup):
+                # adopt it if it is our root; a different root needs an operator, never a second tx.
+                if on_chain != root:
+                    raise RuntimeError(
+                        f"epoch {epoch} is already on chain with root 0x{on_chain.hex()}, "
+                        f"not the stored 0x{root.hex()}"
+                    )
+                tx_hash, block = await self._published_tx(epoch)
+                await self.store.mark_published(epoch, tx_hash, block)
+                log.info(
+                    "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
+                    epoch,
+                    root.hex(),
+                    row["allocated"],
+                    tx_hash.hex(),
+                    block,
+                )
+                return await self._row(epoch)
             call = self.distributor.publish_epoch_fn(epoch, root, int(row["allocated"]))
             raw, tx_hash, nonce = await signer.sign(call)
             await self.store.journal_tx(epoch, raw, tx_hash, nonce)
@@ -146,11 +195,37 @@ class Epochs:
             log.info("rebroadcast of epoch %d tx: %s", epoch, exc)
         receipt = await self.distributor.w3.eth.wait_for_transaction_receipt(HexBytes(tx_hash), timeout=120)
         if receipt["status"] != 1:
+            # Mined and reverted: its nonce is spent and it changed nothing, so the next attempt signs
+            # a new transaction (rebroadcasting this one would only find the same revert).
+            await self.store.clear_journal(epoch, tx_hash)
             raise RuntimeError(f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}")
         await self.store.mark_published(epoch, tx_hash, receipt["blockNumber"])
         metrics.EPOCHS_PUBLISHED.inc()
-        log.info("epoch %d published in block %d", epoch, receipt["blockNumber"])
+        log.info(
+            "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d",
+            epoch,
+            root.hex(),
+            row["allocated"],
+            tx_hash.hex(),
+            receipt["blockNumber"],
+        )
         return await self._row(epoch)
+
+    async def _published_tx(self, epoch: int) -> tuple[bytes, int]:
+        """The tx hash and block of the epoch's EpochPublished event."""
+        assert self.distributor is not None
+        event = self.distributor.contract.events.EpochPublished()
+        logs = await self.distributor.w3.eth.get_logs(
+            {
+                "address": self.distributor.contract.address,
+                "fromBlock": self.distributor.deployment.block,
+                "toBlock": "latest",
+                "topics": [HexBytes(event.topic), HexBytes(epoch.to_bytes(32, "big"))],
+            }
+        )
+        if not logs:
+            raise LookupError(f"epoch {epoch} has a root on chain but no EpochPublished event was found")
+        return bytes(logs[-1]["transactionHash"]), int(logs[-1]["blockNumber"])
 
     async def _row(self, epoch: int) -> dict[str, Any]:
         row = await self.store.get_epoch(epoch)
@@ -162,25 +237,80 @@ class Epochs:
         await self.close(epoch)
         return await self.publish(epoch)
 
-    async def run(self, clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
-        """Close each epoch once its end plus the grace period has passed."""
+    @property
+    def can_publish(self) -> bool:
+        """False without a key for REWARDS_ROLE: epochs are then closed (manifests, proofs) but not
+        published; once a key is configured they are published oldest first."""
+        return self.distributor is not None and self.distributor.signer is not None
+
+    async def next_step(self, now_ms: int) -> Step:
+        """Read what the decision needs from the store and take it (`ingest.core.schedule`)."""
+        last, unpublished = await self.store.epoch_progress()
+        if not self.can_publish:
+            unpublished = None  # nothing to finish: keep closing
+        earliest = None if last is not None else await self.store.earliest_reading_ms()
+        c = self.config
+        return next_step(
+            last,
+            unpublished,
+            earliest,
+            now_ms,
+            c.genesis_ms,
+            c.length_ms,
+            c.grace_ms,
+        )
+
+    async def run(
+        self,
+        clock: Callable[[], int] = _now_ms,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        """Close and publish every due epoch, in order, each once; forever (cancel to stop).
+
+        `clock` gives the time in ms and `sleep` waits seconds: tests pass a fake clock whose sleep
+        advances it."""
+        c = self.config
+        failures = 0
+        standing_by = False
         while True:
-            last = await self.store.last_epoch()
-            if last is not None and (await self._row(last))["status"] == "closed":
-                nxt = last  # closed before a crash but never published: finish it first
-            elif last is None:
-                nxt = epoch_of(clock(), self.config.genesis_ms, self.config.length_ms) or 1
-            else:
-                nxt = last + 1
-            _, end_ms = epoch_bounds(nxt, self.config.genesis_ms, self.config.length_ms)
-            wait_ms = end_ms + self.config.grace_ms - clock()
-            if wait_ms > 0:
-                await asyncio.sleep(min(wait_ms / 1000, 60))
-                continue
+            doing = "deciding the next epoch"
             try:
-                await self.close_and_publish(nxt)
+                # Decide and act under the scheduler lock: a second process running this part stands
+                # by instead of closing or signing the same epoch concurrently.
+                async with self.store.scheduler_turn() as mine:
+                    if mine:
+                        if standing_by:
+                            log.info("epoch scheduler: the lock is free again; taking over")
+                        standing_by = False
+                        step = await self.next_step(clock())
+                        if isinstance(step, Close):
+                            doing = f"closing epoch {step.epoch}"
+                            await self.close(step.epoch)
+                        if isinstance(step, Publish) or (isinstance(step, Close) and self.can_publish):
+                            doing = f"publishing epoch {step.epoch}"
+                            await self.publish(step.epoch)
+                    else:
+                        if not standing_by:
+                            log.info("epoch scheduler: another process holds the lock; standing by")
+                        standing_by = True
+                        step = Wait(min(IDLE_POLL_MS, c.length_ms))
+                failures = 0
+                if isinstance(step, Wait):
+                    await sleep(step.ms / 1000)  # outside the turn: the lock is not held while idle
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("closing epoch %d failed; retrying", nxt)
-                await asyncio.sleep(5)
+            except Exception as exc:
+                # Never skipped: nothing was stored as done, so the next decision is the same epoch.
+                failures += 1
+                metrics.EPOCH_ERRORS.inc()
+                delay = min(self.retry_min_s * 2 ** min(failures - 1, 30), self.retry_max_s)
+                # The traceback once per streak; then one line per retry.
+                log.error(
+                    "%s failed (attempt %d): %s; retrying in %.1f s",
+                    doing,
+                    failures,
+                    exc,
+                    delay,
+                    exc_info=failures == 1,
+                )
+                await sleep(delay)

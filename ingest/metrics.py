@@ -47,3 +47,5 @@ REGISTRY_LAG = Gauge("depin_registry_lag_blocks", "chain head minus the mirror's
 REGISTRY_DEVICES = Gauge("depin_registry_devices", "devices in the registry mirror")
 CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC succeeded")
 EPOCHS_PUBLISHED = Counter("depin_epochs_published_total", "epochs whose root was published on chain")
+EPOCHS_CLOSED = Counter("depin_epochs_closed_total", "epochs sealed, scored and stored by this process")
+EPOCH_ERRORS = Counter("depin_epoch_errors_total", "failed attempts to close or publish an epoch (retried)")

@@ -25,6 +25,7 @@ class Reason(StrEnum):
     TOO_LATE = "too_late"
     BAD_VALUES = "bad_values"
     RATE_LIMITED = "rate_limited"
+    EPOCH_CLOSED = "epoch_closed"  # decided by the store: the packet's epoch was sealed for closing
     # Flags on stored readings (they are kept but earn nothing).
     IMPLAUSIBLE_MOTION = "implausible_motion"
     OFF_LOCATION = "off_location"
@@ -123,12 +124,14 @@ class RejectedMessage:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What the store did with a batch: per packet, stored or not (duplicate/replay)."""
+    """What the store did with a batch: per packet, stored or not (duplicate/replay/epoch_closed)."""
 
     stored: int
     readings: int
     duplicates: list[tuple[bytes, int]] = field(default_factory=list)
     replays: list[tuple[bytes, int]] = field(default_factory=list)
+    # New packets refused because their epoch is closed (rejection `epoch_closed`), one per occurrence.
+    epoch_closed: list[tuple[bytes, int]] = field(default_factory=list)
     rejections: int = 0
     # Media hashes this batch found sent by more than one device (their readings are now flagged).
     reused_media: list[bytes] = field(default_factory=list)

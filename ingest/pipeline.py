@@ -34,8 +34,9 @@ __all__ = [
     "sort_batch",
 ]
 
-# Every reason `judge` can reject with. The store adds `replay` (and counts `duplicate`); the reading
-# flags are rules.FLAG_NAMES. The README's table lists exactly these (tests/unit/test_rules.py checks).
+# Every reason `judge` can reject with. The store adds `replay` and `epoch_closed` (and counts
+# `duplicate`); the reading flags are rules.FLAG_NAMES. The README's table lists exactly these
+# (tests/unit/test_rules.py checks).
 REJECTION_REASONS: frozenset[Reason] = frozenset(
     {
         Reason.TOO_LARGE,

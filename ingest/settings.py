@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN
     max_devices_per_cell: int = 10
-    epoch_grace_s: float = 5.0  # wait this long after an epoch ends before closing it (late packets)
+    # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
+    # `epoch_closed` (README "Late readings").
+    epoch_grace_s: float = Field(default=5.0, ge=0)
 
     # API
     api_host: str = "127.0.0.1"

@@ -1,7 +1,8 @@
 """Helpers for tests that run the consumer as its own OS process (so it can be SIGKILLed).
 
-`ConsumerProcess` runs `python -m ingest.cli run --parts consume,api` with DEPIN_* settings and an API
-port of its own: each worker's `/metrics` shows its own share and whether it is connected. Also: a
+`ConsumerProcess` runs `python -m ingest.cli run --parts consume,api` (or the `parts` given, e.g. all
+of them) with DEPIN_* settings and an API port of its own: each worker's `/metrics` shows its own
+share and whether it is connected. Also: a
 publisher that survives broker restarts, table counts for reconciliation, stop/start of a throw-away
 embedded PostgreSQL, and removal of a persistent MQTT session.
 """
@@ -83,13 +84,15 @@ def consumer_env(
 
 @dataclass
 class ConsumerProcess:
-    """One `depin run --parts consume,api` worker. `start()` returns once it is subscribed."""
+    """One `depin run --parts consume,api` worker (`parts` = PARTS for the whole service). `start()`
+    returns once it is subscribed."""
 
     env: dict[str, str]
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
     api_port: int = 0
     starts: int = field(default=0)
+    parts: str = "consume,api"
 
     @property
     def url(self) -> str:
@@ -104,7 +107,7 @@ class ConsumerProcess:
                 log.flush()
                 # Popen only forks and execs; it does not wait on the child.
                 self.proc = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-m", "ingest.cli", "run", "--parts", "consume,api"],
+                    [sys.executable, "-m", "ingest.cli", "run", "--parts", self.parts],
                     cwd=REPO,
                     env=env,
                     stdin=subprocess.DEVNULL,

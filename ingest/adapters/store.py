@@ -3,8 +3,10 @@
 Write path (`write_batch`): COPY packets into a staging table, one `INSERT … ON CONFLICT DO NOTHING`
 into `packets` (the (device, seq) source of truth), record the first use of each media hash in `media`
 (media reuse), COPY the readings of the packets that were new, record rejections keyed by message
-digest. One transaction per batch, so the consumer acknowledges
-the MQTT messages only after everything they produced is committed; re-running a batch is a no-op.
+digest. One transaction per batch, so the consumer acknowledges the MQTT messages only after
+everything they produced is committed; re-running a batch is a no-op. Each batch holds the epoch-seal
+lock shared, so a new packet for an epoch already closed is refused (`epoch_closed`) in the batch's
+own transaction, with no race against the closer (`seal_epoch`).
 
 Conventions of the values returned to the API: times as epoch milliseconds, device ids and message
 digests as plain hex, chain values (roots, tx hashes, raw txs) as 0x-hex, H3 cells as the usual H3
@@ -16,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +59,17 @@ CREATE TEMP TABLE IF NOT EXISTS _stage_rejections (
     message_digest bytea, device_id bytea, seq bigint, reason text, detail text, topic text,
     received_at timestamptz) ON COMMIT DELETE ROWS;
 """
+# Advisory-lock key of the epoch seal ("depin_se"): every batch holds it SHARED for its transaction,
+# sealing an epoch takes it EXCLUSIVE, so a seal waits for the batches in flight and the batches after
+# it see the new watermark (ingest/adapters/migrations/005_epoch_seal.sql).
+SEAL_LOCK_KEY = 0x6465_7069_6E5F_7365
+# Appended to the staging DDL, which runs first in every batch transaction: the shared lock costs a
+# statement but no extra round trip. The watermark must be read by a LATER statement (the packets
+# INSERT): a statement's snapshot is taken before it waits for a lock.
+_BATCH_PRELUDE = _STAGING_DDL + f"SELECT pg_advisory_xact_lock_shared({SEAL_LOCK_KEY});\n"
+# Advisory-lock key ("depin_sc") held by the epoch scheduler while it decides and acts, so two processes
+# running the `epochs` part never close or sign a publish for the same epoch at once.
+SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
 _PACKET_COLUMNS = ["device_id", "seq", "payload_digest", "kind", "n_readings", "received_at", "first_ts"]
 _REJECTION_COLUMNS = ["message_digest", "device_id", "seq", "reason", "detail", "topic", "received_at"]
 _READING_COLUMNS = [
@@ -239,12 +253,13 @@ class Store:
 
         Per packet: new → stored with its readings; same (device, seq) already stored with the same
         payload digest → duplicate (counted only, the message's outcome stays 'accepted'); with a
-        different digest → replay (also recorded in `rejections`, keyed by the packet's message digest).
-        Within the batch the first occurrence of a (device, seq) wins. `BatchResult.rejections` counts
-        rejection rows newly written (a re-run writes 0). A packet the schema cannot hold (timestamp
-        past year 9999, seq ≥ 2^63: the pipeline's limits should stop these) becomes a `malformed`
-        rejection rather than failing the batch forever. Raises ValueError if cells/readings differ
-        in length (a caller bug).
+        different digest → replay (also recorded in `rejections`, keyed by the packet's message digest);
+        new but its first reading before the seal watermark (its epoch is closed, see `seal_epoch`) →
+        not stored, rejection `epoch_closed`. Within the batch the first occurrence of a (device, seq)
+        wins. `BatchResult.rejections` counts rejection rows newly written (a re-run writes 0). A
+        packet the schema cannot hold (timestamp past year 9999, seq ≥ 2^63: the pipeline's limits
+        should stop these) becomes a `malformed` rejection rather than failing the batch forever.
+        Raises ValueError if cells/readings differ in length (a caller bug).
         """
         first: dict[tuple[bytes, int], AcceptedPacket] = {}
         repeats: list[AcceptedPacket] = []
@@ -272,10 +287,11 @@ class Store:
 
         inserted: set[tuple[bytes, int]] = set()
         stored_digest: dict[tuple[bytes, int], bytes] = {}
+        sealed: dict[tuple[bytes, int], str] = {}  # key → rejection detail
         reused: set[bytes] = set()
         n_readings = 0
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_STAGING_DDL)
+            await conn.execute(_BATCH_PRELUDE)
             if first:
                 await conn.copy_records_to_table(
                     "_stage_packets",
@@ -295,21 +311,33 @@ class Store:
                 )
                 # Key order: two workers inserting overlapping keys then wait on each other in the same
                 # order instead of deadlocking (a redelivery can reach another worker mid-batch).
+                # A packet whose first reading is before the seal watermark is not inserted (its epoch
+                # is closed); the shared seal lock, taken above, keeps the watermark fixed until commit.
                 rows = await conn.fetch(
                     f"""INSERT INTO packets ({", ".join(_PACKET_COLUMNS)})
                         SELECT {", ".join(_PACKET_COLUMNS)} FROM _stage_packets
+                        WHERE first_ts IS NULL OR first_ts >= coalesce(
+                            (SELECT sealed_until FROM epoch_seal), '-infinity')
                         ORDER BY device_id, seq
                         ON CONFLICT (device_id, seq) DO NOTHING
                         RETURNING device_id, seq"""
                 )
                 inserted = {(bytes(r["device_id"]), r["seq"]) for r in rows}
-                # A fresh statement sees rows committed meanwhile by other workers (READ COMMITTED).
+                # Packets stored with another digest (replays), and packets neither inserted nor stored
+                # (refused by the seal). A fresh statement sees rows committed meanwhile by other workers
+                # (READ COMMITTED).
                 rows = await conn.fetch(
-                    """SELECT p.device_id, p.seq, p.payload_digest
-                       FROM _stage_packets s JOIN packets p USING (device_id, seq)
-                       WHERE p.payload_digest <> s.payload_digest"""
+                    """SELECT s.device_id, s.seq, p.payload_digest, s.first_ts, w.sealed_until, w.sealed_epoch
+                       FROM _stage_packets s LEFT JOIN packets p USING (device_id, seq)
+                       LEFT JOIN epoch_seal w ON true
+                       WHERE p.payload_digest IS DISTINCT FROM s.payload_digest"""
                 )
-                stored_digest = {(bytes(r["device_id"]), r["seq"]): bytes(r["payload_digest"]) for r in rows}
+                for r in rows:
+                    key = (bytes(r["device_id"]), r["seq"])
+                    if r["payload_digest"] is None:
+                        sealed[key] = _sealed_detail(r["first_ts"], r["sealed_until"], r["sealed_epoch"])
+                    else:
+                        stored_digest[key] = bytes(r["payload_digest"])
 
                 new_packets = [first[key] for key in sorted(inserted)]
                 reused = await self._record_media(conn, new_packets)
@@ -320,16 +348,21 @@ class Store:
 
             duplicates: list[tuple[bytes, int]] = []
             replays: list[AcceptedPacket] = []
+            closed: list[AcceptedPacket] = []
             for key, p in first.items():
                 if key in inserted:
                     continue
-                if key in stored_digest:
+                if key in sealed:
+                    closed.append(p)
+                elif key in stored_digest:
                     replays.append(p)
                 else:
                     duplicates.append(key)
             for p in repeats:
                 key = (p.device_id, p.seq)
-                if stored_digest.get(key, first[key].payload_digest) == p.payload_digest:
+                if key in sealed:
+                    closed.append(p)  # nothing is stored under this key: every copy is refused
+                elif stored_digest.get(key, first[key].payload_digest) == p.payload_digest:
                     duplicates.append(key)
                 else:
                     replays.append(p)
@@ -339,6 +372,7 @@ class Store:
                 _as_rejection(p, Reason.REPLAY, f"seq {p.seq} is already stored with another payload")
                 for p in replays
             ]
+            to_reject += [_as_rejection(p, Reason.EPOCH_CLOSED, sealed[(p.device_id, p.seq)]) for p in closed]
             n_rejections = await self._insert_rejections(conn, to_reject)
 
         return BatchResult(
@@ -346,6 +380,7 @@ class Store:
             readings=n_readings,
             duplicates=duplicates,
             replays=[(p.device_id, p.seq) for p in replays],
+            epoch_closed=[(p.device_id, p.seq) for p in closed],
             rejections=n_rejections,
             reused_media=sorted(reused),
         )
@@ -720,6 +755,60 @@ class Store:
         value: int | None = await self.pool.fetchval("SELECT max(epoch) FROM epochs")
         return value
 
+    async def epoch_progress(self) -> tuple[int | None, int | None]:
+        """(highest stored epoch, lowest epoch stored as 'closed': not yet published nor settled)."""
+        row = await self.pool.fetchrow(
+            """SELECT max(epoch) AS last, min(epoch) FILTER (WHERE status = 'closed') AS unpublished
+               FROM epochs"""
+        )
+        assert row is not None
+        return row["last"], row["unpublished"]
+
+    async def earliest_reading_ms(self) -> int | None:
+        """The earliest stored reading's timestamp. A scan (no btree on ts): the scheduler asks only
+        while no epoch is stored."""
+        value = await self.pool.fetchval("SELECT min(ts) FROM readings")
+        return None if value is None else dt_to_ms(value)
+
+    @asynccontextmanager
+    async def scheduler_turn(self) -> AsyncIterator[bool]:
+        """Yields True while this caller holds the scheduler lock (session-level, one pooled connection
+        kept for the turn), False if another scheduler holds it now (do nothing, look again later)."""
+        async with self.pool.acquire() as conn:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+
+    async def seal_epoch(self, epoch: int, until_ms: int) -> tuple[int, int]:
+        """Refuse new packets whose first reading is before `until_ms` (the end of `epoch`) from now on.
+
+        Takes the seal lock EXCLUSIVE: waits for the batches in flight (each holds it shared) to
+        commit, and batches that start later see the new watermark. Monotone (a lower value changes
+        nothing) and idempotent. Returns the (sealed_until ms, sealed_epoch) in force afterwards.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK_KEY)
+            row = await conn.fetchrow(
+                """UPDATE epoch_seal SET sealed_until = greatest(sealed_until, $1),
+                       sealed_epoch = greatest(sealed_epoch, $2),
+                       sealed_at = CASE WHEN $1 > sealed_until THEN now() ELSE sealed_at END
+                   RETURNING sealed_until, sealed_epoch""",
+                ms_to_dt(until_ms),
+                epoch,
+            )
+        assert row is not None, "epoch_seal has lost its row"
+        return dt_to_ms(row["sealed_until"]), row["sealed_epoch"]
+
+    async def sealed_until(self) -> tuple[int | None, int]:
+        """(watermark ms or None if nothing is sealed, highest sealed epoch)."""
+        row = await self.pool.fetchrow("SELECT sealed_until, sealed_epoch FROM epoch_seal")
+        if row is None or row["sealed_epoch"] == 0:  # still '-infinity' (asyncpg: a naive datetime.min)
+            return None, 0
+        return dt_to_ms(row["sealed_until"]), row["sealed_epoch"]
+
     async def cumulative_by_owner(self, before_epoch: int) -> dict[str, int]:
         """Each owner's latest cumulative total from epochs < before_epoch (the base for the next tree)."""
         rows = await self.pool.fetch(
@@ -759,6 +848,16 @@ class Store:
         )
         return status == "UPDATE 1"
 
+    async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
+        """Forget a journaled publish tx that was mined and reverted, so a new one is signed."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET raw_tx = NULL, tx_hash = NULL, tx_nonce = NULL
+               WHERE epoch = $1 AND tx_hash = $2 AND status = 'closed'""",
+            epoch,
+            tx_hash,
+        )
+        return status == "UPDATE 1"
+
     async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
         """Receipt seen in `block`. Callable again after a reorg moved the tx; False once settled."""
         status = await self.pool.execute(
@@ -789,6 +888,16 @@ class Store:
 
 
 # --- row conversions ------------------------------------------------------------------------------
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _sealed_detail(first_ts: datetime | None, sealed_until: datetime | None, sealed_epoch: int | None) -> str:
+    first = "?" if first_ts is None else _iso(first_ts)
+    until = "?" if sealed_until is None else _iso(sealed_until)
+    return f"first reading {first} is in a closed epoch (epochs ≤ {sealed_epoch} sealed until {until})"
 
 
 def _as_rejection(p: AcceptedPacket, reason: Reason, detail: str) -> RejectedMessage:

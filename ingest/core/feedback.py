@@ -30,6 +30,7 @@ ACCEPTED = "accepted"
 FLAGGED = "flagged"
 DUPLICATE = "duplicate"
 REPLAY = "replay"
+EPOCH_CLOSED = "epoch_closed"
 
 Key = tuple[bytes, int]  # (device id, seq)
 
@@ -60,12 +61,13 @@ def batch_feedback(
     duplicates: Iterable[Key],
     replays: Iterable[Key],
     flags: Mapping[Key, int] | None = None,
+    epoch_closed: Iterable[Key] = (),
 ) -> dict[bytes, DeviceFeedback]:
     """Outcomes per device. `packets`: keys of the batch's packets that passed the pipeline (repeats
-    included); `rejected`: (device, seq, reason) of the pipeline's rejections; `duplicates` and
-    `replays`: what the store reported for `packets`; `flags`: the OR of the flag bits of each
-    packet's stored readings (absent or 0 = clean). Rejections without a device id are dropped:
-    there is nobody to tell."""
+    included); `rejected`: (device, seq, reason) of the pipeline's rejections; `duplicates`,
+    `replays` and `epoch_closed`: what the store reported for `packets`; `flags`: the OR of the flag
+    bits of each packet's stored readings (absent or 0 = clean). Rejections without a device id are
+    dropped: there is nobody to tell."""
     flags = flags or {}
     out: dict[bytes, DeviceFeedback] = {}
     for device, seq, reason in rejected:
@@ -77,10 +79,10 @@ def batch_feedback(
         else:
             fb.seq[seq] = reason
     occurrences = Counter(packets)
-    dups, reps = Counter(duplicates), Counter(replays)
+    dups, reps, closed = Counter(duplicates), Counter(replays), Counter(epoch_closed)
     for (device, seq), n in occurrences.items():
         fb = out.setdefault(device, DeviceFeedback())
-        if n > dups[(device, seq)] + reps[(device, seq)]:
+        if n > dups[(device, seq)] + reps[(device, seq)] + closed[(device, seq)]:
             # One copy was stored by this batch.
             names = [r.value for r in flag_reasons(flags.get((device, seq), 0))]
             outcome = FLAGGED if names else ACCEPTED
@@ -88,17 +90,25 @@ def batch_feedback(
                 fb.flags[seq] = names
         elif reps[(device, seq)]:
             outcome = REPLAY
+        elif closed[(device, seq)]:
+            outcome = EPOCH_CLOSED
         else:
             outcome = DUPLICATE
         fb.seq[seq] = outcome
     return out
 
 
-def stored_keys(packets: Iterable[Key], duplicates: Iterable[Key], replays: Iterable[Key]) -> list[Key]:
+def stored_keys(
+    packets: Iterable[Key],
+    duplicates: Iterable[Key],
+    replays: Iterable[Key],
+    epoch_closed: Iterable[Key] = (),
+) -> list[Key]:
     """Keys this batch stored for the first time (one per key), for latency metrics."""
     occurrences = Counter(packets)
     occurrences.subtract(duplicates)
     occurrences.subtract(replays)
+    occurrences.subtract(epoch_closed)
     return [k for k, n in occurrences.items() if n > 0]
 
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
-from ingest.adapters.store import DAY_MS, Store, ensure_partitions, ms_to_dt
+from ingest.adapters.store import DAY_MS, SEAL_LOCK_KEY, Store, ensure_partitions, ms_to_dt
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, RejectedMessage
 
@@ -26,6 +26,7 @@ ALL_MIGRATIONS = [
     "002_readings.native.sql",
     "003_epochs.sql",
     "004_media.sql",
+    "005_epoch_seal.sql",
     "006_hw_classes.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
@@ -109,6 +110,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("002_readings", "native"),
             ("003_epochs", "native"),
             ("004_media", "native"),
+            ("005_epoch_seal", "native"),
             ("006_hw_classes", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
@@ -478,6 +480,7 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
     }
     await store.save_epoch_result(**args2)  # type: ignore[arg-type]
     assert await store.last_epoch() == 2
+    assert await store.epoch_progress() == (2, 1)
     assert await store.cumulative_by_owner(2) == {owner1: big - 1, owner2: 1}
     assert await store.cumulative_by_owner(3) == {owner1: big + 4, owner2: 1}
     assert await store.cumulative_by_owner(1) == {}
@@ -499,6 +502,113 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
 
 async def test_last_epoch_empty(store: Store) -> None:
     assert await store.last_epoch() is None
+    assert await store.epoch_progress() == (None, None)
+    assert await store.earliest_reading_ms() is None
+    assert await store.sealed_until() == (None, 0)
+
+
+# --- late readings: the epoch seal ----------------------------------------------------------------
+
+
+async def test_seal_refuses_new_packets_of_a_closed_epoch_but_not_redeliveries(store: Store) -> None:
+    t = now_ms() - 3_600_000
+    stored = packet(dev(1), 1, n=2, ts0=t - 10)
+    assert (await store.write_batch([stored], [])).stored == 1
+    assert await store.earliest_reading_ms() == t - 10
+
+    assert await store.seal_epoch(4, t) == (t, 4)
+    assert await store.seal_epoch(3, t - 1_000) == (t, 4)  # monotone: a lower seal changes nothing
+    assert await store.sealed_until() == (t, 4)
+
+    late = packet(dev(2), 1, n=3, ts0=t - 1)  # first reading just before the watermark
+    spanning = packet(dev(2), 2, n=3, ts0=t - 1_000, step_ms=900)  # starts before, ends after: refused
+    on_time = packet(dev(2), 3, n=1, ts0=t)  # at the watermark: the next epoch, open
+    replay = packet(dev(1), 1, n=2, ts0=t - 10, variant=b"forged")  # a stored seq, another payload
+    res = await store.write_batch([late, stored, spanning, on_time, replay, late], [])
+    assert (res.stored, res.readings) == (1, 1)
+    assert res.duplicates == [(dev(1), 1)]  # a redelivery of a stored packet stays a duplicate
+    assert res.replays == [(dev(1), 1)]
+    assert sorted(res.epoch_closed) == [(dev(2), 1), (dev(2), 1), (dev(2), 2)]
+    assert res.rejections == 3  # late (once: the same message twice), spanning, replay
+    rows = await store.recent_rejections(dev(2))
+    assert sorted((r["seq"], r["reason"]) for r in rows) == [(1, "epoch_closed"), (2, "epoch_closed")]
+    detail = next(r["detail"] for r in rows if r["seq"] == 1)
+    assert "epochs ≤ 4" in detail and ms_to_dt(t).isoformat(timespec="milliseconds")[:23] in detail
+    assert await store.counts() == {
+        "packets": 2,
+        "readings": 3,
+        "rejections": {"epoch_closed": 2, "replay": 1},
+    }
+    # A redelivery of the refused packet is refused again, and records nothing new.
+    again = await store.write_batch([late], [])
+    assert (again.stored, again.epoch_closed, again.rejections) == (0, [(dev(2), 1)], 0)
+
+
+async def test_a_batch_in_flight_commits_before_the_seal_and_is_counted(store: Store) -> None:
+    """The seal waits for a batch holding the shared lock; batches after the seal see the watermark.
+
+    Deterministic: a transaction standing in for a batch holds the shared lock while the seal waits
+    (checked in pg_locks), then commits a packet in the epoch; the epoch's coverage, read after the
+    seal, includes it, and a batch started after the seal is refused."""
+    t = now_ms() - 3_600_000
+    await store.upsert_devices([DeviceRecord(dev(1), b"k" * 32, "0x" + "01" * 20, 1, 0, True, 1)], block=1)
+    async with store.pool.acquire() as batch_conn:
+        tx = batch_conn.transaction()
+        await tx.start()
+        await batch_conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SEAL_LOCK_KEY)
+        seal = asyncio.create_task(store.seal_epoch(1, t))
+
+        async def seal_waiting() -> bool:
+            n = await store.pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            return bool(n)
+
+        deadline = time.monotonic() + 10
+        while not await seal_waiting():
+            assert time.monotonic() < deadline, "the seal did not wait for the batch"
+            await asyncio.sleep(0.01)
+        assert not seal.done()
+        # The "batch" stores a packet of the epoch being sealed, then commits.
+        await batch_conn.execute(
+            """INSERT INTO packets (device_id, seq, payload_digest, kind, n_readings, received_at, first_ts)
+               VALUES ($1, 1, $2, 'weather', 1, now(), $3)""",
+            dev(1),
+            b"d" * 32,
+            ms_to_dt(t - 5),
+        )
+        await batch_conn.execute(
+            """INSERT INTO readings (ts, device_id, seq, idx, lat, lon, cell, kind)
+               VALUES ($1, $2, 1, 0, 1.0, 2.0, $3, 'weather')""",
+            ms_to_dt(t - 5),
+            dev(1),
+            CELL_A,
+        )
+        await tx.commit()
+    assert await asyncio.wait_for(seal, 10) == (t, 1)
+    coverage = await store.epoch_coverage(t - 60_000, t)
+    assert [(r.device_id, r.readings) for r in coverage] == [(dev(1), 1)]
+    res = await store.write_batch([packet(dev(1), 2, n=1, ts0=t - 4)], [])
+    assert (res.stored, res.epoch_closed) == (0, [(dev(1), 2)])
+
+
+async def test_a_batch_started_while_a_seal_waits_queues_behind_it(store: Store) -> None:
+    """Holder of the shared lock → seal waiting (exclusive) → a new batch waits behind the seal and then
+    sees its watermark, so it cannot slip a late packet in between."""
+    t = now_ms() - 3_600_000
+    async with store.pool.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT pg_advisory_xact_lock_shared($1)", SEAL_LOCK_KEY)
+        seal = asyncio.create_task(store.seal_epoch(1, t))
+        await asyncio.sleep(0.2)
+        batch = asyncio.create_task(store.write_batch([packet(dev(5), 1, n=1, ts0=t - 1)], []))
+        await asyncio.sleep(0.3)
+        assert not seal.done() and not batch.done()
+        await tx.commit()
+    await asyncio.wait_for(seal, 10)
+    res = await asyncio.wait_for(batch, 10)
+    assert (res.stored, res.epoch_closed) == (0, [(dev(5), 1)])
 
 
 # --- queries --------------------------------------------------------------------------------------

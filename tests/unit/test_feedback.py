@@ -76,3 +76,20 @@ def test_packet_flags_or_the_readings_and_add_the_stores_media_verdict() -> None
         (A, 2): rules.FLAG_MEDIA_REUSE,
         (A, 3): 0,
     }
+
+
+def test_epoch_closed_is_the_outcome_of_a_packet_the_store_refused_for_its_closed_epoch() -> None:
+    fb = batch_feedback(
+        [(A, 1), (A, 2), (A, 2), (B, 3)],
+        [],
+        duplicates=[(B, 3)],
+        replays=[],
+        epoch_closed=[(A, 2), (A, 2)],
+    )
+    assert json.loads(fb[A].encode()) == {
+        "accepted": 1,
+        "flagged": 0,
+        "seq": {"1": "accepted", "2": "epoch_closed"},
+    }
+    assert fb[B].seq == {3: "duplicate"}
+    assert stored_keys([(A, 1), (A, 2)], [], [], epoch_closed=[(A, 2)]) == [(A, 1)]
