@@ -2,8 +2,9 @@
 
 Embedded PostgreSQL, a broker (Mosquitto if installed, else in-process amqtt), a local chain (anvil
 from contracts/node_modules if present, else in-process eth-tester); deploy the contracts, register a
-simulated fleet on chain, stream signed readings (and a few cheaters) over MQTT, close each epoch,
-publish its Merkle root, claim one owner's reward, and print a summary. The API stays up unless
+simulated fleet on chain, stream signed readings (and a few cheaters) over MQTT while the service's
+own parts run (consumer, registry follower, epoch scheduler that closes each epoch and publishes its
+Merkle root by itself), claim one owner's reward, and print a summary. The API stays up unless
 `--exit` is given.
 """
 
@@ -245,6 +246,7 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
                 "database_url": dsn,
                 "epoch_genesis_ms": genesis_ms,
                 "epoch_length_s": opts.epoch_seconds,
+                "epoch_grace_s": 1.0,  # the demo drains its own traffic before each epoch's end
                 "registry_poll_s": 0.5,
             }
         )
@@ -260,7 +262,13 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         await node.follower.load()
         await node.follower.sync_once()
         say(f"registry mirror in sync: {len(node.mirror.devices)} devices at block {node.mirror.block}")
-        tasks = [asyncio.create_task(node.follower.run()), asyncio.create_task(node.consumer.run())]
+        # The service's own parts, as `depin run` runs them: the epoch scheduler closes and publishes
+        # each epoch by itself once its end plus the grace period has passed.
+        tasks = [
+            asyncio.create_task(node.follower.run(), name="follower"),
+            asyncio.create_task(node.consumer.run(), name="consumer"),
+            asyncio.create_task(node.epochs.run(), name="epochs"),
+        ]
         stack.callback(lambda: [t.cancel() for t in tasks])
         await asyncio.wait_for(node.consumer.connected.wait(), 30)
         api_url = await stack.enter_async_context(
@@ -287,12 +295,11 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
             await publish_raw(broker.host, broker.port, bad, mqtt5=broker.shared_subscriptions)
             sent += len(bad)
             await _drain(node, sent)
-            # Not before the epoch's end: closing seals it, and the next epoch's first packets (sent
-            # right after) would still fall in it and be refused `epoch_closed`.
-            await asyncio.sleep(max(0.0, (end_ms - time.time_ns() // 1_000_000) / 1000))
-            row = await node.epochs.close_and_publish(epoch)
+            row = await _published(node, epoch, tasks, timeout_s=opts.epoch_seconds + 60)
             epochs.append(row)
-            say(f"epoch {epoch} closed and published: root {row['root']} tx {row['tx_hash']}")
+            say(
+                f"epoch {epoch} closed and published by the scheduler: root {row['root']} tx {row['tx_hash']}"
+            )
 
         claim = await _claim_one(w3, deployment, api_url, owners, epochs[-1]["epoch"], operator)
         counts = await store.counts()
@@ -380,6 +387,23 @@ async def _drain(node: Any, sent: int, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while node.consumer.stats.received < sent and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+
+
+async def _published(node: Any, epoch: int, tasks: list[asyncio.Task[None]], timeout_s: float) -> Any:
+    """Wait for the scheduler to close and publish `epoch` (it does so at its end + grace)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = await node.store.get_epoch(epoch)
+        if row is not None and row["status"] in ("published", "settled"):
+            return row
+        for t in tasks:
+            if t.done():
+                raise RuntimeError(f"the demo's {t.get_name()} part stopped: {t.exception()!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"epoch {epoch} was not published within {timeout_s:.0f} s (see the log above)"
+            )
+        await asyncio.sleep(0.2)
 
 
 async def _claim_one(
