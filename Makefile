@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 # The test command must leave the checkout's tracked files as it found them (npm, builds and tests
 # write only to ignored or temp paths): `git status` is taken first and compared at the end.
-GIT_STATUS = git status --porcelain --untracked-files=no 2>/dev/null || true
+GIT_STATUS = (git status --porcelain --untracked-files=no 2>/dev/null || true)
 
 status-before:
 	@mkdir -p .depin && $(GIT_STATUS) > .depin/status-before
