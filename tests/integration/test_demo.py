@@ -93,9 +93,13 @@ def demo() -> Iterator[Demo]:
             assert api and run_dir, text
             yield Demo(proc, data_dir, api[1], Path(run_dir[1]), log)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # a test failed before the SIGTERM test: stop it the same way
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def _run_doc(doc: Path, demo: Demo, workdir: Path) -> None:
