@@ -39,7 +39,7 @@ from ingest.adapters.db import dsn_with_database, embedded_postgres
 from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil, start_eth_tester
 from ingest.adapters.mqtt import MqttConfig
 from ingest.core.schedule import epoch_bounds
-from ingest.service import build_node, open_store, serve_api
+from ingest.service import build_node, open_stores, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
 from simulator.fleet import make_fleet, next_message, publish_raw, stream
@@ -250,7 +250,8 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
                 "registry_poll_s": 0.5,
             }
         )
-        store = await stack.enter_async_context(open_store(settings))
+        stores = await stack.enter_async_context(open_stores(settings))
+        store = stores.ingest
         mqtt = MqttConfig(
             host=broker.host,
             port=broker.port,
@@ -258,7 +259,7 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
             shared=broker.shared_subscriptions,
             mqtt5=broker.shared_subscriptions,
         )
-        node = build_node(settings, store, w3, deployment, rewards=rewards_acct, mqtt=mqtt)
+        node = build_node(settings, store, w3, deployment, rewards=rewards_acct, mqtt=mqtt, stores=stores)
         await node.follower.load()
         await node.follower.sync_once()
         say(f"registry mirror in sync: {len(node.mirror.devices)} devices at block {node.mirror.block}")

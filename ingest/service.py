@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -23,10 +25,10 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
-from ingest.adapters.db import create_pool, embedded_postgres, migrate, redacted
+from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
 from ingest.adapters.store import Store
-from ingest.api.app import create_app
+from ingest.api.app import ApiLimits, create_app
 from ingest.brokerauth import read_password_file
 from ingest.consumer import Consumer
 from ingest.core import rules
@@ -42,7 +44,39 @@ PARTS = ("consume", "follow", "epochs", "api")
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated Store on DEPIN_DATABASE_URL, or on an embedded PostgreSQL when none is given."""
+    """A migrated Store on DEPIN_DATABASE_URL (or an embedded PostgreSQL): the ingest pool of
+    `open_stores`, for callers that need only one."""
+    async with open_stores(settings) as stores:
+        yield stores.ingest
+
+
+@dataclass
+class Stores:
+    """One asyncpg pool per part (issue 11), so no part can take another's connections: the consumer's
+    writes (`ingest`), the registry follower and the epoch scheduler (`chain`), the API (`api`: every
+    statement cancelled after DEPIN_API_STATEMENT_TIMEOUT_MS), and one connection for readiness checks
+    (`probe`)."""
+
+    ingest: Store
+    chain: Store
+    api: Store
+    probe: DbProbe
+    cursor_key: bytes
+
+    def api_limits(self, settings: Settings) -> ApiLimits:
+        return ApiLimits(
+            max_rows=settings.api_max_rows,
+            max_page_bytes=settings.api_max_page_bytes,
+            slots=settings.db_pool_api_size,
+            busy_timeout_s=settings.api_busy_timeout_s,
+            statement_timeout_ms=settings.api_statement_timeout_ms,
+            cursor_key=self.cursor_key,
+        )
+
+
+@asynccontextmanager
+async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
+    """Migrated database, one pool per part (sizes DEPIN_DB_POOL_*_SIZE), the API's cursor key."""
     async with AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
@@ -51,15 +85,51 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             log.info("database: embedded PostgreSQL in %s (DEPIN_DATABASE_URL unset)", pg_dir)
         else:
             log.info("database: %s", redacted(dsn))
-        pool = await create_pool(dsn)
-        stack.push_async_callback(pool.close)
-        info = await migrate(pool)
+        ingest = await create_pool(
+            dsn, min_size=2, max_size=settings.db_pool_ingest_size, application_name="depin-ingest"
+        )
+        stack.push_async_callback(ingest.close)
+        info = await migrate(ingest)
         log.info(
             "database ready: %s, migrations %s",
             "TimescaleDB hypertables" if info.timescale else "native partitions (no TimescaleDB)",
             ", ".join(info.applied) if info.applied else "up to date",
         )
-        yield Store(pool)
+        # min_size=0: a part this process does not run opens no connection.
+        chain = await create_pool(
+            dsn, min_size=0, max_size=settings.db_pool_chain_size, application_name="depin-chain"
+        )
+        stack.push_async_callback(chain.close)
+        api = await create_pool(
+            dsn,
+            min_size=0,
+            max_size=settings.db_pool_api_size,
+            statement_timeout_ms=settings.api_statement_timeout_ms,
+            application_name="depin-api",
+        )
+        stack.push_async_callback(api.close)
+        probe = await create_pool(dsn, min_size=1, max_size=1, application_name="depin-probe")
+        stack.push_async_callback(probe.close)
+        log.info(
+            "database pools: ingest %d, chain %d, api %d connections (api statement timeout %d ms), probe 1",
+            settings.db_pool_ingest_size,
+            settings.db_pool_chain_size,
+            settings.db_pool_api_size,
+            settings.api_statement_timeout_ms,
+        )
+        if settings.api_cursor_secret is not None:
+            key = hashlib.sha256(settings.api_cursor_secret.get_secret_value().encode()).digest()
+        else:
+            key = await _stored_cursor_key(ingest)
+        yield Stores(Store(ingest), Store(chain), Store(api), DbProbe(probe), key)
+
+
+async def _stored_cursor_key(pool: Any) -> bytes:
+    """The database's cursor key (table api_secret), written once by whichever process starts first."""
+    await pool.execute(
+        "INSERT INTO api_secret (secret) VALUES ($1) ON CONFLICT DO NOTHING", secrets.token_bytes(32)
+    )
+    return bytes(await pool.fetchval("SELECT secret FROM api_secret"))
 
 
 def rewards_account(settings: Settings) -> Any:
@@ -80,14 +150,23 @@ class Node:
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
+    api_store: Store | None = None  # the API's queries (its own pool); None: `store`
+    probe: DbProbe | None = None  # readiness check of the database on a connection of its own
+    api_limits: ApiLimits | None = None
+    follows_chain: bool = True  # False in an API-only process: readiness is then the database alone
 
-    async def ready(self) -> dict[str, Any]:
-        db_ok = True
+    async def db_ok(self) -> bool:
+        if self.probe is not None:
+            return await self.probe()
         try:
             await self.store.pool.fetchval("SELECT 1")
         except Exception:
-            db_ok = False
-        chain_ok = self.follower.healthy and self.follower.rpc_up
+            return False
+        return True
+
+    async def ready(self) -> dict[str, Any]:
+        db_ok = await self.db_ok()
+        chain_ok = not self.follows_chain or (self.follower.healthy and self.follower.rpc_up)
         report: dict[str, Any] = {
             "database": db_ok,
             "registry": self.follower.healthy,
@@ -103,7 +182,8 @@ class Node:
         return report
 
     def app(self) -> web.Application:
-        return create_app(self.store, self.ready, max_rows=self.settings.api_max_rows)
+        limits = self.api_limits or ApiLimits(max_rows=self.settings.api_max_rows)
+        return create_app(self.api_store or self.store, self.ready, limits=limits)
 
 
 def build_node(
@@ -114,11 +194,14 @@ def build_node(
     *,
     rewards: Any = None,
     mqtt: MqttConfig | None = None,
+    stores: Stores | None = None,
 ) -> Node:
+    """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest)."""
+    chain_store = stores.chain if stores is not None else store
     mirror = RegistryMirror()
     follower = RegistryFollower(
         RegistryClient(w3, deployment, None),
-        store,
+        chain_store,
         mirror,
         start_block=deployment.block,
         confirmations=settings.chain_confirmations,
@@ -141,7 +224,7 @@ def build_node(
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(
-        store,
+        chain_store,
         distributor,
         EpochConfig(
             genesis_ms=settings.epoch_genesis_ms,
@@ -151,7 +234,11 @@ def build_node(
             grace_ms=int(settings.epoch_grace_s * 1000),
         ),
     )
-    return Node(settings, store, mirror, follower, consumer, epochs)
+    node = Node(settings, store, mirror, follower, consumer, epochs)
+    if stores is not None:
+        node.api_store, node.probe = stores.api, stores.probe
+        node.api_limits = stores.api_limits(settings)
+    return node
 
 
 @asynccontextmanager
@@ -230,9 +317,13 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     log.info("depin run: parts %s (pid %d)", ", ".join(p for p in PARTS if p in parts), os.getpid())
+    if parts == {"api"}:
+        await run_api_only(settings, stop)
+        return
     mqtt = mqtt_config(settings)  # before anything starts: an unreadable password file is one error line
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
+        stores = await stack.enter_async_context(open_stores(settings))
+        store = stores.ingest
         w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
         deployment = Deployment.load(settings.deployment_file)
         log.info(
@@ -245,7 +336,8 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             deployment.block,
         )
         rewards = rewards_account(settings)
-        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt)
+        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt, stores=stores)
+        node.follows_chain = "follow" in parts or "consume" in parts
         await node.follower.load()
         if "consume" in parts:
             await first_registry_sync(node)
@@ -296,3 +388,19 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             exc = None if t.cancelled() else t.exception()
             raise RuntimeError(f"part {t.get_name()!r} stopped unexpectedly: {exc!r}") from exc
         log.info("stopped")
+
+
+async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
+    """`depin run --parts api`: the API alone, on the database only — no broker, no chain, no
+    deployment file, no registry mirror. Ready while the database answers."""
+
+    async def ready() -> dict[str, Any]:
+        db_ok = await stores.probe()
+        return {"database": db_ok, "failing": [] if db_ok else ["database"], "ready": db_ok}
+
+    async with open_stores(settings) as stores:
+        app = create_app(stores.api, ready, limits=stores.api_limits(settings))
+        async with serve_api(app, settings.api_host, settings.api_port) as url:
+            log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
+            await stop.wait()
+    log.info("stopped")

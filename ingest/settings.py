@@ -71,10 +71,29 @@ class Settings(BaseSettings):
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
 
+    # Database connections: one asyncpg pool per part, so the API can never take ingest's connections
+    # (README "Running the service"). The consumer commits one batch at a time (plus partition upkeep);
+    # the epoch scheduler holds one connection for its turn and uses another meanwhile.
+    db_pool_ingest_size: int = Field(default=3, ge=2, description="consumer connections")
+    db_pool_chain_size: int = Field(default=4, ge=2, description="registry follower + epochs connections")
+    db_pool_api_size: int = Field(
+        default=4, ge=1, description="API connections = API requests served at once (others wait)"
+    )
+
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    api_max_rows: int = 10_000
+    api_max_rows: int = Field(default=1000, ge=1, le=100_000, description="largest page (limit)")
+    # A page also ends once its readings' estimated JSON size passes this (next cursor set), so a
+    # response holds at most about this many bytes whatever the readings carry.
+    api_max_page_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    # Every API statement is cancelled by PostgreSQL after this long: the request answers 504 JSON.
+    api_statement_timeout_ms: int = Field(default=5000, ge=10)
+    # A request waits at most this long for one of the db_pool_api_size slots: then 503 JSON.
+    api_busy_timeout_s: float = Field(default=2.0, gt=0)
+    # HMAC key that signs page cursors. Unset: a random key kept in the database (table api_secret),
+    # shared by every API process on it and kept across restarts.
+    api_cursor_secret: SecretStr | None = None
 
     @model_validator(mode="after")
     def _mqtt_login_and_tls(self) -> Settings:

@@ -183,9 +183,32 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """An asyncpg pool whose jsonb columns take and return Python objects (pass dicts, not JSON text)."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    statement_timeout_ms: int | None = None,
+    application_name: str | None = None,
+) -> asyncpg.Pool:
+    """An asyncpg pool whose jsonb columns take and return Python objects (pass dicts, not JSON text).
+
+    `statement_timeout_ms`: the server cancels any statement on these connections that runs longer
+    (SQLSTATE 57014, asyncpg.QueryCanceledError); the API's pool uses it. `application_name` names the
+    pool's connections in pg_stat_activity (depin-ingest, depin-api, …).
+    """
+    server_settings: dict[str, str] = {}
+    if statement_timeout_ms is not None:
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
+    if application_name is not None:
+        server_settings["application_name"] = application_name
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=server_settings or None,
+    )
     assert pool is not None
     async with pool.acquire() as conn:
         sync_commit = await conn.fetchval("SELECT current_setting('synchronous_commit')")
@@ -198,6 +221,38 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyn
     if fsync == "off":
         log.warning("PostgreSQL fsync=off: committed data is not durable across an OS crash.")
     return pool
+
+
+class DbProbe:
+    """Readiness check of the database on a pool of its own (one connection): `SELECT 1` within
+    `timeout_s`. Concurrent callers share one check in flight and a result is reused for `ttl_s`, so
+    a flood of /readyz costs the database one query per `ttl_s` and never waits behind API queries or
+    takes an ingest connection."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 2.0, ttl_s: float = 0.25) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._last: tuple[float, bool] | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+
+    async def _check(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.pool.fetchval("SELECT 1")
+            ok = True
+        except Exception:
+            ok = False
+        self._last = (asyncio.get_running_loop().time(), ok)
+        return ok
+
+    async def __call__(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if self._last is not None and now - self._last[0] < self.ttl_s:
+            return self._last[1]
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._check())
+        return await asyncio.shield(self._inflight)
 
 
 # --- migrations -----------------------------------------------------------------------------------

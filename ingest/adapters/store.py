@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -222,6 +223,7 @@ class Store:
         self._clock = clock
         self._native: bool | None = None  # None until probed: native partitions vs hypertable
         self._known_days: set[int] = set()  # days (ms // DAY_MS) whose partition is known to exist
+        self._shard = random.randrange(64)  # this writer's row in stats_counters (see 009_api_counters)
 
     # --- write path -------------------------------------------------------------------------------
 
@@ -373,7 +375,10 @@ class Store:
                 for p in replays
             ]
             to_reject += [_as_rejection(p, Reason.EPOCH_CLOSED, sealed[(p.device_id, p.seq)]) for p in closed]
-            n_rejections = await self._insert_rejections(conn, to_reject)
+            by_reason = await self._insert_rejections(conn, to_reject)
+            n_rejections = sum(by_reason.values())
+            # Last statement of the batch: the counters row locks are held only until the commit.
+            await self._count_stored(conn, len(inserted), n_readings, by_reason)
 
         return BatchResult(
             stored=len(inserted),
@@ -437,9 +442,12 @@ class Store:
         return reused
 
     @staticmethod
-    async def _insert_rejections(conn: asyncpg.Connection, rejections: Sequence[RejectedMessage]) -> int:
+    async def _insert_rejections(
+        conn: asyncpg.Connection, rejections: Sequence[RejectedMessage]
+    ) -> dict[str, int]:
+        """Insert the rejections not recorded yet; returns how many were new, by reason."""
         if not rejections:
-            return 0
+            return {}
         seen: set[bytes] = set()
         records = []
         for r in rejections:
@@ -459,13 +467,35 @@ class Store:
                 )
             )
         await conn.copy_records_to_table("_stage_rejections", columns=_REJECTION_COLUMNS, records=records)
-        status = await conn.execute(
-            f"""INSERT INTO rejections ({", ".join(_REJECTION_COLUMNS)})
-                SELECT {", ".join(_REJECTION_COLUMNS)} FROM _stage_rejections
-                ORDER BY message_digest
-                ON CONFLICT (message_digest) DO NOTHING"""
+        rows = await conn.fetch(
+            f"""WITH ins AS (
+                    INSERT INTO rejections ({", ".join(_REJECTION_COLUMNS)})
+                    SELECT {", ".join(_REJECTION_COLUMNS)} FROM _stage_rejections
+                    ORDER BY message_digest
+                    ON CONFLICT (message_digest) DO NOTHING
+                    RETURNING reason)
+                SELECT reason, count(*) AS n FROM ins GROUP BY reason"""
         )
-        return int(status.rsplit(" ", 1)[1])
+        return {r["reason"]: r["n"] for r in rows}
+
+    async def _count_stored(
+        self, conn: asyncpg.Connection, packets: int, readings: int, rejections: dict[str, int]
+    ) -> None:
+        """Add what this batch stored to `stats_counters` (one UPSERT; names sorted, so two writers on
+        one shard lock its rows in the same order)."""
+        counts = {"packets": packets, "readings": readings}
+        counts.update({f"rejections:{reason}": n for reason, n in rejections.items()})
+        names = sorted(k for k, v in counts.items() if v)
+        if not names:
+            return
+        await conn.execute(
+            """INSERT INTO stats_counters (name, shard, n)
+               SELECT name, $2, n FROM unnest($1::text[], $3::bigint[]) AS u(name, n)
+               ON CONFLICT (name, shard) DO UPDATE SET n = stats_counters.n + excluded.n""",
+            names,
+            self._shard,
+            [counts[k] for k in names],
+        )
 
     # --- registry mirror --------------------------------------------------------------------------
 
@@ -548,11 +578,16 @@ class Store:
         end_ms: int,
         limit: int = 1000,
         after: tuple[int, bytes, int, int] | None = None,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
         """Readings with start_ms <= ts < end_ms, ordered by (ts, device_id, seq, idx).
 
         Returns {"items": [...], "next": cursor | None}; pass `next` back as `after` for the following
         page (it is the (ts_ms, device_id, seq, idx) of the last item, None when the page was short).
+        `max_bytes` also ends the page once its rows' estimated JSON size (vals, media uri and a fixed
+        300 bytes per row) passes that many bytes — decided in SQL over at most `limit` rows, so a
+        page of large readings is cut short (at least one row, `next` set) instead of being built in
+        memory whole.
         """
         if limit <= 0:
             raise ValueError("limit must be positive")
@@ -573,14 +608,30 @@ class Store:
             conds.append(f"ts >= ${n + 1}")
             conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
         args.append(limit)
-        rows = await self.pool.fetch(
+        page = (
             f"SELECT {_READING_SELECT} FROM readings WHERE {' AND '.join(conds)} "
-            f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}",
-            *args,
+            f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
         )
+        if max_bytes is None:
+            rows = await self.pool.fetch(page, *args)
+            cut = False
+        else:
+            args.append(max_bytes)
+            rows = await self.pool.fetch(
+                f"""SELECT * FROM (
+                        SELECT *, count(*) OVER () AS _n, row_number() OVER w AS _i,
+                               sum(300 + coalesce(octet_length(vals::text), 0)
+                                   + coalesce(octet_length(media_uri), 0)) OVER w AS _upto
+                        FROM ({page}) p
+                        WINDOW w AS (ORDER BY ts, device_id, seq, idx ROWS UNBOUNDED PRECEDING)) q
+                    WHERE _upto <= ${len(args)} OR _i = 1
+                    ORDER BY ts, device_id, seq, idx""",
+                *args,
+            )
+            cut = bool(rows) and len(rows) < rows[0]["_n"]
         items = [_reading_dict(r) for r in rows]
         nxt = None
-        if len(rows) == limit:
+        if rows and (len(rows) == limit or cut):
             last = rows[-1]
             nxt = (dt_to_ms(last["ts"]), bytes(last["device_id"]), last["seq"], last["idx"])
         return {"items": items, "next": nxt}
@@ -610,8 +661,24 @@ class Store:
             for r in await self.pool.fetch(sql, *args)
         ]
 
+    async def stats(self) -> dict[str, Any]:
+        """Totals from the maintained counters (`stats_counters`, added to by every batch in its own
+        transaction): a read of a few dozen rows, never a table scan. Cumulative since the database was
+        created: rows removed later (retention) stay counted."""
+        rows = await self.pool.fetch("SELECT name, sum(n)::bigint AS n FROM stats_counters GROUP BY name")
+        totals = {r["name"]: r["n"] for r in rows}
+        return {
+            "packets": totals.get("packets", 0),
+            "readings": totals.get("readings", 0),
+            "rejections": {
+                name.removeprefix("rejections:"): n
+                for name, n in sorted(totals.items())
+                if name.startswith("rejections:")
+            },
+        }
+
     async def counts(self) -> dict[str, Any]:
-        """Exact counts (full scans: fine for the demo and tests, use metrics for dashboards at scale)."""
+        """Exact counts by full scans, for the demo summary and tests. The API serves `stats()`."""
         async with self.pool.acquire() as conn:
             packets = await conn.fetchval("SELECT count(*) FROM packets")
             readings = await conn.fetchval("SELECT count(*) FROM readings")

@@ -1,30 +1,77 @@
 """HTTP API for buyers, owners and operators (aiohttp). Thin: parse and validate, ask the store, answer JSON.
 
-Every bad parameter is a 400 with a message, never a 500 from the driver.
+Every answer is JSON, errors included. Every parameter and every cursor field is range-checked: a bad
+one is a 400 with a message, never a 500 from the driver. Isolation from ingest (issue 11): the API
+asks its own Store, on a pool of its own whose statements PostgreSQL cancels after
+DEPIN_API_STATEMENT_TIMEOUT_MS (→ 504); at most `slots` requests (the pool's size) query at once and
+each holds its slot until its answer is written, the others wait up to `busy_timeout_s` (→ 503); a
+page ends at `max_rows` rows or about `max_page_bytes` bytes. Page cursors are HMAC-signed and bound
+to their query (device or cell, time range).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
+import hashlib
+import hmac
 import json
+import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import h3
 from aiohttp import web
-from eth_utils import is_address, to_checksum_address
+from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.adapters.store import Store
-from ingest.api.openapi import OPENAPI
+from ingest.adapters.store import INT64_MAX, MAX_TS_MS, Store
+from ingest.api.openapi import openapi_for
 from ingest.core.rules import flag_reasons
+
+log = logging.getLogger(__name__)
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 READY: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("ready")
-MAX_ROWS: web.AppKey[int] = web.AppKey("max_rows", int)
+LIMITS: web.AppKey[ApiLimits] = web.AppKey("limits")
+SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
 MAX_RANGE_MS = 31 * 86_400_000
 DEFAULT_RANGE_MS = 86_400_000
+MAX_SMALLINT = 32_767
+_INT_RE = re.compile(r"-?[0-9]{1,40}")
+_DEVICE_RE = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
+_CELL_RE = re.compile(r"[0-9a-fA-F]{15,16}")
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+class ApiLimits:
+    """What bounds one API process: page size, page bytes, concurrent requests, waits; the cursor key."""
+
+    def __init__(
+        self,
+        *,
+        max_rows: int = 1000,
+        max_page_bytes: int = 2 * 1024 * 1024,
+        slots: int = 4,
+        busy_timeout_s: float = 2.0,
+        statement_timeout_ms: int | None = None,
+        cursor_key: bytes | None = None,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_page_bytes = max_page_bytes
+        self.slots = slots
+        self.busy_timeout_s = busy_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self.cursor_key = cursor_key or secrets.token_bytes(32)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -32,45 +79,181 @@ class BadRequest(web.HTTPBadRequest):
         super().__init__(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
 
 
-def _int_param(
-    request: web.Request, name: str, default: int | None = None, *, lo: int = 0, hi: int = 2**62
-) -> int:
+def parse_int(raw: str, name: str, *, lo: int, hi: int) -> int:
+    """A plain decimal integer (ASCII digits, optional minus) within [lo, hi], or a 400."""
+    if not _INT_RE.fullmatch(raw):
+        raise BadRequest(f"{name} must be an integer between {lo} and {hi}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}, got {raw[:40]}")
+    return value
+
+
+def _int_param(request: web.Request, name: str, default: int | None = None, *, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         if default is None:
             raise BadRequest(f"missing query parameter {name!r}")
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}")
-    return value
+    return parse_int(raw, name, lo=lo, hi=hi)
 
 
 def _device_id(raw: str) -> bytes:
-    try:
-        value = bytes.fromhex(raw.removeprefix("0x"))
-    except ValueError:
-        raise BadRequest("device id must be 64 hex characters") from None
-    if len(value) != 32:
+    if not _DEVICE_RE.fullmatch(raw):
         raise BadRequest("device id must be 64 hex characters")
-    return value
+    return bytes.fromhex(raw.removeprefix("0x"))
 
 
 def _cell(raw: str) -> int:
-    try:
-        cell = int(raw, 16) if not raw.isdigit() else int(raw)
-    except ValueError:
-        raise BadRequest("cell must be an H3 index (hex string or integer)") from None
-    if not (0 < cell < 2**64 and h3.is_valid_cell(h3.int_to_str(cell))):
-        raise BadRequest("cell is not a valid H3 index")
+    if not _CELL_RE.fullmatch(raw):
+        raise BadRequest("cell must be an H3 index in hex, e.g. 88283096cdfffff")
+    cell = int(raw, 16)
+    if not h3.is_valid_cell(h3.int_to_str(cell)):
+        raise BadRequest("cell is not a valid H3 cell index")
     return cell
+
+
+def _address(raw: str) -> str:
+    """0x + 40 hex digits; all lower or all upper case, or mixed case with a valid EIP-55 checksum."""
+    if not _ADDRESS_RE.fullmatch(raw):
+        raise BadRequest("address must be a 0x EVM address (40 hex digits)")
+    body = raw[2:]
+    checksummed = to_checksum_address(raw)
+    if body != body.lower() and body != body.upper() and raw != checksummed:
+        raise BadRequest(f"address has a bad EIP-55 checksum (mixed case): did you mean {checksummed}?")
+    return checksummed
+
+
+# --- cursors ----------------------------------------------------------------------------------------
+
+
+def _query_key(device: bytes | None, cell: int | None) -> bytes:
+    return f"readings|{device.hex() if device else ''}|{'' if cell is None else format(cell, 'x')}".encode()
+
+
+def _mac(key: bytes, query: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, query + b"\n" + payload, hashlib.sha256).digest()[:16]
+
+
+def encode_cursor(
+    key: bytes, device: bytes | None, cell: int | None, rng: tuple[int, int], pos: tuple[int, bytes, int, int]
+) -> str:
+    """`next`: the last row's (ts, device, seq, idx) and the page's time range, HMAC-signed with the query."""
+    ts, dev, seq, idx = pos
+    payload = json.dumps([ts, bytes(dev).hex(), seq, idx, rng[0], rng[1]], separators=(",", ":")).encode()
+    mac = _mac(key, _query_key(device, cell), payload)
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + mac.hex()
+
+
+def decode_cursor(
+    key: bytes, raw: str, device: bytes | None, cell: int | None
+) -> tuple[tuple[int, int], tuple[int, bytes, int, int]]:
+    """((from, to), (ts, device, seq, idx)) of a cursor this API handed out for this same query."""
+    bad = BadRequest("cursor is not one this API handed out for this query (device/cell); start over")
+    if len(raw) > 512 or raw.count(".") != 1:
+        raise bad
+    body, mac_hex = raw.split(".")
+    try:
+        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        mac = bytes.fromhex(mac_hex)
+    except (ValueError, binascii.Error):
+        raise bad from None
+    if not hmac.compare_digest(mac, _mac(key, _query_key(device, cell), payload)):
+        raise bad
+    # Signed by us, but checked as if it were not: every field typed and in range.
+    try:
+        ts, dev_hex, seq, idx, start, end = json.loads(payload)
+    except (ValueError, TypeError):
+        raise bad from None
+    ints = (ts, seq, idx, start, end)
+    if not all(type(v) is int for v in ints) or not isinstance(dev_hex, str):
+        raise bad
+    if not (
+        0 <= ts <= MAX_TS_MS
+        and 0 <= seq <= INT64_MAX
+        and 0 <= idx <= MAX_SMALLINT
+        and 0 <= start < end <= MAX_TS_MS
+        and end - start <= MAX_RANGE_MS
+        and re.fullmatch(r"[0-9a-f]{64}", dev_hex)
+    ):
+        raise bad
+    return (start, end), (ts, bytes.fromhex(dev_hex), seq, idx)
+
+
+# --- middlewares --------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as JSON: aiohttp's own 404/405/413 too, database trouble as 503/504, never a text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no such endpoint: {request.path[:200]} (see /openapi.json)"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed here; allowed: {exc.headers.get('Allow', '')}"
+        return _error(exc.status, message, headers)
+    except asyncpg.QueryCanceledError:
+        limits = request.app[LIMITS]
+        return _error(
+            504,
+            f"the query took longer than the API's statement timeout ({limits.statement_timeout_ms} ms): "
+            "ask for a shorter time range or a smaller page (limit)",
+        )
+    except (TimeoutError, asyncpg.TooManyConnectionsError):
+        return _error(
+            503,
+            "the API is busy (all its database connections are in use); retry shortly",
+            {"Retry-After": "1"},
+        )
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+        log.warning("API: database unavailable for %s %s", request.method, request.path, exc_info=True)
+        return _error(503, "the database is unavailable; retry shortly", {"Retry-After": "5"})
+    except Exception:
+        log.exception("API: unexpected error on %s %s", request.method, request.path)
+        return _error(500, "internal error (logged)")
+
+
+@web.middleware
+async def db_slots(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """/v1/* requests take one of `slots` (the API pool's size) for their query AND the writing of their
+    answer, so at most `slots` answers are held in memory at once; a request waits `busy_timeout_s`."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    limits, slots = request.app[LIMITS], request.app[SLOTS]
+    try:
+        async with asyncio.timeout(limits.busy_timeout_s):
+            await slots.acquire()
+    except TimeoutError:
+        raise TimeoutError("no API slot free") from None
+    try:
+        response = await handler(request)
+        if isinstance(response, web.Response) and not response.prepared:
+            await response.prepare(request)
+            await response.write_eof()
+        return response
+    finally:
+        slots.release()
+
+
+# --- handlers -----------------------------------------------------------------------------------------
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -86,44 +269,57 @@ async def metrics_view(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return _json(OPENAPI)
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_for(request.app[LIMITS].max_rows))
 
 
 async def readings(request: web.Request) -> web.Response:
     """Readings of one device or one H3 cell in [from, to), cursor-paginated, oldest first.
 
-    `to` defaults to now and `from` to one day before `to`, so `?device=ID` alone shows the last day.
+    `to` defaults to now (or `from` + 1 day) and `from` to one day before `to`, so `?device=ID` alone
+    shows the last day. With a cursor the range is the one of the first page (it is in the cursor).
     """
     q = request.query
     device = _device_id(q["device"]) if "device" in q else None
     cell = _cell(q["cell"]) if "cell" in q else None
     if device is None and cell is None:
         raise BadRequest("give device=<hex id> or cell=<h3 index>")
-    end = _int_param(request, "to", time.time_ns() // 1_000_000)
-    start = _int_param(request, "from", max(0, end - DEFAULT_RANGE_MS))
-    if end <= start or end - start > MAX_RANGE_MS:
-        raise BadRequest(
-            f"need from < to and a range of at most 31 days ({MAX_RANGE_MS} ms); got from={start} to={end}"
-        )
-    limit = _int_param(request, "limit", 1000, lo=1, hi=request.app[MAX_ROWS])
+    limits = request.app[LIMITS]
+    limit = _int_param(request, "limit", min(1000, limits.max_rows), lo=1, hi=limits.max_rows)
+    given_from = _int_param(request, "from", -1, lo=0, hi=MAX_TS_MS)
+    given_to = _int_param(request, "to", -1, lo=1, hi=MAX_TS_MS)
     after = None
     if "cursor" in q:
-        try:
-            ts, dev, seq, idx = json.loads(base64.urlsafe_b64decode(q["cursor"].encode()))
-            after = (int(ts), bytes.fromhex(dev), int(seq), int(idx))
-        except (ValueError, TypeError, UnicodeDecodeError):
-            raise BadRequest("cursor is not one this API handed out") from None
+        (start, end), after = decode_cursor(limits.cursor_key, q["cursor"], device, cell)
+        if given_from not in (-1, start) or given_to not in (-1, end):
+            raise BadRequest(f"cursor belongs to the range from={start} to={end}; drop from/to or use those")
+    else:
+        if given_to >= 0:
+            end = given_to
+        elif given_from >= 0:
+            end = min(given_from + DEFAULT_RANGE_MS, MAX_TS_MS)
+        else:
+            end = time.time_ns() // 1_000_000
+        start = given_from if given_from >= 0 else max(0, end - DEFAULT_RANGE_MS)
+        if end <= start or end - start > MAX_RANGE_MS:
+            raise BadRequest(
+                f"need from < to and a range of at most 31 days ({MAX_RANGE_MS} ms); "
+                f"got from={start} to={end}"
+            )
     page = await request.app[STORE].readings(
-        device_id=device, cell=cell, start_ms=start, end_ms=end, limit=limit, after=after
+        device_id=device,
+        cell=cell,
+        start_ms=start,
+        end_ms=end,
+        limit=limit,
+        after=after,
+        max_bytes=limits.max_page_bytes,
     )
     for item in page["items"]:
         item["flags"] = [r.value for r in flag_reasons(item["flags"])]  # named, as in the README
     body: dict[str, Any] = {"readings": page["items"], "next": None}
     if page["next"] is not None:
-        ts, dev, seq, idx = page["next"]
-        token = json.dumps([ts, bytes(dev).hex(), seq, idx])
-        body["next"] = base64.urlsafe_b64encode(token.encode()).decode()
+        body["next"] = encode_cursor(limits.cursor_key, device, cell, (start, end), page["next"])
     return _json(body)
 
 
@@ -135,15 +331,10 @@ async def device_rejections(request: web.Request) -> web.Response:
 
 
 async def epoch_view(request: web.Request) -> web.Response:
-    try:
-        epoch = int(request.match_info["epoch"])
-    except ValueError:
-        raise BadRequest("epoch must be an integer") from None
+    epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
     row = await request.app[STORE].get_epoch(epoch)
     if row is None:
-        raise web.HTTPNotFound(
-            text=json.dumps({"error": f"epoch {epoch} not closed yet"}), content_type="application/json"
-        )
+        raise _not_found(f"epoch {epoch} not closed yet")
     return _json(epoch_summary(row))
 
 
@@ -157,20 +348,14 @@ def epoch_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 async def owner_proof(request: web.Request) -> web.Response:
     """What an owner needs to call RewardDistributor.claim(epoch, account, cumulative, proof)."""
-    raw = request.match_info["address"]
-    if not is_address(raw):
-        raise BadRequest("address must be a 0x EVM address")
-    address = to_checksum_address(raw)
+    address = _address(request.match_info["address"])
     store = request.app[STORE]
-    epoch = _int_param(request, "epoch", 0)
+    epoch = _int_param(request, "epoch", 0, lo=1, hi=INT64_MAX)
     if epoch == 0:
         epoch = await store.last_epoch() or 0
     row = await store.owner_reward(epoch, address) if epoch else None
     if row is None:
-        raise web.HTTPNotFound(
-            text=json.dumps({"error": f"no reward for {address} in epoch {epoch}"}),
-            content_type="application/json",
-        )
+        raise _not_found(f"no reward for {address} in epoch {epoch}")
     return _json(
         {
             "epoch": epoch,
@@ -183,16 +368,25 @@ async def owner_proof(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return _json(await request.app[STORE].counts())
+    body = await request.app[STORE].stats()
+    body["source"] = "counters maintained in each batch's transaction (cumulative)"
+    return _json(body)
 
 
 def create_app(
-    store: Store, ready: Callable[[], Awaitable[dict[str, Any]]], *, max_rows: int = 10_000
+    store: Store,
+    ready: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    max_rows: int = 1000,
+    limits: ApiLimits | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    """The API on `store` (give it a Store on the API's own pool). `limits` default: ApiLimits(max_rows)."""
+    limits = limits or ApiLimits(max_rows=max_rows)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, db_slots])
     app[STORE] = store
     app[READY] = ready
-    app[MAX_ROWS] = max_rows
+    app[LIMITS] = limits
+    app[SLOTS] = asyncio.Semaphore(limits.slots)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

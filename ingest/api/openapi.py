@@ -1,87 +1,275 @@
-"""OpenAPI 3 description of the HTTP API, served at /openapi.json."""
+"""OpenAPI 3 description of the HTTP API, served at /openapi.json.
+
+Precise enough for schemathesis `--checks all` (tests/integration/test_api_fuzz.py): every parameter
+with its type, pattern and range, every response with its schema. Two rules of GET /v1/readings cannot
+be written in OpenAPI 3.0 and are stated in its description: `device` or `cell` must be given, and
+`from` < `to` with at most 31 days between them.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-_ERR = {
-    "description": "bad parameter",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+INT64_MAX = 2**63 - 1
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+HEX64 = "^(0x)?[0-9a-fA-F]{64}$"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _resp(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+_ERR = _ref("Error")
+E400 = _resp("bad parameter (the message says which and why)", _ERR)
+E404 = _resp("not found", _ERR)
+E503 = _resp("busy (all API database connections in use) or database unavailable; retry", _ERR)
+E504 = _resp("the query ran past the API's statement timeout: narrow the range or the page", _ERR)
+DB_ERRORS = {"400": E400, "503": E503, "504": E504}
+
+
+def _q(name: str, desc: str, schema: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": desc, "schema": schema}
+
+
+def _p(name: str, desc: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": desc, "schema": schema}
+
+
+def _obj(props: dict[str, Any], *, extra: bool = False) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": extra,
+    }
+
+
+_S = {"type": "string"}
+_I = {"type": "integer"}
+_NS = {"type": "string", "nullable": True}
+_NI = {"type": "integer", "nullable": True}
+_N = {"type": "number", "nullable": True}
+_DEC = {"type": "string", "pattern": "^[0-9]+$", "description": "token amount (wei), decimal string"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _S}),
+    "Reading": _obj(
+        {
+            "ts": _I,
+            "device_id": _S,
+            "seq": _I,
+            "idx": _I,
+            "lat": {"type": "number"},
+            "lon": {"type": "number"},
+            "acc": _N,
+            "alt": _N,
+            "cell": _S,
+            "kind": _S,
+            "vals": {"type": "object"},
+            "media": {
+                "type": "object",
+                "nullable": True,
+                "properties": {"sha256": _S, "uri": _NS},
+                "required": ["sha256", "uri"],
+            },
+            "flags": {"type": "array", "items": _S},
+        }
+    ),
+    "ReadingsPage": _obj(
+        {
+            "readings": {"type": "array", "items": _ref("Reading")},
+            "next": {**_NS, "description": "cursor of the next page; null on the last page"},
+        }
+    ),
+    "Rejection": _obj(
+        {
+            "id": _I,
+            "message_digest": _S,
+            "device_id": _NS,
+            "seq": _NI,
+            "reason": _S,
+            "detail": _S,
+            "topic": _S,
+            "received_ms": _I,
+        }
+    ),
+    "Rejections": _obj({"device_id": _S, "rejections": {"type": "array", "items": _ref("Rejection")}}),
+    "Epoch": _obj(
+        {
+            "epoch": _I,
+            "start_ms": _I,
+            "end_ms": _I,
+            "status": {"type": "string", "enum": ["closed", "published", "settled"]},
+            "emission": _DEC,
+            "allocated": _DEC,
+            "unissued": _DEC,
+            "root": _NS,
+            "inputs_digest": _NS,
+            "manifest": {"type": "object"},
+            "tx_hash": _NS,
+            "block_number": _NI,
+            "closed_ms": _I,
+            "published_ms": _NI,
+        }
+    ),
+    "Proof": _obj(
+        {
+            "epoch": _I,
+            "account": _S,
+            "amount": _DEC,
+            "cumulative": _DEC,
+            "proof": {"type": "array", "items": _S},
+        }
+    ),
+    "Stats": _obj(
+        {
+            "packets": _I,
+            "readings": _I,
+            "rejections": {"type": "object", "additionalProperties": _I},
+            "source": _S,
+        }
+    ),
+    "Ready": {
+        "type": "object",
+        "properties": {"ready": {"type": "boolean"}, "failing": {"type": "array", "items": _S}},
+        "required": ["ready", "failing"],
+    },
 }
-
-
-def _q(name: str, desc: str, *, required: bool = False, typ: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "description": desc, "schema": {"type": typ}}
-
-
-def _p(name: str, desc: str, typ: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": desc, "schema": {"type": typ}}
-
-
-def _ok(desc: str) -> dict[str, Any]:
-    return {"description": desc, "content": {"application/json": {"schema": {"type": "object"}}}}
-
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "depin-ingest API", "version": "1"},
     "paths": {
-        "/healthz": {"get": {"summary": "liveness", "responses": {"200": _ok("alive")}}},
-        "/readyz": {
+        "/healthz": {
             "get": {
-                "summary": "readiness: database and registry follower",
-                "responses": {"200": _ok("ready"), "503": _ok("not ready, with reasons")},
+                "summary": "liveness",
+                "responses": {"200": _resp("alive", _obj({"status": {"type": "string", "enum": ["ok"]}}))},
             }
         },
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "readiness: database (and chain RPC / registry follower where they run)",
+                "responses": {
+                    "200": _resp("ready", _ref("Ready")),
+                    "503": _resp("not ready: `failing` names what", _ref("Ready")),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text format", "content": {"text/plain": {}}}
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this description",
+                "responses": {"200": _resp("OpenAPI 3", {"type": "object"})},
+            }
+        },
         "/v1/stats": {
             "get": {
-                "summary": "totals: packets, readings, rejections by reason",
-                "responses": {"200": _ok("counts")},
+                "summary": "totals: packets, readings, rejections by reason (maintained counters, no scan)",
+                "responses": {"200": _resp("counts", _ref("Stats")), "503": E503, "504": E504},
             }
         },
         "/v1/readings": {
             "get": {
                 "summary": "readings of a device or an H3 cell in a time range, oldest first",
+                "description": (
+                    "Give `device` or `cell` (or both). `from` < `to`, at most 31 days apart (else 400). "
+                    "Defaults: `to` = now (or `from` + 1 day), `from` = `to` - 1 day. A page ends at "
+                    "`limit` rows or at about DEPIN_API_MAX_PAGE_BYTES; `next` is then a cursor: pass it "
+                    "back with the same device/cell (the range is inside it). A cursor from another "
+                    "query, or altered, is refused (400)."
+                ),
                 "parameters": [
-                    _q("device", "device id, 64 hex"),
-                    _q("cell", "H3 cell (hex index)"),
+                    _q("device", "device id, 64 hex digits", {"type": "string", "pattern": HEX64}),
+                    _q(
+                        "cell",
+                        "H3 cell index in hex, e.g. 88283096cdfffff",
+                        {"type": "string", "format": "h3-cell", "pattern": "^[0-9a-fA-F]{15,16}$"},
+                    ),
                     _q(
                         "from",
-                        "start, ms since epoch (inclusive; default: one day before `to`)",
-                        typ="integer",
+                        "start, ms since 1970 (inclusive)",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_TS_MS},
                     ),
-                    _q("to", "end, ms since epoch (exclusive; default: now); at most 31 days", typ="integer"),
-                    _q("limit", "page size (default 1000)", typ="integer"),
-                    _q("cursor", "the `next` value of the previous page"),
+                    _q(
+                        "to",
+                        "end, ms since 1970 (exclusive)",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_TS_MS},
+                    ),
+                    _q(
+                        "limit",
+                        "page size (default 1000, at most DEPIN_API_MAX_ROWS)",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                    ),
+                    _q(
+                        "cursor",
+                        "the `next` value of the previous page",
+                        {"type": "string", "format": "depin-cursor", "maxLength": 512},
+                    ),
                 ],
                 "responses": {
-                    "200": _ok('a page of readings (flags named, e.g. ["bad_values"]) and the next cursor'),
-                    "400": _ERR,
+                    "200": _resp('a page of readings (flags named: ["bad_values"])', _ref("ReadingsPage")),
+                    **DB_ERRORS,
                 },
             }
         },
         "/v1/devices/{device_id}/rejections": {
             "get": {
                 "summary": "recent rejected messages of a device, with reason codes",
-                "parameters": [_p("device_id", "64 hex"), _q("limit", "at most 1000", typ="integer")],
-                "responses": {"200": _ok("rejections, newest first"), "400": _ERR},
+                "parameters": [
+                    _p("device_id", "64 hex digits", {"type": "string", "pattern": HEX64}),
+                    _q("limit", "default 100", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                "responses": {"200": _resp("rejections, newest first", _ref("Rejections")), **DB_ERRORS},
             }
         },
         "/v1/epochs/{epoch}": {
             "get": {
                 "summary": "an epoch: root, publish tx, totals and the reward manifest",
-                "parameters": [_p("epoch", "epoch number", "integer")],
-                "responses": {"200": _ok("the epoch"), "400": _ERR, "404": _ERR},
+                "parameters": [
+                    _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
+                ],
+                "responses": {"200": _resp("the epoch", _ref("Epoch")), "404": E404, **DB_ERRORS},
             }
         },
         "/v1/owners/{address}/proof": {
             "get": {
                 "summary": "cumulative amount and Merkle proof for RewardDistributor.claim",
-                "parameters": [_p("address", "owner address"), _q("epoch", "default: latest", typ="integer")],
-                "responses": {"200": _ok("claim data"), "400": _ERR, "404": _ERR},
+                "parameters": [
+                    _p(
+                        "address",
+                        "owner address: 0x + 40 hex digits, one case or EIP-55 checksummed",
+                        {"type": "string", "format": "eip55-address", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                    ),
+                    _q(
+                        "epoch",
+                        "default: the latest closed epoch",
+                        {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
+                    ),
+                ],
+                "responses": {"200": _resp("claim data", _ref("Proof")), "404": E404, **DB_ERRORS},
             }
         },
     },
-    "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}}},
+    "components": {"schemas": SCHEMAS},
 }
+
+
+def openapi_for(max_rows: int) -> dict[str, Any]:
+    """The description with this process's page-size limit (DEPIN_API_MAX_ROWS)."""
+    doc = copy.deepcopy(OPENAPI)
+    for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
+        if param["name"] == "limit":
+            param["schema"]["maximum"] = max_rows
+    return doc

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import h3
 import pytest
 
@@ -95,6 +100,12 @@ async def test_readings_by_cell(api: tuple[str, list[bytes]]) -> None:
         "cell=nothex&from=0&to=10",
         "device=" + "ab" * 32 + "&from=0&to=10&cursor=%00%00",
         "device=%00" + "ab" * 31 + "&from=0&to=10",
+        "device=" + "ab" * 32 + "&from=1e400",
+        "device=" + "ab" * 32 + "&to=" + str(10**20),
+        "device=" + "ab" * 32 + "&from=-5",
+        "device=" + "ab" * 32 + "&limit=" + str(2**63),
+        "device=" + "ab" * 32 + "&from=%D9%A1%D9%A2",  # Arabic-Indic digits: int() would take them
+        "cell=8" + "f" * 14,  # hex, but not an H3 cell
     ],
 )
 async def test_bad_parameters_are_400_with_a_message(api: tuple[str, list[bytes]], query: str) -> None:
@@ -142,3 +153,221 @@ async def test_recent_readings_without_a_range_and_flags_by_name(store: Store) -
         assert r.status == 200, await r.text()
         body = await r.json()
     assert [(x["seq"], x["flags"]) for x in body["readings"]] == [(2, ["bad_values"])]
+
+
+def _forge(payload: list[Any]) -> str:
+    """A cursor in the API's format with these fields and a MAC made with the wrong key."""
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    return body + "." + "00" * 16
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [1e400, "ab" * 32, 1, 0, 0, 10],  # the hand-found 500s: each field out of its column's range
+        [10**20, "ab" * 32, 1, 0, 0, 10],
+        [-5, "ab" * 32, 1, 0, 0, 10],
+        [0, "ab" * 32, 2**63, 0, 0, 10],
+        [0, "ab" * 32, 10**100, 0, 0, 10],
+        [0, "ab" * 32, 1, 70000, 0, 10],
+    ],
+)
+async def test_forged_cursors_are_400(api: tuple[str, list[bytes]], fields: list[Any]) -> None:
+    url, ids = api
+    query = {"device": ids[0].hex(), "cursor": _forge(fields)}
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/readings", params=query) as r:
+        assert r.status == 400, await r.text()
+        assert "cursor" in (await r.json())["error"]
+
+
+def test_cursor_fields_are_range_checked_even_when_signed() -> None:
+    """A cursor signed with the right key (a leaked key) is still range-checked field by field."""
+    from ingest.api.app import decode_cursor, encode_cursor
+
+    key, dev = b"k" * 32, b"\xab" * 32
+    good = encode_cursor(key, dev, None, (0, 10), (5, dev, 1, 0))
+    assert decode_cursor(key, good, dev, None) == ((0, 10), (5, dev, 1, 0))
+    for bad_pos in [(10**20, dev, 1, 0), (-5, dev, 1, 0), (5, dev, 2**63, 0), (5, dev, 1, 70000)]:
+        with pytest.raises(aiohttp.web.HTTPBadRequest):
+            decode_cursor(key, encode_cursor(key, dev, None, (0, 10), bad_pos), dev, None)
+    with pytest.raises(aiohttp.web.HTTPBadRequest):  # 40 days
+        decode_cursor(key, encode_cursor(key, dev, None, (0, 40 * 86_400_000), (5, dev, 1, 0)), dev, None)
+
+
+async def test_a_cursor_is_bound_to_its_query(api: tuple[str, list[bytes]]) -> None:
+    """Device A's cursor on device B's query, a tampered cursor, or another range: 400."""
+    url, ids = api
+    base = {"from": str(NOW - 120_000), "to": str(NOW), "limit": "5"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/v1/readings", params={**base, "device": ids[0].hex()}) as r:
+            cursor = (await r.json())["next"]
+        assert cursor
+        nxt = {"device": ids[0].hex(), "cursor": cursor, "limit": "5"}
+        async with http.get(f"{url}/v1/readings", params=nxt) as r:
+            assert r.status == 200  # the range travels in the cursor
+            assert [x["seq"] for x in (await r.json())["readings"]] == [6, 7, 8, 9, 10]
+        for params in (
+            {"device": ids[1].hex(), "cursor": cursor},
+            {"device": ids[0].hex(), "cursor": cursor[:-2] + ("00" if cursor[-2:] != "00" else "11")},
+            {"device": ids[0].hex(), "cursor": cursor, "from": str(NOW - 100_000)},
+        ):
+            async with http.get(f"{url}/v1/readings", params=params) as r:
+                assert r.status == 400, params
+                assert (await r.json())["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/epochs/1217877904051814006784",
+        "/v1/epochs/9223372036854775808",
+        "/v1/epochs/0",
+        "/v1/epochs/-1",
+        "/v1/epochs/1e3",
+        "/v1/owners/0x4d41E538832E12538616605D02f8a448CB18A25e/proof",  # mixed case, bad EIP-55
+        "/v1/owners/0x4D41e538832E12538616605D02f8a448CB18A25e/proof?epoch=9223372036854775808",
+        "/v1/devices/" + "ab" * 31 + "/rejections",
+        "/v1/devices/" + "ab" * 32 + "/rejections?limit=0",
+    ],
+)
+async def test_out_of_range_paths_are_400(api: tuple[str, list[bytes]], path: str) -> None:
+    url, _ = api
+    async with aiohttp.ClientSession() as http, http.get(url + path) as r:
+        assert r.status == 400, await r.text()
+        assert r.content_type == "application/json"
+        assert (await r.json())["error"]
+
+
+async def test_checksummed_and_one_case_addresses_are_accepted(api: tuple[str, list[bytes]]) -> None:
+    url, _ = api
+    async with aiohttp.ClientSession() as http:
+        for address in (
+            "0x4D41e538832E12538616605D02f8a448CB18A25e",
+            "0x4d41e538832e12538616605d02f8a448cb18a25e",
+            "0x4D41E538832E12538616605D02F8A448CB18A25E",
+        ):
+            async with http.get(f"{url}/v1/owners/{address}/proof") as r:
+                assert r.status == 404, await r.text()  # well formed; no epoch yet
+
+
+async def test_unknown_paths_and_methods_answer_json(api: tuple[str, list[bytes]]) -> None:
+    url, _ = api
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/v2/nothing") as r:
+            assert r.status == 404
+            assert "no such endpoint" in (await r.json())["error"]
+        async with http.post(f"{url}/v1/stats", data=b"x") as r:
+            assert r.status == 405
+            assert r.headers["Allow"]
+            assert (await r.json())["error"]
+        async with http.delete(f"{url}/v1/epochs/1") as r:
+            assert r.status == 405
+            assert r.content_type == "application/json"
+
+
+async def test_stats_reads_the_counters_and_they_match_the_tables(api: tuple[str, list[bytes]]) -> None:
+    """The counters move with every batch (stored packets, readings, rejections by reason; a re-run adds
+    nothing) and /v1/stats serves them."""
+    url, _ = api
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/stats") as r:
+        body = await r.json()
+    assert (body["packets"], body["readings"], body["rejections"]) == (60, 60, {})
+    assert body["source"].startswith("counters")
+
+
+async def test_counters_follow_duplicates_replays_and_rejections(store: Store) -> None:
+    ident = new_identity()
+    registry = {ident.device_id: DeviceRecord(ident.device_id, ident.pubkey, "0x" + "12" * 20, 2, 0, True)}
+    msgs = [
+        Incoming(
+            up_topic(ident.device_id),
+            build_message(
+                ident, seq, "weather", [Reading(NOW - 9000 + seq, 52.5, 13.4, {"temperature_c": 1})]
+            ),
+            NOW,
+        )
+        for seq in range(1, 4)
+    ]
+    forged = Incoming(up_topic(ident.device_id), msgs[0].payload[:-1] + bytes([msgs[0].payload[-1] ^ 1]), NOW)
+    replay = Incoming(
+        up_topic(ident.device_id),
+        build_message(ident, 1, "weather", [Reading(NOW - 5000, 52.5, 13.4, {"temperature_c": 2})]),
+        NOW,
+    )
+    for batch in ([*msgs, forged], [*msgs, forged], [replay]):  # the second is a redelivery
+        out = sort_batch(batch, registry.get, NOW, PipelineConfig(), PipelineState())
+        await store.write_batch(out.accepted, out.rejected)
+        assert await store.stats() == await store.counts()
+    assert (await store.stats())["rejections"] == {"bad_signature": 1, "replay": 1}
+    assert (await store.stats())["packets"] == 3
+
+
+async def test_a_slow_query_is_504_and_a_full_api_is_503(store: Store, pg_dsn: str) -> None:
+    """A statement past the API pool's timeout answers 504 JSON; requests beyond the API's slots wait
+    `busy_timeout_s`, then 503 JSON with Retry-After. Never a 500."""
+    from ingest.adapters.db import create_pool
+    from ingest.api.app import ApiLimits, create_app
+
+    class SlowStore(Store):
+        async def stats(self) -> dict[str, Any]:
+            await self.pool.fetchval("SELECT pg_sleep(2)")
+            return {}
+
+    pool = await create_pool(pg_dsn, max_size=1, statement_timeout_ms=200)
+    try:
+        limits = ApiLimits(slots=1, busy_timeout_s=0.05, statement_timeout_ms=200)
+        async with (
+            serve_api(create_app(SlowStore(pool), _ready, limits=limits), "127.0.0.1", 0) as url,
+            aiohttp.ClientSession() as http,
+        ):
+            statuses = []
+
+            async def one() -> None:
+                async with http.get(f"{url}/v1/stats") as r:
+                    statuses.append((r.status, (await r.json())["error"], r.headers.get("Retry-After")))
+
+            await asyncio.gather(*(one() for _ in range(3)))
+            async with http.get(f"{url}/healthz") as r:  # outside /v1: no slot needed
+                assert r.status == 200
+    finally:
+        await pool.close()
+    codes = sorted(s for s, _, _ in statuses)
+    assert codes[0] == 503 and codes[-1] == 504, statuses
+    assert any("statement timeout" in m for s, m, _ in statuses if s == 504)
+    assert all(h == "1" for s, _, h in statuses if s == 503)
+
+
+async def test_a_page_ends_at_the_byte_cap(store: Store) -> None:
+    """Large readings: the page stops at about max_bytes (at least one row) and `next` goes on."""
+    ident = new_identity()
+    registry = {ident.device_id: DeviceRecord(ident.device_id, ident.pubkey, "0x" + "12" * 20, 2, 0, True)}
+    msgs = [
+        Incoming(
+            up_topic(ident.device_id),
+            build_message(ident, seq, "weather", [Reading(NOW - 9000 + seq, 52.5, 13.4, {"t": 1.0})]),
+            NOW,
+        )
+        for seq in range(1, 11)
+    ]
+    out = sort_batch(msgs, registry.get, NOW, PipelineConfig(), PipelineState())
+    big = {f"v{i:04d}": float(i) for i in range(1500)}  # ~20 kB of vals (the wire allows 64 KiB)
+    await store.write_batch(
+        [
+            dataclasses.replace(p, readings=tuple(r._replace(vals=big) for r in p.readings))
+            for p in out.accepted
+        ],
+        [],
+    )
+    seen, after = [], None
+    while True:
+        page = await store.readings(
+            device_id=ident.device_id, start_ms=0, end_ms=NOW, limit=100, after=after, max_bytes=50_000
+        )
+        assert 1 <= len(page["items"]) <= 3
+        seen += [x["seq"] for x in page["items"]]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == list(range(1, 11))
+    tiny = await store.readings(device_id=ident.device_id, start_ms=0, end_ms=NOW, max_bytes=1)
+    assert len(tiny["items"]) == 1 and tiny["next"] is not None
