@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 import h3
+import orjson
 from aiohttp import web
 from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -83,8 +84,17 @@ def _not_found(message: str) -> web.HTTPNotFound:
     return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _dumps(data: Any) -> bytes:
+    # orjson: a 1000-reading page encodes ~10x faster than with the json module, which matters when the
+    # API shares its event loop with the consumer. json for what orjson refuses (ints beyond 64 bits).
+    try:
+        return orjson.dumps(data, default=str)
+    except TypeError:
+        return json.dumps(data, default=str).encode()
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+    return web.Response(body=_dumps(data), status=status, content_type="application/json")
 
 
 def parse_int(raw: str, name: str, *, lo: int, hi: int) -> int:
