@@ -639,8 +639,12 @@ class Store:
     async def recent_rejections(
         self, device_id: bytes | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """Newest first; `device_id=None` lists all devices."""
-        sql = "SELECT id, message_digest, device_id, seq, reason, detail, topic, received_at FROM rejections"
+        """Newest first; `device_id=None` lists all devices. `detail` and `topic` are cut at 1,000 and
+        300 characters (a topic may be 64 KiB), so a page of 1,000 stays about 1.5 MB at most."""
+        sql = (
+            "SELECT id, message_digest, device_id, seq, reason, left(detail, 1000) AS detail, "
+            "left(topic, 300) AS topic, received_at FROM rejections"
+        )
         args: list[Any] = []
         if device_id is not None:
             sql += " WHERE device_id = $1"

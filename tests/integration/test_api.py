@@ -19,7 +19,7 @@ from devices.keys import new_identity
 from devices.sdk import build_message
 from ingest.adapters.store import Store
 from ingest.core.verify import up_topic
-from ingest.model import DeviceRecord, Reading
+from ingest.model import DeviceRecord, Reading, Reason, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
 
@@ -371,3 +371,17 @@ async def test_a_page_ends_at_the_byte_cap(store: Store) -> None:
     assert seen == list(range(1, 11))
     tiny = await store.readings(device_id=ident.device_id, start_ms=0, end_ms=NOW, max_bytes=1)
     assert len(tiny["items"]) == 1 and tiny["next"] is not None
+
+
+async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: Store) -> None:
+    """A 60 KB topic (MQTT allows 64 KiB) comes back cut to 300 characters, the detail to 1,000."""
+    url, ids = api
+    rejected = [
+        RejectedMessage(bytes([i]) * 32, ids[0], i, Reason.MALFORMED, "d" * 5000, NOW, "t" * 60_000)
+        for i in range(3)
+    ]
+    await store.write_batch([], rejected)
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/devices/{ids[0].hex()}/rejections") as r:
+        rows = (await r.json())["rejections"]
+    assert [(len(x["topic"]), len(x["detail"])) for x in rows] == [(300, 1000)] * 3
+    assert (await store.stats())["rejections"] == {"malformed": 3}
