@@ -10,7 +10,7 @@ messages. Mosquitto 2.0.11's plugin substitutes neither %u nor %c, hence a role 
 
 Pure parts (tested without a broker): `hash_password` writes Mosquitto 2's `$7$` format (PBKDF2-HMAC-
 SHA512, 101 iterations, 12-byte salt, base64 — what `mosquitto_passwd` writes), `upsert_passwd` replaces
-or appends entries and keeps everything else, `acl_text` is the ACL that deploy/mosquitto.acl documents.
+or appends entries and keeps everything else, `acl_text` is the ACL for an `acl_file` broker.
 
 Devices log in with username = their device id (64 lowercase hex, as in their topic) and a random
 password that is kept in their own 0600 credential file as `"mqtt_password"`: the file the device is
@@ -44,9 +44,9 @@ CRED_PASSWORD_KEY = "mqtt_password"
 # spaces, colons or topic wildcards.
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-# The broker's rules (deploy/mosquitto.acl). `pattern` lines apply to every authenticated client with
-# %u = its username: a device (username = its id) may publish only on its own …/up and read only its own
-# …/ack. Service accounts read every device's …/up (the consumer's shared subscription) and write acks.
+# The rules of an `acl_file` broker (`depin broker acl`). `pattern` lines apply to every authenticated
+# client with %u = its username: a device (username = its id) may publish only on its own …/up and read
+# only its own …/ack. Service accounts read every device's …/up (the consumer's subscription) and write acks.
 DEVICE_RULES = ("pattern write depin/v1/%u/up", "pattern read depin/v1/%u/ack")
 SERVICE_RULES = ("topic read depin/v1/+/up", "topic write depin/v1/+/ack")
 

@@ -33,6 +33,7 @@ from ingest.adapters.mqtt import (
 )
 from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
+from ingest.core.rejection_budget import RejectionBudget
 from ingest.core.verify import ack_topic, device_from_topic
 from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
@@ -86,6 +87,7 @@ class Consumer:
         batch_max_wait_s: float = 0.05,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         prefetch: Callable[[set[bytes]], Awaitable[None]] | None = None,
+        rejection_budget: RejectionBudget | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.store = store
@@ -98,6 +100,8 @@ class Consumer:
         # Called with the device ids named by a batch's topics before it is judged, so the registry
         # can resolve ids its mirror does not know (one bounded, cached chain read each) off the hot path.
         self.prefetch = prefetch
+        # Which rejections get a row: signed ones always, unsigned ones per topic while the budget lasts.
+        self.rejection_budget = RejectionBudget() if rejection_budget is None else rejection_budget
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
         self._source: MqttSource | None = None
@@ -180,8 +184,11 @@ class Consumer:
 
     async def commit(self, batch: list[Received], sorted_batch: Sorted) -> BatchResult:
         """Store a judged batch (retrying while the database is away) and count its outcomes."""
-        result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
+        recorded, unrecorded = self.rejection_budget.split(sorted_batch.rejected, self.clock())
+        result = await self._commit_with_retry(sorted_batch.accepted, recorded)
         self._count(batch, result, sorted_batch.accepted, sorted_batch.rejected)
+        for r in unrecorded:  # counted in depin_rejected_total too, by _count
+            metrics.REJECTIONS_UNRECORDED.labels(reason=r.reason).inc()
         if self.mqtt.ack_feedback:
             self._feedback = batch_feedback(
                 [(p.device_id, p.seq) for p in sorted_batch.accepted],

@@ -16,6 +16,16 @@ ACCEPTED = Counter("depin_accepted_total", "packets stored (first time)")
 READINGS = Counter("depin_readings_total", "readings stored")
 DUPLICATES = Counter("depin_duplicates_total", "byte-identical packets absorbed (already stored)")
 REJECTED = Counter("depin_rejected_total", "messages rejected, by reason code", ["reason"])
+# Unsigned rejections over the per-topic (or per-worker) row budget: counted in depin_rejected_total and
+# here, not stored (ingest/core/rejection_budget.py).
+REJECTIONS_UNRECORDED = Counter(
+    "depin_rejections_unrecorded_total", "rejections counted but not stored (row budget spent)", ["reason"]
+)
+REJECTIONS_PRUNED = Counter(
+    "depin_rejections_pruned_total",
+    "rejection rows deleted: `expired` past the retention, `trimmed` unsigned ones over a device's cap",
+    ["why"],
+)
 BATCH_SIZE = Histogram(
     "depin_batch_size", "messages per committed batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000)
 )

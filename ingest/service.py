@@ -30,9 +30,11 @@ from ingest.api.app import create_app
 from ingest.brokerauth import read_password_file
 from ingest.consumer import Consumer
 from ingest.core import rules
+from ingest.core.rejection_budget import BudgetConfig, RejectionBudget
 from ingest.epochs import EpochConfig, Epochs
 from ingest.pipeline import PipelineConfig
 from ingest.registry import PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
+from ingest.retention import run_retention
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,13 @@ def build_node(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
+        rejection_budget=RejectionBudget(
+            BudgetConfig(
+                per_topic_per_min=settings.rejections_per_topic_per_min,
+                per_topic_burst=settings.rejections_per_topic_burst,
+                total_per_min=settings.rejections_per_worker_per_min,
+            )
+        ),
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(
@@ -271,6 +280,17 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
                 subscription(cfg),
             )
             tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))
+            tasks.append(
+                asyncio.create_task(
+                    run_retention(
+                        store,
+                        int(settings.rejections_retention_days * 86_400_000),
+                        settings.rejections_unsigned_keep,
+                        settings.rejections_prune_interval_s,
+                    ),
+                    name="rejections-retention",
+                )
+            )
         if "epochs" in parts:
             log.info(
                 "epochs: length %s s from genesis %s, grace %s s; %s",

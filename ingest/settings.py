@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     mqtt_group: str = "ingest"
     mqtt_shared: bool = True
     # Broker login (deploy/mosquitto.conf refuses anonymous clients): the service account that
-    # `depin broker passwd --user NAME --password-file FILE` created. The password from the environment
+    # `depin broker dynsec --user NAME --password-file FILE` created. The password from the environment
     # or, preferred, from a file (first line); not both.
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(
         default=50, ge=1, description="longest a message waits for its batch to fill"
     )
+
+    # Rejection rows (README "Rejection rows: budget and retention"): unsigned rejections get a row while
+    # their topic's budget lasts (the rest are only counted); every row is deleted after the retention,
+    # and each device keeps at most `rejections_unsigned_keep` unsigned rows.
+    rejections_per_topic_per_min: float = Field(default=10.0, ge=0)
+    rejections_per_topic_burst: float = Field(default=20.0, ge=1)
+    rejections_per_worker_per_min: float = Field(default=6000.0, ge=1)
+    rejections_retention_days: float = Field(default=7.0, gt=0)
+    rejections_unsigned_keep: int = Field(default=50, ge=0)
+    rejections_prune_interval_s: float = Field(default=60.0, gt=0)
 
     # Wire limits (ARCHITECTURE §2).
     max_message_bytes: int = 64 * 1024

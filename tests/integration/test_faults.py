@@ -77,6 +77,9 @@ class Scenario:
             group=unique_client_id("g"),
             chain_rpc_url=self.anvil_url,
             deployment_file=self.deployment_file,
+            # Every forgery must get its row here (25 land on one topic within seconds): lift the
+            # per-topic row budget for unsigned rejections (tested in test_rejection_rows.py).
+            rejections_per_topic_burst=1000,
             **extra,
         )
         return ConsumerProcess(env, self.tmp / f"{name}.log")

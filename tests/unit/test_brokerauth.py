@@ -349,7 +349,7 @@ def test_device_login_from_its_credential_file(tmp_path: Path) -> None:
     cred = tmp_path / "d.json"
     identity = new_identity()
     save_identity(identity, cred)
-    with pytest.raises(ValueError, match="depin broker passwd --cred"):
+    with pytest.raises(ValueError, match="depin broker dynsec --file … --cred"):
         BrokerLogin.from_credentials(cred)
     brokerauth.device_account(cred, rotate=False)
     login = BrokerLogin.from_credentials(cred, tls_ca_file=None, tls=True)
