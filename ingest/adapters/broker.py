@@ -3,7 +3,9 @@
 `start_broker(data_dir)` prefers Mosquitto (MQTT 5, `$share` subscriptions, on-disk persistence) and
 falls back to amqtt, a pure-Python broker that needs no install but speaks MQTT 3.1.1 only and takes a
 `$share/…` filter literally (it matches nothing) — so callers must check `shared_subscriptions`.
-Both listen on 127.0.0.1 only.
+Both listen on 127.0.0.1 only. `start_broker(…, secured=SecuredFiles(…))` (the demo) runs Mosquitto
+with deploy/mosquitto.conf: no anonymous clients, the dynamic security plugin; amqtt is always
+anonymous. The plain `mosquitto_config` (anonymous) is for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -251,7 +253,7 @@ async def start_mosquitto(
     data_dir: Path, *, port: int = 0, config: ConfigWriter = mosquitto_config
 ) -> AsyncIterator[BrokerInfo]:
     """Run Mosquitto on 127.0.0.1 with persistence in `data_dir`; stop it on exit. `config` writes its
-    configuration (default: anonymous, for tests and the demo; see `secured_config`)."""
+    configuration (default: anonymous, for tests and benchmarks; the demo runs `secured_config`)."""
     exe = mosquitto_path()
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
