@@ -11,13 +11,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from ingest.adapters.mqtt import MqttConfig, Received
+from ingest.adapters.mqtt import MqttConfig, Received, drop_session
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.consumer import Consumer
@@ -26,7 +27,9 @@ from ingest.model import Reason, RejectedMessage
 from ingest.retention import prune_once
 from ingest.service import serve_api
 from simulator import cheaters
-from simulator.fleet import SimDevice, device_record, make_fleet, next_message
+from simulator.fleet import SimDevice, device_record, make_fleet, next_message, unique_client_id
+from tests.integration.test_workers import register
+from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +146,64 @@ async def test_rows_past_the_retention_are_deleted_in_batches(store: Store) -> N
     expired, trimmed = await store.prune_rejections(now - 7 * DAY_MS, sorted(UNSIGNED), 50, batch=4)
     assert (expired, trimmed) == (25, 0)  # 7 statements of ≤ 4 rows
     assert (await store.counts())["rejections"] == {"clock_skew": 5}
+
+
+async def test_depin_run_budgets_garbage_and_prunes_expired_rows(
+    store: Store,
+    pg_dsn: str,
+    anvil_url: str,
+    w3: Any,
+    deployment: Any,
+    signer: Any,
+    accounts: list,
+    mosquitto: Any,
+    tmp_path: Path,
+) -> None:
+    """The wiring, as an OS process (`depin run --parts consume,api`) on Mosquitto: the budget comes
+    from DEPIN_REJECTIONS_*, and the consume part prunes expired rows by itself."""
+    (a,) = fleet = make_fleet(1, [accounts[2].address], seed=random.randrange(2**32))
+    await register(w3, deployment, signer, fleet)
+    deployment.save(tmp_path / "deployment.json")
+    now = _now()
+    expired = [
+        RejectedMessage(os.urandom(32), a.device_id, i, Reason.RATE_LIMITED, "", now - 8 * DAY_MS, a.topic)
+        for i in range(30)
+    ]
+    await store.write_batch([], expired)
+    env = consumer_env(
+        database_url=pg_dsn,
+        mqtt_host=mosquitto.host,
+        mqtt_port=mosquitto.port,
+        client_id=unique_client_id("rows"),
+        group=unique_client_id("g"),
+        chain_rpc_url=anvil_url,
+        deployment_file=tmp_path / "deployment.json",
+        rejections_per_topic_burst=5,
+        rejections_prune_interval_s=0.5,
+    )
+    worker = ConsumerProcess(env, tmp_path / "worker.log")
+    try:
+        await worker.start()
+        garbage = [(a.topic, os.urandom(50)) for _ in range(300)]
+        signed = (a.topic, next_message(a, _now() + 120_000))  # clock_skew
+        await publish_resilient(mosquitto.host, mosquitto.port, [*garbage, signed])
+
+        async def handled() -> bool:
+            return (await worker.metrics()).get("depin_received_total", 0.0) >= 301
+
+        await wait_for(handled, 30, "301 messages handled")
+
+        async def pruned() -> dict[str, float]:
+            m = await worker.metrics()
+            return m if m.get('depin_rejections_pruned_total{why="expired"}') == 30 else {}
+
+        m = await wait_for(pruned, 10, "the 30 expired rows pruned")
+        rows = (await table_counts(pg_dsn)).rejections
+        # 5 rows of garbage (the burst; + at most 1 refilled at 10/min), the signed one, no expired one.
+        assert rows["clock_skew"] == 1 and 5 <= rows["malformed"] <= 6 and "rate_limited" not in rows, rows
+        assert m['depin_rejected_total{reason="malformed"}'] == 300
+        assert m['depin_rejections_unrecorded_total{reason="malformed"}'] == 300 - rows["malformed"]
+        assert await worker.stop() == 0, worker.log_tail()
+    finally:
+        worker.kill()
+        await drop_session(mosquitto.host, mosquitto.port, env["DEPIN_MQTT_CLIENT_ID"])
