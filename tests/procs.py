@@ -93,6 +93,8 @@ class ConsumerProcess:
     api_port: int = 0
     starts: int = field(default=0)
     parts: str = "consume,api"
+    # start() waits until the process is subscribed; False: until its API answers (no consume part)
+    wait_for_mqtt: bool = True
 
     @property
     def url(self) -> str:
@@ -133,8 +135,17 @@ class ConsumerProcess:
                 raise _Exited(tail)
             raise AssertionError(f"consumer process exited ({self.proc and self.proc.returncode}):\n{tail}")
         with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            if not self.wait_for_mqtt:
+                return "depin_epoch_errors_total" in await self.metrics()
             return (await self.metrics()).get("depin_mqtt_connected", 0.0) == 1.0
         return False
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(f"{self.url}/readyz") as r,
+        ):
+            return r.status, await r.json()
 
     async def metrics(self) -> dict[str, float]:
         """This process's samples: `name` or `name{label="v",…}` (labels sorted) → value."""
@@ -331,3 +342,69 @@ class PostgresControl:
             str(self.data_dir / "log"),
             "start",
         )
+
+
+# --- chain RPC --------------------------------------------------------------------------------------------
+
+
+class HangingProxy:
+    """A TCP forwarder in front of anvil whose answers the test can hold back: `hang()` makes the RPC
+    accept requests and never answer (a node stuck, not down), `release()` lets the answers through."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def stop(self) -> None:
+        self._flowing.set()
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if held:
+                        await self._flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
