@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import aiohttp
+import asyncpg
 from prometheus_client import Counter, Gauge
 from web3 import AsyncHTTPProvider
 from web3.exceptions import BlockNotFound
@@ -265,7 +266,14 @@ class RegistryFollower:
         except Exception as exc:
             self.sync_failures += 1
             SYNC_FAILURES.inc()
-            self._rpc_failed(exc)
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                # The database failed, not the chain (which answered before the write): the chain
+                # stays up; `/readyz` names the database.
+                self.healthy = False
+                self.last_error = f"database: {type(exc).__name__}: {exc}"[:300]
+                self.last_ok = time.monotonic()
+            else:
+                self._rpc_failed(exc)
             raise
         self.healthy = self.rpc_up = True
         self.last_error = None

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,6 +290,87 @@ async def try_counts(dsn: str) -> Counts | None:
         return await table_counts(dsn)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         return None
+
+
+class ConnectionHog:
+    """Takes every connection slot of a PostgreSQL server (`max_connections`), as a connection leak or
+    a burst of clients elsewhere would: `exhaust()` opens connections until the server refuses
+    ("too many clients already"), terminates every other client's backend and takes their slots too,
+    until nobody else holds one. `release()` gives them all back."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conns: list[asyncpg.Connection] = []
+
+    async def fill(self) -> None:
+        while True:
+            try:
+                self.conns.append(await asyncpg.connect(self.dsn, timeout=5))
+            except asyncpg.TooManyConnectionsError:
+                return
+
+    async def others(self) -> int:
+        """Client backends that are not ours (our first connection asks)."""
+        mine = [c.get_server_pid() for c in self.conns]
+        return int(
+            await self.conns[0].fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND pid <> ALL($1::int[])",
+                mine,
+            )
+        )
+
+    async def exhaust(self, timeout: float = 30.0) -> int:
+        """Returns how many connections the hog holds once nobody else holds any."""
+        deadline = time.monotonic() + timeout
+        await self.fill()
+        if not self.conns:
+            raise AssertionError("could not open a single connection to hog")
+        while True:
+            mine = [c.get_server_pid() for c in self.conns]
+            await self.conns[0].execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> ALL($1::int[])",
+                mine,
+            )
+            # Grab each slot the moment its backend has exited, before the victim's pool reconnects.
+            spin_until = time.monotonic() + 1.0
+            while time.monotonic() < spin_until:
+                before = len(self.conns)
+                await self.fill()
+                if len(self.conns) > before and await self.others() == 0:
+                    break
+                await asyncio.sleep(0.005)
+            if await self.others() == 0:
+                return len(self.conns)
+            if time.monotonic() > deadline:
+                rows = await self.conns[0].fetch(
+                    "SELECT pid, usename, application_name, state, query FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> ALL($1::int[])",
+                    [c.get_server_pid() for c in self.conns],
+                )
+                raise AssertionError(f"others still hold connections: {[dict(r) for r in rows]}")
+
+    async def release(self) -> None:
+        conns, self.conns = self.conns, []
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def small_postgres(max_connections: int = 20) -> AsyncIterator[str]:
+    """A throw-away embedded PostgreSQL restarted with `max_connections` lowered (cheap to exhaust)."""
+    from ingest.adapters.db import embedded_postgres
+
+    async with embedded_postgres() as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"ALTER SYSTEM SET max_connections = {int(max_connections)}")
+        finally:
+            await conn.close()
+        pg = await PostgresControl.of(dsn)
+        await pg.stop()
+        await pg.start()
+        yield dsn
 
 
 class PostgresControl:
