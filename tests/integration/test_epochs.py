@@ -23,10 +23,11 @@ from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import REWARDS_ROLE, Deployment, DistributorClient, Signer
-from ingest.adapters.db import create_pool
+from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.store import Store
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket, DeviceRecord, Reading
+from tests.procs import ConnectionHog, small_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -493,3 +494,51 @@ async def test_a_lost_nonce_whose_epoch_is_on_chain_with_our_root_is_adopted(
     messages = [r.getMessage() for r in caplog.records]
     assert any("was used by another transaction" in m for m in messages)
     assert any("epoch 1 published: " in m and "(found on chain)" in m for m in messages)
+
+
+async def test_the_scheduler_rides_out_a_database_with_no_free_connection(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: `TooManyConnectionsError` (a real PostgreSQL with max_connections = 20, every slot
+    taken by the test, the scheduler's own connections terminated) is a failed attempt like any
+    other: logged, shown (`failing`, `depin_epoch_publish_failing`), retried; then the epoch is done."""
+    from ingest import metrics
+
+    async with small_postgres(20) as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        hog = ConnectionHog(dsn)
+        try:
+            await migrate(pool)
+            store = Store(pool)
+            await store.upsert_devices([await _device_row(world, d) for d in range(3)], block=10)
+            local = dataclasses.replace(world, store=store)
+            await local.readings_in(1)
+            epochs = local.epochs()
+            await hog.exhaust()
+            failures = 0
+
+            async def release_after_two(_: float) -> None:
+                nonlocal failures
+                if epochs.failing:
+                    failures += 1
+                    assert metrics.EPOCH_FAILING._value.get() == 1
+                    if failures == 2:
+                        await hog.release()
+
+            clock = FakeClock(world.end(1) + GRACE, before_sleep=release_after_two)
+            await clock.run_until(epochs, clock.now + 1_000 + 2_000 + 1)
+            messages = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+            assert len(messages) == 2 and all(
+                "TooManyConnectionsError" in m or "too many" in m for m in messages
+            )
+            assert (await local.stored())[1]["status"] == "published"
+            assert not epochs.failing and metrics.EPOCH_FAILING._value.get() == 0
+        finally:
+            await hog.release()
+            await pool.close()
+
+
+async def _device_row(world: World, d: int) -> DeviceRecord:
+    row = await world.store.pool.fetchrow("SELECT owner FROM devices WHERE device_id = $1", dev(d))
+    assert row is not None
+    return DeviceRecord(dev(d), b"k" * 32, row["owner"], 1, 0, True, 10 + d)
