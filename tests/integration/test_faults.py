@@ -326,14 +326,15 @@ async def test_out_of_database_connections_mid_stream_is_retried_and_the_process
         try:
             await w.start()
             stats = PublishStats()
-            pub = asyncio.create_task(
-                publish_resilient(
-                    mosquitto.host, mosquitto.port, scenario.messages, rate_per_s=RATE, stats=stats
-                )
-            )
+            first, rest = scenario.messages[:400], scenario.messages[400:]
+            await publish_resilient(mosquitto.host, mosquitto.port, first, rate_per_s=RATE, stats=stats)
             await until_stored(dsn, 300)
             held = await hog.exhaust()
             full = time.perf_counter()
+            # The rest of the stream arrives while the database is full: its commits are refused.
+            pub = asyncio.create_task(
+                publish_resilient(mosquitto.host, mosquitto.port, rest, rate_per_s=RATE, stats=stats)
+            )
             # The follower has blocks to fold (and rows to write) while the database is full.
             extra = make_fleet(1, [scenario.fleet[0].owner], seed=random.randrange(2**32))[0]
             await RegistryClient(w3, deployment, signer).register(
