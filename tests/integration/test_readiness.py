@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
 
-from devices.chain import REWARDS_ROLE, DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.chain import REWARDS_ROLE, Deployment, DeviceInput, DistributorClient, RegistryClient, Signer
+from ingest import metrics
 from ingest.adapters.broker import start_mosquitto
+from ingest.adapters.store import Store
+from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from simulator.fleet import make_fleet, next_message, unique_client_id
 from tests.procs import ConsumerProcess, HangingProxy, consumer_env, publish_resilient, wait_for
 
@@ -139,3 +143,34 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
             svc.kill()
             api.kill()
             await rpc.stop()
+
+
+async def test_an_on_demand_read_that_times_out_counts_as_the_rpc_down(
+    store: Store, deployment: Deployment, anvil_url: str
+) -> None:
+    """Before issue 11 a hanging RPC made on-demand reads time out while `depin_chain_rpc_up` stayed 1."""
+    host, port = anvil_url.removeprefix("http://").rsplit(":", 1)
+    rpc = HangingProxy(host, int(port))
+    await rpc.start()
+    w3 = AsyncWeb3(chain_provider(rpc.url, timeout_s=5))
+    follower = RegistryFollower(
+        RegistryClient(w3, deployment), store, RegistryMirror(), start_block=deployment.block,
+        prefetch_timeout_s=0.5,
+    )  # fmt: skip
+    try:
+        await follower.load()
+        await follower.sync_once()
+        assert follower.rpc_up and metrics.CHAIN_UP._value.get() == 1
+        timeouts = metrics.CHAIN_RPC_TIMEOUTS._value.get()
+        rpc.hang()
+        await follower.prefetch({b"\x42" * 32})
+        assert follower.reads["timeout"] == 1
+        assert not follower.rpc_up and metrics.CHAIN_UP._value.get() == 0
+        assert metrics.CHAIN_RPC_TIMEOUTS._value.get() == timeouts + 1
+        assert "timed out" in (follower.last_error or "")
+        rpc.release()
+        await follower.sync_once()
+        assert follower.rpc_up and metrics.CHAIN_UP._value.get() == 1
+    finally:
+        await w3.provider.disconnect()
+        await rpc.stop()
