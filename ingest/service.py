@@ -119,8 +119,8 @@ class Node:
             epoch_failing=self.epochs.failing,
             epoch_due_since=self.epochs.due_since,
         )
-        rules = ReadyRules(s.ready_mqtt_grace_s, s.ready_chain_stale_s, s.ready_epoch_overdue_s)
-        failing = readiness.failing(parts, state, rules)
+        ready_rules = ReadyRules(s.ready_mqtt_grace_s, s.ready_chain_stale_s, s.ready_epoch_overdue_s)
+        failing = readiness.failing(parts, state, ready_rules)
         report: dict[str, Any] = {"parts": sorted(self.parts), "database": db_ok}
         if "follow" in parts:
             report.update(
