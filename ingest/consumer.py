@@ -53,6 +53,9 @@ DB_TRANSIENT = (
     # After the server went away mid-operation, asyncpg's pool can hand out a connection whose protocol
     # is still "in an operation" (MagicStack/asyncpg#784): the pool's connections are replaced, see below.
     asyncpg.exceptions.InternalClientError,
+    # Out of connections ("sorry, too many clients already", SQLSTATE 53300): the pool could not open a
+    # connection to replace one it lost; others free theirs, so retry like any outage.
+    asyncpg.exceptions.TooManyConnectionsError,
 )
 
 
@@ -104,6 +107,9 @@ class Consumer:
         self.rejection_budget = RejectionBudget() if rejection_budget is None else rejection_budget
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
+        # monotonic time since which the consumer has had no connection (None while connected): the
+        # readiness rule allows a short reconnect (ingest/core/readiness.py).
+        self.down_since: float | None = time.monotonic()
         self._source: MqttSource | None = None
         self._in_batch = 0  # messages of the batch being judged/committed (not acked yet)
         self._feedback: dict[bytes, DeviceFeedback] = {}
@@ -124,6 +130,7 @@ class Consumer:
                     connected = True
                     self._source = source
                     self.connected.set()
+                    self.down_since = None
                     metrics.MQTT_CONNECTED.set(1)
                     backoff = 0.2
                     while True:
@@ -166,6 +173,8 @@ class Consumer:
     def _disconnected(self) -> None:
         # Whatever the dropped connection held is gone from this process: the broker redelivers it.
         self.connected.clear()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         metrics.MQTT_CONNECTED.set(0)
         self._source = None
         self._in_batch = 0

@@ -19,22 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from eth_account import Account
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
+from ingest import metrics
 from ingest.adapters.db import create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.brokerauth import read_password_file
-from ingest.consumer import Consumer
-from ingest.core import rules
+from ingest.consumer import DB_TRANSIENT, Consumer
+from ingest.core import readiness, rules
+from ingest.core.readiness import PartsState, ReadyRules
 from ingest.core.rejection_budget import BudgetConfig, RejectionBudget
 from ingest.epochs import EpochConfig, Epochs
 from ingest.pipeline import PipelineConfig
-from ingest.registry import PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
+from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
+from ingest.rewards_key import check_rewards_role
+from ingest.rewards_key import rewards_account as load_rewards_account
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,22 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 
 def rewards_account(settings: Settings) -> Any:
-    if settings.rewards_key is not None:
-        return Account.from_key(settings.rewards_key.get_secret_value())
-    if settings.rewards_key_file is not None:
-        return Account.from_key(settings.rewards_key_file.read_text().strip())
-    return None
+    """The REWARDS_ROLE account, parsed strictly (ingest/rewards_key.py); None without a key."""
+    return load_rewards_account(settings)
+
+
+@web.middleware
+async def database_unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request that meets the database down or out of connections is a 503 with Retry-After, not a
+    500: the client retries, the process keeps serving."""
+    try:
+        return await handler(request)
+    except DB_TRANSIENT as exc:
+        metrics.API_DB_UNAVAILABLE.inc()
+        log.warning("API %s %s: database unavailable (%s)", request.method, request.path, exc)
+        return web.json_response(
+            {"error": "database unavailable, retry later"}, status=503, headers={"Retry-After": "1"}
+        )
 
 
 @dataclass
@@ -82,30 +96,66 @@ class Node:
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
+    parts: frozenset[str] = frozenset(PARTS)
 
     async def ready(self) -> dict[str, Any]:
+        """Readiness of the parts this process runs (`--parts`); the rules are
+        `ingest.core.readiness.failing` (README "Readiness")."""
         db_ok = True
         try:
-            await self.store.pool.fetchval("SELECT 1")
+            await asyncio.wait_for(self.store.pool.fetchval("SELECT 1"), 5)
         except Exception:
             db_ok = False
-        chain_ok = self.follower.healthy and self.follower.rpc_up
-        report: dict[str, Any] = {
-            "database": db_ok,
-            "registry": self.follower.healthy,
-            "registry_block": self.mirror.block,
-            "devices": len(self.mirror.devices),
-            "chain_rpc": self.follower.rpc_up,
-            "chain_error": self.follower.last_error,
-            "mqtt": self.consumer.connected.is_set(),
-        }
+        parts = set(self.parts)
+        if "consume" in parts:
+            parts.add("follow")
+        s = self.settings
+        state = PartsState(
+            now=time.monotonic(),
+            database_ok=db_ok,
+            mqtt_connected=self.consumer.connected.is_set(),
+            mqtt_down_since=self.consumer.down_since,
+            chain_rpc_up=self.follower.rpc_up,
+            chain_last_ok=self.follower.last_ok,
+            chain_watch_since=self.follower.watch_since,
+            epoch_failing=self.epochs.failing,
+            epoch_due_since=self.epochs.due_since,
+        )
+        ready_rules = ReadyRules(s.ready_mqtt_grace_s, s.ready_chain_stale_s, s.ready_epoch_overdue_s)
+        failing = readiness.failing(parts, state, ready_rules)
+        report: dict[str, Any] = {"parts": sorted(self.parts), "database": db_ok}
+        if "follow" in parts:
+            report.update(
+                registry=self.follower.healthy,
+                registry_block=self.mirror.block,
+                devices=len(self.mirror.devices),
+                chain_rpc=self.follower.rpc_up,
+                chain_error=self.follower.last_error,
+                chain_last_sync_age_s=None
+                if self.follower.last_ok is None
+                else round(state.now - self.follower.last_ok, 1),
+            )
+        if "consume" in parts:
+            report["mqtt"] = state.mqtt_connected
+            if state.mqtt_down_since is not None:
+                report["mqtt_down_s"] = round(state.now - state.mqtt_down_since, 1)
+        if "epochs" in parts:
+            report.update(
+                epochs_failing=self.epochs.failing,
+                epoch_error=self.epochs.last_error,
+                epoch_due_s=None
+                if self.epochs.due_since is None
+                else round(state.now - self.epochs.due_since, 1),
+            )
         # Name what is failing, so a 503 says "chain" (RPC down: known devices still flow) or "database".
-        report["failing"] = [name for name, ok in (("database", db_ok), ("chain", chain_ok)) if not ok]
-        report["ready"] = db_ok and chain_ok
+        report["failing"] = failing
+        report["ready"] = not failing
         return report
 
     def app(self) -> web.Application:
-        return create_app(self.store, self.ready, max_rows=self.settings.api_max_rows)
+        app = create_app(self.store, self.ready, max_rows=self.settings.api_max_rows)
+        app.middlewares.append(database_unavailable)
+        return app
 
 
 def build_node(
@@ -116,6 +166,7 @@ def build_node(
     *,
     rewards: Any = None,
     mqtt: MqttConfig | None = None,
+    parts: Iterable[str] = PARTS,
 ) -> Node:
     mirror = RegistryMirror()
     follower = RegistryFollower(
@@ -160,7 +211,7 @@ def build_node(
             grace_ms=int(settings.epoch_grace_s * 1000),
         ),
     )
-    return Node(settings, store, mirror, follower, consumer, epochs)
+    return Node(settings, store, mirror, follower, consumer, epochs, frozenset(parts))
 
 
 @asynccontextmanager
@@ -240,9 +291,12 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             loop.add_signal_handler(sig, stop.set)
     log.info("depin run: parts %s (pid %d)", ", ".join(p for p in PARTS if p in parts), os.getpid())
     mqtt = mqtt_config(settings)  # before anything starts: an unreadable password file is one error line
+    # The same for the rewards key (format, file mode); its role is checked once the chain is known.
+    rewards = rewards_account(settings) if "epochs" in parts else None
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
-        w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
+        w3 = AsyncWeb3(chain_provider(settings.chain_rpc_url, settings.chain_rpc_timeout_s))
+        stack.push_async_callback(w3.provider.disconnect)
         deployment = Deployment.load(settings.deployment_file)
         log.info(
             "chain: %s, deployment %s (chain id %d, registry %s, distributor %s, from block %d)",
@@ -253,8 +307,10 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             deployment.distributor,
             deployment.block,
         )
-        rewards = rewards_account(settings)
-        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt)
+        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt, parts=parts)
+        if rewards is not None and node.epochs.distributor is not None:
+            setting = "DEPIN_REWARDS_KEY_FILE" if settings.rewards_key_file else "DEPIN_REWARDS_KEY"
+            await check_rewards_role(node.epochs.distributor, rewards, setting)
         await node.follower.load()
         if "consume" in parts:
             await first_registry_sync(node)
