@@ -1,7 +1,7 @@
 """What device firmware does: build a packet, sign it as COSE_Sign1, publish it over MQTT (QoS 1).
 
 On a secured broker (deploy/mosquitto.conf) a device logs in as its device id (hex) with the password
-`depin broker passwd --cred` stored in its credential file (`BrokerLogin.from_credentials`), optionally
+`depin broker dynsec --cred` stored in its credential file (`BrokerLogin.from_credentials`), optionally
 over TLS. It may then publish only on its own …/up and read only its own …/ack.
 """
 
@@ -52,14 +52,14 @@ class BrokerLogin:
     def from_credentials(
         cls, cred: Path, *, tls: bool = False, tls_ca_file: str | None = None
     ) -> BrokerLogin:
-        """The device's login from its credential file (`"mqtt_password"`, from `depin broker passwd`)."""
+        """The device's login from its credential file (`"mqtt_password"`, from `depin broker dynsec`)."""
         try:
             data = json.loads(Path(cred).read_text())
             username, password = str(data["device_id"]), str(data["mqtt_password"])
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(
                 f"{cred}: no MQTT login in this credential file ({exc}); "
-                f"run `depin broker passwd --cred {cred}`"
+                f"run `depin broker dynsec --file … --cred {cred}`"
             ) from None
         return cls(username, password, tls=tls, tls_ca_file=tls_ca_file)
 

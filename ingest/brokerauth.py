@@ -1,8 +1,16 @@
-"""`depin broker …`: Mosquitto's password file and ACL for a device fleet and the service account(s).
+"""`depin broker …`: the broker's logins and ACLs for a device fleet and the service account(s).
+
+`depin broker dynsec` writes the file of Mosquitto's dynamic security plugin (deploy/mosquitto.conf
+loads it): one client per device with a role of its own whose ACLs name its own topics literally, one
+shared role for the service accounts, and every ACL type denied by default. Unlike `acl_file`, the plugin
+checks subscriptions when they are made, so a device's `$share/<group>/depin/v1/+/up` is refused
+(SUBACK "Not authorized") instead of joining the service's share group and swallowing its share of the
+messages. Mosquitto 2.0.11's plugin substitutes neither %u nor %c, hence a role per device.
+`depin broker passwd` / `acl` write the older password file + ACL (`acl_file` leaves that hole open).
 
 Pure parts (tested without a broker): `hash_password` writes Mosquitto 2's `$7$` format (PBKDF2-HMAC-
 SHA512, 101 iterations, 12-byte salt, base64 — what `mosquitto_passwd` writes), `upsert_passwd` replaces
-or appends entries and keeps everything else, `acl_text` is the ACL that deploy/mosquitto.acl documents.
+or appends entries and keeps everything else, `acl_text` is the ACL for an `acl_file` broker.
 
 Devices log in with username = their device id (64 lowercase hex, as in their topic) and a random
 password that is kept in their own 0600 credential file as `"mqtt_password"`: the file the device is
@@ -25,6 +33,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devices.keys import load_identity
 
@@ -35,11 +44,23 @@ CRED_PASSWORD_KEY = "mqtt_password"
 # spaces, colons or topic wildcards.
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-# The broker's rules (deploy/mosquitto.acl). `pattern` lines apply to every authenticated client with
-# %u = its username: a device (username = its id) may publish only on its own …/up and read only its own
-# …/ack. Service accounts read every device's …/up (the consumer's shared subscription) and write acks.
+# The rules of an `acl_file` broker (`depin broker acl`). `pattern` lines apply to every authenticated
+# client with %u = its username: a device (username = its id) may publish only on its own …/up and read
+# only its own …/ack. Service accounts read every device's …/up (the consumer's subscription) and write acks.
 DEVICE_RULES = ("pattern write depin/v1/%u/up", "pattern read depin/v1/%u/ack")
 SERVICE_RULES = ("topic read depin/v1/+/up", "topic write depin/v1/+/ack")
+
+# Dynamic security (deploy/mosquitto.conf). Everything is denied unless a role allows it; unsubscribing is
+# harmless. The salt must be 12 bytes (Mosquitto 2.0.11's plugin refuses to load other lengths).
+DYNSEC_DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": False,
+    "subscribe": False,
+    "unsubscribe": True,
+}
+SERVICE_ROLE = "depin-service"
+DEVICE_ROLE_PREFIX = "depin-device-"
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class BrokerAuthError(ValueError):
@@ -108,6 +129,102 @@ def acl_text(service_users: Sequence[str]) -> str:
         lines += ["", "# The ingest service: reads every device's …/up, writes their …/ack.", f"user {user}"]
         lines += list(SERVICE_RULES)
     return "\n".join(lines) + "\n"
+
+
+def dynsec_hash(password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> dict[str, Any]:
+    """The plugin's password fields: base64 PBKDF2-HMAC-SHA512 digest, base64 12-byte salt, iterations."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": iterations,
+    }
+
+
+def check_dynsec_password(password: str, client: dict[str, Any]) -> bool:
+    try:
+        salt, digest = base64.b64decode(client["salt"]), base64.b64decode(client["password"])
+        mine = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(client["iterations"]))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return hmac.compare_digest(mine, digest)
+
+
+def _acl(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
+
+
+def device_role(device_hex: str) -> dict[str, Any]:
+    """A device's own role: publish on its …/up, subscribe to and receive its …/ack, all literal."""
+    return {
+        "rolename": DEVICE_ROLE_PREFIX + device_hex,
+        "acls": [
+            _acl("publishClientSend", f"depin/v1/{device_hex}/up"),
+            _acl("subscribeLiteral", f"depin/v1/{device_hex}/ack"),
+            _acl("publishClientReceive", f"depin/v1/{device_hex}/ack"),
+        ],
+    }
+
+
+def service_role() -> dict[str, Any]:
+    """The service accounts' role: subscribe to every device's …/up, shared (any group) or not, receive
+    it, and publish the …/ack feedback."""
+    return {
+        "rolename": SERVICE_ROLE,
+        "acls": [
+            _acl("subscribePattern", "$share/+/depin/v1/+/up"),
+            _acl("subscribePattern", "depin/v1/+/up"),
+            _acl("publishClientReceive", "depin/v1/+/up"),
+            _acl("publishClientSend", "depin/v1/+/ack"),
+        ],
+    }
+
+
+def dynsec_update(
+    doc: dict[str, Any] | None,
+    devices: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]],
+    remove: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The plugin's config `doc` with each device (hex id → `dynsec_hash` fields) and service account
+    written as a client with its role, those in `remove` (and a removed device's role) taken out, our
+    roles and the default access rewritten as this module defines them, every other client, group and
+    role kept (an operator's admin account, say). A new `doc` when None."""
+    for name in devices:
+        if not _HEX_ID.fullmatch(name):
+            raise BrokerAuthError(f"not a device id (64 lowercase hex digits): {name!r}")
+    for name in services:
+        check_username(name)
+        if _HEX_ID.fullmatch(name):
+            raise BrokerAuthError(f"service account {name!r} looks like a device id")
+    doc = {} if doc is None else dict(doc)
+    gone = set(remove)
+    ours = set(devices) | set(services)
+    clients = [
+        c for c in doc.get("clients", []) if c.get("username") not in gone and c.get("username") not in ours
+    ]
+    by_name = {c.get("username"): c for c in doc.get("clients", [])}
+    for name, pw in [*devices.items(), *services.items()]:
+        role = DEVICE_ROLE_PREFIX + name if name in devices else SERVICE_ROLE
+        old = by_name.get(name, {})
+        client = {k: v for k, v in old.items() if k not in ("password", "salt", "iterations")}
+        client.update({"username": name, **pw, "roles": [{"rolename": role}]})
+        clients.append(client)
+    clients.sort(key=lambda c: str(c.get("username")))
+    wanted = {DEVICE_ROLE_PREFIX + c["username"] for c in clients if _HEX_ID.fullmatch(str(c["username"]))}
+    roles = [
+        r
+        for r in doc.get("roles", [])
+        if not str(r.get("rolename", "")).startswith(DEVICE_ROLE_PREFIX) and r.get("rolename") != SERVICE_ROLE
+    ]
+    roles.append(service_role())
+    roles += [device_role(name.removeprefix(DEVICE_ROLE_PREFIX)) for name in sorted(wanted)]
+    doc["defaultACLAccess"] = dict(DYNSEC_DEFAULT_ACCESS)
+    doc["clients"] = clients
+    doc["groups"] = doc.get("groups", [])
+    doc["roles"] = roles
+    return doc
 
 
 def new_password() -> str:
@@ -243,3 +360,74 @@ def cmd_acl(service_users: Sequence[str], out: Path | None) -> int:
         write_private(out, text)
         print(f"{out}: ACL written for service user(s) {', '.join(service_users)}", file=sys.stderr)
     return 0
+
+
+def cmd_dynsec(
+    file: Path,
+    creds: Iterable[Path],
+    user: str | None,
+    password_file: Path | None,
+    rotate: bool = False,
+    remove: Sequence[str] = (),
+) -> int:
+    """`depin broker dynsec`: add or replace devices (`--cred`) and a service account in the dynamic
+    security plugin's file, take out those named by `--remove`. Same password rules as `passwd`."""
+    creds = list(creds)
+    if user is None and password_file is not None:
+        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
+    if user is not None and password_file is None:
+        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
+    if not creds and user is None and not remove:
+        raise BrokerAuthError(
+            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
+        )
+    accounts, removed = update_dynsec_file(file, creds, user, password_file, rotate, remove)
+    created = sum(a.created for a in accounts)
+    print(
+        f"{file}: {len(accounts)} client(s) written ({created} new password(s), "
+        f"{len(accounts) - created} kept), {removed} removed; restart Mosquitto to "
+        "apply (its dynamic security plugin reads the file at start only)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def update_dynsec_file(
+    file: Path,
+    creds: Sequence[Path],
+    user: str | None,
+    password_file: Path | None,
+    rotate: bool = False,
+    remove: Sequence[str] = (),
+) -> tuple[list[Account], int]:
+    """Write the devices of `creds` and the service account `user` into the dynamic security `file`
+    (created when absent), take out `remove`; return the accounts written and how many were removed.
+    Every credential file is read before any is written: a bad one stops the run with nothing changed."""
+    for name in remove:
+        check_username(name)
+    text = _read(file, "dynamic security file")
+    try:
+        doc = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as exc:
+        raise BrokerAuthError(f"{file} is not JSON: {exc}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise BrokerAuthError(f"{file} is not a dynamic security file (a JSON object expected)")
+    adding = [load_identity(cred).hex_id for cred in creds] + ([user] if user is not None else [])
+    both = sorted(set(adding) & set(remove))
+    if both:
+        raise BrokerAuthError(f"{both[0]} is both added and removed")
+    if user is not None:
+        check_username(user)
+    accounts = [device_account(cred, rotate) for cred in creds]
+    services = []
+    if user is not None and password_file is not None:
+        services.append(service_account(user, password_file, rotate))
+    present = {c.get("username") for c in (doc or {}).get("clients", [])}
+    new = dynsec_update(
+        doc,
+        {a.username: dynsec_hash(a.password) for a in accounts},
+        {a.username: dynsec_hash(a.password) for a in services},
+        remove,
+    )
+    write_private(file, json.dumps(new, indent=2) + "\n")
+    return accounts + services, len(set(remove) & present)

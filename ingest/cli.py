@@ -66,6 +66,10 @@ def load_settings() -> Settings:
 def _broker(args: argparse.Namespace) -> int:
     from ingest import brokerauth
 
+    if args.broker_command == "dynsec":
+        return brokerauth.cmd_dynsec(
+            args.file, args.cred, args.user, args.password_file, args.rotate, args.remove
+        )
     if args.broker_command == "passwd":
         return brokerauth.cmd_passwd(
             args.file, args.cred, args.user, args.password_file, args.rotate, args.remove
@@ -219,11 +223,32 @@ def _add_hw_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    b = sub.add_parser("broker", help="Mosquitto password file and ACL for devices and the service")
+    b = sub.add_parser("broker", help="Mosquitto logins and ACLs for devices and the service")
     bsub = b.add_subparsers(dest="broker_command", required=True)
+    ds = bsub.add_parser(
+        "dynsec",
+        help="add or replace clients in Mosquitto's dynamic security file (what deploy/ uses; mode 0600)",
+        description="Devices log in as their id (hex) with the password kept in their credential file "
+        '("mqtt_password", generated if absent) and may publish only on their own .../up and subscribe '
+        "only to their own .../ack; the service account (--user) reads every .../up, shared or not, and "
+        "writes .../ack. Its password is kept in --password-file (generated if absent). Other clients, "
+        "groups and roles in --file are kept. Restart Mosquitto to apply.",
+    )
+    ds.add_argument("--file", type=Path, required=True, help="dynamic security JSON file to update")
+    ds.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
+    ds.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
+    ds.add_argument(
+        "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
+    )
+    ds.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
+    ds.add_argument(
+        "--remove", nargs="+", default=[], metavar="NAME", help="take clients out (a revoked device's id)"
+    )
+    ds.set_defaults(func=_broker)
     pw = bsub.add_parser(
         "passwd",
-        help="add or replace users in a Mosquitto password file (mode 0600)",
+        help="add or replace users in a Mosquitto password file (mode 0600; for acl_file brokers, "
+        "which let a device join the service's $share group: prefer dynsec)",
         description="Devices log in as their id (hex) with the password kept in their credential file "
         '("mqtt_password", generated if absent); the service account\'s password is kept in '
         "--password-file (generated if absent). Other users in --file are kept.",

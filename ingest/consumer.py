@@ -33,6 +33,7 @@ from ingest.adapters.mqtt import (
 )
 from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
+from ingest.core.rejection_budget import RejectionBudget
 from ingest.core.verify import ack_topic, device_from_topic
 from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
@@ -52,6 +53,9 @@ DB_TRANSIENT = (
     # After the server went away mid-operation, asyncpg's pool can hand out a connection whose protocol
     # is still "in an operation" (MagicStack/asyncpg#784): the pool's connections are replaced, see below.
     asyncpg.exceptions.InternalClientError,
+    # Out of connections ("sorry, too many clients already", SQLSTATE 53300): the pool could not open a
+    # connection to replace one it lost; others free theirs, so retry like any outage.
+    asyncpg.exceptions.TooManyConnectionsError,
 )
 
 
@@ -86,6 +90,7 @@ class Consumer:
         batch_max_wait_s: float = 0.05,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         prefetch: Callable[[set[bytes]], Awaitable[None]] | None = None,
+        rejection_budget: RejectionBudget | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.store = store
@@ -98,8 +103,13 @@ class Consumer:
         # Called with the device ids named by a batch's topics before it is judged, so the registry
         # can resolve ids its mirror does not know (one bounded, cached chain read each) off the hot path.
         self.prefetch = prefetch
+        # Which rejections get a row: signed ones always, unsigned ones per topic while the budget lasts.
+        self.rejection_budget = RejectionBudget() if rejection_budget is None else rejection_budget
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
+        # monotonic time since which the consumer has had no connection (None while connected): the
+        # readiness rule allows a short reconnect (ingest/core/readiness.py).
+        self.down_since: float | None = time.monotonic()
         self._source: MqttSource | None = None
         self._in_batch = 0  # messages of the batch being judged/committed (not acked yet)
         self._feedback: dict[bytes, DeviceFeedback] = {}
@@ -120,6 +130,7 @@ class Consumer:
                     connected = True
                     self._source = source
                     self.connected.set()
+                    self.down_since = None
                     metrics.MQTT_CONNECTED.set(1)
                     backoff = 0.2
                     while True:
@@ -162,6 +173,8 @@ class Consumer:
     def _disconnected(self) -> None:
         # Whatever the dropped connection held is gone from this process: the broker redelivers it.
         self.connected.clear()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         metrics.MQTT_CONNECTED.set(0)
         self._source = None
         self._in_batch = 0
@@ -180,8 +193,11 @@ class Consumer:
 
     async def commit(self, batch: list[Received], sorted_batch: Sorted) -> BatchResult:
         """Store a judged batch (retrying while the database is away) and count its outcomes."""
-        result = await self._commit_with_retry(sorted_batch.accepted, sorted_batch.rejected)
+        recorded, unrecorded = self.rejection_budget.split(sorted_batch.rejected, self.clock())
+        result = await self._commit_with_retry(sorted_batch.accepted, recorded)
         self._count(batch, result, sorted_batch.accepted, sorted_batch.rejected)
+        for r in unrecorded:  # counted in depin_rejected_total too, by _count
+            metrics.REJECTIONS_UNRECORDED.labels(reason=r.reason).inc()
         if self.mqtt.ack_feedback:
             self._feedback = batch_feedback(
                 [(p.device_id, p.seq) for p in sorted_batch.accepted],

@@ -1,11 +1,13 @@
 """`depin demo`: the whole path on one machine, with real parts.
 
-Embedded PostgreSQL, a broker (Mosquitto if installed, else in-process amqtt), a local chain (anvil
-from contracts/node_modules if present, else in-process eth-tester); deploy the contracts, register a
-simulated fleet on chain, stream signed readings (and a few cheaters) over MQTT while the service's
-own parts run (consumer, registry follower, epoch scheduler that closes each epoch and publishes its
-Merkle root by itself), claim one owner's reward, and print a summary. The API stays up unless
-`--exit` is given.
+Embedded PostgreSQL, a broker (Mosquitto with deploy/mosquitto.conf — no anonymous clients, each
+device confined to its own topics by the dynamic security plugin, logins written as `depin broker
+dynsec` writes them — if installed, else the in-process amqtt broker, which is anonymous), a local
+chain (anvil from contracts/node_modules if present, else in-process eth-tester); deploy the
+contracts, register a simulated fleet on chain, stream signed readings (and a few cheaters) over MQTT
+while the service's own parts run (consumer, registry follower, epoch scheduler that closes each
+epoch and publishes its Merkle root by itself), claim one owner's reward, and print a summary. The
+API stays up unless `--exit` is given.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import DeviceInput, DistributorClient, RegistryClient, Signer, deploy_contracts
-from ingest.adapters.broker import start_broker
+from devices.keys import DeviceIdentity, new_identity, save_identity
+from devices.sdk import BrokerLogin
+from ingest.adapters.broker import BrokerInfo, SecuredFiles, start_broker
 from ingest.adapters.db import dsn_with_database, embedded_postgres
 from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil, start_eth_tester
 from ingest.adapters.mqtt import MqttConfig
+from ingest.brokerauth import update_dynsec_file
 from ingest.core.schedule import epoch_bounds
 from ingest.service import build_node, open_stores, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
-from simulator.fleet import make_fleet, next_message, publish_raw, stream
+from simulator.fleet import SimDevice, connected_publisher, make_fleet, next_message
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,36 @@ class DemoOptions:
 
 
 DEFAULT_API_PORT = 8080
+SERVICE_USER = "depin-ingest"
+
+
+@dataclass(frozen=True)
+class DemoLogins:
+    """Broker logins for the demo's clients, as `depin broker dynsec` provisions them: the service's
+    account and one per device (username = device id hex). `None` logins on the anonymous amqtt broker."""
+
+    dynsec_file: Path
+    service_password_file: Path
+    devices: dict[str, BrokerLogin]  # topic id (hex) → login
+
+    def service(self) -> BrokerLogin:
+        return BrokerLogin(SERVICE_USER, self.service_password_file.read_text().strip())
+
+
+def provision_logins(auth_dir: Path, identities: list[DeviceIdentity]) -> DemoLogins:
+    """Credential files for the fleet (and the stranger), then the dynamic security file and the
+    service's password file, exactly as `depin broker dynsec --cred … --user depin-ingest` writes them."""
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    creds = []
+    for i, identity in enumerate(identities):
+        creds.append(auth_dir / f"dev-{i}.json")
+        save_identity(identity, creds[-1])
+    dynsec, svc = auth_dir / "dynamic-security.json", auth_dir / "svc.pass"
+    accounts, _ = update_dynsec_file(dynsec, creds, SERVICE_USER, svc)
+    devices = {
+        a.username: BrokerLogin(a.username, a.password) for a in accounts if a.username != SERVICE_USER
+    }
+    return DemoLogins(dynsec, svc, devices)
 
 
 def say(msg: str) -> None:
@@ -219,8 +254,25 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(_fresh_database(run_dir, "depin_demo"))
         say(f"PostgreSQL up ({dsn})")
-        broker = await stack.enter_async_context(start_broker(run_dir / "mqtt"))
-        say(f"MQTT broker up: {broker.kind} on {broker.host}:{broker.port}")
+        owners = demo_owners(opts.seed, opts.owners)
+        fleet = make_fleet(opts.devices, [o.address for o in owners], seed=opts.seed)
+        # A device provisioned on the broker but never registered on chain: its packets are
+        # `unknown_device`. Everyone else on the broker is a registered device or the service.
+        stranger = new_identity()
+        logins = provision_logins(run_dir / "auth", [d.identity for d in fleet] + [stranger])
+        broker = await stack.enter_async_context(
+            start_broker(run_dir / "mqtt", secured=SecuredFiles(logins.dynsec_file))
+        )
+        secured = broker.kind == "mosquitto"
+        say(
+            f"MQTT broker up: {broker.kind} on {broker.host}:{broker.port}, "
+            + (
+                f"secured (deploy/mosquitto.conf: dynamic security, {len(logins.devices)} device logins "
+                f"and the service's, {SERVICE_USER})"
+                if secured
+                else "ANONYMOUS (amqtt has no per-topic ACLs: any local client may read and publish anything)"
+            )
+        )
         w3, accounts, chain_desc, rpc_url = await stack.enter_async_context(_chain(run_dir))
         operator, rewards_acct = accounts[0], accounts[1]
         say(f"chain up: {chain_desc}")
@@ -229,8 +281,6 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         deployment.save(run_dir / "deployment.json")
         say(f"contracts deployed: registry {deployment.registry}, distributor {deployment.distributor}")
 
-        owners = demo_owners(opts.seed, opts.owners)
-        fleet = make_fleet(opts.devices, [o.address for o in owners], seed=opts.seed)
         registry = RegistryClient(w3, deployment, op_signer)
         await registry.register_batch(
             [
@@ -255,9 +305,11 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         mqtt = MqttConfig(
             host=broker.host,
             port=broker.port,
-            client_id="depin-demo-ingest",
+            client_id=SERVICE_USER,  # the broker uses the username as client id (use_username_as_clientid)
             shared=broker.shared_subscriptions,
             mqtt5=broker.shared_subscriptions,
+            username=SERVICE_USER if secured else None,
+            password=logins.service().password if secured else None,
         )
         node = build_node(settings, store, w3, deployment, rewards=rewards_acct, mqtt=mqtt, stores=stores)
         await node.follower.load()
@@ -276,24 +328,39 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
             serve_api(node.app(), settings.api_host, _api_port(opts.api_port))
         )
         say(f"API up at {api_url}")
-        env_file = _write_env(run_dir, _demo_env(run_dir, dsn, broker, rpc_url, operator))
+        env_file = _write_env(
+            run_dir, _demo_env(run_dir, dsn, broker, rpc_url, operator, logins if secured else None)
+        )
         say(f"settings for `depin` commands against this demo: . {env_file}")
 
+        # One connection per device, each logged in as that device: on the secured broker a device may
+        # publish on its own topic only.
+        clients = {}
+        for dev in fleet:
+            clients[dev.identity.hex_id] = await stack.enter_async_context(
+                _publisher(broker, logins.devices[dev.identity.hex_id] if secured else None)
+            )
+        clients[stranger.hex_id] = await stack.enter_async_context(
+            _publisher(broker, logins.devices[stranger.hex_id] if secured else None)
+        )
         sent = 0
         epochs: list[dict[str, Any]] = []
         for epoch in range(1, opts.epochs + 1):
             _, end_ms = epoch_bounds(epoch, genesis_ms, int(opts.epoch_seconds * 1000))
-            sent += await _stream_epoch(fleet, broker.host, broker.port, end_ms)
-            # A few cheaters each epoch: they must all be rejected with a reason.
+            sent += await _stream_epoch(fleet, clients, end_ms)
+            # A few cheaters each epoch: they must all be rejected with a reason. Each is sent over the
+            # connection of the device whose topic it uses (the forger has fleet[0]'s broker password but
+            # not its signing key; the stranger has a broker login but is not registered on chain).
             now = time.time_ns() // 1_000_000
             honest = next_message(fleet[-1], now)
             bad = [
                 cheaters.forged(fleet[0], now),
-                cheaters.unregistered_device(now),
+                cheaters.unregistered_device(now, identity=stranger),
                 (fleet[-1].topic, honest),
                 cheaters.replay_of(honest),
             ]
-            await publish_raw(broker.host, broker.port, bad, mqtt5=broker.shared_subscriptions)
+            for topic, payload in bad:
+                await clients[topic.split("/")[2]].publish(topic, payload, qos=1)
             sent += len(bad)
             await _drain(node, sent)
             row = await _published(node, epoch, tasks, timeout_s=opts.epoch_seconds + 60)
@@ -354,8 +421,11 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         return summary
 
 
-def _demo_env(run_dir: Path, dsn: str, broker: Any, rpc_url: str | None, operator: Any) -> dict[str, str]:
-    """The settings a shell needs to use this demo's parts (the operator key is anvil's public dev key)."""
+def _demo_env(
+    run_dir: Path, dsn: str, broker: Any, rpc_url: str | None, operator: Any, logins: DemoLogins | None
+) -> dict[str, str]:
+    """The settings a shell needs to use this demo's parts (the operator key is anvil's public dev key;
+    the broker login is the service's account)."""
     key_file = run_dir / "operator.key"
     key_file.write_text(operator.key.hex() + "\n")
     key_file.chmod(0o600)
@@ -367,18 +437,33 @@ def _demo_env(run_dir: Path, dsn: str, broker: Any, rpc_url: str | None, operato
         "DEPIN_DEPLOYMENT_FILE": str(run_dir / "deployment.json"),
         "DEPIN_OPERATOR_KEY_FILE": str(key_file),
     }
+    if logins is not None:
+        env["DEPIN_MQTT_USERNAME"] = SERVICE_USER
+        env["DEPIN_MQTT_PASSWORD_FILE"] = str(logins.service_password_file)
     if rpc_url is not None:  # the in-process EVM has no URL another process could reach
         env["DEPIN_CHAIN_RPC_URL"] = rpc_url
     return env
 
 
-async def _stream_epoch(fleet: list, host: str, port: int, end_ms: int) -> int:
-    """Stream at 1 packet/s per device until the epoch's end (the last second is left for delivery)."""
+@asynccontextmanager
+async def _publisher(broker: BrokerInfo, login: BrokerLogin | None) -> AsyncIterator[Any]:
+    async with connected_publisher(
+        broker.host, broker.port, mqtt5=broker.shared_subscriptions or None, login=login
+    ) as client:
+        yield client
+
+
+async def _stream_epoch(fleet: list[SimDevice], clients: dict[str, Any], end_ms: int) -> int:
+    """Stream at 1 packet/s per device, each over its own login, until the epoch's end (the last
+    second is left for delivery)."""
     sent = 0
     while time.time_ns() // 1_000_000 < end_ms - 1000:
         tick = time.monotonic()
-        stats = await stream(fleet, host, port, packets_per_device=1)
-        sent += stats.sent
+        now = time.time_ns() // 1_000_000
+        await asyncio.gather(
+            *(clients[d.identity.hex_id].publish(d.topic, next_message(d, now), qos=1) for d in fleet)
+        )
+        sent += len(fleet)
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     return sent
 

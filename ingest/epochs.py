@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hexbytes import HexBytes
+from web3.types import TxReceipt
 
-from devices.chain import DistributorClient
+from devices.chain import DistributorClient, NonceTooLowError, transaction_status
 from ingest import metrics
 from ingest.adapters.store import Store
 from ingest.core.merkle import CumulativeMerkleTree
@@ -60,12 +61,22 @@ class Epochs:
         *,
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
+        receipt_timeout_s: float = 120.0,
+        receipt_poll_s: float = 1.0,
     ) -> None:
         self.store = store
         self.distributor = distributor
         self.config = config
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        self.receipt_timeout_s = receipt_timeout_s
+        self.receipt_poll_s = receipt_poll_s
+        # For readiness (ingest/core/readiness.py) and metrics: did the last attempt fail, with what,
+        # and since when (monotonic) has the epoch to close or publish next been due.
+        self.failing = False
+        self.last_error: str | None = None
+        self.due_since: float | None = None
+        self._due_epoch: int | None = None
 
     def params(self) -> RewardParams:
         return RewardParams(
@@ -145,8 +156,9 @@ class Epochs:
             )
         return row
 
-    async def publish(self, epoch: int) -> dict[str, Any]:
-        """Put the epoch's root on chain exactly once; resumes a journaled transaction after a crash."""
+    async def publish(self, epoch: int, *, again: bool = False) -> dict[str, Any]:
+        """Put the epoch's root on chain exactly once; resumes a journaled transaction after a crash.
+        A journaled tx whose nonce another transaction used is dropped and re-signed (`_nonce_taken`)."""
         if self.distributor is None:
             raise RuntimeError("no chain configured: cannot publish")
         row = await self._row(epoch)
@@ -164,36 +176,25 @@ class Epochs:
         if signer is None:
             raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
         if row["raw_tx"] is None:
-            on_chain = await self.distributor.root_of(epoch)
-            if on_chain != ZERO_ROOT:
-                # Published before without our record of it (a database restored from a backup):
-                # adopt it if it is our root; a different root needs an operator, never a second tx.
-                if on_chain != root:
-                    raise RuntimeError(
-                        f"epoch {epoch} is already on chain with root 0x{on_chain.hex()}, "
-                        f"not the stored 0x{root.hex()}"
-                    )
-                tx_hash, block = await self._published_tx(epoch)
-                await self.store.mark_published(epoch, tx_hash, block)
-                log.info(
-                    "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
-                    epoch,
-                    root.hex(),
-                    row["allocated"],
-                    tx_hash.hex(),
-                    block,
-                )
-                return await self._row(epoch)
+            adopted = await self._adopt_if_on_chain(epoch, root, row)
+            if adopted is not None:
+                return adopted
             call = self.distributor.publish_epoch_fn(epoch, root, int(row["allocated"]))
             raw, tx_hash, nonce = await signer.sign(call)
             await self.store.journal_tx(epoch, raw, tx_hash, nonce)
         else:
             raw, tx_hash = _unhex(row["raw_tx"]), _unhex(row["tx_hash"])
+            nonce = row["tx_nonce"]
+        taken = False
         try:
             await signer.broadcast(raw)
+        except NonceTooLowError:
+            taken = True  # the node has another tx at this nonce and does not know ours
         except Exception as exc:  # already known / already mined after a crash: the receipt decides
             log.info("rebroadcast of epoch %d tx: %s", epoch, exc)
-        receipt = await self.distributor.w3.eth.wait_for_transaction_receipt(HexBytes(tx_hash), timeout=120)
+        receipt = None if taken else await self._receipt(tx_hash, nonce)
+        if receipt is None:
+            return await self._nonce_taken(epoch, tx_hash, nonce, again)
         if receipt["status"] != 1:
             # Mined and reverted: its nonce is spent and it changed nothing, so the next attempt signs
             # a new transaction (rebroadcasting this one would only find the same revert).
@@ -211,14 +212,94 @@ class Epochs:
         )
         return await self._row(epoch)
 
+    async def _adopt_if_on_chain(self, epoch: int, root: bytes, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Before signing: if the epoch already has a root on chain (a database restored from a backup,
+        or our journaled tx lost its nonce to a tx that published the same epoch), adopt it when it is
+        our root; a different root needs an operator, never a second tx."""
+        distributor = self._distributor()
+        on_chain = await distributor.root_of(epoch)
+        if on_chain == ZERO_ROOT:
+            return None
+        if on_chain != root:
+            raise RuntimeError(
+                f"epoch {epoch} is already on chain with root 0x{on_chain.hex()}, "
+                f"not the stored 0x{root.hex()}"
+            )
+        tx_hash, block = await self._published_tx(epoch)
+        await self.store.mark_published(epoch, tx_hash, block)
+        log.info(
+            "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
+            epoch,
+            root.hex(),
+            row["allocated"],
+            tx_hash.hex(),
+            block,
+        )
+        return await self._row(epoch)
+
+    async def _receipt(self, tx_hash: bytes, nonce: int | None) -> TxReceipt | None:
+        """The journaled tx's receipt; None once its nonce is used by another transaction (the account's
+        mined nonce is past it and the tx is not mined). TimeoutError after `receipt_timeout_s`
+        without either: the next attempt rebroadcasts the same bytes."""
+        distributor = self._distributor()
+        signer = distributor.signer
+        if signer is None:
+            raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_timeout_s
+        while True:
+            receipt = await transaction_status(distributor.w3, tx_hash)
+            if receipt is not None:
+                return receipt
+            if nonce is not None:
+                mined = await distributor.w3.eth.get_transaction_count(signer.address, "latest")
+                if mined > nonce:
+                    # Ours may have been mined between the two reads: ask once more before giving up.
+                    return await transaction_status(distributor.w3, tx_hash)
+            if loop.time() >= deadline:
+                raise TimeoutError(
+                    f"no receipt for publish tx 0x{tx_hash.hex()} (nonce {nonce}) after "
+                    f"{self.receipt_timeout_s:g} s; rebroadcasting at the next attempt"
+                )
+            await asyncio.sleep(self.receipt_poll_s)
+
+    async def _nonce_taken(
+        self, epoch: int, tx_hash: bytes, nonce: int | None, again: bool
+    ) -> dict[str, Any]:
+        """The journaled tx can never be mined: another tx from this account used its nonce. Drop it
+        and sign a new one at a fresh nonce (safe: the contract refuses a second publish of an epoch,
+        and if the other tx published this epoch with our root, it is adopted instead)."""
+        distributor = self._distributor()
+        metrics.EPOCH_NONCE_TAKEN.inc()
+        log.error(
+            "epoch %d: publish tx 0x%s can never be mined: nonce %s of %s was used by another "
+            "transaction (another process or wallet using the rewards key?); dropping it and re-signing "
+            "at a fresh nonce",
+            epoch,
+            tx_hash.hex(),
+            nonce,
+            distributor.signer.address if distributor.signer is not None else "?",
+        )
+        await self.store.clear_journal(epoch, tx_hash)
+        if distributor.signer is not None:
+            await distributor.signer.resync_nonce()
+        if again:
+            raise RuntimeError(f"epoch {epoch}: a second publish tx lost its nonce too; retrying later")
+        return await self.publish(epoch, again=True)
+
+    def _distributor(self) -> DistributorClient:
+        if self.distributor is None:
+            raise RuntimeError("no chain configured: cannot publish")
+        return self.distributor
+
     async def _published_tx(self, epoch: int) -> tuple[bytes, int]:
         """The tx hash and block of the epoch's EpochPublished event."""
-        assert self.distributor is not None
-        event = self.distributor.contract.events.EpochPublished()
-        logs = await self.distributor.w3.eth.get_logs(
+        distributor = self._distributor()
+        event = distributor.contract.events.EpochPublished()
+        logs = await distributor.w3.eth.get_logs(
             {
-                "address": self.distributor.contract.address,
-                "fromBlock": self.distributor.deployment.block,
+                "address": distributor.contract.address,
+                "fromBlock": distributor.deployment.block,
                 "toBlock": "latest",
                 "topics": [HexBytes(event.topic), HexBytes(epoch.to_bytes(32, "big"))],
             }
@@ -260,6 +341,21 @@ class Epochs:
             c.grace_ms,
         )
 
+    def _track_due(self, step: Step) -> None:
+        """Since when the epoch the scheduler must act on has been due (cleared while it waits)."""
+        if isinstance(step, Wait):
+            self.due_since = self._due_epoch = None
+        elif step.epoch != self._due_epoch:
+            self._due_epoch, self.due_since = step.epoch, time.monotonic()
+        metrics.EPOCH_DUE_SECONDS.set(0 if self.due_since is None else time.monotonic() - self.due_since)
+
+    def _set_failing(self, error: str | None) -> None:
+        self.failing = error is not None
+        metrics.EPOCH_FAILING.set(int(self.failing))
+        if error is not None:
+            self.last_error = error
+            metrics.EPOCH_LAST_ERROR.set(time.time())
+
     async def run(
         self,
         clock: Callable[[], int] = _now_ms,
@@ -283,6 +379,7 @@ class Epochs:
                             log.info("epoch scheduler: the lock is free again; taking over")
                         standing_by = False
                         step = await self.next_step(clock())
+                        self._track_due(step)
                         if isinstance(step, Close):
                             doing = f"closing epoch {step.epoch}"
                             await self.close(step.epoch)
@@ -295,6 +392,7 @@ class Epochs:
                         standing_by = True
                         step = Wait(min(IDLE_POLL_MS, c.length_ms))
                 failures = 0
+                self._set_failing(None)
                 if isinstance(step, Wait):
                     await sleep(step.ms / 1000)  # outside the turn: the lock is not held while idle
             except asyncio.CancelledError:
@@ -303,6 +401,7 @@ class Epochs:
                 # Never skipped: nothing was stored as done, so the next decision is the same epoch.
                 failures += 1
                 metrics.EPOCH_ERRORS.inc()
+                self._set_failing(f"{doing} failed: {type(exc).__name__}: {exc}"[:300])
                 delay = min(self.retry_min_s * 2 ** min(failures - 1, 30), self.retry_max_s)
                 # The traceback once per streak; then one line per retry.
                 log.error(

@@ -16,6 +16,16 @@ ACCEPTED = Counter("depin_accepted_total", "packets stored (first time)")
 READINGS = Counter("depin_readings_total", "readings stored")
 DUPLICATES = Counter("depin_duplicates_total", "byte-identical packets absorbed (already stored)")
 REJECTED = Counter("depin_rejected_total", "messages rejected, by reason code", ["reason"])
+# Unsigned rejections over the per-topic (or per-worker) row budget: counted in depin_rejected_total and
+# here, not stored (ingest/core/rejection_budget.py).
+REJECTIONS_UNRECORDED = Counter(
+    "depin_rejections_unrecorded_total", "rejections counted but not stored (row budget spent)", ["reason"]
+)
+REJECTIONS_PRUNED = Counter(
+    "depin_rejections_pruned_total",
+    "rejection rows deleted: `expired` past the retention, `trimmed` unsigned ones over a device's cap",
+    ["why"],
+)
 BATCH_SIZE = Histogram(
     "depin_batch_size", "messages per committed batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000)
 )
@@ -49,3 +59,27 @@ CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC su
 EPOCHS_PUBLISHED = Counter("depin_epochs_published_total", "epochs whose root was published on chain")
 EPOCHS_CLOSED = Counter("depin_epochs_closed_total", "epochs sealed, scored and stored by this process")
 EPOCH_ERRORS = Counter("depin_epoch_errors_total", "failed attempts to close or publish an epoch (retried)")
+CHAIN_RPC_SECONDS = Gauge(
+    "depin_chain_rpc_seconds", "duration of the last successful registry sync (chain RPC round trips)"
+)
+CHAIN_RPC_TIMEOUTS = Counter(
+    "depin_chain_rpc_timeouts_total",
+    "chain RPC calls of the follower and on-demand reads that timed out (DEPIN_CHAIN_RPC_TIMEOUT_S)",
+)
+EPOCH_FAILING = Gauge(
+    "depin_epoch_publish_failing", "1 while the epoch scheduler's last attempt to close or publish failed"
+)
+EPOCH_LAST_ERROR = Gauge(
+    "depin_epoch_last_error_timestamp_seconds",
+    "unix time of the scheduler's last failed attempt (0: none since start); age = time() - this",
+)
+EPOCH_DUE_SECONDS = Gauge(
+    "depin_epoch_due_seconds", "how long the epoch the scheduler must close or publish next has been due"
+)
+EPOCH_NONCE_TAKEN = Counter(
+    "depin_epoch_publish_nonce_taken_total",
+    "journaled publish transactions whose nonce another transaction used (dropped and re-signed)",
+)
+API_DB_UNAVAILABLE = Counter(
+    "depin_api_db_unavailable_total", "API requests answered 503 because the database was unavailable"
+)

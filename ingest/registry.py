@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+import aiohttp
+import asyncpg
 from prometheus_client import Counter, Gauge
+from web3 import AsyncHTTPProvider
 from web3.exceptions import BlockNotFound
 from web3.types import RPCEndpoint
 
@@ -69,6 +72,19 @@ PROVIDER_OPTIONS: dict[str, Any] = {
     "request_cache_validation_threshold": None,
 }
 HeadMode = Literal["latest", "finalized"]
+
+
+def chain_provider(url: str, timeout_s: float) -> AsyncHTTPProvider:
+    """The service's provider: every request ends after `timeout_s` (a hung RPC counts as down instead
+    of stalling a sync for web3's default 30 s), and web3's own retries are off (they would multiply
+    the timeout; the follower and the epoch scheduler retry on their own schedule)."""
+    return AsyncHTTPProvider(
+        url,
+        request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+        exception_retry_configuration=None,
+        **PROVIDER_OPTIONS,
+    )
+
 
 SYNC_FAILURES = Counter("depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)")
 REORGS = Counter(
@@ -194,6 +210,10 @@ class RegistryFollower:
         self.prefetch_timeout_s = prefetch_timeout_s
         self._read_slots = asyncio.Semaphore(prefetch_concurrency)
         self.healthy = False  # the last sync succeeded
+        # monotonic times for readiness: when following started and the last sync (or replayed range)
+        # that succeeded; a sync hanging on a slow RPC shows as a growing gap (ingest/core/readiness.py)
+        self.watch_since = time.monotonic()
+        self.last_ok: float | None = None
         self.rpc_up = True  # no RPC failure since the last successful sync (prefetch reads stop if False)
         self.last_error: str | None = None
         self.head: int | None = None  # chain head and confirmed target seen by the last sync
@@ -237,6 +257,7 @@ class RegistryFollower:
     async def sync_once(self) -> int:
         """Handle a reorg if there was one, then fold every event up to the confirmed head; returns the
         number of events applied. Updates health and metrics; re-raises a failure after counting it."""
+        started = time.monotonic()
         try:
             applied = await self._sync()
         except ReorgDuringScan as exc:
@@ -245,14 +266,25 @@ class RegistryFollower:
         except Exception as exc:
             self.sync_failures += 1
             SYNC_FAILURES.inc()
-            self._rpc_failed(exc)
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                # The database failed, not the chain (which answered before the write): the chain
+                # stays up; `/readyz` names the database.
+                self.healthy = False
+                self.last_error = f"database: {type(exc).__name__}: {exc}"[:300]
+                self.last_ok = time.monotonic()
+            else:
+                self._rpc_failed(exc)
             raise
         self.healthy = self.rpc_up = True
         self.last_error = None
+        self.last_ok = time.monotonic()
         metrics.CHAIN_UP.set(1)
+        metrics.CHAIN_RPC_SECONDS.set(self.last_ok - started)
         return applied
 
     def _rpc_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError):  # aiohttp's request timeout (DEPIN_CHAIN_RPC_TIMEOUT_S) too
+            metrics.CHAIN_RPC_TIMEOUTS.inc()
         self.healthy = self.rpc_up = False
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         metrics.CHAIN_UP.set(0)
@@ -323,6 +355,7 @@ class RegistryFollower:
         self.mirror.refresh_classes(changed_classes)
         self.mirror.block = to
         self.checkpoints.append(checkpoint)
+        self.last_ok = time.monotonic()  # a long replay makes progress: not a hung RPC
         return count
 
     # --- reorgs ---------------------------------------------------------------------------------------
@@ -487,6 +520,10 @@ class RegistryFollower:
 
     def _outcome(self, task: asyncio.Task[DeviceRecord | None], finished: bool) -> str:
         if not finished or task.cancelled():
+            # A read that does not answer in time is the RPC failing too: stop reading until a sync
+            # succeeds, and show it (`depin_chain_rpc_up` 0, `/readyz` "chain").
+            timeout = self.prefetch_timeout_s
+            self._rpc_failed(TimeoutError(f"on-demand registry read timed out after {timeout:g} s"))
             return "timeout"
         exc = task.exception()
         if exc is not None:

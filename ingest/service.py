@@ -21,20 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from eth_account import Account
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
+from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
 from ingest.adapters.store import Store
 from ingest.api.app import ApiLimits, create_app
 from ingest.brokerauth import read_password_file
-from ingest.consumer import Consumer
-from ingest.core import rules
+from ingest.consumer import DB_TRANSIENT, Consumer
+from ingest.core import readiness, rules
+from ingest.core.readiness import PartsState, ReadyRules
+from ingest.core.rejection_budget import BudgetConfig, RejectionBudget
 from ingest.epochs import EpochConfig, Epochs
 from ingest.pipeline import PipelineConfig
-from ingest.registry import PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
+from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
+from ingest.retention import run_retention
+from ingest.rewards_key import check_rewards_role
+from ingest.rewards_key import rewards_account as load_rewards_account
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,11 +138,22 @@ async def _stored_cursor_key(pool: Any) -> bytes:
 
 
 def rewards_account(settings: Settings) -> Any:
-    if settings.rewards_key is not None:
-        return Account.from_key(settings.rewards_key.get_secret_value())
-    if settings.rewards_key_file is not None:
-        return Account.from_key(settings.rewards_key_file.read_text().strip())
-    return None
+    """The REWARDS_ROLE account, parsed strictly (ingest/rewards_key.py); None without a key."""
+    return load_rewards_account(settings)
+
+
+@web.middleware
+async def database_unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request that meets the database down or out of connections is a 503 with Retry-After, not a
+    500: the client retries, the process keeps serving."""
+    try:
+        return await handler(request)
+    except DB_TRANSIENT as exc:
+        metrics.API_DB_UNAVAILABLE.inc()
+        log.warning("API %s %s: database unavailable (%s)", request.method, request.path, exc)
+        return web.json_response(
+            {"error": "database unavailable, retry later"}, status=503, headers={"Retry-After": "1"}
+        )
 
 
 @dataclass
@@ -150,40 +166,76 @@ class Node:
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
+    parts: frozenset[str] = frozenset(PARTS)
     api_store: Store | None = None  # the API's queries (its own pool); None: `store`
     probe: DbProbe | None = None  # readiness check of the database on a connection of its own
     api_limits: ApiLimits | None = None
-    follows_chain: bool = True  # False in an API-only process: readiness is then the database alone
 
     async def db_ok(self) -> bool:
+        """`SELECT 1` on the probe's own connection (never behind API queries or ingest), else on `store`."""
         if self.probe is not None:
             return await self.probe()
         try:
-            await self.store.pool.fetchval("SELECT 1")
+            await asyncio.wait_for(self.store.pool.fetchval("SELECT 1"), 5)
         except Exception:
             return False
         return True
 
     async def ready(self) -> dict[str, Any]:
+        """Readiness of the parts this process runs (`--parts`); the rules are
+        `ingest.core.readiness.failing` (README "Readiness")."""
         db_ok = await self.db_ok()
-        chain_ok = not self.follows_chain or (self.follower.healthy and self.follower.rpc_up)
-        report: dict[str, Any] = {
-            "database": db_ok,
-            "registry": self.follower.healthy,
-            "registry_block": self.mirror.block,
-            "devices": len(self.mirror.devices),
-            "chain_rpc": self.follower.rpc_up,
-            "chain_error": self.follower.last_error,
-            "mqtt": self.consumer.connected.is_set(),
-        }
+        parts = set(self.parts)
+        if "consume" in parts:
+            parts.add("follow")
+        s = self.settings
+        state = PartsState(
+            now=time.monotonic(),
+            database_ok=db_ok,
+            mqtt_connected=self.consumer.connected.is_set(),
+            mqtt_down_since=self.consumer.down_since,
+            chain_rpc_up=self.follower.rpc_up,
+            chain_last_ok=self.follower.last_ok,
+            chain_watch_since=self.follower.watch_since,
+            epoch_failing=self.epochs.failing,
+            epoch_due_since=self.epochs.due_since,
+        )
+        ready_rules = ReadyRules(s.ready_mqtt_grace_s, s.ready_chain_stale_s, s.ready_epoch_overdue_s)
+        failing = readiness.failing(parts, state, ready_rules)
+        report: dict[str, Any] = {"parts": sorted(self.parts), "database": db_ok}
+        if "follow" in parts:
+            report.update(
+                registry=self.follower.healthy,
+                registry_block=self.mirror.block,
+                devices=len(self.mirror.devices),
+                chain_rpc=self.follower.rpc_up,
+                chain_error=self.follower.last_error,
+                chain_last_sync_age_s=None
+                if self.follower.last_ok is None
+                else round(state.now - self.follower.last_ok, 1),
+            )
+        if "consume" in parts:
+            report["mqtt"] = state.mqtt_connected
+            if state.mqtt_down_since is not None:
+                report["mqtt_down_s"] = round(state.now - state.mqtt_down_since, 1)
+        if "epochs" in parts:
+            report.update(
+                epochs_failing=self.epochs.failing,
+                epoch_error=self.epochs.last_error,
+                epoch_due_s=None
+                if self.epochs.due_since is None
+                else round(state.now - self.epochs.due_since, 1),
+            )
         # Name what is failing, so a 503 says "chain" (RPC down: known devices still flow) or "database".
-        report["failing"] = [name for name, ok in (("database", db_ok), ("chain", chain_ok)) if not ok]
-        report["ready"] = db_ok and chain_ok
+        report["failing"] = failing
+        report["ready"] = not failing
         return report
 
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api_max_rows)
-        return create_app(self.api_store or self.store, self.ready, limits=limits)
+        app = create_app(self.api_store or self.store, self.ready, limits=limits)
+        app.middlewares.append(database_unavailable)
+        return app
 
 
 def build_node(
@@ -194,6 +246,7 @@ def build_node(
     *,
     rewards: Any = None,
     mqtt: MqttConfig | None = None,
+    parts: Iterable[str] = PARTS,
     stores: Stores | None = None,
 ) -> Node:
     """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest)."""
@@ -221,6 +274,13 @@ def build_node(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
+        rejection_budget=RejectionBudget(
+            BudgetConfig(
+                per_topic_per_min=settings.rejections_per_topic_per_min,
+                per_topic_burst=settings.rejections_per_topic_burst,
+                total_per_min=settings.rejections_per_worker_per_min,
+            )
+        ),
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(
@@ -234,7 +294,7 @@ def build_node(
             grace_ms=int(settings.epoch_grace_s * 1000),
         ),
     )
-    node = Node(settings, store, mirror, follower, consumer, epochs)
+    node = Node(settings, store, mirror, follower, consumer, epochs, frozenset(parts))
     if stores is not None:
         node.api_store, node.probe = stores.api, stores.probe
         node.api_limits = stores.api_limits(settings)
@@ -321,10 +381,13 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         await run_api_only(settings, stop)
         return
     mqtt = mqtt_config(settings)  # before anything starts: an unreadable password file is one error line
+    # The same for the rewards key (format, file mode); its role is checked once the chain is known.
+    rewards = rewards_account(settings) if "epochs" in parts else None
     async with AsyncExitStack() as stack:
         stores = await stack.enter_async_context(open_stores(settings))
         store = stores.ingest
-        w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, **PROVIDER_OPTIONS))
+        w3 = AsyncWeb3(chain_provider(settings.chain_rpc_url, settings.chain_rpc_timeout_s))
+        stack.push_async_callback(w3.provider.disconnect)
         deployment = Deployment.load(settings.deployment_file)
         log.info(
             "chain: %s, deployment %s (chain id %d, registry %s, distributor %s, from block %d)",
@@ -335,9 +398,12 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             deployment.distributor,
             deployment.block,
         )
-        rewards = rewards_account(settings)
-        node = build_node(settings, store, w3, deployment, rewards=rewards, mqtt=mqtt, stores=stores)
-        node.follows_chain = "follow" in parts or "consume" in parts
+        node = build_node(
+            settings, store, w3, deployment, rewards=rewards, mqtt=mqtt, parts=parts, stores=stores
+        )
+        if rewards is not None and node.epochs.distributor is not None:
+            setting = "DEPIN_REWARDS_KEY_FILE" if settings.rewards_key_file else "DEPIN_REWARDS_KEY"
+            await check_rewards_role(node.epochs.distributor, rewards, setting)
         await node.follower.load()
         if "consume" in parts:
             await first_registry_sync(node)
@@ -363,6 +429,17 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
                 subscription(cfg),
             )
             tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))
+            tasks.append(
+                asyncio.create_task(
+                    run_retention(
+                        store,
+                        int(settings.rejections_retention_days * 86_400_000),
+                        settings.rejections_unsigned_keep,
+                        settings.rejections_prune_interval_s,
+                    ),
+                    name="rejections-retention",
+                )
+            )
         if "epochs" in parts:
             log.info(
                 "epochs: length %s s from genesis %s, grace %s s; %s",
@@ -396,10 +473,12 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
 
     async def ready() -> dict[str, Any]:
         db_ok = await stores.probe()
-        return {"database": db_ok, "failing": [] if db_ok else ["database"], "ready": db_ok}
+        failing = [] if db_ok else ["database"]
+        return {"parts": ["api"], "database": db_ok, "failing": failing, "ready": db_ok}
 
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings))
+        app.middlewares.append(database_unavailable)
         async with serve_api(app, settings.api_host, settings.api_port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
             await stop.wait()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOKEN = 10**18  # RewardToken has 18 decimals
@@ -24,7 +25,7 @@ class Settings(BaseSettings):
     mqtt_group: str = "ingest"
     mqtt_shared: bool = True
     # Broker login (deploy/mosquitto.conf refuses anonymous clients): the service account that
-    # `depin broker passwd --user NAME --password-file FILE` created. The password from the environment
+    # `depin broker dynsec --user NAME --password-file FILE` created. The password from the environment
     # or, preferred, from a file (first line); not both.
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -49,6 +50,16 @@ class Settings(BaseSettings):
         default=50, ge=1, description="longest a message waits for its batch to fill"
     )
 
+    # Rejection rows (README "Rejection rows: budget and retention"): unsigned rejections get a row while
+    # their topic's budget lasts (the rest are only counted); every row is deleted after the retention,
+    # and each device keeps at most `rejections_unsigned_keep` unsigned rows.
+    rejections_per_topic_per_min: float = Field(default=10.0, ge=0)
+    rejections_per_topic_burst: float = Field(default=20.0, ge=1)
+    rejections_per_worker_per_min: float = Field(default=6000.0, ge=1)
+    rejections_retention_days: float = Field(default=7.0, gt=0)
+    rejections_unsigned_keep: int = Field(default=50, ge=0)
+    rejections_prune_interval_s: float = Field(default=60.0, gt=0)
+
     # Wire limits (ARCHITECTURE §2).
     max_message_bytes: int = 64 * 1024
     max_future_ms: int = 30_000
@@ -59,8 +70,17 @@ class Settings(BaseSettings):
     deployment_file: Path = Path("deployment.json")
     chain_confirmations: int = Field(default=0, ge=0, description="follow the registry up to latest − N")
     registry_poll_s: float = 2.0
-    rewards_key: SecretStr | None = None  # hex private key holding REWARDS_ROLE
+    # Every chain RPC request of the service ends after this long: a hung RPC counts as down.
+    chain_rpc_timeout_s: float = Field(default=10.0, gt=0)
+    # The key holding REWARDS_ROLE: exactly 64 hex digits (optional 0x). The file (preferred) must not
+    # be readable by group or others; `depin run` refuses it otherwise.
+    rewards_key: SecretStr | None = None
     rewards_key_file: Path | None = None
+
+    # Readiness (`/readyz`, README "Readiness"): how long each fault may last before it is "failing".
+    ready_mqtt_grace_s: float = Field(default=10.0, ge=0)
+    ready_chain_stale_s: float = Field(default=30.0, gt=0)
+    ready_epoch_overdue_s: float = Field(default=300.0, gt=0)
 
     # Epochs and rewards (ARCHITECTURE §5).
     epoch_length_s: float = Field(default=86_400, gt=0)
@@ -95,8 +115,17 @@ class Settings(BaseSettings):
     # shared by every API process on it and kept across restarts.
     api_cursor_secret: SecretStr | None = None
 
+    @field_validator("rewards_key_file", "rewards_key", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is set but empty: give a value or unset it")
+        return value
+
     @model_validator(mode="after")
     def _mqtt_login_and_tls(self) -> Settings:
+        if self.rewards_key is not None and self.rewards_key_file is not None:
+            raise ValueError("set DEPIN_REWARDS_KEY or DEPIN_REWARDS_KEY_FILE, not both")
         if self.mqtt_password is not None and self.mqtt_password_file is not None:
             raise ValueError("set DEPIN_MQTT_PASSWORD or DEPIN_MQTT_PASSWORD_FILE, not both")
         if self.mqtt_username is None and (

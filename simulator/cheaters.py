@@ -37,9 +37,12 @@ def forged(dev: SimDevice, now_ms: int) -> Message:
     return dev.topic, build_message(wrong, seq, dev.kind, readings)
 
 
-def unregistered_device(now_ms: int, *, lat: float = 37.7749, lon: float = -122.4194) -> Message:
-    """A correctly signed weather packet from a device the registry has never seen."""
-    identity = new_identity()
+def unregistered_device(
+    now_ms: int, *, lat: float = 37.7749, lon: float = -122.4194, identity: DeviceIdentity | None = None
+) -> Message:
+    """A correctly signed weather packet from a device the registry has never seen (`identity`: one
+    with a broker login, for a secured broker; default a new one)."""
+    identity = identity or new_identity()
     stranger = SimDevice(
         identity, WEATHER.name, WEATHER.id, owner="0x" + "00" * 20, lat=lat, lon=lon, asserted_cell=0
     )

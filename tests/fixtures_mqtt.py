@@ -7,8 +7,8 @@ that session keeps queueing every later test's messages.
 Never skips: without Mosquitto, a test that needs it fails with the install command.
 
 `secured_mosquitto(dir, files)` runs a broker of its own with deploy/mosquitto.conf — the operators'
-file, directive for directive — with only its listener, persistence directory, password file and ACL
-paths (and TLS files) rewritten (`ingest.adapters.broker.secured_config`).
+file, directive for directive — with only its listener, persistence directory and dynamic security
+file paths (and TLS files) rewritten (`ingest.adapters.broker.secured_config`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,22 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from ingest.adapters.broker import BrokerInfo, SecuredFiles, mosquitto_path, secured_config, start_mosquitto
+from ingest.adapters.broker import (
+    DEPLOY_CONF,
+    BrokerInfo,
+    SecuredFiles,
+    mosquitto_path,
+    secured_config,
+    start_mosquitto,
+)
 from simulator.fleet import unique_client_id
 
 __all__ = ["DEPLOY_CONF", "mosquitto", "secured_mosquitto", "unique_client_id"]
 
-DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
-
 
 @asynccontextmanager
 async def secured_mosquitto(data_dir: Path, files: SecuredFiles) -> AsyncIterator[BrokerInfo]:
-    """Mosquitto with deploy/mosquitto.conf (anonymous refused, password file, ACL) on a free port."""
+    """Mosquitto with deploy/mosquitto.conf (anonymous refused, dynamic security) on a free port."""
     if mosquitto_path() is None:
         pytest.fail("mosquitto is not installed: apt-get install mosquitto", pytrace=False)
     writer = partial(_deploy_config, DEPLOY_CONF.read_text(), files=files)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ class ConsumerProcess:
     api_port: int = 0
     starts: int = field(default=0)
     parts: str = "consume,api"
+    # start() waits until the process is subscribed; False: until its API answers (no consume part)
+    wait_for_mqtt: bool = True
 
     @property
     def url(self) -> str:
@@ -133,8 +135,17 @@ class ConsumerProcess:
                 raise _Exited(tail)
             raise AssertionError(f"consumer process exited ({self.proc and self.proc.returncode}):\n{tail}")
         with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            if not self.wait_for_mqtt:
+                return "depin_epoch_errors_total" in await self.metrics()
             return (await self.metrics()).get("depin_mqtt_connected", 0.0) == 1.0
         return False
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(f"{self.url}/readyz") as r,
+        ):
+            return r.status, await r.json()
 
     async def metrics(self) -> dict[str, float]:
         """This process's samples: `name` or `name{label="v",…}` (labels sorted) → value."""
@@ -281,6 +292,87 @@ async def try_counts(dsn: str) -> Counts | None:
         return None
 
 
+class ConnectionHog:
+    """Takes every connection slot of a PostgreSQL server (`max_connections`), as a connection leak or
+    a burst of clients elsewhere would: `exhaust()` opens connections until the server refuses
+    ("too many clients already"), terminates every other client's backend and takes their slots too,
+    until nobody else holds one. `release()` gives them all back."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conns: list[asyncpg.Connection] = []
+
+    async def fill(self) -> None:
+        while True:
+            try:
+                self.conns.append(await asyncpg.connect(self.dsn, timeout=5))
+            except asyncpg.TooManyConnectionsError:
+                return
+
+    async def others(self) -> int:
+        """Client backends that are not ours (our first connection asks)."""
+        mine = [c.get_server_pid() for c in self.conns]
+        return int(
+            await self.conns[0].fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND pid <> ALL($1::int[])",
+                mine,
+            )
+        )
+
+    async def exhaust(self, timeout: float = 30.0) -> int:
+        """Returns how many connections the hog holds once nobody else holds any."""
+        deadline = time.monotonic() + timeout
+        await self.fill()
+        if not self.conns:
+            raise AssertionError("could not open a single connection to hog")
+        while True:
+            mine = [c.get_server_pid() for c in self.conns]
+            await self.conns[0].execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> ALL($1::int[])",
+                mine,
+            )
+            # Grab each slot the moment its backend has exited, before the victim's pool reconnects.
+            spin_until = time.monotonic() + 1.0
+            while time.monotonic() < spin_until:
+                before = len(self.conns)
+                await self.fill()
+                if len(self.conns) > before and await self.others() == 0:
+                    break
+                await asyncio.sleep(0.005)
+            if await self.others() == 0:
+                return len(self.conns)
+            if time.monotonic() > deadline:
+                rows = await self.conns[0].fetch(
+                    "SELECT pid, usename, application_name, state, query FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> ALL($1::int[])",
+                    [c.get_server_pid() for c in self.conns],
+                )
+                raise AssertionError(f"others still hold connections: {[dict(r) for r in rows]}")
+
+    async def release(self) -> None:
+        conns, self.conns = self.conns, []
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def small_postgres(max_connections: int = 20) -> AsyncIterator[str]:
+    """A throw-away embedded PostgreSQL restarted with `max_connections` lowered (cheap to exhaust)."""
+    from ingest.adapters.db import embedded_postgres
+
+    async with embedded_postgres() as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"ALTER SYSTEM SET max_connections = {int(max_connections)}")
+        finally:
+            await conn.close()
+        pg = await PostgresControl.of(dsn)
+        await pg.stop()
+        await pg.start()
+        yield dsn
+
+
 class PostgresControl:
     """Stop and start a throw-away embedded PostgreSQL (never the session's server) with the wheel's
     pg_ctl, keeping its socket directory so the DSN stays valid across the outage."""
@@ -331,3 +423,69 @@ class PostgresControl:
             str(self.data_dir / "log"),
             "start",
         )
+
+
+# --- chain RPC --------------------------------------------------------------------------------------------
+
+
+class HangingProxy:
+    """A TCP forwarder in front of anvil whose answers the test can hold back: `hang()` makes the RPC
+    accept requests and never answer (a node stuck, not down), `release()` lets the answers through."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def stop(self) -> None:
+        self._flowing.set()
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if held:
+                        await self._flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]

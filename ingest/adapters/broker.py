@@ -3,7 +3,9 @@
 `start_broker(data_dir)` prefers Mosquitto (MQTT 5, `$share` subscriptions, on-disk persistence) and
 falls back to amqtt, a pure-Python broker that needs no install but speaks MQTT 3.1.1 only and takes a
 `$share/…` filter literally (it matches nothing) — so callers must check `shared_subscriptions`.
-Both listen on 127.0.0.1 only.
+Both listen on 127.0.0.1 only. `start_broker(…, secured=SecuredFiles(…))` (the demo) runs Mosquitto
+with deploy/mosquitto.conf: no anonymous clients, the dynamic security plugin; amqtt is always
+anonymous. The plain `mosquitto_config` (anonymous) is for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -110,12 +112,16 @@ def mosquitto_config(data_dir: Path, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The operators' broker configuration (dynamic security plugin, no anonymous clients): tests and the demo
+# run it through `secured_config`.
+DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf"
+
+
 @dataclass(frozen=True)
 class SecuredFiles:
     """Where a secured broker's auth (and optional TLS) files are, for `secured_config`."""
 
-    password_file: Path
-    acl_file: Path
+    dynsec_file: Path  # the dynamic security plugin's JSON (`depin broker dynsec`)
     certfile: Path | None = None  # server certificate and key: the listener speaks TLS
     keyfile: Path | None = None
     client_ca: Path | None = None  # also require a client certificate signed by this CA
@@ -123,13 +129,13 @@ class SecuredFiles:
 
 def secured_config(template: str, data_dir: Path, port: int, files: SecuredFiles) -> str:
     """A deployment config (deploy/mosquitto.conf) made runnable here: every directive kept as written,
-    only the listener (port, 127.0.0.1, + TLS files), persistence_location, password_file and acl_file
-    rewritten (and `user root` added when root, as `mosquitto_config` does). A template missing one of
-    those, or with a second active listener, is an error: tests must run what operators deploy."""
+    only the listener (port, 127.0.0.1, + TLS files), persistence_location and the dynamic security
+    file (plugin_opt_config_file) rewritten (and `user root` added when root, as `mosquitto_config`
+    does). A template missing one of those or the plugin, or with a second active listener, is an error:
+    tests and the demo must run what operators deploy."""
     rewrite = {
         "persistence_location": f"persistence_location {data_dir}/",
-        "password_file": f"password_file {files.password_file}",
-        "acl_file": f"acl_file {files.acl_file}",
+        "plugin_opt_config_file": f"plugin_opt_config_file {files.dynsec_file}",
     }
     seen: dict[str, int] = {}
     out = []
@@ -148,7 +154,7 @@ def secured_config(template: str, data_dir: Path, port: int, files: SecuredFiles
             out.append(rewrite[key])
         else:
             out.append(line)
-    for key in ("listener", *rewrite):
+    for key in ("listener", "plugin", *rewrite):
         if seen.get(key) != 1:
             raise ValueError(f"broker config template: expected one {key!r} line, found {seen.get(key, 0)}")
     if os.geteuid() == 0:
@@ -247,7 +253,7 @@ async def start_mosquitto(
     data_dir: Path, *, port: int = 0, config: ConfigWriter = mosquitto_config
 ) -> AsyncIterator[BrokerInfo]:
     """Run Mosquitto on 127.0.0.1 with persistence in `data_dir`; stop it on exit. `config` writes its
-    configuration (default: anonymous, for tests and the demo; see `secured_config`)."""
+    configuration (default: anonymous, for tests and benchmarks; the demo runs `secured_config`)."""
     exe = mosquitto_path()
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -324,12 +330,26 @@ async def start_amqtt(*, port: int = 0) -> AsyncIterator[BrokerInfo]:
 
 
 @asynccontextmanager
-async def start_broker(data_dir: Path, *, port: int = 0) -> AsyncIterator[BrokerInfo]:
-    """Mosquitto when installed, else amqtt (the demo's no-install fallback)."""
+async def start_broker(
+    data_dir: Path, *, port: int = 0, secured: SecuredFiles | None = None
+) -> AsyncIterator[BrokerInfo]:
+    """Mosquitto when installed, else amqtt (the demo's no-install fallback). With `secured`, Mosquitto
+    runs deploy/mosquitto.conf (`secured_config`: no anonymous clients, dynamic security); amqtt
+    always runs anonymous (it has no per-topic ACLs), and says so."""
     if mosquitto_path() is not None:
-        async with start_mosquitto(data_dir, port=port) as info:
+        config: ConfigWriter = mosquitto_config
+        if secured is not None:
+            template = DEPLOY_CONF.read_text()
+
+            def config(data_dir: Path, port: int) -> str:
+                return secured_config(template, data_dir, port, secured)
+
+        async with start_mosquitto(data_dir, port=port, config=config) as info:
             yield info
     else:
-        log.warning("mosquitto not found; using the in-process amqtt broker (no $share, MQTT 3.1.1)")
+        log.warning(
+            "mosquitto not found; using the in-process amqtt broker (no $share, MQTT 3.1.1) — it is "
+            "ANONYMOUS: any local client may read and publish every topic"
+        )
         async with start_amqtt(port=port) as info:
             yield info

@@ -229,7 +229,7 @@ class DbProbe:
     a flood of /readyz costs the database one query per `ttl_s` and never waits behind API queries or
     takes an ingest connection."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 2.0, ttl_s: float = 0.25) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 5.0, ttl_s: float = 0.25) -> None:
         self.pool = pool
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s

@@ -497,6 +497,52 @@ class Store:
             [counts[k] for k in names],
         )
 
+    async def prune_rejections(
+        self,
+        before_ms: int,
+        unsigned: Sequence[str],
+        unsigned_keep_per_device: int,
+        batch: int = 10_000,
+    ) -> tuple[int, int]:
+        """Delete rejection rows received before `before_ms` (retention), then the unsigned ones
+        (`unsigned` reasons) of each device beyond its newest `unsigned_keep_per_device`, so nobody's
+        garbage hides a device's own signed rejections. In statements of at most `batch` rows (short
+        locks, nothing held between them). Returns (expired, trimmed)."""
+        expired = trimmed = 0
+        cutoff = _clamped_dt(before_ms)
+        while True:
+            status = await self.pool.execute(
+                """DELETE FROM rejections WHERE id IN (
+                       SELECT id FROM rejections WHERE received_at < $1 LIMIT $2)""",
+                cutoff,
+                batch,
+            )
+            n = int(status.rsplit(" ", 1)[1])
+            expired += n
+            if n < batch:
+                break
+        while True:
+            status = await self.pool.execute(
+                """WITH heavy AS (
+                       SELECT device_id FROM rejections
+                       WHERE device_id IS NOT NULL AND reason = ANY($1::text[])
+                       GROUP BY device_id HAVING count(*) > $2)
+                   DELETE FROM rejections WHERE id IN (
+                       SELECT x.id FROM heavy h CROSS JOIN LATERAL (
+                           SELECT id FROM rejections r
+                           WHERE r.device_id = h.device_id AND r.reason = ANY($1::text[])
+                           ORDER BY received_at DESC, id DESC OFFSET $2) x
+                       LIMIT $3)""",
+                list(unsigned),
+                unsigned_keep_per_device,
+                batch,
+            )
+            n = int(status.rsplit(" ", 1)[1])
+            trimmed += n
+            if n < batch:
+                break
+        return expired, trimmed
+
     # --- registry mirror --------------------------------------------------------------------------
 
     async def upsert_devices(self, records: Sequence[DeviceRecord], block: int) -> None:

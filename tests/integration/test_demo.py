@@ -13,6 +13,7 @@ SIGTERM after a few seconds (it must then exit 0).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,8 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 import pytest
+from aiomqtt.exceptions import MqttConnectError
 
+from devices.sdk import BrokerLogin
 from tests.docs_runner import document_script, step_results
 
 pytestmark = pytest.mark.integration
@@ -183,6 +187,33 @@ def test_a_second_bounded_demo_runs_alongside_in_the_same_data_dir(demo: Demo, t
     assert runs == [demo.run_dir.name]
     assert f"# run {demo.run_dir}\n" in (demo.data_dir / "demo" / "current.env").read_text()
     subprocess.run(["curl", "--fail-with-body", "-s", f"{demo.api}/readyz"], check=True, timeout=30)
+
+
+def test_the_demos_broker_is_secured(demo: Demo) -> None:
+    """The demo's Mosquitto runs deploy/mosquitto.conf: anonymous clients are refused, the service's
+    login from the demo's settings works, and a device (its credential file in the run's auth/) may
+    not join the service's share group nor read another device's uplink."""
+    env = dict(re.findall(r"export (\w+)=(\S+)", (demo.run_dir / "demo.env").read_text()))
+    port = int(env["DEPIN_MQTT_PORT"])
+    service_password = Path(env["DEPIN_MQTT_PASSWORD_FILE"]).read_text().strip()
+    device = BrokerLogin.from_credentials(demo.run_dir / "auth" / "dev-0.json")
+    assert "secured (deploy/mosquitto.conf: dynamic security" in demo.output()
+
+    async def check() -> None:
+        v5 = aiomqtt.ProtocolVersion.V5
+        with pytest.raises(MqttConnectError):
+            async with aiomqtt.Client("127.0.0.1", port, protocol=v5):
+                pass
+        async with aiomqtt.Client(
+            "127.0.0.1", port, username=env["DEPIN_MQTT_USERNAME"], password=service_password, protocol=v5
+        ):
+            pass
+        async with aiomqtt.Client("127.0.0.1", port, protocol=v5, **device.client_kwargs()) as client:
+            for f in ("$share/ingest/depin/v1/+/up", "depin/v1/+/up"):
+                codes = await client.subscribe(f, qos=1)
+                assert [int(getattr(c, "value", c)) for c in codes] == [0x87], f
+
+    asyncio.run(check())
 
 
 def _children(pid: int) -> list[int]:

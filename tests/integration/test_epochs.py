@@ -23,10 +23,11 @@ from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import REWARDS_ROLE, Deployment, DistributorClient, Signer
-from ingest.adapters.db import create_pool
+from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.store import Store
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket, DeviceRecord, Reading
+from tests.procs import ConnectionHog, small_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -409,3 +410,135 @@ async def test_without_a_rewards_key_epochs_are_closed_then_published_oldest_fir
     await assert_on_chain(world, stored)
     blocks = [stored[n]["block_number"] for n in (1, 2, 3)]
     assert blocks == sorted(blocks)
+
+
+async def _journal_then_take_nonce(world: World, epochs: Epochs, epoch: int, account: LocalAccount) -> int:
+    """Close `epoch`, sign and journal its publish (not broadcast: a crash right after the journal
+    write), then mine a plain value transfer signed by the same key at that very nonce."""
+    signer = world.distributor.signer
+    assert signer is not None
+    e = await epochs.close(epoch)
+    call = world.distributor.publish_epoch_fn(epoch, bytes.fromhex(e["root"][2:]), e["allocated"])
+    raw, tx_hash, nonce = await signer.sign(call)
+    await world.store.journal_tx(epoch, raw, tx_hash, nonce)
+    transfer = account.sign_transaction(
+        {
+            "to": account.address,
+            "value": 1,
+            "gas": 21_000,
+            "gasPrice": 2 * await world.w3.eth.gas_price,
+            "nonce": nonce,
+            "chainId": await world.w3.eth.chain_id,
+        }
+    )
+    await world.w3.eth.wait_for_transaction_receipt(
+        await world.w3.eth.send_raw_transaction(transfer.raw_transaction)
+    )
+    assert await world.w3.eth.get_transaction_count(account.address, "latest") > nonce
+    return nonce
+
+
+async def test_a_journaled_publish_whose_nonce_was_used_by_another_tx_is_re_signed_and_later_epochs_follow(
+    world: World, accounts: list[LocalAccount], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: before, the rebroadcast's "nonce too low" was swallowed and the scheduler waited for
+    a receipt that could never come (TimeExhausted every ~125 s), blocking every later epoch."""
+    caplog.set_level(logging.INFO, logger="ingest.epochs")
+    from ingest import metrics
+
+    for n in (1, 2, 3):
+        await world.readings_in(n)
+    epochs = world.epochs()
+    taken_before = metrics.EPOCH_NONCE_TAKEN._value.get()
+    nonce = await _journal_then_take_nonce(world, epochs, 1, accounts[0])
+    clock = FakeClock(world.end(3) + GRACE)
+    started = time.monotonic()
+    await clock.run_until(epochs, clock.now + 1)
+    assert time.monotonic() - started < 20, "waited for a receipt that can never come"
+    stored = await world.stored()
+    assert {n: e["status"] for n, e in stored.items()} == {1: "published", 2: "published", 3: "published"}
+    assert stored[1]["tx_nonce"] > nonce  # re-signed at a fresh nonce
+    await assert_on_chain(world, stored)
+    assert metrics.EPOCH_NONCE_TAKEN._value.get() == taken_before + 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "epoch 1: publish tx 0x" in errors[0].getMessage()
+    assert f"nonce {nonce} of {accounts[0].address} was used by another transaction" in errors[0].getMessage()
+    assert not epochs.failing
+
+
+async def test_a_lost_nonce_whose_epoch_is_on_chain_with_our_root_is_adopted(
+    world: World, accounts: list[LocalAccount], make_signer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journaled tx lost its nonce to a tx that published the same epoch with the same root (a
+    second process with the same key): adopted, not published twice."""
+    caplog.set_level(logging.INFO, logger="ingest.epochs")
+    await world.readings_in(1)
+    epochs = world.epochs()
+    signer = world.distributor.signer
+    assert signer is not None
+    e1 = await epochs.close(1)
+    root = bytes.fromhex(e1["root"][2:])
+    raw, tx_hash, nonce = await signer.sign(world.distributor.publish_epoch_fn(1, root, e1["allocated"]))
+    await world.store.journal_tx(1, raw, tx_hash, nonce)
+    twin = DistributorClient(world.w3, world.deployment, make_signer(accounts[0]))  # same key, own nonce
+    assert twin.signer is not None  # at the same nonce, with other gas: another tx
+    receipt = await twin.signer.send(twin.publish_epoch_fn(1, root, e1["allocated"]), gas=300_000)
+    assert bytes(receipt["transactionHash"]) != tx_hash
+    clock = FakeClock(world.end(1) + GRACE)
+    await clock.run_until(epochs, clock.now + 1)
+    stored = await world.stored()
+    assert stored[1]["status"] == "published"
+    assert stored[1]["tx_hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
+    assert (await world.published_on_chain())[1] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("was used by another transaction" in m for m in messages)
+    assert any("epoch 1 published: " in m and "(found on chain)" in m for m in messages)
+
+
+async def test_the_scheduler_rides_out_a_database_with_no_free_connection(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: `TooManyConnectionsError` (a real PostgreSQL with max_connections = 20, every slot
+    taken by the test, the scheduler's own connections terminated) is a failed attempt like any
+    other: logged, shown (`failing`, `depin_epoch_publish_failing`), retried; then the epoch is done."""
+    from ingest import metrics
+
+    async with small_postgres(20) as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        hog = ConnectionHog(dsn)
+        try:
+            await migrate(pool)
+            store = Store(pool)
+            await store.upsert_devices([await _device_row(world, d) for d in range(3)], block=10)
+            local = dataclasses.replace(world, store=store)
+            await local.readings_in(1)
+            epochs = local.epochs()
+            await hog.exhaust()
+            failures = 0
+
+            async def release_after_two(_: float) -> None:
+                nonlocal failures
+                if epochs.failing:
+                    failures += 1
+                    assert metrics.EPOCH_FAILING._value.get() == 1
+                    if failures == 2:
+                        await hog.release()
+
+            clock = FakeClock(world.end(1) + GRACE, before_sleep=release_after_two)
+            await clock.run_until(epochs, clock.now + 1_000 + 2_000 + 1)
+            messages = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+            assert len(messages) == 2 and all(
+                "TooManyConnectionsError" in m or "too many" in m for m in messages
+            )
+            assert (await local.stored())[1]["status"] == "published"
+            assert not epochs.failing and metrics.EPOCH_FAILING._value.get() == 0
+        finally:
+            await hog.release()
+            await pool.close()
+
+
+async def _device_row(world: World, d: int) -> DeviceRecord:
+    row = await world.store.pool.fetchrow("SELECT owner FROM devices WHERE device_id = $1", dev(d))
+    assert row is not None
+    return DeviceRecord(dev(d), b"k" * 32, row["owner"], 1, 0, True, 10 + d)

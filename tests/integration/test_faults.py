@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -24,12 +25,14 @@ from ingest.adapters.store import Store
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
 from tests.procs import (
+    ConnectionHog,
     ConsumerProcess,
     Counts,
     PostgresControl,
     PublishStats,
     consumer_env,
     publish_resilient,
+    small_postgres,
     table_counts,
     try_counts,
     wait_for,
@@ -77,6 +80,9 @@ class Scenario:
             group=unique_client_id("g"),
             chain_rpc_url=self.anvil_url,
             deployment_file=self.deployment_file,
+            # Every forgery must get its row here (25 land on one topic within seconds): lift the
+            # per-topic row budget for unsigned rejections (tested in test_rejection_rows.py).
+            rejections_per_topic_burst=1000,
             **extra,
         )
         return ConsumerProcess(env, self.tmp / f"{name}.log")
@@ -300,3 +306,82 @@ async def test_broker_restarted_mid_stream(
             assert await w.stop() == 0, w.log_tail()
         finally:
             w.kill()
+
+
+async def test_out_of_database_connections_mid_stream_is_retried_and_the_process_keeps_running(
+    mosquitto: Any, scenario: Scenario, w3: Any, deployment: Any, signer: Any
+) -> None:
+    """Issue 11: `asyncpg.TooManyConnectionsError` used to end the process. A PostgreSQL of this test's
+    own with max_connections = 20; mid-stream the test takes every slot (and terminates the service's
+    backends, so its pool must open new ones and is refused) for 4 s, while a device registration
+    makes the follower write too. The consumer retries its batch, the follower its sync, the API
+    answers 503; afterwards everything reconciles exactly."""
+    started = time.perf_counter()
+    async with small_postgres(20) as dsn:
+        pool = await create_pool(dsn, max_size=2)
+        try:
+            await migrate(pool)
+        finally:
+            await pool.close()
+        w = scenario.worker(dsn, mosquitto.host, mosquitto.port, "pgfull")
+        w.parts = "consume,follow,epochs,api"
+        hog = ConnectionHog(dsn)
+        try:
+            await w.start()
+            stats = PublishStats()
+            first, rest = scenario.messages[:400], scenario.messages[400:]
+            await publish_resilient(mosquitto.host, mosquitto.port, first, rate_per_s=RATE, stats=stats)
+            await until_stored(dsn, 300)
+            held = await hog.exhaust()
+            full = time.perf_counter()
+            # The rest of the stream arrives while the database is full: its commits are refused.
+            pub = asyncio.create_task(
+                publish_resilient(mosquitto.host, mosquitto.port, rest, rate_per_s=RATE, stats=stats)
+            )
+            # The follower has blocks to fold (and rows to write) while the database is full.
+            extra = make_fleet(1, [scenario.fleet[0].owner], seed=random.randrange(2**32))[0]
+            await RegistryClient(w3, deployment, signer).register(
+                extra.device_id, extra.pubkey, extra.owner, extra.hw_class, extra.asserted_cell
+            )
+            async with aiohttp.ClientSession() as http:
+
+                async def api_refused() -> bool:
+                    async with http.get(f"{w.url}/v1/stats") as r:
+                        return r.status == 503 and r.headers.get("Retry-After") == "1"
+
+                await wait_for(api_refused, 10, "GET /v1/stats to answer 503")
+                status, ready = await w.readyz()
+                assert status == 503 and "database" in ready["failing"], ready
+                await asyncio.sleep(max(0.0, 4 - (time.perf_counter() - full)))
+                assert (await table_counts_or_none(dsn)) is None  # nobody gets a connection now
+                assert w.proc is not None and w.proc.poll() is None, w.log_tail()
+                assert await hog.others() == 0  # the service could not get a connection back
+            await hog.release()
+            print(f"\nPostgreSQL full ({held} connections held) for {time.perf_counter() - full:.1f} s")
+            await asyncio.wait_for(pub, 60)
+            counts = await until_reconciled(dsn, scenario, w)
+            scenario.assert_reconciled(counts, stats)
+            metrics = await w.metrics()
+            report("out of connections", started, counts, stats, metrics)
+            assert metrics.get("depin_db_retries_total", 0) > 0, "no commit was refused: missed the stream"
+            assert metrics.get("depin_api_db_unavailable_total", 0) > 0
+            assert metrics.get("depin_registry_sync_failures_total", 0) > 0
+            await wait_for(lambda: _ready(w), 30, "/readyz 200 after the database has room again")
+            log = w.log_file.read_text()
+            assert "TooManyConnectionsError" in log or "too many clients" in log
+            assert await w.stop() == 0, w.log_tail()
+        finally:
+            await hog.release()
+            w.kill()
+            await drop_session(mosquitto.host, mosquitto.port, w.env["DEPIN_MQTT_CLIENT_ID"])
+
+
+async def table_counts_or_none(dsn: str) -> Counts | None:
+    try:
+        return await try_counts(dsn)
+    except asyncpg.TooManyConnectionsError:
+        return None
+
+
+async def _ready(w: ConsumerProcess) -> bool:
+    return (await w.readyz())[0] == 200

@@ -1,6 +1,7 @@
-"""The shipped broker configuration (deploy/mosquitto.conf: no anonymous clients, password file, ACL)
-with auth files written by `depin broker` (as a CLI process), the service as an OS process logging in
-from DEPIN_MQTT_USERNAME / DEPIN_MQTT_PASSWORD_FILE, and devices logging in with their credential file.
+"""The shipped broker configuration (deploy/mosquitto.conf: no anonymous clients, the dynamic security
+plugin) with its file written by `depin broker dynsec` (as a CLI process), the service as an OS process
+logging in from DEPIN_MQTT_USERNAME / DEPIN_MQTT_PASSWORD_FILE, and devices logging in with their
+credential file.
 Proves what the ACL allows and refuses, the consumer's connection log lines, and TLS (a throw-away CA
 made here; no key or password is ever committed)."""
 
@@ -43,6 +44,7 @@ from tests.procs import REPO, ConsumerProcess, consumer_env, publish_resilient, 
 pytestmark = pytest.mark.integration
 
 SERVICE = "depin-ingest"
+NOT_AUTHORIZED = 0x87  # what Mosquitto 2.0.11 answers for a refused login (v5 and 3.1.1) or subscription
 
 
 def depin(*args: str | Path) -> str:
@@ -60,8 +62,7 @@ def depin(*args: str | Path) -> str:
 
 @dataclass
 class Provisioned:
-    passwd: Path
-    acl: Path
+    dynsec: Path
     service_pass: Path
     creds: dict[bytes, Path]
 
@@ -71,19 +72,21 @@ class Provisioned:
     def service(self, **tls: Any) -> BrokerLogin:
         return BrokerLogin(SERVICE, self.service_pass.read_text().strip(), **tls)
 
+    def files(self, **tls: Any) -> SecuredFiles:
+        return SecuredFiles(self.dynsec, **tls)
+
 
 def provision(d: Path, fleet: Sequence[SimDevice]) -> Provisioned:
-    """Credential files for the fleet, then the broker's password file and ACL with the CLI."""
+    """Credential files for the fleet, then the broker's dynamic security file with the CLI."""
     d.mkdir(parents=True, exist_ok=True)
     creds = {}
     for i, dev in enumerate(fleet):
         creds[dev.device_id] = d / f"dev{i}.json"
         save_identity(dev.identity, creds[dev.device_id])
-    p = Provisioned(d / "passwd", d / "acl", d / "svc.pass", creds)
+    p = Provisioned(d / "dynamic-security.json", d / "svc.pass", creds)
     if creds:
-        depin("broker", "passwd", "--file", p.passwd, "--cred", *creds.values())
-    depin("broker", "passwd", "--file", p.passwd, "--user", SERVICE, "--password-file", p.service_pass)
-    depin("broker", "acl", "--service-user", SERVICE, "--out", p.acl)
+        depin("broker", "dynsec", "--file", p.dynsec, "--cred", *creds.values())
+    depin("broker", "dynsec", "--file", p.dynsec, "--user", SERVICE, "--password-file", p.service_pass)
     return p
 
 
@@ -169,7 +172,7 @@ async def test_service_and_devices_on_the_shipped_config(
     await register(w3, deployment, signer, fleet)
     deployment.save(tmp_path / "deployment.json")
     p = provision(tmp_path / "auth", fleet)
-    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json", ack_feedback=True)
         worker = ConsumerProcess(env, tmp_path / "worker.log")
         try:
@@ -183,8 +186,11 @@ async def test_service_and_devices_on_the_shipped_config(
             async with (
                 listening(broker, p.device(a), [ack_topic(a.device_id)]) as (a_client, a_got),
                 listening(broker, p.device(b), [ack_topic(b.device_id)]) as (b_client, b_got),
-                listening(broker, p.device(c), snoop) as (_, c_got),
+                listening(broker, p.device(c), snoop) as (c_client, c_got),
             ):
+                # c spoofs a's feedback (the broker PUBACKs it and drops it: c may publish only on its up).
+                fake = json.dumps({"accepted": 0, "seq": {"99": "bad_signature"}})
+                await c_client.publish(ack_topic(a.device_id), fake, qos=1)
                 # a publishes b's packet on b's topic (the broker PUBACKs it, then drops it), then its own.
                 for topic, payload in [stolen, *own]:
                     await a_client.publish(topic, payload, qos=1)
@@ -207,6 +213,7 @@ async def test_service_and_devices_on_the_shipped_config(
             assert await stored_seqs(pg_dsn, a) == [1, 2, 3]
             assert counts.packets == 4 and counts.rejections == {}
             assert acked(b_got, b) == {"2": "accepted"}
+            assert all(b"99" not in body for _, body in a_got)  # c's forged ack never reached a
             # Each device read only its own ack; the snooping device received nothing at all, although
             # the other two published on …/up and were told on …/ack meanwhile.
             assert {t for t, _ in a_got} == {ack_topic(a.device_id)}
@@ -247,9 +254,8 @@ async def test_two_workers_with_their_own_accounts_and_no_session_takeover(
     deployment.save(tmp_path / "deployment.json")
     p = provision(tmp_path / "auth", fleet)
     second = "depin-ingest-2"
-    depin("broker", "passwd", "--file", p.passwd, "--user", second, "--password-file", tmp_path / "w2.pass")
-    depin("broker", "acl", "--service-user", SERVICE, "--service-user", second, "--out", p.acl)
-    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+    depin("broker", "dynsec", "--file", p.dynsec, "--user", second, "--password-file", tmp_path / "w2.pass")
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         group = unique_client_id("g")
         workers = []
         for user, pass_file in ((SERVICE, p.service_pass), (second, tmp_path / "w2.pass")):
@@ -307,6 +313,98 @@ async def test_two_workers_with_their_own_accounts_and_no_session_takeover(
                 await drop_session(broker.host, broker.port, "any", login=login)
 
 
+def _codes(granted: Any) -> list[int]:
+    return [int(getattr(c, "value", c)) for c in granted]
+
+
+async def test_a_device_cannot_join_the_service_share_group_nor_take_its_client_id(
+    store: Any,
+    pg_dsn: str,
+    anvil_url: str,
+    w3: Any,
+    deployment: Any,
+    signer: Any,
+    accounts: list,
+    tmp_path: Path,
+) -> None:
+    """The issue's attack on the shipped config: a device subscribes to the service's shared group
+    (`$share/<group>/depin/v1/+/up`: on Mosquitto 2.0.11 with acl_file this was granted and 20 of 40
+    messages went to the device and were dropped) and logs in with the service's client id. With the
+    dynamic security plugin the SUBSCRIBE is refused (0x87), so every message reaches the service."""
+    a, b, evil = fleet = new_fleet(3, [accounts[2].address])
+    await register(w3, deployment, signer, fleet)
+    deployment.save(tmp_path / "deployment.json")
+    p = provision(tmp_path / "auth", fleet)
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
+        env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json")
+        group = env["DEPIN_MQTT_GROUP"]
+        worker = ConsumerProcess(env, tmp_path / "worker.log")
+        try:
+            await worker.start()
+            got: list[str] = []
+            start = time.time_ns() // 1_000_000 - 60_000  # seqs 1..40, one reading a second
+            for k, client_id in enumerate((env["DEPIN_MQTT_CLIENT_ID"], SERVICE)):
+                async with aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=False,
+                    **p.device(evil).client_kwargs(),
+                ) as thief:
+                    for f in (
+                        f"$share/{group}/depin/v1/+/up",
+                        f"$share/{group}/depin/v1/{a.identity.hex_id}/up",
+                        f"$share/{group}/#",
+                        "$share/other/depin/v1/+/up",
+                        "depin/v1/+/up",
+                        "#",
+                    ):
+                        assert _codes(await thief.subscribe(f, qos=1)) == [NOT_AUTHORIZED], f
+
+                    async def take(client: aiomqtt.Client = thief) -> None:
+                        async for m in client.messages:
+                            got.append(str(m.topic))
+
+                    task = asyncio.create_task(take())
+                    per_device = [
+                        [(d.topic, next_message(d, start + (k * 20 + i) * 1000)) for i in range(20)]
+                        for d in (a, b)
+                    ]
+                    await asyncio.gather(
+                        *(
+                            publish_resilient(broker.host, broker.port, msgs, login=p.device(d), timeout=30)
+                            for d, msgs in zip((a, b), per_device, strict=True)
+                        )
+                    )
+                    await asyncio.sleep(0.5)
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+            async def all_handled() -> bool:
+                counts = await table_counts(pg_dsn)
+                return counts.packets + sum(counts.rejections.values()) >= 80
+
+            await wait_for(all_handled, 30, "80 packets handled")
+            counts = await table_counts(pg_dsn)
+            # All 80 published (2 rounds × 2 devices × 20) were stored: the thief took nothing.
+            assert counts.packets == 80 and counts.rejections == {}, counts
+            assert await stored_seqs(pg_dsn, a) == list(range(1, 41))
+            assert got == []
+            metrics = await worker.metrics()
+            assert metrics.get("depin_accepted_total") == 80
+            assert metrics.get("depin_mqtt_reconnects_total", 0.0) == 0.0, worker.log_tail()
+            assert await worker.stop() == 0, worker.log_tail()
+        finally:
+            worker.kill()
+            await drop_session(
+                broker.host,
+                broker.port,
+                env["DEPIN_MQTT_CLIENT_ID"],
+                login=MqttConfig(username=SERVICE, password=p.service_pass.read_text().strip()),
+            )
+
+
 async def connect_code(
     broker: BrokerInfo, login: BrokerLogin | None, *, v5: bool = True, **client: Any
 ) -> int:
@@ -328,7 +426,7 @@ async def test_depin_run_without_a_login_says_what_to_set(
     "Not authorized". Now its log (default level) names the broker and the settings to check."""
     deployment.save(tmp_path / "deployment.json")
     p = provision(tmp_path / "auth", [])
-    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json")
         del env["DEPIN_MQTT_USERNAME"], env["DEPIN_MQTT_PASSWORD_FILE"]
         worker = ConsumerProcess(env, tmp_path / "worker.log")
@@ -349,13 +447,10 @@ async def test_depin_run_without_a_login_says_what_to_set(
             await worker.stop()
 
 
-NOT_AUTHORIZED = 0x87  # what Mosquitto 2.0.11 answers for every refused login, v5 and 3.1.1 alike
-
-
 async def test_anonymous_and_wrong_passwords_are_refused(tmp_path: Path) -> None:
     a, b = fleet = new_fleet(2, ["0x" + "a1" * 20])
     p = provision(tmp_path / "auth", fleet)
-    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         assert await connect_code(broker, p.service()) == 0
         assert await connect_code(broker, p.device(a)) == 0
         assert await connect_code(broker, None) == NOT_AUTHORIZED
@@ -369,11 +464,15 @@ async def test_anonymous_and_wrong_passwords_are_refused(tmp_path: Path) -> None
         )
 
         # Re-running for one device rewrites only its entry (new salt, same password): everyone still logs in.
-        before = p.passwd.read_text().splitlines()
-        out = depin("broker", "passwd", "--file", p.passwd, "--cred", p.creds[a.device_id])
+        before = {c["username"]: c for c in json.loads(p.dynsec.read_text())["clients"]}
+        out = depin("broker", "dynsec", "--file", p.dynsec, "--cred", p.creds[a.device_id])
         assert "0 new password(s), 1 kept" in out
-        after = p.passwd.read_text().splitlines()
-        assert len(after) == len(before) == 3 and after[1:] == before[1:] and after[0] != before[0]
+        after = {c["username"]: c for c in json.loads(p.dynsec.read_text())["clients"]}
+        assert set(after) == set(before) and len(after) == 3
+        assert {k: v for k, v in after.items() if k != a.identity.hex_id} == {
+            k: v for k, v in before.items() if k != a.identity.hex_id
+        }
+        assert after[a.identity.hex_id]["salt"] != before[a.identity.hex_id]["salt"]
         await broker.restart()
         for login in (p.service(), p.device(a), p.device(b)):
             assert await connect_code(broker, login) == 0, login.username
@@ -432,7 +531,7 @@ async def test_connection_problems_are_logged_with_the_broker_and_what_to_check(
     ), line
 
     p = provision(tmp_path / "auth", new_fleet(1, ["0x" + "a1" * 20]))
-    async with secured_mosquitto(tmp_path / "broker", SecuredFiles(p.passwd, p.acl)) as broker:
+    async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         caplog.clear()
         where = f"127.0.0.1:{broker.port}"
         wrong = MqttConfig(
@@ -492,7 +591,7 @@ async def test_service_over_tls_with_a_private_ca(
     deployment.save(tmp_path / "deployment.json")
     p = provision(tmp_path / "auth", fleet)
     pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other-pki", "another CA")
-    files = SecuredFiles(p.passwd, p.acl, certfile=pki.server_cert, keyfile=pki.server_key)
+    files = p.files(certfile=pki.server_cert, keyfile=pki.server_key)
     async with secured_mosquitto(tmp_path / "broker", files) as broker:
         env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json", mqtt_tls_ca_file=pki.ca)
         worker = ConsumerProcess(env, tmp_path / "worker.log")
@@ -540,7 +639,7 @@ async def test_service_over_tls_with_a_private_ca(
 async def test_client_certificate_when_the_broker_requires_one(tmp_path: Path) -> None:
     p = provision(tmp_path / "auth", [])
     pki = make_pki(tmp_path / "pki")
-    files = SecuredFiles(p.passwd, p.acl, certfile=pki.server_cert, keyfile=pki.server_key, client_ca=pki.ca)
+    files = p.files(certfile=pki.server_cert, keyfile=pki.server_key, client_ca=pki.ca)
     async with secured_mosquitto(tmp_path / "broker", files) as broker:
         base = MqttConfig(
             port=broker.port,

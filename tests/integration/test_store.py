@@ -28,6 +28,7 @@ ALL_MIGRATIONS = [
     "004_media.sql",
     "005_epoch_seal.sql",
     "006_hw_classes.sql",
+    "007_rejections_retention.sql",
     "009_api_counters.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
@@ -113,6 +114,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("004_media", "native"),
             ("005_epoch_seal", "native"),
             ("006_hw_classes", "native"),
+            ("007_rejections_retention", "native"),
             ("009_api_counters", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")

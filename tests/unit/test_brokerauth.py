@@ -1,4 +1,5 @@
-"""The pure parts of broker security: `$7$` hashes, the password file, the ACL (= deploy/mosquitto.acl),
+"""The pure parts of broker security: `$7$` hashes, the password file, the ACL, the dynamic security
+file (what deploy/mosquitto.conf loads),
 the deployment config rewrite, the MQTT settings and the consumer's connect-error lines; and
 `depin broker` run in-process (files, modes, idempotent re-runs, one-line errors)."""
 
@@ -77,9 +78,146 @@ def test_bad_service_names_are_refused(name: str) -> None:
 # --- the ACL -------------------------------------------------------------------------------------
 
 
-def test_acl_is_the_one_in_deploy() -> None:
-    """deploy/mosquitto.acl is what `depin broker acl --service-user depin-ingest` writes."""
-    assert brokerauth.acl_text(["depin-ingest"]) == (REPO / "deploy" / "mosquitto.acl").read_text()
+# --- the dynamic security file --------------------------------------------------------------------
+
+DEV_A, DEV_B = "a1" * 32, "b2" * 32
+
+
+def test_dynsec_hash_is_pbkdf2_sha512_with_a_12_byte_salt() -> None:
+    salt = bytes(range(12))
+    fields = brokerauth.dynsec_hash("pw", salt=salt)
+    assert fields == {
+        "password": base64.b64encode(hashlib.pbkdf2_hmac("sha512", b"pw", salt, 101)).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": 101,
+    }
+    assert len(base64.b64decode(brokerauth.dynsec_hash("x")["salt"])) == 12  # the plugin's fixed size
+    assert brokerauth.check_dynsec_password("pw", fields)
+    assert not brokerauth.check_dynsec_password("pW", fields)
+    assert not brokerauth.check_dynsec_password("pw", {"salt": "!!"})
+
+
+def _roles(doc: dict) -> dict[str, list[tuple[str, str, bool]]]:
+    return {r["rolename"]: [(a["acltype"], a["topic"], a["allow"]) for a in r["acls"]] for r in doc["roles"]}
+
+
+@pytest.mark.parametrize(
+    ("devices", "services", "remove", "clients"),
+    [
+        ([DEV_A, DEV_B], ["depin-ingest"], [], [DEV_A, DEV_B, "depin-ingest"]),
+        ([DEV_A], ["w1", "w2"], [], [DEV_A, "w1", "w2"]),
+        ([], ["depin-ingest"], [], ["depin-ingest"]),
+        ([DEV_B], [], [DEV_A], [DEV_B]),
+    ],
+)
+def test_dynsec_update_table(
+    devices: list[str], services: list[str], remove: list[str], clients: list[str]
+) -> None:
+    base = brokerauth.dynsec_update(None, {DEV_A: {"password": "p", "salt": "s", "iterations": 1}}, {})
+    doc = brokerauth.dynsec_update(
+        base,
+        {d: brokerauth.dynsec_hash("d") for d in devices},
+        {u: brokerauth.dynsec_hash("s") for u in services},
+        remove,
+    )
+    assert [c["username"] for c in doc["clients"]] == sorted(set(clients) | ({DEV_A} - set(remove)))
+    # Everything denied unless a role allows it (unsubscribing is harmless).
+    assert doc["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    roles = _roles(doc)
+    for c in doc["clients"]:
+        name = c["username"]
+        if len(name) == 64:
+            # A role of its own whose topics are literal: the 2.0.11 plugin substitutes no %u / %c.
+            assert c["roles"] == [{"rolename": f"depin-device-{name}"}]
+            assert roles[f"depin-device-{name}"] == [
+                ("publishClientSend", f"depin/v1/{name}/up", True),
+                ("subscribeLiteral", f"depin/v1/{name}/ack", True),
+                ("publishClientReceive", f"depin/v1/{name}/ack", True),
+            ]
+        else:
+            assert c["roles"] == [{"rolename": "depin-service"}]
+    assert roles["depin-service"] == [
+        ("subscribePattern", "$share/+/depin/v1/+/up", True),
+        ("subscribePattern", "depin/v1/+/up", True),
+        ("publishClientReceive", "depin/v1/+/up", True),
+        ("publishClientSend", "depin/v1/+/ack", True),
+    ]
+    # No role for a device that is not a client (a removed device loses its role too).
+    assert {r for r in roles if r.startswith("depin-device-")} == {
+        f"depin-device-{c['username']}" for c in doc["clients"] if len(c["username"]) == 64
+    }
+    # No ACL anywhere grants a device a pattern or a $share subscription.
+    for name, acls in roles.items():
+        if name.startswith("depin-device-"):
+            assert all("+" not in t and "#" not in t and not t.startswith("$") for _, t, _ in acls)
+
+
+def test_dynsec_update_keeps_what_is_not_ours_and_replaces_hashes() -> None:
+    admin = {
+        "username": "admin",
+        "password": "x",
+        "salt": "y",
+        "iterations": 101,
+        "roles": [{"rolename": "a"}],
+    }
+    doc = {
+        "clients": [
+            admin,
+            {"username": DEV_A, "password": "old", "salt": "old", "iterations": 7, "textname": "t"},
+        ],
+        "groups": [{"groupname": "g"}],
+        "roles": [{"rolename": "a", "acls": []}, {"rolename": "depin-device-" + "c3" * 32, "acls": []}],
+    }
+    new_pw = brokerauth.dynsec_hash("new")
+    out = brokerauth.dynsec_update(doc, {DEV_A: new_pw}, {})
+    clients = {c["username"]: c for c in out["clients"]}
+    assert clients["admin"] == admin and out["groups"] == [{"groupname": "g"}]
+    assert clients[DEV_A]["textname"] == "t" and clients[DEV_A]["password"] == new_pw["password"]
+    assert [r["rolename"] for r in out["roles"]] == ["a", "depin-service", f"depin-device-{DEV_A}"]
+    assert doc["clients"][1]["password"] == "old"  # the input is not modified
+    with pytest.raises(brokerauth.BrokerAuthError, match="not a device id"):
+        brokerauth.dynsec_update(None, {"ab": new_pw}, {})
+    with pytest.raises(brokerauth.BrokerAuthError, match="looks like a device id"):
+        brokerauth.dynsec_update(None, {}, {DEV_B: new_pw})
+    with pytest.raises(brokerauth.BrokerAuthError, match="bad username"):
+        brokerauth.dynsec_update(None, {}, {"a b": new_pw})
+
+
+def test_depin_broker_dynsec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    d1, d2 = new_identity(), new_identity()
+    save_identity(d1, tmp_path / "d1.json")
+    save_identity(d2, tmp_path / "d2.json")
+    args = ["broker", "dynsec", "--file", "ds.json"]
+    assert (
+        main([*args, "--cred", "d1.json", "d2.json", "--user", "depin-ingest", "--password-file", "svc"]) == 0
+    )
+    for name in ("ds.json", "svc", "d1.json", "d2.json"):
+        assert (Path(name).stat().st_mode & 0o777) == 0o600, name
+    doc = json.loads(Path("ds.json").read_text())
+    clients = {c["username"]: c for c in doc["clients"]}
+    assert set(clients) == {d1.hex_id, d2.hex_id, "depin-ingest"}
+    pw1 = json.loads(Path("d1.json").read_text())["mqtt_password"]
+    assert brokerauth.check_dynsec_password(pw1, clients[d1.hex_id])
+    assert brokerauth.check_dynsec_password(Path("svc").read_text().strip(), clients["depin-ingest"])
+    # Re-run: same password, new salt; --remove takes a device and its role out.
+    assert main([*args, "--cred", "d1.json", "--remove", d2.hex_id]) == 0
+    doc2 = json.loads(Path("ds.json").read_text())
+    clients2 = {c["username"]: c for c in doc2["clients"]}
+    assert set(clients2) == {d1.hex_id, "depin-ingest"}
+    assert clients2[d1.hex_id]["salt"] != clients[d1.hex_id]["salt"]
+    assert brokerauth.check_dynsec_password(pw1, clients2[d1.hex_id])
+    assert f"depin-device-{d2.hex_id}" not in _roles(doc2)
+    assert main([*args, "--cred", "d1.json", "--rotate"]) == 0
+    assert json.loads(Path("d1.json").read_text())["mqtt_password"] != pw1
+    assert main([*args]) == 1  # nothing to do: one line, exit 1
+    Path("bad.json").write_text("[1]")
+    assert main(["broker", "dynsec", "--file", "bad.json", "--cred", "d1.json"]) == 1
 
 
 def test_acl_rules() -> None:
@@ -104,9 +242,7 @@ def test_acl_rules() -> None:
 
 def test_secured_config_rewrites_only_paths_and_listener(tmp_path: Path) -> None:
     template = (REPO / "deploy" / "mosquitto.conf").read_text()
-    files = SecuredFiles(
-        tmp_path / "pw", tmp_path / "acl", certfile=tmp_path / "s.crt", keyfile=tmp_path / "s.key"
-    )
+    files = SecuredFiles(tmp_path / "ds.json", certfile=tmp_path / "s.crt", keyfile=tmp_path / "s.key")
     out = secured_config(template, tmp_path, 4242, files).splitlines()
     expected = []
     for line in template.splitlines():
@@ -115,23 +251,25 @@ def test_secured_config_rewrites_only_paths_and_listener(tmp_path: Path) -> None
             expected += ["listener 4242 127.0.0.1", f"certfile {tmp_path}/s.crt", f"keyfile {tmp_path}/s.key"]
         elif key == "persistence_location":
             expected.append(f"persistence_location {tmp_path}/")
-        elif key == "password_file":
-            expected.append(f"password_file {tmp_path}/pw")
-        elif key == "acl_file":
-            expected.append(f"acl_file {tmp_path}/acl")
+        elif key == "plugin_opt_config_file":
+            expected.append(f"plugin_opt_config_file {tmp_path}/ds.json")
         else:
             expected.append(line)  # every other directive and comment, as operators deploy it
     assert out[: len(expected)] == expected
     assert out[len(expected) :] == (["user root"] if os.geteuid() == 0 else [])
     assert "allow_anonymous false" in out
+    assert "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so" in out
+    assert not any(line.startswith(("password_file", "acl_file")) for line in out)
 
 
 def test_secured_config_refuses_a_template_it_cannot_honour(tmp_path: Path) -> None:
-    files = SecuredFiles(tmp_path / "pw", tmp_path / "acl")
-    base = "listener 1 127.0.0.1\npersistence_location /x/\npassword_file /p\nacl_file /a\n"
+    files = SecuredFiles(tmp_path / "ds.json")
+    base = "listener 1 127.0.0.1\npersistence_location /x/\nplugin /p.so\nplugin_opt_config_file /a\n"
     secured_config(base, tmp_path, 2, files)
-    with pytest.raises(ValueError, match="'acl_file'"):
-        secured_config(base.replace("acl_file /a\n", ""), tmp_path, 2, files)
+    with pytest.raises(ValueError, match="'plugin_opt_config_file'"):
+        secured_config(base.replace("plugin_opt_config_file /a\n", ""), tmp_path, 2, files)
+    with pytest.raises(ValueError, match="'plugin'"):
+        secured_config(base.replace("plugin /p.so\n", ""), tmp_path, 2, files)
     with pytest.raises(ValueError, match="'listener'"):
         secured_config(base + "listener 8883\n", tmp_path, 2, files)
     secured_config(base + "#listener 8883\n", tmp_path, 2, files)  # commented out: fine
@@ -211,7 +349,7 @@ def test_device_login_from_its_credential_file(tmp_path: Path) -> None:
     cred = tmp_path / "d.json"
     identity = new_identity()
     save_identity(identity, cred)
-    with pytest.raises(ValueError, match="depin broker passwd --cred"):
+    with pytest.raises(ValueError, match="depin broker dynsec --file … --cred"):
         BrokerLogin.from_credentials(cred)
     brokerauth.device_account(cred, rotate=False)
     login = BrokerLogin.from_credentials(cred, tls_ca_file=None, tls=True)
