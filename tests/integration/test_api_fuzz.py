@@ -79,7 +79,7 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
         yield url, ident.device_id, limits.cursor_key
 
 
-async def test_schemathesis_all_checks_pass(api_with_data: tuple[str, bytes, bytes]) -> None:
+async def test_schemathesis_all_checks_pass(api_with_data: tuple[str, bytes, bytes], tmp_path: Path) -> None:
     url, device, key = api_with_data
     env = {
         **os.environ,
@@ -104,7 +104,7 @@ async def test_schemathesis_all_checks_pass(api_with_data: tuple[str, bytes, byt
         "--no-color",
         "--request-timeout",
         "10",
-        cwd=REPO,
+        cwd=tmp_path,  # schemathesis keeps a .schemathesis/ cache in its working directory
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
