@@ -223,7 +223,7 @@ class Store:
         self._clock = clock
         self._native: bool | None = None  # None until probed: native partitions vs hypertable
         self._known_days: set[int] = set()  # days (ms // DAY_MS) whose partition is known to exist
-        self._shard = random.randrange(64)  # this writer's row in stats_counters (see 009_api_counters)
+        self._shard = random.randrange(64)  # this writer's row in stats_counters (see 008_api_counters)
 
     # --- write path -------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ ALL_MIGRATIONS = [
     "005_epoch_seal.sql",
     "006_hw_classes.sql",
     "007_rejections_retention.sql",
-    "009_api_counters.sql",
+    "008_api_counters.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -115,7 +115,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("005_epoch_seal", "native"),
             ("006_hw_classes", "native"),
             ("007_rejections_retention", "native"),
-            ("009_api_counters", "native"),
+            ("008_api_counters", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
