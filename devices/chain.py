@@ -37,8 +37,8 @@ from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFou
 from web3.logs import DISCARD
 from web3.types import TxParams, TxReceipt
 
-from ingest.core.registry_fold import DEVICE_EVENT_KINDS, HW_CLASS_SET, HwClassInfo, RegistryEvent
-from ingest.model import DeviceRecord
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import DEVICE_EVENT_KINDS, HW_CLASS_SET, HwClassInfo, RegistryEvent
 
 log = logging.getLogger(__name__)
 

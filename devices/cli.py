@@ -50,9 +50,9 @@ from devices.fleet import (
     parse_pubkey,
 )
 from devices.keys import load_identity, new_identity, save_identity
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import HwClassInfo, apply_events
 from devices.settings import ChainSettings, SettingsError
-from ingest.core.registry_fold import HwClassInfo, apply_events
-from ingest.model import DeviceRecord
 
 ROLE_NAMES = {
     OPERATOR_ROLE: "OPERATOR_ROLE",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import h3
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
-from ingest.core.registry_fold import HwClassInfo
+from devices.protocol.registry_fold import HwClassInfo
 
 FLEET_COLUMNS = ("device_id", "pubkey", "owner", "hw_class", "asserted_cell")
 MAX_ERRORS_SHOWN = 3

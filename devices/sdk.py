@@ -17,9 +17,9 @@ from typing import Any
 import aiomqtt
 
 from devices.keys import DeviceIdentity
-from ingest.core.codec import WIRE_VERSION, encode_payload, encode_sign1, protected_header, sig_structure
-from ingest.core.verify import up_topic
-from ingest.model import Packet, Reading
+from devices.protocol.codec import WIRE_VERSION, encode_payload, encode_sign1, protected_header, sig_structure
+from devices.protocol.model import Packet, Reading
+from devices.protocol.topics import up_topic
 
 
 def sign_packet(identity: DeviceIdentity, packet: Packet) -> bytes:

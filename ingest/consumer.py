@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import aiomqtt
 import asyncpg
 
+from devices.protocol.model import DeviceRecord
+from devices.protocol.topics import ack_topic, device_from_topic
 from ingest import metrics
 from ingest.adapters.mqtt import (
     MqttConfig,
@@ -34,8 +36,7 @@ from ingest.adapters.mqtt import (
 from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.rejection_budget import RejectionBudget
-from ingest.core.verify import ack_topic, device_from_topic
-from ingest.model import AcceptedPacket, BatchResult, DeviceRecord, RejectedMessage
+from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,16 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ingest.core import codec, plausibility, rules
+from devices.protocol import codec
+from devices.protocol.hwclass import DEFAULT_CLASSES, HwClass
+from devices.protocol.model import DeviceRecord, Reason, Rejection
+from devices.protocol.topics import device_from_topic
+from ingest.core import plausibility, rules
 from ingest.core.geo import cells_for
-from ingest.core.hwclass import DEFAULT_CLASSES, HwClass
 from ingest.core.ratelimit import RateLimit, packet_clock_ms
 from ingest.core.state import PipelineState
-from ingest.core.verify import device_from_topic, verify
-from ingest.model import AcceptedPacket, DeviceRecord, Reason, RejectedMessage, Rejection
+from ingest.core.verify import verify
+from ingest.model import AcceptedPacket, RejectedMessage
 
 __all__ = [
     "REJECTION_REASONS",

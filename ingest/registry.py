@@ -42,11 +42,9 @@ from web3.exceptions import BlockNotFound
 from web3.types import RPCEndpoint
 
 from devices.chain import RegistryClient
-from ingest import metrics
-from ingest.adapters.store import Store
-from ingest.core.hwclass import HwClass, from_registry
-from ingest.core.negative_cache import NegativeCache, ReadBudget
-from ingest.core.registry_fold import (
+from devices.protocol.hwclass import HwClass, from_registry
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import (
     ClassUndo,
     HwClassInfo,
     Position,
@@ -57,7 +55,9 @@ from ingest.core.registry_fold import (
     rollback,
     rollback_hw_classes,
 )
-from ingest.model import DeviceRecord
+from ingest import metrics
+from ingest.adapters.store import Store
+from ingest.core.negative_cache import NegativeCache, ReadBudget
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import hashlib
 from nacl.signing import SigningKey
 
 from devices.keys import DeviceIdentity, new_identity
+from devices.protocol.codec import decode
+from devices.protocol.hwclass import WEATHER
+from devices.protocol.model import Rejection, SignedMessage
+from devices.protocol.topics import up_topic
 from devices.sdk import build_message
-from ingest.core.codec import decode
-from ingest.core.hwclass import WEATHER
-from ingest.core.verify import up_topic
-from ingest.model import Rejection, SignedMessage
 from simulator.fleet import SimDevice, offset_latlon, readings_for, route_position, timestamps_for
 
 Message = tuple[str, bytes]

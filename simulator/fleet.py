@@ -30,11 +30,10 @@ from nacl.signing import SigningKey
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devices.keys import DeviceIdentity
+from devices.protocol.hwclass import AIR, DASHCAM, WEATHER, HwClass, cell_for
+from devices.protocol.model import DeviceRecord, Media, Reading
+from devices.protocol.topics import up_topic
 from devices.sdk import BrokerLogin, build_message
-from ingest.core.geo import cell_for
-from ingest.core.hwclass import AIR, DASHCAM, WEATHER, HwClass
-from ingest.core.verify import up_topic
-from ingest.model import DeviceRecord, Media, Reading
 
 log = logging.getLogger(__name__)
 

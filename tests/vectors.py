@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ingest.model import DeviceRecord
+from devices.protocol.model import DeviceRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [

@@ -26,17 +26,11 @@ from typing import Any
 
 import asyncpg
 
+from devices.protocol.model import DeviceRecord, Reason
+from devices.protocol.registry_fold import HwClassInfo
 from ingest.core.media import MediaUse, first_uses
-from ingest.core.registry_fold import HwClassInfo
 from ingest.core.rules import FLAG_MEDIA_REUSE
-from ingest.model import (
-    AcceptedPacket,
-    BatchResult,
-    CoverageRow,
-    DeviceRecord,
-    Reason,
-    RejectedMessage,
-)
+from ingest.model import AcceptedPacket, BatchResult, CoverageRow, RejectedMessage
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,9 @@ TRUST_PARTIAL_M = 400.0
 TRUST_PARTIAL_BPS = 2_500
 
 
-def cell_for(lat: float, lon: float, res: int) -> int:
-    """The H3 cell containing (lat, lon) at resolution `res`, as the 64-bit integer the database stores."""
-    return h3_int.latlng_to_cell(lat, lon, res)  # the integer API: no string round trip
-
-
 def cells_for(points: Iterable[tuple[float, float]], res: int) -> tuple[int, ...]:
-    """`cell_for` of each (lat, lon); a point equal to the one before reuses its cell (a station's
-    readings all sit at one position)."""
+    """`cell_for` (`devices.protocol.hwclass`) of each (lat, lon); a point equal to the one before
+    reuses its cell (a station's readings all sit at one position)."""
     out = []
     last_lat = last_lon = math.nan  # equal to nothing
     cell = 0

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 import h3
 
+from devices.protocol.hwclass import HwClass
+from devices.protocol.model import Reading
 from ingest.core import rules
 from ingest.core.geo import BPS, distance_outside_cell_m, haversine_m, location_trust
-from ingest.core.hwclass import HwClass
-from ingest.model import Reading
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingest.model import Packet
+from devices.protocol.model import Packet
 
 
 @dataclass(frozen=True, slots=True)

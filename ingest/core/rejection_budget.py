@@ -27,7 +27,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ingest.model import Reason, RejectedMessage
+from devices.protocol.model import Reason
+from ingest.model import RejectedMessage
 
 UNSIGNED: frozenset[str] = frozenset(
     {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ingest.model import Packet, Reading, Reason, Rejection
+from devices.protocol.model import Packet, Reading, Reason, Rejection
 
 # Reading flags (bit set, stored in readings.flags). 0 = clean.
 FLAG_BAD_VALUES = 1 << 0

@@ -11,32 +11,8 @@ from collections.abc import Callable
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from ingest.core.codec import DEVICE_ID_LEN, signed_bytes
-from ingest.model import DeviceRecord, Reason, Rejection, SignedMessage
-
-TOPIC_PREFIX = "depin/v1/"
-UP_SUFFIX = "/up"
-
-
-def up_topic(device_id: bytes) -> str:
-    return f"{TOPIC_PREFIX}{device_id.hex()}{UP_SUFFIX}"
-
-
-def ack_topic(device_id: bytes) -> str:
-    return f"{TOPIC_PREFIX}{device_id.hex()}/ack"
-
-
-def device_from_topic(topic: str) -> bytes | None:
-    """`depin/v1/{64 hex}/up` → the 32-byte id; anything else → None."""
-    if not (topic.startswith(TOPIC_PREFIX) and topic.endswith(UP_SUFFIX)):
-        return None
-    hex_id = topic[len(TOPIC_PREFIX) : -len(UP_SUFFIX)]
-    if len(hex_id) != 2 * DEVICE_ID_LEN:
-        return None
-    try:
-        return bytes.fromhex(hex_id)
-    except ValueError:
-        return None
+from devices.protocol.codec import signed_bytes
+from devices.protocol.model import DeviceRecord, Reason, Rejection, SignedMessage
 
 
 def check_identity(msg: SignedMessage, topic_device: bytes | None) -> Rejection | None:

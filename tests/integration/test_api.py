@@ -16,10 +16,11 @@ import h3
 import pytest
 
 from devices.keys import new_identity
+from devices.protocol.model import DeviceRecord, Reading, Reason
+from devices.protocol.topics import up_topic
 from devices.sdk import build_message
 from ingest.adapters.store import Store
-from ingest.core.verify import up_topic
-from ingest.model import DeviceRecord, Reading, Reason, RejectedMessage
+from ingest.model import RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
 

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from devices.keys import new_identity
+from devices.protocol.model import DeviceRecord, Reading
+from devices.protocol.topics import up_topic
 from devices.sdk import build_message
 from ingest.adapters.store import Store
 from ingest.api.app import ApiLimits, create_app
-from ingest.core.verify import up_topic
-from ingest.model import DeviceRecord, Reading
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
 

@@ -24,9 +24,9 @@ from web3 import AsyncWeb3
 
 from devices.chain import OPERATOR_ROLE, Deployment, RegistryClient
 from devices.keys import load_identity, new_identity
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import apply_events
 from ingest.cli import main
-from ingest.core.registry_fold import apply_events
-from ingest.model import DeviceRecord
 
 pytestmark = pytest.mark.integration
 

@@ -25,10 +25,10 @@ from devices.chain import (
     deploy_contracts,
     load_artifact,
 )
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import HwClassInfo, apply_events, apply_hw_class_events
 from ingest.adapters.localchain import start_eth_tester
 from ingest.core.merkle import CumulativeMerkleTree
-from ingest.core.registry_fold import HwClassInfo, apply_events, apply_hw_class_events
-from ingest.model import DeviceRecord
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,11 @@ from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import REWARDS_ROLE, Deployment, DistributorClient, Signer
+from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.store import Store
 from ingest.epochs import EpochConfig, Epochs
-from ingest.model import AcceptedPacket, DeviceRecord, Reading
+from ingest.model import AcceptedPacket
 from tests.procs import ConnectionHog, small_postgres
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from devices.chain import REWARDS_ROLE, DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.protocol.topics import ack_topic
 from ingest.adapters.store import Store
-from ingest.core.verify import ack_topic
 from simulator.fleet import make_fleet, next_message, publish_raw, unique_client_id
 from tests.procs import ConsumerProcess, consumer_env, table_counts, wait_for
 

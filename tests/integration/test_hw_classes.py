@@ -19,13 +19,12 @@ from eth_account.signers.local import LocalAccount
 
 from devices.chain import Deployment, RegistryClient, Signer
 from devices.keys import DeviceIdentity, new_identity
+from devices.protocol.hwclass import HwClass, cell_for
+from devices.protocol.model import Reading
+from devices.protocol.registry_fold import HwClassInfo
 from devices.sdk import build_message
 from ingest.cli import main
 from ingest.core import rules
-from ingest.core.geo import cell_for
-from ingest.core.hwclass import HwClass
-from ingest.core.registry_fold import HwClassInfo
-from ingest.model import Reading
 from ingest.service import Node
 from simulator.fleet import publish_raw
 from tests.integration.test_registry import follower_on, mine, node, reorg, wait_for

@@ -25,9 +25,9 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, DeviceInput, RegistryClient, Signer
 from devices.keys import new_identity
+from devices.protocol.model import DeviceRecord
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
-from ingest.model import DeviceRecord
 from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings

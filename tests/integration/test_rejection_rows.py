@@ -18,12 +18,13 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
+from devices.protocol.model import Reason
 from ingest.adapters.mqtt import MqttConfig, Received, drop_session
 from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.consumer import Consumer
 from ingest.core.rejection_budget import UNSIGNED, BudgetConfig, RejectionBudget
-from ingest.model import Reason, RejectedMessage
+from ingest.model import RejectedMessage
 from ingest.retention import prune_once
 from ingest.service import serve_api
 from simulator import cheaters

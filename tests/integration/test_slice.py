@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 
 from devices.chain import DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.protocol.codec import decode
+from devices.protocol.model import SignedMessage
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
-from ingest.core.codec import decode
 from ingest.core.rules import FLAG_MEDIA_REUSE
-from ingest.model import SignedMessage
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings
 from simulator import cheaters

@@ -14,10 +14,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.store import DAY_MS, SEAL_LOCK_KEY, Store, ensure_partitions, ms_to_dt
 from ingest.core.rules import FLAG_MEDIA_REUSE
-from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, RejectedMessage
+from ingest.model import AcceptedPacket, RejectedMessage
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 
 from devices.chain import DeviceInput, RegistryClient
+from devices.protocol.topics import ack_topic
 from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
 from ingest.adapters.store import Store
 from ingest.consumer import Consumer
-from ingest.core.verify import ack_topic
 from simulator import cheaters
 from simulator.fleet import (
     SimDevice,

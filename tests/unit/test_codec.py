@@ -6,10 +6,12 @@ import cbor2
 import pytest
 
 from devices.keys import identity_from_seed, new_identity
+from devices.protocol import codec
+from devices.protocol.model import Media, Packet, Reading, Reason, Rejection, SignedMessage
+from devices.protocol.topics import device_from_topic, up_topic
 from devices.sdk import build_message, sign_packet
-from ingest.core import codec, rules
-from ingest.core.verify import check_signature, device_from_topic, up_topic, verify
-from ingest.model import Media, Packet, Reading, Reason, Rejection, SignedMessage
+from ingest.core import rules
+from ingest.core.verify import check_signature, verify
 from tests import vectors
 
 V = vectors.load()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from ingest.core.geo import cell_for
-from ingest.core.hwclass import WEATHER
-from ingest.model import AcceptedPacket, DeviceRecord, RejectedMessage
+from devices.protocol.hwclass import WEATHER, cell_for
+from devices.protocol.model import DeviceRecord
+from ingest.model import AcceptedPacket, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, judge
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

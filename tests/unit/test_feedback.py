@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from devices.protocol.model import Media, Reading
 from ingest.core import rules
 from ingest.core.feedback import batch_feedback, packet_flags, stored_keys
-from ingest.model import AcceptedPacket, Media, Reading
+from ingest.model import AcceptedPacket
 
 A, B = b"\xaa" * 32, b"\xbb" * 32
 

@@ -21,8 +21,8 @@ from devices.fleet import (
     parse_hw_class,
     parse_pubkey,
 )
+from devices.protocol.registry_fold import HwClassInfo
 from devices.settings import DEFAULT_DEPLOYMENT_FILE, DEFAULT_RPC_URL, ChainSettings, SettingsError
-from ingest.core.registry_fold import HwClassInfo
 
 CLASSES = {
     1: HwClassInfo(1, "dashcam", 200, 9, True),

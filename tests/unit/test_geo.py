@@ -1,4 +1,4 @@
-"""Table and property tests for ingest.core.geo and ingest.core.hwclass (pure, no services)."""
+"""Table and property tests for ingest.core.geo and devices.protocol.hwclass (pure, no services)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devices.protocol.hwclass import (
+    DEFAULT_CLASSES,
+    HwClass,
+    cell_for,
+    class_by_id,
+    class_by_name,
+    from_registry,
+)
 from ingest.core import geo
 from ingest.core.geo import (
     BPS,
-    cell_for,
     cell_weight_bps,
     distance_to_cell_m,
     freshness_bps,
     haversine_m,
     location_trust,
 )
-from ingest.core.hwclass import DEFAULT_CLASSES, HwClass, class_by_id, class_by_name, from_registry
 
 LAT, LON = 37.7752702151959, -122.418307270836  # h3's documentation example point
 

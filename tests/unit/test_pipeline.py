@@ -12,13 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.keys import DeviceIdentity, new_identity
+from devices.protocol.hwclass import cell_for
+from devices.protocol.model import DeviceRecord, Media, Reading, Reason
+from devices.protocol.topics import up_topic
 from devices.sdk import build_message
 from ingest.core import rules
-from ingest.core.geo import EARTH_RADIUS_M, cell_for
+from ingest.core.geo import EARTH_RADIUS_M
 from ingest.core.ratelimit import RateLimit
 from ingest.core.rules import FLAG_BAD_VALUES
-from ingest.core.verify import up_topic
-from ingest.model import AcceptedPacket, DeviceRecord, Media, Reading, Reason, RejectedMessage
+from ingest.model import AcceptedPacket, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, judge, sort_batch
 
 NOW = 1_795_000_000_000
@@ -111,7 +113,7 @@ def test_the_pipeline_judges_with_a_live_class_table() -> None:
     added or changed in it applies to the next message, with the same config and state."""
     from types import MappingProxyType
 
-    from ingest.core.hwclass import DEFAULT_CLASSES, from_registry
+    from devices.protocol.hwclass import DEFAULT_CLASSES, from_registry
 
     table = dict(DEFAULT_CLASSES)
     cfg = dataclasses.replace(CFG, classes=MappingProxyType(table))

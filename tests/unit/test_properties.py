@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from devices.keys import identity_from_seed
-from ingest.core import codec, rules
-from ingest.model import AcceptedPacket, Reason, RejectedMessage, Rejection, SignedMessage
+from devices.protocol import codec
+from devices.protocol.model import Reason, Rejection, SignedMessage
+from ingest.core import rules
+from ingest.model import AcceptedPacket, RejectedMessage
 from ingest.pipeline import REJECTION_REASONS, Incoming, PipelineConfig, PipelineState, judge, sort_batch
 from tests import vectors
 from tests.unit.test_vectors import REGISTRY

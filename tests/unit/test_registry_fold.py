@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ingest.core.registry_fold import (
+from devices.protocol.model import DeviceRecord
+from devices.protocol.registry_fold import (
     DEVICE_REGISTERED,
     DEVICE_REVOKED,
     DEVICE_TRANSFERRED,
@@ -25,7 +26,6 @@ from ingest.core.registry_fold import (
     rollback,
     rollback_hw_classes,
 )
-from ingest.model import DeviceRecord
 
 A, B = b"\xaa" * 32, b"\xbb" * 32
 OWNER, OTHER = "0x" + "11" * 20, "0x" + "22" * 20

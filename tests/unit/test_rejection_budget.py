@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from devices.protocol.model import Reason
 from ingest.core.rejection_budget import UNSIGNED, BudgetConfig, RejectionBudget, always_recorded
-from ingest.model import Reason, RejectedMessage
+from ingest.model import RejectedMessage
 
 T1, T2 = "depin/v1/" + "a1" * 32 + "/up", "depin/v1/" + "b2" * 32 + "/up"
 

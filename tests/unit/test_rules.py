@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devices.protocol.hwclass import AIR, DASHCAM, DEFAULT_CLASSES, WEATHER, cell_for
+from devices.protocol.model import Media, Packet, Reading, Reason
 from ingest.core import plausibility, rules
-from ingest.core.geo import BPS, EARTH_RADIUS_M, cell_for, distance_outside_cell_m
-from ingest.core.hwclass import AIR, DASHCAM, DEFAULT_CLASSES, WEATHER
+from ingest.core.geo import BPS, EARTH_RADIUS_M, distance_outside_cell_m
 from ingest.core.plausibility import QualityLimits, Track, assess, location_trust_bps, too_fast
 from ingest.core.ratelimit import RateLimit, TokenBucket, packet_clock_ms
 from ingest.core.state import PipelineState
-from ingest.model import Media, Packet, Reading, Reason
 
 T0 = 1_795_000_000_000
 MINUTE = 60_000

@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 
-from ingest.core.codec import decode
-from ingest.core.geo import cell_for, distance_to_cell_m, haversine_m
-from ingest.core.hwclass import DEFAULT_CLASSES
-from ingest.core.verify import check_signature, device_from_topic
-from ingest.model import Rejection, SignedMessage
+from devices.protocol.codec import decode
+from devices.protocol.hwclass import DEFAULT_CLASSES, cell_for
+from devices.protocol.model import Rejection, SignedMessage
+from devices.protocol.topics import device_from_topic
+from ingest.core.geo import distance_to_cell_m, haversine_m
+from ingest.core.verify import check_signature
 from simulator import cheaters, make_fleet, next_message
 from simulator.fleet import SimDevice
 

@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-from ingest.core import codec
-from ingest.core.geo import cell_for
-from ingest.core.hwclass import DEFAULT_CLASSES
-from ingest.model import AcceptedPacket, DeviceRecord, RejectedMessage, SignedMessage
+from devices.protocol import codec
+from devices.protocol.hwclass import DEFAULT_CLASSES, cell_for
+from devices.protocol.model import DeviceRecord, SignedMessage
+from ingest.model import AcceptedPacket, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, judge, sort_batch
 from tests import vectors
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from ingest.model import Media, Packet, Reading, Reason, Rejection, SignedMessage
+from devices.protocol.model import Media, Packet, Reading, Reason, Rejection, SignedMessage
 
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from h3.api import basic_int as h3_int
+
 
 @dataclass(frozen=True, slots=True)
 class HwClass:
@@ -69,3 +71,8 @@ def class_by_name(kind: str, classes: Mapping[int, HwClass] = DEFAULT_CLASSES) -
         if classes[class_id].name == kind:
             return classes[class_id]
     return None
+
+
+def cell_for(lat: float, lon: float, res: int) -> int:
+    """The H3 cell containing (lat, lon) at resolution `res`, as the 64-bit integer the database stores."""
+    return h3_int.latlng_to_cell(lat, lon, res)  # the integer API: no string round trip

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.model import DeviceRecord
+from devices.protocol.model import DeviceRecord
 
 DEVICE_REGISTERED = "DeviceRegistered"
 DEVICE_REVOKED = "DeviceRevoked"
