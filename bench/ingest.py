@@ -540,7 +540,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"in {b['seconds']:.2f} s = {b['readings_per_s']:,.0f} readings/s ({spread(b)})"
             )
     say("")
-    say(f"ratios, {args.workers} worker(s) (1 worker in brackets); targets from issue 4:")
+    say(f"ratios, {args.workers} worker(s) (1 worker in brackets); targets:")
     one1, one10 = runs[1, 1], runs[10, 1]
     say(
         f"  1-reading packets/s / verify rate (1 thread):  {s1['packets_per_s'] / v1:.2f} "

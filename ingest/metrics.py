@@ -1,4 +1,4 @@
-"""Prometheus metrics (served at /metrics). Names follow RELIABILITY.md: depin_rejected_total{reason}.
+"""Prometheus metrics (served at /metrics). Every metric of the service is defined here (docs/DESIGN.md §10).
 
 Metrics are per process: with N consumer processes on one shared subscription, each serves its own
 share (scrape every worker, or sum). Publish→commit latency uses the packet's newest reading timestamp
@@ -56,6 +56,25 @@ REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the
 REGISTRY_LAG = Gauge("depin_registry_lag_blocks", "chain head minus the mirror's block")
 REGISTRY_DEVICES = Gauge("depin_registry_devices", "devices in the registry mirror")
 CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC succeeded")
+REGISTRY_SYNC_FAILURES = Counter(
+    "depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)"
+)
+REGISTRY_REORGS = Counter(
+    "depin_registry_reorgs_total",
+    "reorgs below the registry checkpoint, by how they were undone",
+    ["recovery"],
+)
+REGISTRY_ONDEMAND_READS = Counter(
+    "depin_registry_ondemand_reads_total",
+    "contract reads for ids unknown to the mirror, by result (found, absent, error, timeout)",
+    ["result"],
+)
+REGISTRY_ONDEMAND_SKIPPED = Counter(
+    "depin_registry_ondemand_skipped_total",
+    "unknown ids left unread this batch (over_budget, rpc_down); not negative-cached",
+    ["why"],
+)
+REGISTRY_NEGATIVE_CACHE_IDS = Gauge("depin_registry_negative_cache_ids", "ids cached as not registered")
 EPOCHS_PUBLISHED = Counter("depin_epochs_published_total", "epochs whose root was published on chain")
 EPOCHS_CLOSED = Counter("depin_epochs_closed_total", "epochs sealed, scored and stored by this process")
 EPOCH_ERRORS = Counter("depin_epoch_errors_total", "failed attempts to close or publish an epoch (retried)")

@@ -7,7 +7,8 @@ acknowledging them after that commit is the consumer's.
 
 The rate limit runs after the signature check, so nobody can spend another device's tokens, and
 before the time and value rules, so every authenticated packet is charged. Only accepted packets
-advance a device's track (last position, value runs) and the media index.
+advance a device's track (last position, value runs). Media reuse is not decided here: the store
+decides it in the batch's transaction (docs/DESIGN.md §5).
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 import aiohttp
 import asyncpg
-from prometheus_client import Counter, Gauge
 from web3 import AsyncHTTPProvider
 from web3.exceptions import BlockNotFound
 from web3.types import RPCEndpoint
@@ -84,25 +83,6 @@ def chain_provider(url: str, timeout_s: float) -> AsyncHTTPProvider:
         exception_retry_configuration=None,
         **PROVIDER_OPTIONS,
     )
-
-
-SYNC_FAILURES = Counter("depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)")
-REORGS = Counter(
-    "depin_registry_reorgs_total",
-    "reorgs below the registry checkpoint, by how they were undone",
-    ["recovery"],
-)
-ONDEMAND_READS = Counter(
-    "depin_registry_ondemand_reads_total",
-    "contract reads for ids unknown to the mirror, by result (found, absent, error, timeout)",
-    ["result"],
-)
-ONDEMAND_SKIPPED = Counter(
-    "depin_registry_ondemand_skipped_total",
-    "unknown ids left unread this batch (over_budget, rpc_down); not negative-cached",
-    ["why"],
-)
-NEGATIVE_CACHE_IDS = Gauge("depin_registry_negative_cache_ids", "ids cached as not registered")
 
 
 class RegistryMirror:
@@ -265,7 +245,7 @@ class RegistryFollower:
             return 0
         except Exception as exc:
             self.sync_failures += 1
-            SYNC_FAILURES.inc()
+            metrics.REGISTRY_SYNC_FAILURES.inc()
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                 # The database failed, not the chain (which answered before the write): the chain
                 # stays up; `/readyz` names the database.
@@ -385,7 +365,7 @@ class RegistryFollower:
             )
             await self._rebuild(target)
             self.reorgs["rebuild"] += 1
-            REORGS.labels(recovery="rebuild").inc()
+            metrics.REGISTRY_REORGS.labels(recovery="rebuild").inc()
             return
         base = self.checkpoints[agreed]
         # Merge the orphaned ranges' undo newest → oldest: each id gets its state before the oldest range.
@@ -413,7 +393,7 @@ class RegistryFollower:
         self.mirror.block = base.block
         self.mirror.resolved.clear()
         self.reorgs["undo"] += 1
-        REORGS.labels(recovery="undo").inc()
+        metrics.REGISTRY_REORGS.labels(recovery="undo").inc()
         log.warning(
             "registry: reorg below block %d; took back %d ranges (%d devices) to block %d and re-scanning",
             newest.block, len(orphaned), len(merged), base.block,
@@ -476,7 +456,7 @@ class RegistryFollower:
         if not unknown:
             return
         if not self.rpc_up:
-            ONDEMAND_SKIPPED.labels(why="rpc_down").inc(len(unknown))
+            metrics.REGISTRY_ONDEMAND_SKIPPED.labels(why="rpc_down").inc(len(unknown))
             return
         at = self._read_at()
         if at is None:
@@ -484,7 +464,7 @@ class RegistryFollower:
         block_id, floor = at
         todo = unknown[: self.read_budget.take(len(unknown), now)]
         if len(unknown) > len(todo):
-            ONDEMAND_SKIPPED.labels(why="over_budget").inc(len(unknown) - len(todo))
+            metrics.REGISTRY_ONDEMAND_SKIPPED.labels(why="over_budget").inc(len(unknown) - len(todo))
         if not todo:
             return
         tasks = [asyncio.create_task(self._read(d, block_id)) for d in todo]
@@ -496,12 +476,12 @@ class RegistryFollower:
         for device_id, task in zip(todo, tasks, strict=True):
             result = self._outcome(task, task in done)
             self.reads[result] += 1
-            ONDEMAND_READS.labels(result=result).inc()
+            metrics.REGISTRY_ONDEMAND_READS.labels(result=result).inc()
             if result == "absent":
                 self.negative.add(device_id, now)
             elif result == "found" and (rec := task.result()) is not None:
                 self.mirror.resolved[device_id] = (rec, floor)
-        NEGATIVE_CACHE_IDS.set(len(self.negative))
+        metrics.REGISTRY_NEGATIVE_CACHE_IDS.set(len(self.negative))
 
     def _read_at(self) -> tuple[Any, int] | None:
         """Which state to read (the same trust as the follower: confirmed blocks only) and the block the

@@ -1,7 +1,8 @@
 """Wiring: database, registry mirror, consumer, epochs and API, owned by one AsyncExitStack.
 
-`depin run` hosts every part in one process; `depin consume` / `depin api` / `depin epochs` run one
-part each so they can be scaled independently. Whoever opens a resource closes it.
+`depin run` hosts the parts (`PARTS`: consume, follow, epochs, api) in one process; `--parts` picks
+some of them, so they can be scaled independently (e.g. `depin run --parts api` as its own process).
+Whoever opens a resource closes it (docs/DESIGN.md §1).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @dataclass
 class Stores:
-    """One asyncpg pool per part (issue 11), so no part can take another's connections: the consumer's
-    writes (`ingest`), the registry follower and the epoch scheduler (`chain`), the API (`api`: every
-    statement cancelled after DEPIN_API_STATEMENT_TIMEOUT_MS), and one connection for readiness checks
-    (`probe`)."""
+    """One asyncpg pool per part (docs/DESIGN.md §1, docs/RELIABILITY.md G34), so no part can take
+    another's connections: the consumer's writes (`ingest`), the registry follower and the epoch
+    scheduler (`chain`), the API (`api`: every statement cancelled after
+    DEPIN_API_STATEMENT_TIMEOUT_MS), and one connection for readiness checks (`probe`)."""
 
     ingest: Store
     chain: Store

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     rejections_unsigned_keep: int = Field(default=50, ge=0)
     rejections_prune_interval_s: float = Field(default=60.0, gt=0)
 
-    # Wire limits (ARCHITECTURE §2).
+    # Wire limits (docs/DESIGN.md §3).
     max_message_bytes: int = 64 * 1024
     max_future_ms: int = 30_000
     max_lateness_ms: int = 2 * 86_400_000
@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     ready_chain_stale_s: float = Field(default=30.0, gt=0)
     ready_epoch_overdue_s: float = Field(default=300.0, gt=0)
 
-    # Epochs and rewards (ARCHITECTURE §5).
+    # Epochs and rewards (docs/DESIGN.md §6).
     epoch_length_s: float = Field(default=86_400, gt=0)
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN

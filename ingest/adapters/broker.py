@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 # The broker only has to pass a 64 KiB message plus MQTT framing; the service enforces its own 64 KiB
-# limit (RELIABILITY A1) so an oversize message becomes a `too_large` rejection, not a disconnect.
+# limit (docs/RELIABILITY.md A1) so an oversize message becomes a `too_large` rejection, not a disconnect.
 MAX_PACKET_SIZE = 131072
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0

@@ -1,8 +1,8 @@
 """MQTT source for the consumer: shared subscription, batches, acknowledgement only after commit.
 
-aiomqtt 2.x has no public manual-ack switch (upstream issue #345); its paho client has
-`manual_ack_set(True)` and `ack(mid, qos)`, which this adapter wraps. Details that decide whether
-ack-after-commit works (ARCHITECTURE §1, FIELD-NOTES "MQTT"):
+aiomqtt 2.x has no public manual-ack switch (upstream issue sbtinstruments/aiomqtt#345); its paho
+client has `manual_ack_set(True)` and `ack(mid, qos)`, which this adapter wraps. Details that decide whether
+ack-after-commit works (docs/DESIGN.md §2):
 - MQTT 5 with a Receive Maximum ≥ the batch size, or the broker stops sending at 20 unacked messages;
 - a persistent session (clean_start=False + session expiry) so unacked messages come back after a
   reconnect; a batch that failed to commit means reconnect, never skip;

@@ -829,7 +829,7 @@ class Store:
         return None if row is None else _epoch_dict(row)
 
     async def epoch_rewards(self, epoch: int) -> dict[str, list[dict[str, Any]]]:
-        """Every device and owner amount of an epoch (for the API and `depin epoch verify`)."""
+        """Every device and owner amount of an epoch, read back from `device_rewards` and `owner_rewards`."""
         async with self.pool.acquire() as conn:
             devices = await conn.fetch(
                 "SELECT device_id, owner, cell, readings, amount FROM device_rewards WHERE epoch = $1 "

@@ -1,8 +1,8 @@
 """HTTP API for buyers, owners and operators (aiohttp). Thin: parse and validate, ask the store, answer JSON.
 
 Every answer is JSON, errors included. Every parameter and every cursor field is range-checked: a bad
-one is a 400 with a message, never a 500 from the driver. Isolation from ingest (issue 11): the API
-asks its own Store, on a pool of its own whose statements PostgreSQL cancels after
+one is a 400 with a message, never a 500 from the driver. Isolation from ingest (docs/RELIABILITY.md
+G34): the API asks its own Store, on a pool of its own whose statements PostgreSQL cancels after
 DEPIN_API_STATEMENT_TIMEOUT_MS (→ 504); at most `slots` requests (the pool's size) query at once and
 each holds its slot until its answer is written, the others wait up to `busy_timeout_s` (→ 503); a
 page ends at `max_rows` rows or about `max_page_bytes` bytes. Page cursors are HMAC-signed and bound

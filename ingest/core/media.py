@@ -1,4 +1,4 @@
-"""Media reuse (RELIABILITY D.19): the same media hash from two devices flags both devices' readings.
+"""Media reuse (docs/RELIABILITY.md D19): the same media hash from two devices flags both devices' readings.
 
 The decision needs every hash ever stored, so the store makes it in the batch's transaction (table
 `media`: the first use of each hash), which holds across batches, workers and restarts. What is pure

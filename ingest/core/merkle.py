@@ -7,7 +7,7 @@ Matches @openzeppelin/merkle-tree 1.0.8 byte for byte (roots and proofs) and `Me
 - inner = keccak256(min(a, b) ‖ max(a, b))  (sorted pairs, so proofs need no left/right flags);
 - layout: leaves sorted by hash, stored reversed at the end of a 2n−1 array, node i = hash(2i+1, 2i+2).
 
-Amounts are cumulative per owner across all epochs (see ARCHITECTURE §5).
+Amounts are cumulative per owner across all epochs (see docs/DESIGN.md §6).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The split is published on chain and must be recomputable by anyone from the stor
   what was allocated and nothing depends on dict or input order;
 - whatever coverage did not earn is reported as `unissued`, never dropped silently.
 
-Rules (ARCHITECTURE §5, RELIABILITY D.20): the emission splits across covered cells in proportion to
+Rules (docs/DESIGN.md §6, docs/RELIABILITY.md D20): the emission splits across covered cells in proportion to
 cell weight; inside a cell at most K devices earn and at most one per owner (the Sybil caps), ranked by
 quality then registration age; shares are proportional to quality × min(readings, cap).
 """

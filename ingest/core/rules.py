@@ -35,7 +35,7 @@ FLAG_NAMES = {
 # temperature -40..60 °C, pressure 300..1100 hPa, wind speed 0..50 m/s, illuminance 0..400 000 lux,
 # wind direction 0..359°, which we take as 0..360 because other vanes report north as 360).
 # Humidity deviates on purpose: WeatherXM's 10..99 % is what its own sensor can report; physically it
-# is 0..100 % (RELIABILITY D18), fog holds 100 % for hours and desert air goes below 10 %, so the band
+# is 0..100 % (docs/RELIABILITY.md D18), fog holds 100 % for hours and desert air goes below 10 %, so the band
 # would take pay from honest stations of other makes. A sensor stuck at saturation is a flatline.
 # Rain per reading and UV index have no WeatherXM bound (it checks a rain *rate* on an accumulating
 # counter); ours are generous sanity caps, not a published reference.

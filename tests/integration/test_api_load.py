@@ -1,4 +1,4 @@
-"""The API cannot stall ingest (issue 11, RELIABILITY §G.34).
+"""The API cannot stall ingest (docs/RELIABILITY.md G34).
 
 `depin run --parts consume,api` (consumer and API in one event loop, as the default deployment runs
 them) and `depin run --parts api` (the API alone) as OS processes, on a database holding 300k readings

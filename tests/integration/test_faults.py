@@ -1,4 +1,5 @@
-"""Faults with the consumer as a real OS process on real Mosquitto, PostgreSQL and anvil (issue 4).
+"""Faults with the consumer as a real OS process on real Mosquitto, PostgreSQL and anvil
+(docs/RELIABILITY.md A4, A5, C13, C14, G37).
 
 Every test reconciles exactly: what the publisher got PUBACKed equals what is stored plus what is
 rejected, with no reading stored twice. Redeliveries after a fault are absorbed by the (device, seq)

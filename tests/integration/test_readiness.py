@@ -1,7 +1,7 @@
-"""`/readyz` tells the truth (issue 11): `depin run` as an OS process on real Mosquitto, PostgreSQL and
-anvil. The broker refusing the service, the chain RPC hanging and an epoch that cannot be published
-each make `/readyz` 503 naming it, with a metric; each recovers by itself. A process that runs only
-the API is not unready for parts it does not run.
+"""`/readyz` tells the truth (docs/RELIABILITY.md G35): `depin run` as an OS process on real
+Mosquitto, PostgreSQL and anvil. The broker refusing the service, the chain RPC hanging and an epoch
+that cannot be published each make `/readyz` 503 naming it, with a metric; each recovers by itself.
+A process that runs only the API is not unready for parts it does not run.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
 async def test_an_on_demand_read_that_times_out_counts_as_the_rpc_down(
     store: Store, deployment: Deployment, anvil_url: str
 ) -> None:
-    """Before issue 11 a hanging RPC made on-demand reads time out while `depin_chain_rpc_up` stayed 1."""
+    """Before RPC requests had a timeout, a hanging RPC made on-demand reads time out while
+    `depin_chain_rpc_up` stayed 1."""
     host, port = anvil_url.removeprefix("http://").rsplit(":", 1)
     rpc = HangingProxy(host, int(port))
     await rpc.start()

@@ -1,4 +1,4 @@
-"""The service's registry mirror against anvil and PostgreSQL (issue 3, "The service's registry mirror").
+"""The service's registry mirror against anvil and PostgreSQL (docs/DESIGN.md §4).
 
 Replay in ranges with progress and a persisted (block, hash) checkpoint a restart resumes from; reorgs
 (anvil_reorg) taken back through undo records and, after a restart, by a full rebuild; revoke and rotate

@@ -1,4 +1,4 @@
-"""The whole path with real parts: Mosquitto, PostgreSQL, anvil (issue 2's acceptance test).
+"""The whole path with real parts: Mosquitto, PostgreSQL, anvil (the first end-to-end acceptance test).
 
 20 devices × 50 packets are stored exactly once; replays store nothing; forged and unregistered
 packets are rejected with their reason; an epoch closes, its root on chain equals the API's, and an

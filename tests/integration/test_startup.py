@@ -1,5 +1,6 @@
-"""`depin run` start-up checks of the rewards key, as an OS process (issue 11): each mistake is one line
-on stderr naming the setting, exit 1, no traceback; the key itself is never printed."""
+"""`depin run` start-up checks of the rewards key, as an OS process (docs/RELIABILITY.md G38): each
+mistake is one line on stderr naming the setting, exit 1, no traceback; the key itself is never
+printed."""
 
 from __future__ import annotations
 

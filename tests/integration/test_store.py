@@ -255,7 +255,7 @@ async def _flags_of(store: Store, device: bytes, seq: int) -> list[int]:
 
 
 async def test_media_reuse_flags_every_device_across_batches_workers_and_restarts(store: Store) -> None:
-    """RELIABILITY D.19: the same media hash from two devices flags both, whichever batch, worker or
+    """docs/RELIABILITY.md D19: the same media hash from two devices flags both, whichever batch, worker or
     process stored the first use (a second Store on the same database stands for either)."""
     frame, own, shared = (Media(bytes([i]) * 32, f"ipfs://{i}") for i in (0xF1, 0xF2, 0xF3))
     a, b, c, d = dev(11), dev(12), dev(13), dev(14)

@@ -1,4 +1,4 @@
-"""Codec round trip and the shared conformance vectors (ARCHITECTURE §2, RELIABILITY B)."""
+"""Codec round trip and the shared conformance vectors (docs/DESIGN.md §3, docs/RELIABILITY.md B)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_time_window(offset_ms: int, reason: Reason | None) -> None:
     assert (out.reason if out else None) == reason
 
 
-# --- RELIABILITY B11, case by case (beyond the shared vectors) -----------------------------------------
+# --- docs/RELIABILITY.md B11, case by case (beyond the shared vectors) ---------------------------------
 
 _DEV = b"\x07" * 32
 

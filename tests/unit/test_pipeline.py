@@ -136,7 +136,7 @@ def test_the_pipeline_judges_with_a_live_class_table() -> None:
 
 
 def test_one_device_at_ten_times_its_rate_is_limited_and_others_are_not() -> None:
-    """RELIABILITY A3: 10 packets/s of device time against 1/s (burst 20) for 10 s."""
+    """docs/RELIABILITY.md A3: 10 packets/s of device time against 1/s (burst 20) for 10 s."""
     flood, flood_rec = _station()
     calm, calm_rec = _station()
     registry = {flood_rec.device_id: flood_rec, calm_rec.device_id: calm_rec}
@@ -224,7 +224,7 @@ def test_value_jump_and_flatline_span_batches() -> None:
 def test_duplicate_and_replay_keys() -> None:
     """(device, seq) is the key; the payload digest tells a duplicate from a replay. A message that
     differs only outside the signed payload (here the unprotected header) is the same packet: the
-    signature bytes and the message bytes are never the dedup key (RELIABILITY B12)."""
+    signature bytes and the message bytes are never the dedup key (docs/RELIABILITY.md B12)."""
     ident, rec = _station()
     lookup = {rec.device_id: rec}.get
     raw = build_message(ident, 5, "weather", _weather())

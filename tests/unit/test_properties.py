@@ -1,4 +1,4 @@
-"""Property tests on the decoder and the whole pure data path (RELIABILITY B11: "the decoder never
+"""Property tests on the decoder and the whole pure data path (docs/RELIABILITY.md B11: "the decoder never
 raises past the stage"). Whatever comes in, out comes a known reason or an accepted packet.
 
 Deterministic (derandomize, no example database) and bounded: the whole module runs in a few seconds.
