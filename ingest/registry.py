@@ -189,6 +189,7 @@ class RegistryFollower:
         self.read_budget = ReadBudget(prefetch_rate_s, prefetch_budget)
         self.prefetch_timeout_s = prefetch_timeout_s
         self._read_slots = asyncio.Semaphore(prefetch_concurrency)
+        self._abandoned: set[asyncio.Task[DeviceRecord | None]] = set()  # timed-out reads, still running
         self.healthy = False  # the last sync succeeded
         # monotonic times for readiness: when following started and the last sync (or replayed range)
         # that succeeded; a sync hanging on a slow RPC shows as a growing gap (ingest/core/readiness.py)
@@ -469,10 +470,13 @@ class RegistryFollower:
             return
         tasks = [asyncio.create_task(self._read(d, block_id)) for d in todo]
         done, pending = await asyncio.wait(tasks, timeout=self.prefetch_timeout_s)
+        # Reads still running are left to finish in the background (each ends within the provider's
+        # request timeout) and their answers dropped, NOT cancelled: web3 8 takes a threading.Lock for
+        # its session cache in an executor thread, and a request cancelled while waiting for it leaves
+        # the lock taken for good, so every later chain call (and the interpreter's exit) would hang.
         for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.wait(pending)
+            self._abandoned.add(t)
+            t.add_done_callback(self._abandoned.discard)
         for device_id, task in zip(todo, tasks, strict=True):
             result = self._outcome(task, task in done)
             self.reads[result] += 1
@@ -500,6 +504,8 @@ class RegistryFollower:
 
     def _outcome(self, task: asyncio.Task[DeviceRecord | None], finished: bool) -> str:
         if not finished or task.cancelled():
+            if not finished:  # its late answer or error is not ours to read any more
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
             # A read that does not answer in time is the RPC failing too: stop reading until a sync
             # succeeds, and show it (`depin_chain_rpc_up` 0, `/readyz` "chain").
             timeout = self.prefetch_timeout_s

@@ -314,8 +314,17 @@ async def test_one_read_per_id_per_ttl_and_found_ids_resolve(
 ) -> None:
     cw3, provider = counted
     clock = ManualClock()
+    # A generous read deadline: this test counts reads, and 500 reads at once on a loaded machine can
+    # take longer than the default 2 s, which (rightly) marks the RPC down and skips the rest.
     follower = follower_on(
-        cw3, deployment, store, negative_ttl_s=60.0, prefetch_budget=1000, prefetch_rate_s=100.0, clock=clock
+        cw3,
+        deployment,
+        store,
+        negative_ttl_s=60.0,
+        prefetch_budget=1000,
+        prefetch_rate_s=100.0,
+        prefetch_timeout_s=60.0,
+        clock=clock,
     )
     await follower.load()
     await follower.sync_once()
