@@ -29,6 +29,7 @@ OPERATOR_ONLY = {"DEPIN_OPERATOR_KEY", "DEPIN_OPERATOR_KEY_FILE"}
 # Knobs of the test suite only; never in the example.
 TEST_ONLY = {
     "DEPIN_TEST_DATABASE_URL",  # an external PostgreSQL for the tests
+    "DEPIN_TEST_HANG_DUMP_S",  # conftest: dump stacks of a test running longer than this
     "DEPIN_TEST_CURSOR_KEY",  # test_api_fuzz: the hooks' cursor key
     "DEPIN_TEST_DEVICE",  # test_api_fuzz: a device with data
     "DEPIN_FUZZ_EXAMPLES",  # test_api_fuzz: cases per operation
