@@ -309,6 +309,21 @@ def read_password_file(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- commands
 
 
+def _check_account_args(
+    creds: Sequence[Path], user: str | None, password_file: Path | None, remove: Sequence[str]
+) -> None:
+    """The argument rules `passwd` and `dynsec` share: a service account comes with its password file,
+    and there is something to do."""
+    if user is None and password_file is not None:
+        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
+    if user is not None and password_file is None:
+        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
+    if not creds and user is None and not remove:
+        raise BrokerAuthError(
+            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
+        )
+
+
 def cmd_passwd(
     file: Path,
     creds: Iterable[Path],
@@ -320,14 +335,7 @@ def cmd_passwd(
     """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account,
     take out those named by `--remove` (a revoked device's id, a retired account)."""
     creds = list(creds)
-    if user is None and password_file is not None:
-        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
-    if user is not None and password_file is None:
-        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
-    if not creds and user is None and not remove:
-        raise BrokerAuthError(
-            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
-        )
+    _check_account_args(creds, user, password_file, remove)
     for name in remove:
         check_username(name)
     # Every credential file is read before any is written: a bad one stops the run with nothing changed.
@@ -373,14 +381,7 @@ def cmd_dynsec(
     """`depin broker dynsec`: add or replace devices (`--cred`) and a service account in the dynamic
     security plugin's file, take out those named by `--remove`. Same password rules as `passwd`."""
     creds = list(creds)
-    if user is None and password_file is not None:
-        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
-    if user is not None and password_file is None:
-        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
-    if not creds and user is None and not remove:
-        raise BrokerAuthError(
-            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
-        )
+    _check_account_args(creds, user, password_file, remove)
     accounts, removed = update_dynsec_file(file, creds, user, password_file, rotate, remove)
     created = sum(a.created for a in accounts)
     print(

@@ -222,6 +222,21 @@ def _add_hw_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         p.set_defaults(func=_device_chain)
 
 
+def _account_options(p: argparse.ArgumentParser, file_help: str, noun: str) -> None:
+    """The options `broker dynsec` and `broker passwd` share (one body: ingest.brokerauth)."""
+    p.add_argument("--file", type=Path, required=True, help=file_help)
+    p.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
+    p.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
+    p.add_argument(
+        "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
+    )
+    p.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
+    p.add_argument(
+        "--remove", nargs="+", default=[], metavar="NAME", help=f"take {noun} out (a revoked device's id)"
+    )
+    p.set_defaults(func=_broker)
+
+
 def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("broker", help="Mosquitto logins and ACLs for devices and the service")
     bsub = b.add_subparsers(dest="broker_command", required=True)
@@ -234,17 +249,7 @@ def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "writes .../ack. Its password is kept in --password-file (generated if absent). Other clients, "
         "groups and roles in --file are kept. Restart Mosquitto to apply.",
     )
-    ds.add_argument("--file", type=Path, required=True, help="dynamic security JSON file to update")
-    ds.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
-    ds.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
-    ds.add_argument(
-        "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
-    )
-    ds.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
-    ds.add_argument(
-        "--remove", nargs="+", default=[], metavar="NAME", help="take clients out (a revoked device's id)"
-    )
-    ds.set_defaults(func=_broker)
+    _account_options(ds, "dynamic security JSON file to update", "clients")
     pw = bsub.add_parser(
         "passwd",
         help="add or replace users in a Mosquitto password file (mode 0600; for acl_file brokers, "
@@ -253,17 +258,7 @@ def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         '("mqtt_password", generated if absent); the service account\'s password is kept in '
         "--password-file (generated if absent). Other users in --file are kept.",
     )
-    pw.add_argument("--file", type=Path, required=True, help="Mosquitto password file to update")
-    pw.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
-    pw.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
-    pw.add_argument(
-        "--password-file", type=Path, help="the service account's password (DEPIN_MQTT_PASSWORD_FILE)"
-    )
-    pw.add_argument("--rotate", action="store_true", help="generate new passwords instead of reusing")
-    pw.add_argument(
-        "--remove", nargs="+", default=[], metavar="NAME", help="take users out (a revoked device's id)"
-    )
-    pw.set_defaults(func=_broker)
+    _account_options(pw, "Mosquitto password file to update", "users")
     acl = bsub.add_parser("acl", help="write the broker's ACL (devices: own topics; service: all)")
     acl.add_argument(
         "--service-user", action="append", required=True, help="service account (repeat for several)"
