@@ -24,18 +24,11 @@ from web3.exceptions import Web3Exception, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from devices.chain import (
-    DEFAULT_ADMIN_ROLE,
-    MINTER_ROLE,
-    OPERATOR_ROLE,
-    REWARDS_ROLE,
-    ChainError,
-    Deployment,
-    DeviceInput,
-    RegistryClient,
-    Signer,
-    deploy_contracts,
-)
+from devices.chain.artifacts import DEFAULT_ADMIN_ROLE, MINTER_ROLE, OPERATOR_ROLE, REWARDS_ROLE
+from devices.chain.deployment import Deployment, deploy_contracts
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
+from devices.errors import ChainError
 from devices.fleet import (
     FleetRow,
     InputError,

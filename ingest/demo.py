@@ -35,7 +35,10 @@ import asyncpg
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain import DeviceInput, DistributorClient, RegistryClient, Signer, deploy_contracts
+from devices.chain.deployment import deploy_contracts
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
 from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest.adapters.broker import BrokerInfo, SecuredFiles, start_broker

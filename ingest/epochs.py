@@ -23,7 +23,9 @@ from typing import Any
 from hexbytes import HexBytes
 from web3.types import TxReceipt
 
-from devices.chain import DistributorClient, NonceTooLowError, transaction_status
+from devices.chain.distributor import DistributorClient
+from devices.chain.signer import transaction_status
+from devices.errors import NonceTooLowError
 from ingest import metrics
 from ingest.adapters.store import Store
 from ingest.core.merkle import CumulativeMerkleTree

@@ -40,7 +40,7 @@ from web3 import AsyncHTTPProvider
 from web3.exceptions import BlockNotFound
 from web3.types import RPCEndpoint
 
-from devices.chain import RegistryClient
+from devices.chain.registry import RegistryClient
 from devices.protocol.hwclass import HwClass, from_registry
 from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import (

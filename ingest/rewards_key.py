@@ -16,7 +16,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 if TYPE_CHECKING:
-    from devices.chain import DistributorClient
+    from devices.chain.distributor import DistributorClient
     from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def rewards_account(settings: Settings) -> LocalAccount | None:
 async def check_rewards_role(distributor: DistributorClient, account: LocalAccount, setting: str) -> None:
     """Refuse to start (ValueError) if the account definitely lacks REWARDS_ROLE. If the chain cannot
     be asked now, only warn: publishing then fails and shows in `/readyz` ("epochs")."""
-    from devices.chain import REWARDS_ROLE
+    from devices.chain.artifacts import REWARDS_ROLE
 
     try:
         has = await distributor.contract.functions.hasRole(REWARDS_ROLE, account.address).call()

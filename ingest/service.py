@@ -24,7 +24,10 @@ from typing import Any
 from aiohttp import web
 from web3 import AsyncWeb3
 
-from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
+from devices.chain.deployment import Deployment
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import RegistryClient
+from devices.chain.signer import Signer
 from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls

@@ -13,7 +13,8 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain import Deployment, Signer, deploy_contracts
+from devices.chain.deployment import Deployment, deploy_contracts
+from devices.chain.signer import Signer
 from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil
 
 __all__ = ["accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]

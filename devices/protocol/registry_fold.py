@@ -1,6 +1,6 @@
 """Fold DeviceRegistry events into an in-memory mirror — PURE (no I/O, no web3).
 
-`devices.chain.RegistryClient.fetch_events` produces `RegistryEvent`s in chain order; the service's
+`devices.chain.registry.RegistryClient.fetch_events` produces `RegistryEvent`s in chain order; the service's
 follower feeds them here. Replaying the full event history from the deployment block in order always
 reproduces the contract's state, so a mirror can be rebuilt from scratch after a reorg; a shallow reorg
 is cheaper to take back with the per-range undo records `apply_events` can keep (`rollback`).

@@ -28,7 +28,7 @@ import asyncpg
 import h3
 import pytest
 
-from devices.chain import DeviceInput, RegistryClient
+from devices.chain.registry import DeviceInput, RegistryClient
 from devices.protocol.topics import ack_topic
 from ingest.adapters.mqtt import drop_session
 from ingest.adapters.store import Store

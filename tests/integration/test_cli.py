@@ -22,7 +22,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from devices.chain import OPERATOR_ROLE, Deployment, RegistryClient
+from devices.chain.artifacts import OPERATOR_ROLE
+from devices.chain.deployment import Deployment
+from devices.chain.registry import RegistryClient
 from devices.keys import load_identity, new_identity
 from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import apply_events

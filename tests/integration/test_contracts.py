@@ -15,16 +15,12 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from devices.chain import (
-    ChainError,
-    DeviceInput,
-    DistributorClient,
-    NonceTooLowError,
-    RegistryClient,
-    Signer,
-    deploy_contracts,
-    load_artifact,
-)
+from devices.chain.artifacts import load_artifact
+from devices.chain.deployment import deploy_contracts
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
+from devices.errors import ChainError, NonceTooLowError
 from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import HwClassInfo, apply_events, apply_hw_class_events
 from ingest.adapters.localchain import start_eth_tester

@@ -22,7 +22,10 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain import REWARDS_ROLE, Deployment, DistributorClient, Signer
+from devices.chain.artifacts import REWARDS_ROLE
+from devices.chain.deployment import Deployment
+from devices.chain.distributor import DistributorClient
+from devices.chain.signer import Signer
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.store import Store

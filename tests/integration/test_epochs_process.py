@@ -20,7 +20,10 @@ import aiomqtt
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from devices.chain import REWARDS_ROLE, DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.chain.artifacts import REWARDS_ROLE
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
 from devices.protocol.topics import ack_topic
 from ingest.adapters.store import Store
 from simulator.fleet import make_fleet, next_message, publish_raw, unique_client_id

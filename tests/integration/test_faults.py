@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from devices.chain import DeviceInput, RegistryClient
+from devices.chain.registry import DeviceInput, RegistryClient
 from ingest.adapters.broker import start_mosquitto
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.mqtt import drop_session

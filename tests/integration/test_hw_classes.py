@@ -17,7 +17,9 @@ import h3
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from devices.chain import Deployment, RegistryClient, Signer
+from devices.chain.deployment import Deployment
+from devices.chain.registry import RegistryClient
+from devices.chain.signer import Signer
 from devices.keys import DeviceIdentity, new_identity
 from devices.protocol.hwclass import HwClass, cell_for
 from devices.protocol.model import Reading

@@ -14,7 +14,11 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from devices.chain import REWARDS_ROLE, Deployment, DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.chain.artifacts import REWARDS_ROLE
+from devices.chain.deployment import Deployment
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
 from ingest import metrics
 from ingest.adapters.broker import start_mosquitto
 from ingest.adapters.store import Store

@@ -23,7 +23,9 @@ import aiohttp
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain import Deployment, DeviceInput, RegistryClient, Signer
+from devices.chain.deployment import Deployment
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
 from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord
 from ingest.adapters.mqtt import MqttConfig

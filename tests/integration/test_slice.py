@@ -16,7 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devices.chain import DeviceInput, DistributorClient, RegistryClient, Signer
+from devices.chain.distributor import DistributorClient
+from devices.chain.registry import DeviceInput, RegistryClient
+from devices.chain.signer import Signer
 from devices.protocol.codec import decode
 from devices.protocol.model import SignedMessage
 from ingest.adapters.mqtt import MqttConfig

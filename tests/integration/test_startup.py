@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from devices.chain import Deployment
+from devices.chain.deployment import Deployment
 from tests.procs import REPO, consumer_env
 
 pytestmark = pytest.mark.integration

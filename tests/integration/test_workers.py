@@ -14,7 +14,7 @@ import aiomqtt
 import asyncpg
 import pytest
 
-from devices.chain import DeviceInput, RegistryClient
+from devices.chain.registry import DeviceInput, RegistryClient
 from devices.protocol.topics import ack_topic
 from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
