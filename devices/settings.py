@@ -20,12 +20,10 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from devices.errors import SettingsError
+
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 DEFAULT_DEPLOYMENT_FILE = Path("deployment.json")
-
-
-class SettingsError(ValueError):
-    """A setting is missing or unusable; the message names it and says what to do."""
 
 
 @dataclass(frozen=True)

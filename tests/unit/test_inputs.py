@@ -1,4 +1,4 @@
-"""Operator input checks (devices/fleet.py), connection settings (devices/settings.py) and the batch
+"""Operator input checks (devices/inputs.py), connection settings (devices/settings.py) and the batch
 progress output: pure, no chain."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import h3
 import pytest
 
-from devices.cli import ProgressBar
-from devices.fleet import (
+from devices.cli.batch import ProgressBar
+from devices.errors import InputError, SettingsError
+from devices.inputs import (
     FLEET_COLUMNS,
-    InputError,
     check_cell_for_class,
     parse_address,
     parse_cell,
@@ -22,7 +22,7 @@ from devices.fleet import (
     parse_pubkey,
 )
 from devices.protocol.registry_fold import HwClassInfo
-from devices.settings import DEFAULT_DEPLOYMENT_FILE, DEFAULT_RPC_URL, ChainSettings, SettingsError
+from devices.settings import DEFAULT_DEPLOYMENT_FILE, DEFAULT_RPC_URL, ChainSettings
 
 CLASSES = {
     1: HwClassInfo(1, "dashcam", 200, 9, True),

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 import h3
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
+from devices.errors import InputError
 from devices.protocol.registry_fold import HwClassInfo
 
 FLEET_COLUMNS = ("device_id", "pubkey", "owner", "hw_class", "asserted_cell")
 MAX_ERRORS_SHOWN = 3
-
-
-class InputError(ValueError):
-    """User input that cannot be used as given."""
 
 
 @dataclass(frozen=True, slots=True)
