@@ -47,7 +47,8 @@ from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session  # noqa: E
 from ingest.adapters.store import Store  # noqa: E402
 from ingest.consumer import Consumer  # noqa: E402
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage  # noqa: E402
-from simulator.fleet import device_record, make_fleet, next_message, publisher  # noqa: E402
+from simulator.fleet import device_record, make_fleet, next_message  # noqa: E402
+from simulator.publish import publisher  # noqa: E402
 
 OWNERS = [f"0x{i:040x}" for i in range(1, 11)]
 

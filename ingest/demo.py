@@ -50,7 +50,8 @@ from ingest.core.schedule import epoch_bounds
 from ingest.service import build_node, open_stores, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
-from simulator.fleet import SimDevice, connected_publisher, make_fleet, next_message
+from simulator.fleet import SimDevice, make_fleet, next_message
+from simulator.publish import connected_publisher
 
 log = logging.getLogger(__name__)
 

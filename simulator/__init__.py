@@ -1,17 +1,9 @@
-"""Simulated devices for the demo, tests and benchmarks: a deterministic fleet, a publisher, adversaries."""
+"""Simulated devices for the demo, tests and benchmarks: a deterministic fleet (fleet.py, no I/O), its
+MQTT publisher (publish.py), adversaries (cheaters.py)."""
 
 from simulator import cheaters
-from simulator.fleet import (
-    SimDevice,
-    StreamStats,
-    device_record,
-    make_fleet,
-    next_message,
-    publish_raw,
-    readings_for,
-    stream,
-    unique_client_id,
-)
+from simulator.fleet import SimDevice, device_record, make_fleet, next_message, readings_for
+from simulator.publish import StreamStats, publish_raw, stream, unique_client_id
 
 __all__ = [
     "SimDevice",

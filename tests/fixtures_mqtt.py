@@ -30,7 +30,7 @@ from ingest.adapters.broker import (
     secured_config,
     start_mosquitto,
 )
-from simulator.fleet import unique_client_id
+from simulator.publish import unique_client_id
 
 __all__ = ["DEPLOY_CONF", "mosquitto", "secured_mosquitto", "unique_client_id"]
 

@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from ingest.adapters.broker import BrokerInfo, start_amqtt
 from ingest.adapters.mqtt import drop_session
 from simulator import make_fleet, next_message, publish_raw, stream
-from simulator.fleet import unique_client_id
+from simulator.publish import unique_client_id
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,8 @@ from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.protocol.topics import ack_topic
 from ingest.adapters.store import Store
-from simulator.fleet import make_fleet, next_message, publish_raw, unique_client_id
+from simulator.fleet import make_fleet, next_message
+from simulator.publish import publish_raw, unique_client_id
 from tests.procs import ConsumerProcess, consumer_env, table_counts, wait_for
 
 pytestmark = pytest.mark.integration

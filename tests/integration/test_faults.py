@@ -24,7 +24,8 @@ from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.mqtt import drop_session
 from ingest.adapters.store import Store
 from simulator import cheaters
-from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
+from simulator.fleet import SimDevice, make_fleet, next_message
+from simulator.publish import unique_client_id
 from tests.procs import (
     ConnectionHog,
     ConsumerProcess,

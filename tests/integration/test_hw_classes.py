@@ -28,7 +28,7 @@ from devices.sdk import build_message
 from ingest.cli import main
 from ingest.core import rules
 from ingest.service import Node
-from simulator.fleet import publish_raw
+from simulator.publish import publish_raw
 from tests.integration.test_registry import follower_on, mine, node, reorg, wait_for
 
 pytestmark = pytest.mark.integration

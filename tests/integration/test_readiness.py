@@ -23,7 +23,8 @@ from ingest import metrics
 from ingest.adapters.broker import start_mosquitto
 from ingest.adapters.store import Store
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
-from simulator.fleet import make_fleet, next_message, unique_client_id
+from simulator.fleet import make_fleet, next_message
+from simulator.publish import unique_client_id
 from tests.procs import ConsumerProcess, HangingProxy, consumer_env, publish_resilient, wait_for
 
 pytestmark = pytest.mark.integration

@@ -34,14 +34,8 @@ from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, Registry
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
-from simulator.fleet import (
-    SimDevice,
-    connected_publisher,
-    make_fleet,
-    next_message,
-    publish_raw,
-    unique_client_id,
-)
+from simulator.fleet import SimDevice, make_fleet, next_message
+from simulator.publish import connected_publisher, publish_raw, unique_client_id
 
 pytestmark = pytest.mark.integration
 

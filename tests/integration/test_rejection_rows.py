@@ -28,7 +28,8 @@ from ingest.model import RejectedMessage
 from ingest.retention import prune_once
 from ingest.service import serve_api
 from simulator import cheaters
-from simulator.fleet import SimDevice, device_record, make_fleet, next_message, unique_client_id
+from simulator.fleet import SimDevice, device_record, make_fleet, next_message
+from simulator.publish import unique_client_id
 from tests.integration.test_workers import register
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 

@@ -35,7 +35,8 @@ from ingest.adapters.broker import BrokerInfo, SecuredFiles, free_port
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session
 from ingest.brokerauth import check_password, hash_password
 from ingest.consumer import Consumer
-from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
+from simulator.fleet import SimDevice, make_fleet, next_message
+from simulator.publish import unique_client_id
 from tests.fixtures_mqtt import secured_mosquitto
 from tests.integration.test_workers import register
 from tests.pki import make_pki

@@ -27,7 +27,8 @@ from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings
 from simulator import cheaters
-from simulator.fleet import make_fleet, next_message, publish_raw, unique_client_id
+from simulator.fleet import make_fleet, next_message
+from simulator.publish import publish_raw, unique_client_id
 
 pytestmark = pytest.mark.integration
 
