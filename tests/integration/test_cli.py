@@ -412,8 +412,8 @@ async def test_lifecycle_rotate_transfer_set_location_revoke_list(
 async def test_a_cell_must_be_at_the_class_resolution(
     cli: Cli, w3: AsyncWeb3[Any], deployer: LocalAccount, accounts: list[LocalAccount]
 ) -> None:
-    """The issue's case: a weather station asserting a res-3 cell (~69 km) is refused before anything is
-    sent, by register, register-batch (naming the line) and set-location."""
+    """A weather station asserting a res-3 cell (~69 km: it could claim anywhere in a region) is refused
+    before anything is sent, by register, register-batch (naming the line) and set-location."""
     owner = accounts[1].address
     coarse = "832830fffffffff"
     station, station_id = await new_device(cli, "station")
