@@ -21,10 +21,6 @@ from simulator.fleet import SimDevice, next_message
 log = logging.getLogger(__name__)
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class StreamStats:
     sent: int
@@ -88,6 +84,11 @@ async def connected_publisher(
         yield client
     finally:
         await client.__aexit__(None, None, None)
+
+
+def wall_ms() -> int:
+    """The stream's default clock: messages stamped now."""
+    return time.time_ns() // 1_000_000
 
 
 async def stream(
