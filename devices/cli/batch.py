@@ -153,7 +153,7 @@ async def device_register_batch(settings: ChainSettings, csv_path: Path, chunk_s
             rows = parse_fleet_csv(text, await fetch_hw_classes(chain))
         except InputError as exc:
             raise InputError(f"{csv_path}: {exc}; nothing was sent") from None
-        await require_role(chain, OPERATOR_ROLE)
+        await _require_role(chain, OPERATOR_ROLE)
         print(f"{csv_path}: {len(rows)} devices; checking which are already on chain", file=sys.stderr)
         existing = await _precheck(chain, rows)
         _report_skipped(rows, existing)
@@ -226,7 +226,7 @@ def _print_batch_summary(outcome: BatchOutcome, total: int) -> None:
         print(f"gas {gas:,} in {len(receipts)} tx ({gas // outcome.registered:,} per new device)")
 
 
-async def require_role(chain: Chain, role: bytes) -> None:
+async def _require_role(chain: Chain, role: bytes) -> None:
     """Fail before a long job rather than at its first transaction (single calls fail fast anyway: gas
     estimation reverts with the same AccessControl error)."""
     has = await chain.registry.contract.functions.hasRole(role, chain.signer.address).call()
