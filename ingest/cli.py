@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devices.errors import DepinError
 from ingest.logs import FORMATS, configure
-from ingest.settings import Settings
 
 if TYPE_CHECKING:
     from devices.settings import ChainSettings
@@ -39,6 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import PARTS, run
+    from ingest.settings import load_settings
 
     parts = args.parts.split(",") if args.parts else list(PARTS)
     unknown = set(parts) - set(PARTS)
@@ -46,21 +47,6 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"depin run: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
     asyncio.run(run(load_settings(), parts))
     return 0
-
-
-def load_settings() -> Settings:
-    """Settings from DEPIN_*; a bad or contradictory value is one line naming it, not pydantic's table."""
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = [
-            (f"DEPIN_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        ]
-        raise ValueError("; ".join(problems)) from None
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -337,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         # point stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, OSError, LookupError) as exc:
+    except (DepinError, ValueError, OSError, LookupError) as exc:
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 1
 
