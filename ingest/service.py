@@ -16,7 +16,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,14 +45,6 @@ from ingest.settings import Settings
 log = logging.getLogger(__name__)
 
 PARTS = ("consume", "follow", "epochs", "api")
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated Store on DEPIN_DATABASE_URL (or an embedded PostgreSQL): the ingest pool of
-    `open_stores`, for callers that need only one."""
-    async with open_stores(settings) as stores:
-        yield stores.ingest
 
 
 @dataclass
@@ -155,7 +147,7 @@ async def database_unavailable(request: web.Request, handler: Any) -> web.Stream
 
 @dataclass
 class Node:
-    """The service's parts, built once; `tasks()` yields the coroutines to run for the chosen parts."""
+    """The service's parts, built once by `build_node`; `run` starts the chosen ones."""
 
     settings: Settings
     store: Store
@@ -306,6 +298,10 @@ async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
         log.warning("registry not synced before consuming (%s); using the persisted mirror", exc)
 
 
+# A part's main loop, started as a task of its name once every part is wired.
+Part = Callable[[], Coroutine[Any, Any, None]]
+
+
 class PartStoppedError(DepinError):
     """A part's task ended on its own (a bug, an error it does not handle): the process stops."""
 
@@ -340,7 +336,7 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
             await check_rewards_role(node.distributor, rewards, setting)
         await node.follower.load()
-        tasks: dict[str, Coroutine[Any, Any, None]] = {}
+        tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:
             tasks["follower"] = await _follow(node, first_sync="consume" in parts)
         if "consume" in parts:
@@ -372,7 +368,7 @@ async def _open_chain(stack: AsyncExitStack, settings: Settings) -> tuple[AsyncW
     return w3, deployment
 
 
-async def _follow(node: Node, *, first_sync: bool) -> Coroutine[Any, Any, None]:
+async def _follow(node: Node, *, first_sync: bool) -> Part:
     if first_sync:
         await first_registry_sync(node)
     log.info(
@@ -381,10 +377,10 @@ async def _follow(node: Node, *, first_sync: bool) -> Coroutine[Any, Any, None]:
         node.mirror.block,
         node.settings.chain.registry_poll_s,
     )
-    return node.follower.run()
+    return node.follower.run
 
 
-def _consume(node: Node, store: Store) -> dict[str, Coroutine[Any, Any, None]]:
+def _consume(node: Node, store: Store) -> dict[str, Part]:
     cfg, c = node.consumer.mqtt, node.settings.consumer
     log.info(
         "MQTT: broker %s:%d%s, client id %s, %s, subscription %s",
@@ -395,13 +391,15 @@ def _consume(node: Node, store: Store) -> dict[str, Coroutine[Any, Any, None]]:
         f"user {cfg.username}" if cfg.username else "anonymous",
         subscription(cfg),
     )
-    retention = run_retention(
-        store, c.rejections_retention_ms, c.rejections_unsigned_keep, c.rejections_prune_interval_s
-    )
-    return {"consumer": node.consumer.run(), "rejections-retention": retention}
+    return {
+        "consumer": node.consumer.run,
+        "rejections-retention": lambda: run_retention(
+            store, c.rejections_retention_ms, c.rejections_unsigned_keep, c.rejections_prune_interval_s
+        ),
+    }
 
 
-def _epochs(node: Node, rewards: Any) -> Coroutine[Any, Any, None]:
+def _epochs(node: Node, rewards: Any) -> Part:
     c = node.settings.epochs
     log.info(
         "epochs: length %s s from genesis %s, grace %s s; %s",
@@ -412,14 +410,12 @@ def _epochs(node: Node, rewards: Any) -> Coroutine[Any, Any, None]:
         if rewards is not None
         else "no DEPIN_REWARDS_KEY(_FILE): epochs are closed but not published",
     )
-    return node.epochs.run()
+    return node.epochs.run
 
 
-async def _until_stopped(
-    parts: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event, node: Node
-) -> None:
-    """Run the parts' tasks until `stop` is set or one of them ends (PartStoppedError), then cancel all."""
-    tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
+async def _until_stopped(parts: dict[str, Part], stop: asyncio.Event, node: Node) -> None:
+    """Run the parts until `stop` is set or one of them ends (PartStoppedError), then cancel all."""
+    tasks = [asyncio.create_task(part(), name=name) for name, part in parts.items()]
     stopping = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     ended = [t for t in tasks if t.done()]
