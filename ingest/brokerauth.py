@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devices.errors import InputError
 from devices.keys import load_identity
 
 ITERATIONS = 101  # mosquitto_passwd's default (PW_DEFAULT_ITERATIONS)
@@ -63,7 +64,7 @@ DEVICE_ROLE_PREFIX = "depin-device-"
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
-class BrokerAuthError(ValueError):
+class BrokerAuthError(InputError):
     """A user-facing failure (bad name, unreadable file): one line, exit 1."""
 
 

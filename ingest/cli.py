@@ -11,7 +11,6 @@ from pathlib import Path
 from devices.cli import add_commands as add_device_commands
 from devices.errors import DepinError
 from ingest.logs import FORMATS, configure
-from ingest.settings import Settings
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,6 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import PARTS, run
+    from ingest.settings import load_settings
 
     parts = args.parts.split(",") if args.parts else list(PARTS)
     unknown = set(parts) - set(PARTS)
@@ -43,21 +43,6 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"depin run: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
     asyncio.run(run(load_settings(), parts))
     return 0
-
-
-def load_settings() -> Settings:
-    """Settings from DEPIN_*; a bad or contradictory value is one line naming it, not pydantic's table."""
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = [
-            (f"DEPIN_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        ]
-        raise ValueError("; ".join(problems)) from None
 
 
 def _broker(args: argparse.Namespace) -> int:

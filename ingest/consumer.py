@@ -10,6 +10,9 @@ reading and acks stay in arrival order; what this process holds is bounded by th
 ingest/adapters/mqtt.py) and visible as `depin_mqtt_pending_messages`. Owner feedback
 (`MqttConfig.ack_feedback`) is published after the ack, QoS 0, best effort: the API's rejections
 endpoint is the durable record.
+
+The store and the broker are reached through `ingest.seams.BatchWriter` and `BrokerSession`, so
+tests/unit/test_consumer_acks.py checks the ack order with in-memory fakes.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ from ingest.adapters.mqtt import (
     describe_connect_error,
     describe_lost,
 )
-from ingest.adapters.store import Store
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.rejection_budget import RejectionBudget
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, Sorted, sort_batch
+from ingest.seams import BatchWriter, BrokerConnect, BrokerSession
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class Consumer:
     def __init__(
         self,
         mqtt: MqttConfig,
-        store: Store,
+        store: BatchWriter,
         lookup: Callable[[bytes], DeviceRecord | None],
         *,
         pipeline: PipelineConfig | None = None,
@@ -92,7 +95,9 @@ class Consumer:
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         prefetch: Callable[[set[bytes]], Awaitable[None]] | None = None,
         rejection_budget: RejectionBudget | None = None,
+        connect: BrokerConnect | None = None,
     ) -> None:
+        """`connect` opens one broker session per (re)connect; default: `MqttSource(mqtt)`."""
         self.mqtt = mqtt
         self.store = store
         self.lookup = lookup
@@ -106,12 +111,13 @@ class Consumer:
         self.prefetch = prefetch
         # Which rejections get a row: signed ones always, unsigned ones per topic while the budget lasts.
         self.rejection_budget = RejectionBudget() if rejection_budget is None else rejection_budget
+        self.connect: BrokerConnect = connect or (lambda: MqttSource(mqtt))
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
         # monotonic time since which the consumer has had no connection (None while connected): the
         # readiness rule allows a short reconnect (ingest/core/readiness.py).
         self.down_since: float | None = time.monotonic()
-        self._source: MqttSource | None = None
+        self._source: BrokerSession | None = None
         self._in_batch = 0  # messages of the batch being judged/committed (not acked yet)
         self._feedback: dict[bytes, DeviceFeedback] = {}
 
@@ -127,7 +133,7 @@ class Consumer:
             inflight: _Inflight | None = None
             connected = False
             try:
-                async with MqttSource(self.mqtt) as source:
+                async with self.connect() as source:
                     connected = True
                     self._source = source
                     self.connected.set()
@@ -165,7 +171,7 @@ class Consumer:
                     await asyncio.gather(inflight.commit, return_exceptions=True)
                 self._disconnected()
 
-    async def _finish(self, inflight: _Inflight, source: MqttSource) -> None:
+    async def _finish(self, inflight: _Inflight, source: BrokerSession) -> None:
         await inflight.commit  # raises what the commit raised (a non-transient database error)
         source.ack(inflight.batch)  # after a connection loss this is a no-op: redelivered
         self._in_batch -= len(inflight.batch)
@@ -210,7 +216,7 @@ class Consumer:
             )
         return result
 
-    async def _publish_feedback(self, source: MqttSource) -> None:
+    async def _publish_feedback(self, source: BrokerSession) -> None:
         feedback, self._feedback = self._feedback, {}
         for device_id, fb in feedback.items():
             await source.publish(ack_topic(device_id), fb.encode(), qos=0)

@@ -48,7 +48,7 @@ from ingest.adapters.mqtt import MqttConfig
 from ingest.brokerauth import update_dynsec_file
 from ingest.core.schedule import epoch_bounds
 from ingest.service import build_node, open_stores, serve_api
-from ingest.settings import Settings
+from ingest.settings import Environment, load_settings, read_environment
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import connected_publisher
@@ -239,7 +239,7 @@ async def _chain(run_dir: Path) -> AsyncIterator[tuple[AsyncWeb3, list[Any], str
             yield w3, accounts, "eth-tester (in-process)", None
 
 
-async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str, Any]:
+async def run_demo(opts: DemoOptions, base: Environment | None = None) -> dict[str, Any]:
     """The demo until done (`--exit`) or stopped. SIGTERM, like Ctrl-C, unwinds every part in order,
     so the database, broker and chain it started stop with it."""
     loop = asyncio.get_running_loop()
@@ -247,12 +247,12 @@ async def run_demo(opts: DemoOptions, base: Settings | None = None) -> dict[str,
     if main is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, main.cancel)
-    base = base or Settings()
+    base = base or read_environment()
     with run_directory(base.data_dir, opts.data_dir) as run_dir:
         return await _run_demo(opts, base, run_dir)
 
 
-async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[str, Any]:
+async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     say(f"run directory {run_dir}")
     async with AsyncExitStack() as stack:
@@ -295,17 +295,6 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         say(f"registered {len(fleet)} devices on chain for {len(owners)} owners")
 
         genesis_ms = time.time_ns() // 1_000_000
-        settings = base.model_copy(
-            update={
-                "database_url": dsn,
-                "epoch_genesis_ms": genesis_ms,
-                "epoch_length_s": opts.epoch_seconds,
-                "epoch_grace_s": 1.0,  # the demo drains its own traffic before each epoch's end
-                "registry_poll_s": 0.5,
-            }
-        )
-        stores = await stack.enter_async_context(open_stores(settings))
-        store = stores.ingest
         mqtt = MqttConfig(
             host=broker.host,
             port=broker.port,
@@ -315,7 +304,19 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
             username=SERVICE_USER if secured else None,
             password=logins.service().password if secured else None,
         )
-        node = build_node(settings, store, w3, deployment, rewards=rewards_acct, mqtt=mqtt, stores=stores)
+        env = base.model_copy(
+            update={
+                "database_url": dsn,
+                "epoch_genesis_ms": genesis_ms,
+                "epoch_length_s": opts.epoch_seconds,
+                "epoch_grace_s": 1.0,  # the demo drains its own traffic before each epoch's end
+                "registry_poll_s": 0.5,
+            }
+        )
+        settings = load_settings(env, mqtt=mqtt)
+        stores = await stack.enter_async_context(open_stores(settings))
+        store = stores.ingest
+        node = build_node(settings, store, w3, deployment, rewards=rewards_acct, stores=stores)
         await node.follower.load()
         await node.follower.sync_once()
         say(f"registry mirror in sync: {len(node.mirror.devices)} devices at block {node.mirror.block}")
@@ -329,7 +330,7 @@ async def _run_demo(opts: DemoOptions, base: Settings, run_dir: Path) -> dict[st
         stack.callback(lambda: [t.cancel() for t in tasks])
         await asyncio.wait_for(node.consumer.connected.wait(), 30)
         api_url = await stack.enter_async_context(
-            serve_api(node.app(), settings.api_host, _api_port(opts.api_port))
+            serve_api(node.app(), settings.api.host, _api_port(opts.api_port))
         )
         say(f"API up at {api_url}")
         env_file = _write_env(

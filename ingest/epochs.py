@@ -20,17 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hexbytes import HexBytes
-from web3.types import TxReceipt
-
 from devices.chain.distributor import DistributorClient
-from devices.chain.signer import transaction_status
-from devices.errors import NonceTooLowError
+from devices.errors import ChainError, DepinError, NonceTooLowError, SettingsError
 from ingest import metrics
+from ingest.adapters.distributor import DistributorChain
 from ingest.adapters.store import Store
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import RewardParams, cumulative, inputs_digest, split_epoch
 from ingest.core.schedule import IDLE_POLL_MS, Close, Publish, Step, Wait, epoch_bounds, next_step
+from ingest.seams import PublishChain
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,39 @@ ZERO_ROOT = b"\x00" * 32
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class EpochError(DepinError):
+    """An epoch cannot be closed or published as asked; the scheduler logs it and retries the same
+    epoch (never skips it)."""
+
+
+class EpochNotClosedError(EpochError):
+    """The epoch has no stored result yet: close it first."""
+
+
+class NoChainError(EpochError):
+    """Publishing was asked of an `Epochs` built without a chain."""
+
+
+class NoRewardsKeyError(EpochError, SettingsError):
+    """Publishing needs the REWARDS_ROLE key (DEPIN_REWARDS_KEY_FILE) and none is configured."""
+
+
+class RootMismatchError(EpochError, ChainError):
+    """The chain holds another root for the epoch: an operator must look, never a second publish."""
+
+
+class PublishRevertedError(EpochError, ChainError):
+    """The publish transaction was mined and reverted; the next attempt signs a new one."""
+
+
+class NonceLostTwiceError(EpochError, ChainError):
+    """A re-signed publish lost its nonce as well; the scheduler tries again later."""
+
+
+class PublishedEventMissingError(EpochError, ChainError):
+    """The epoch has a root on chain but no EpochPublished event was found to name its transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +86,13 @@ def _unhex(value: str) -> bytes:
 
 
 class Epochs:
+    """`chain`: the RewardDistributor seen through `ingest.seams.PublishChain`; a `DistributorClient`
+    is wrapped in `DistributorChain`, tests pass an in-memory chain. None: epochs are only closed."""
+
     def __init__(
         self,
         store: Store,
-        distributor: DistributorClient | None,
+        chain: PublishChain | DistributorClient | None,
         config: EpochConfig,
         *,
         retry_min_s: float = 1.0,
@@ -67,7 +101,9 @@ class Epochs:
         receipt_poll_s: float = 1.0,
     ) -> None:
         self.store = store
-        self.distributor = distributor
+        self.chain: PublishChain | None = (
+            DistributorChain(chain) if isinstance(chain, DistributorClient) else chain
+        )
         self.config = config
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -161,8 +197,7 @@ class Epochs:
     async def publish(self, epoch: int, *, again: bool = False) -> dict[str, Any]:
         """Put the epoch's root on chain exactly once; resumes a journaled transaction after a crash.
         A journaled tx whose nonce another transaction used is dropped and re-signed (`_nonce_taken`)."""
-        if self.distributor is None:
-            raise RuntimeError("no chain configured: cannot publish")
+        chain = self._chain()
         row = await self._row(epoch)
         if row["status"] in ("published", "settled"):
             return row
@@ -174,22 +209,20 @@ class Epochs:
             await self.store.settle_without_tx(epoch)
             log.info("epoch %d settled without a transaction: nobody has earned yet", epoch)
             return await self._row(epoch)
-        signer = self.distributor.signer
-        if signer is None:
-            raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
+        if chain.address is None:
+            raise NoRewardsKeyError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
         if row["raw_tx"] is None:
             adopted = await self._adopt_if_on_chain(epoch, root, row)
             if adopted is not None:
                 return adopted
-            call = self.distributor.publish_epoch_fn(epoch, root, int(row["allocated"]))
-            raw, tx_hash, nonce = await signer.sign(call)
-            await self.store.journal_tx(epoch, raw, tx_hash, nonce)
+            raw, tx_hash, nonce = await chain.sign_publish(epoch, root, int(row["allocated"]))
+            await self.store.journal_tx(epoch, raw, tx_hash, nonce)  # before it can reach the chain
         else:
             raw, tx_hash = _unhex(row["raw_tx"]), _unhex(row["tx_hash"])
             nonce = row["tx_nonce"]
         taken = False
         try:
-            await signer.broadcast(raw)
+            await chain.broadcast(raw)
         except NonceTooLowError:
             taken = True  # the node has another tx at this nonce and does not know ours
         except Exception as exc:  # already known / already mined after a crash: the receipt decides
@@ -201,7 +234,7 @@ class Epochs:
             # Mined and reverted: its nonce is spent and it changed nothing, so the next attempt signs
             # a new transaction (rebroadcasting this one would only find the same revert).
             await self.store.clear_journal(epoch, tx_hash)
-            raise RuntimeError(f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}")
+            raise PublishRevertedError(f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}")
         await self.store.mark_published(epoch, tx_hash, receipt["blockNumber"])
         metrics.EPOCHS_PUBLISHED.inc()
         log.info(
@@ -218,12 +251,11 @@ class Epochs:
         """Before signing: if the epoch already has a root on chain (a database restored from a backup,
         or our journaled tx lost its nonce to a tx that published the same epoch), adopt it when it is
         our root; a different root needs an operator, never a second tx."""
-        distributor = self._distributor()
-        on_chain = await distributor.root_of(epoch)
+        on_chain = await self._chain().root_of(epoch)
         if on_chain == ZERO_ROOT:
             return None
         if on_chain != root:
-            raise RuntimeError(
+            raise RootMismatchError(
                 f"epoch {epoch} is already on chain with root 0x{on_chain.hex()}, "
                 f"not the stored 0x{root.hex()}"
             )
@@ -239,25 +271,20 @@ class Epochs:
         )
         return await self._row(epoch)
 
-    async def _receipt(self, tx_hash: bytes, nonce: int | None) -> TxReceipt | None:
+    async def _receipt(self, tx_hash: bytes, nonce: int | None) -> Any | None:
         """The journaled tx's receipt; None once its nonce is used by another transaction (the account's
         mined nonce is past it and the tx is not mined). TimeoutError after `receipt_timeout_s`
         without either: the next attempt rebroadcasts the same bytes."""
-        distributor = self._distributor()
-        signer = distributor.signer
-        if signer is None:
-            raise RuntimeError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
+        chain = self._chain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.receipt_timeout_s
         while True:
-            receipt = await transaction_status(distributor.w3, tx_hash)
+            receipt = await chain.receipt(tx_hash)
             if receipt is not None:
                 return receipt
-            if nonce is not None:
-                mined = await distributor.w3.eth.get_transaction_count(signer.address, "latest")
-                if mined > nonce:
-                    # Ours may have been mined between the two reads: ask once more before giving up.
-                    return await transaction_status(distributor.w3, tx_hash)
+            if nonce is not None and await chain.mined_nonce() > nonce:
+                # Ours may have been mined between the two reads: ask once more before giving up.
+                return await chain.receipt(tx_hash)
             if loop.time() >= deadline:
                 raise TimeoutError(
                     f"no receipt for publish tx 0x{tx_hash.hex()} (nonce {nonce}) after "
@@ -271,7 +298,7 @@ class Epochs:
         """The journaled tx can never be mined: another tx from this account used its nonce. Drop it
         and sign a new one at a fresh nonce (safe: the contract refuses a second publish of an epoch,
         and if the other tx published this epoch with our root, it is adopted instead)."""
-        distributor = self._distributor()
+        chain = self._chain()
         metrics.EPOCH_NONCE_TAKEN.inc()
         log.error(
             "epoch %d: publish tx 0x%s can never be mined: nonce %s of %s was used by another "
@@ -280,40 +307,32 @@ class Epochs:
             epoch,
             tx_hash.hex(),
             nonce,
-            distributor.signer.address if distributor.signer is not None else "?",
+            chain.address or "?",
         )
         await self.store.clear_journal(epoch, tx_hash)
-        if distributor.signer is not None:
-            await distributor.signer.resync_nonce()
+        await chain.resync_nonce()
         if again:
-            raise RuntimeError(f"epoch {epoch}: a second publish tx lost its nonce too; retrying later")
+            raise NonceLostTwiceError(f"epoch {epoch}: a second publish tx lost its nonce too; retry later")
         return await self.publish(epoch, again=True)
 
-    def _distributor(self) -> DistributorClient:
-        if self.distributor is None:
-            raise RuntimeError("no chain configured: cannot publish")
-        return self.distributor
+    def _chain(self) -> PublishChain:
+        if self.chain is None:
+            raise NoChainError("no chain configured: cannot publish")
+        return self.chain
 
     async def _published_tx(self, epoch: int) -> tuple[bytes, int]:
         """The tx hash and block of the epoch's EpochPublished event."""
-        distributor = self._distributor()
-        event = distributor.contract.events.EpochPublished()
-        logs = await distributor.w3.eth.get_logs(
-            {
-                "address": distributor.contract.address,
-                "fromBlock": distributor.deployment.block,
-                "toBlock": "latest",
-                "topics": [HexBytes(event.topic), HexBytes(epoch.to_bytes(32, "big"))],
-            }
-        )
-        if not logs:
-            raise LookupError(f"epoch {epoch} has a root on chain but no EpochPublished event was found")
-        return bytes(logs[-1]["transactionHash"]), int(logs[-1]["blockNumber"])
+        found = await self._chain().published_tx(epoch)
+        if found is None:
+            raise PublishedEventMissingError(
+                f"epoch {epoch} has a root on chain but no EpochPublished event was found"
+            )
+        return found
 
     async def _row(self, epoch: int) -> dict[str, Any]:
         row = await self.store.get_epoch(epoch)
         if row is None:
-            raise LookupError(f"epoch {epoch} is not closed")
+            raise EpochNotClosedError(f"epoch {epoch} is not closed")
         return row
 
     async def close_and_publish(self, epoch: int) -> dict[str, Any]:
@@ -324,7 +343,7 @@ class Epochs:
     def can_publish(self) -> bool:
         """False without a key for REWARDS_ROLE: epochs are then closed (manifests, proofs) but not
         published; once a key is configured they are published oldest first."""
-        return self.distributor is not None and self.distributor.signer is not None
+        return self.chain is not None and self.chain.address is not None
 
     async def next_step(self, now_ms: int) -> Step:
         """Read what the decision needs from the store and take it (`ingest.core.schedule`)."""

@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 if TYPE_CHECKING:
     from devices.chain.distributor import DistributorClient
-    from ingest.settings import Settings
+    from ingest.settings import ChainConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def read_key_file(path: Path) -> LocalAccount:
     return parse_key(text, f"{setting} ({path})")
 
 
-def rewards_account(settings: Settings) -> LocalAccount | None:
+def rewards_account(settings: ChainConfig) -> LocalAccount | None:
     """The account from DEPIN_REWARDS_KEY_FILE or DEPIN_REWARDS_KEY; None when neither is set."""
     if settings.rewards_key_file is not None:
         return read_key_file(settings.rewards_key_file)

@@ -1,8 +1,9 @@
 """Wiring: database, registry mirror, consumer, epochs and API, owned by one AsyncExitStack.
 
-`depin run` hosts the parts (`PARTS`: consume, follow, epochs, api) in one process; `--parts` picks
-some of them, so they can be scaled independently (e.g. `depin run --parts api` as its own process).
-Whoever opens a resource closes it (docs/DESIGN.md §1).
+`depin run` hosts the parts (`PARTS`: consume, follow, epochs, api) in one process; `depin run --parts`
+picks some of them, so they can be scaled independently (e.g. `depin run --parts api` as its own
+process). Each part gets its group of the settings (`ingest.settings.Settings`, built once by the
+command) and nothing else is configured here. Whoever opens a resource closes it (docs/DESIGN.md §1).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,35 +28,26 @@ from devices.chain.deployment import Deployment
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import RegistryClient
 from devices.chain.signer import Signer
+from devices.errors import DepinError
 from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
-from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
+from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import Store
 from ingest.api.app import ApiLimits, create_app
-from ingest.brokerauth import read_password_file
 from ingest.consumer import DB_TRANSIENT, Consumer
-from ingest.core import readiness, rules
-from ingest.core.readiness import PartsState, ReadyRules
-from ingest.core.rejection_budget import BudgetConfig, RejectionBudget
-from ingest.epochs import EpochConfig, Epochs
+from ingest.core import readiness
+from ingest.core.readiness import PartsState
+from ingest.core.rejection_budget import RejectionBudget
+from ingest.epochs import Epochs
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
-from ingest.rewards_key import check_rewards_role
-from ingest.rewards_key import rewards_account as load_rewards_account
+from ingest.rewards_key import check_rewards_role, rewards_account
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PARTS = ("consume", "follow", "epochs", "api")
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated Store on DEPIN_DATABASE_URL (or an embedded PostgreSQL): the ingest pool of
-    `open_stores`, for callers that need only one."""
-    async with open_stores(settings) as stores:
-        yield stores.ingest
 
 
 @dataclass
@@ -73,12 +64,13 @@ class Stores:
     cursor_key: bytes
 
     def api_limits(self, settings: Settings) -> ApiLimits:
+        api = settings.api
         return ApiLimits(
-            max_rows=settings.api_max_rows,
-            max_page_bytes=settings.api_max_page_bytes,
-            slots=settings.db_pool_api_size,
-            busy_timeout_s=settings.api_busy_timeout_s,
-            statement_timeout_ms=settings.api_statement_timeout_ms,
+            max_rows=api.max_rows,
+            max_page_bytes=api.max_page_bytes,
+            slots=settings.database.pool_api_size,
+            busy_timeout_s=api.busy_timeout_s,
+            statement_timeout_ms=api.statement_timeout_ms,
             cursor_key=self.cursor_key,
         )
 
@@ -86,16 +78,17 @@ class Stores:
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Migrated database, one pool per part (sizes DEPIN_DB_POOL_*_SIZE), the API's cursor key."""
+    db, api_timeout_ms = settings.database, settings.api.statement_timeout_ms
     async with AsyncExitStack() as stack:
-        dsn = settings.database_url
+        dsn = db.url
         if dsn is None:
-            pg_dir = settings.data_dir / "pg"
+            pg_dir = db.data_dir / "pg"
             dsn = await stack.enter_async_context(embedded_postgres(pg_dir))
             log.info("database: embedded PostgreSQL in %s (DEPIN_DATABASE_URL unset)", pg_dir)
         else:
             log.info("database: %s", redacted(dsn))
         ingest = await create_pool(
-            dsn, min_size=2, max_size=settings.db_pool_ingest_size, application_name="depin-ingest"
+            dsn, min_size=2, max_size=db.pool_ingest_size, application_name="depin-ingest"
         )
         stack.push_async_callback(ingest.close)
         info = await migrate(ingest)
@@ -106,14 +99,14 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         )
         # min_size=0: a part this process does not run opens no connection.
         chain = await create_pool(
-            dsn, min_size=0, max_size=settings.db_pool_chain_size, application_name="depin-chain"
+            dsn, min_size=0, max_size=db.pool_chain_size, application_name="depin-chain"
         )
         stack.push_async_callback(chain.close)
         api = await create_pool(
             dsn,
             min_size=0,
-            max_size=settings.db_pool_api_size,
-            statement_timeout_ms=settings.api_statement_timeout_ms,
+            max_size=db.pool_api_size,
+            statement_timeout_ms=api_timeout_ms,
             application_name="depin-api",
         )
         stack.push_async_callback(api.close)
@@ -121,13 +114,13 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         stack.push_async_callback(probe.close)
         log.info(
             "database pools: ingest %d, chain %d, api %d connections (api statement timeout %d ms), probe 1",
-            settings.db_pool_ingest_size,
-            settings.db_pool_chain_size,
-            settings.db_pool_api_size,
-            settings.api_statement_timeout_ms,
+            db.pool_ingest_size,
+            db.pool_chain_size,
+            db.pool_api_size,
+            api_timeout_ms,
         )
-        if settings.api_cursor_secret is not None:
-            key = hashlib.sha256(settings.api_cursor_secret.get_secret_value().encode()).digest()
+        if settings.api.cursor_secret is not None:
+            key = hashlib.sha256(settings.api.cursor_secret.get_secret_value().encode()).digest()
         else:
             key = await _stored_cursor_key(ingest)
         yield Stores(Store(ingest), Store(chain), Store(api), DbProbe(probe), key)
@@ -139,11 +132,6 @@ async def _stored_cursor_key(pool: Any) -> bytes:
         "INSERT INTO api_secret (secret) VALUES ($1) ON CONFLICT DO NOTHING", secrets.token_bytes(32)
     )
     return bytes(await pool.fetchval("SELECT secret FROM api_secret"))
-
-
-def rewards_account(settings: Settings) -> Any:
-    """The REWARDS_ROLE account, parsed strictly (ingest/rewards_key.py); None without a key."""
-    return load_rewards_account(settings)
 
 
 @web.middleware
@@ -162,7 +150,7 @@ async def database_unavailable(request: web.Request, handler: Any) -> web.Stream
 
 @dataclass
 class Node:
-    """The service's parts, built once; `tasks()` yields the coroutines to run for the chosen parts."""
+    """The service's parts, built once by `build_node`; `run` starts the chosen ones."""
 
     settings: Settings
     store: Store
@@ -170,6 +158,7 @@ class Node:
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
+    distributor: DistributorClient  # the epochs' chain; also for the start-up REWARDS_ROLE check
     parts: frozenset[str] = frozenset(PARTS)
     api_store: Store | None = None  # the API's queries (its own pool); None: `store`
     probe: DbProbe | None = None  # readiness check of the database on a connection of its own
@@ -192,7 +181,6 @@ class Node:
         parts = set(self.parts)
         if "consume" in parts:
             parts.add("follow")
-        s = self.settings
         state = PartsState(
             now=time.monotonic(),
             database_ok=db_ok,
@@ -204,8 +192,7 @@ class Node:
             epoch_failing=self.epochs.failing,
             epoch_due_since=self.epochs.due_since,
         )
-        ready_rules = ReadyRules(s.ready_mqtt_grace_s, s.ready_chain_stale_s, s.ready_epoch_overdue_s)
-        failing = readiness.failing(parts, state, ready_rules)
+        failing = readiness.failing(parts, state, self.settings.ready)
         report: dict[str, Any] = {"parts": sorted(self.parts), "database": db_ok}
         if "follow" in parts:
             report.update(
@@ -236,7 +223,7 @@ class Node:
         return report
 
     def app(self) -> web.Application:
-        limits = self.api_limits or ApiLimits(max_rows=self.settings.api_max_rows)
+        limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
         app = create_app(self.api_store or self.store, self.ready, limits=limits)
         app.middlewares.append(database_unavailable)
         return app
@@ -249,11 +236,11 @@ def build_node(
     deployment: Deployment,
     *,
     rewards: Any = None,
-    mqtt: MqttConfig | None = None,
     parts: Iterable[str] = PARTS,
     stores: Stores | None = None,
 ) -> Node:
-    """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest)."""
+    """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest).
+    Each part is built from its group of `settings`; the consumer's broker is `settings.mqtt`."""
     chain_store = stores.chain if stores is not None else store
     mirror = RegistryMirror()
     follower = RegistryFollower(
@@ -261,44 +248,27 @@ def build_node(
         chain_store,
         mirror,
         start_block=deployment.block,
-        confirmations=settings.chain_confirmations,
-        poll_s=settings.registry_poll_s,
+        confirmations=settings.chain.confirmations,
+        poll_s=settings.chain.registry_poll_s,
     )
-    pipeline = PipelineConfig(
-        max_message_bytes=settings.max_message_bytes,
-        time_limits=rules.TimeLimits(settings.max_future_ms, settings.max_lateness_ms),
-        classes=mirror.classes_view(),  # the chain's hardware classes, as the follower folds them
-    )
-    mqtt = mqtt or mqtt_config(settings)  # one builder: login, TLS, manual ack and feedback included
+    c = settings.consumer
     consumer = Consumer(
-        mqtt,
+        settings.mqtt,
         store,
         mirror.lookup,
-        pipeline=pipeline,
-        batch_max_size=settings.batch_max_size,
-        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
-        prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
-        rejection_budget=RejectionBudget(
-            BudgetConfig(
-                per_topic_per_min=settings.rejections_per_topic_per_min,
-                per_topic_burst=settings.rejections_per_topic_burst,
-                total_per_min=settings.rejections_per_worker_per_min,
-            )
+        pipeline=PipelineConfig(
+            max_message_bytes=c.max_message_bytes,
+            time_limits=c.time_limits,
+            classes=mirror.classes_view(),  # the chain's hardware classes, as the follower folds them
         ),
+        batch_max_size=c.batch_max_size,
+        batch_max_wait_s=c.batch_max_wait_s,
+        prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
+        rejection_budget=RejectionBudget(c.rejection_budget),
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
-    epochs = Epochs(
-        chain_store,
-        distributor,
-        EpochConfig(
-            genesis_ms=settings.epoch_genesis_ms,
-            length_ms=int(settings.epoch_length_s * 1000),
-            emission=settings.epoch_emission,
-            max_devices_per_cell=settings.max_devices_per_cell,
-            grace_ms=int(settings.epoch_grace_s * 1000),
-        ),
-    )
-    node = Node(settings, store, mirror, follower, consumer, epochs, frozenset(parts))
+    epochs = Epochs(chain_store, distributor, settings.epochs)
+    node = Node(settings, store, mirror, follower, consumer, epochs, distributor, frozenset(parts))
     if stores is not None:
         node.api_store, node.probe = stores.api, stores.probe
         node.api_limits = stores.api_limits(settings)
@@ -321,42 +291,6 @@ async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator
         await runner.cleanup()
 
 
-def mqtt_config(settings: Settings) -> MqttConfig:
-    """The consumer's MQTT settings from DEPIN_MQTT_* (and DEPIN_ACK_FEEDBACK). Reads the password file
-    here, at start: a missing or empty file stops `depin run` with one line instead of a reconnect loop."""
-    password = None
-    if settings.mqtt_password is not None:
-        password = settings.mqtt_password.get_secret_value()
-    elif settings.mqtt_password_file is not None:
-        password = read_password_file(settings.mqtt_password_file)
-    config = MqttConfig(
-        host=settings.mqtt_host,
-        port=settings.mqtt_port,
-        client_id=settings.mqtt_client_id,
-        group=settings.mqtt_group,
-        shared=settings.mqtt_shared,
-        receive_maximum=settings.mqtt_receive_maximum,
-        username=settings.mqtt_username,
-        password=password,
-        tls=settings.mqtt_tls_on,
-        tls_ca_file=_path(settings.mqtt_tls_ca_file),
-        tls_cert_file=_path(settings.mqtt_tls_cert_file),
-        tls_key_file=_path(settings.mqtt_tls_key_file),
-        manual_ack=settings.mqtt_manual_ack,
-        ack_feedback=settings.ack_feedback,
-    )
-    try:
-        tls_context(config)  # load the CA and client certificate now, not at every reconnect attempt
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        files = "DEPIN_MQTT_TLS_CA_FILE / DEPIN_MQTT_TLS_CERT_FILE / DEPIN_MQTT_TLS_KEY_FILE"
-        raise ValueError(f"cannot load the MQTT TLS files ({files}): {exc}") from None
-    return config
-
-
-def _path(p: Path | None) -> str | None:
-    return None if p is None else str(p)
-
-
 async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
     """Catch the mirror up with the chain before consuming, so registered devices are not rejected as
     unknown while a fresh worker replays events. Chain down: go on with the persisted mirror (the
@@ -367,12 +301,20 @@ async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
         log.warning("registry not synced before consuming (%s); using the persisted mirror", exc)
 
 
+# A part's main loop, started as a task of its name once every part is wired.
+Part = Callable[[], Coroutine[Any, Any, None]]
+
+
+class PartStoppedError(DepinError):
+    """A part's task ended on its own (a bug, an error it does not handle): the process stops."""
+
+
 async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
     """`depin run`: the chosen parts until SIGINT/SIGTERM, then an ordered stop.
 
     `consume` implies `follow` (the consumer judges against the registry mirror). If a part stops on
-    its own (a bug, an error it does not handle) the process stops with an error rather than staying up
-    half-dead: its messages are unacked, so the broker hands them to the restarted (or another) worker.
+    its own the process stops with an error rather than staying up half-dead: its messages are
+    unacked, so the broker hands them to the restarted (or another) worker.
     """
     parts = set(parts)
     stop = asyncio.Event()
@@ -384,91 +326,111 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
     if parts == {"api"}:
         await run_api_only(settings, stop)
         return
-    mqtt = mqtt_config(settings)  # before anything starts: an unreadable password file is one error line
-    # The same for the rewards key (format, file mode); its role is checked once the chain is known.
-    rewards = rewards_account(settings) if "epochs" in parts else None
+    # Before anything starts, like the MQTT files (read by load_settings): the rewards key's format and
+    # file mode are one error line. Its role is checked once the chain is known.
+    rewards = rewards_account(settings.chain) if "epochs" in parts else None
     async with AsyncExitStack() as stack:
         stores = await stack.enter_async_context(open_stores(settings))
-        store = stores.ingest
-        w3 = AsyncWeb3(chain_provider(settings.chain_rpc_url, settings.chain_rpc_timeout_s))
-        stack.push_async_callback(w3.provider.disconnect)
-        deployment = Deployment.load(settings.deployment_file)
-        log.info(
-            "chain: %s, deployment %s (chain id %d, registry %s, distributor %s, from block %d)",
-            settings.chain_rpc_url,
-            settings.deployment_file,
-            deployment.chain_id,
-            deployment.registry,
-            deployment.distributor,
-            deployment.block,
-        )
+        w3, deployment = await _open_chain(stack, settings)
         node = build_node(
-            settings, store, w3, deployment, rewards=rewards, mqtt=mqtt, parts=parts, stores=stores
+            settings, stores.ingest, w3, deployment, rewards=rewards, parts=parts, stores=stores
         )
-        if rewards is not None and node.epochs.distributor is not None:
-            setting = "DEPIN_REWARDS_KEY_FILE" if settings.rewards_key_file else "DEPIN_REWARDS_KEY"
-            await check_rewards_role(node.epochs.distributor, rewards, setting)
+        if rewards is not None:
+            setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
+            await check_rewards_role(node.distributor, rewards, setting)
         await node.follower.load()
-        if "consume" in parts:
-            await first_registry_sync(node)
+        tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:
-            log.info(
-                "registry mirror: %d devices at block %d; polling every %.1f s",
-                len(node.mirror.devices),
-                node.mirror.block,
-                settings.registry_poll_s,
-            )
-        tasks: list[asyncio.Task[None]] = []
-        if "follow" in parts or "consume" in parts:
-            tasks.append(asyncio.create_task(node.follower.run(), name="follower"))
+            tasks["follower"] = await _follow(node, first_sync="consume" in parts)
         if "consume" in parts:
-            cfg = node.consumer.mqtt
-            log.info(
-                "MQTT: broker %s:%d%s, client id %s, %s, subscription %s",
-                cfg.host,
-                cfg.port,
-                " (TLS)" if uses_tls(cfg) else "",
-                cfg.client_id,
-                f"user {cfg.username}" if cfg.username else "anonymous",
-                subscription(cfg),
-            )
-            tasks.append(asyncio.create_task(node.consumer.run(), name="consumer"))
-            tasks.append(
-                asyncio.create_task(
-                    run_retention(
-                        store,
-                        int(settings.rejections_retention_days * 86_400_000),
-                        settings.rejections_unsigned_keep,
-                        settings.rejections_prune_interval_s,
-                    ),
-                    name="rejections-retention",
-                )
-            )
+            tasks.update(_consume(node, stores.ingest))
         if "epochs" in parts:
-            log.info(
-                "epochs: length %s s from genesis %s, grace %s s; %s",
-                f"{settings.epoch_length_s:g}",
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(settings.epoch_genesis_ms / 1000)),
-                f"{settings.epoch_grace_s:g}",
-                f"publishing as {rewards.address}"
-                if rewards is not None
-                else "no DEPIN_REWARDS_KEY(_FILE): epochs are closed but not published",
-            )
-            tasks.append(asyncio.create_task(node.epochs.run(), name="epochs"))
+            tasks["epochs"] = _epochs(node, rewards)
         if "api" in parts:
-            url = await stack.enter_async_context(serve_api(node.app(), settings.api_host, settings.api_port))
+            api = settings.api
+            url = await stack.enter_async_context(serve_api(node.app(), api.host, api.port))
             log.info("API listening on %s (try %s/readyz)", url, url)
-        stopping = asyncio.create_task(stop.wait(), name="stop")
-        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        ended = [t for t in tasks if t.done()]
-        log.info("stopping", extra={"consumer": vars(node.consumer.stats)})
-        for t in [stopping, *tasks]:
-            t.cancel()
-        await asyncio.gather(stopping, *tasks, return_exceptions=True)
-        for t in ended:
-            exc = None if t.cancelled() else t.exception()
-            raise RuntimeError(f"part {t.get_name()!r} stopped unexpectedly: {exc!r}") from exc
+        await _until_stopped(tasks, stop, node)
         log.info("stopped")
+
+
+async def _open_chain(stack: AsyncExitStack, settings: Settings) -> tuple[AsyncWeb3, Deployment]:
+    chain = settings.chain
+    w3 = AsyncWeb3(chain_provider(chain.rpc_url, chain.rpc_timeout_s))
+    stack.push_async_callback(w3.provider.disconnect)
+    deployment = Deployment.load(chain.deployment_file)
+    log.info(
+        "chain: %s, deployment %s (chain id %d, registry %s, distributor %s, from block %d)",
+        chain.rpc_url,
+        chain.deployment_file,
+        deployment.chain_id,
+        deployment.registry,
+        deployment.distributor,
+        deployment.block,
+    )
+    return w3, deployment
+
+
+async def _follow(node: Node, *, first_sync: bool) -> Part:
+    if first_sync:
+        await first_registry_sync(node)
+    log.info(
+        "registry mirror: %d devices at block %d; polling every %.1f s",
+        len(node.mirror.devices),
+        node.mirror.block,
+        node.settings.chain.registry_poll_s,
+    )
+    return node.follower.run
+
+
+def _consume(node: Node, store: Store) -> dict[str, Part]:
+    cfg, c = node.consumer.mqtt, node.settings.consumer
+    log.info(
+        "MQTT: broker %s:%d%s, client id %s, %s, subscription %s",
+        cfg.host,
+        cfg.port,
+        " (TLS)" if uses_tls(cfg) else "",
+        cfg.client_id,
+        f"user {cfg.username}" if cfg.username else "anonymous",
+        subscription(cfg),
+    )
+    return {
+        "consumer": node.consumer.run,
+        "rejections-retention": lambda: run_retention(
+            store, c.rejections_retention_ms, c.rejections_unsigned_keep, c.rejections_prune_interval_s
+        ),
+    }
+
+
+def _epochs(node: Node, rewards: Any) -> Part:
+    c = node.settings.epochs
+    log.info(
+        "epochs: length %s s from genesis %s, grace %s s; %s",
+        f"{c.length_ms / 1000:g}",
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.genesis_ms / 1000)),
+        f"{c.grace_ms / 1000:g}",
+        f"publishing as {rewards.address}"
+        if rewards is not None
+        else "no DEPIN_REWARDS_KEY(_FILE): epochs are closed but not published",
+    )
+    return node.epochs.run
+
+
+async def _until_stopped(parts: dict[str, Part], stop: asyncio.Event, node: Node) -> None:
+    """Run the parts until `stop` is set or one of them ends (PartStoppedError), then cancel all."""
+    tasks = [asyncio.create_task(part(), name=name) for name, part in parts.items()]
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    ended = [t for t in tasks if t.done()]
+    log.info("stopping", extra={"consumer": vars(node.consumer.stats)})
+    for t in [stopping, *tasks]:
+        t.cancel()
+    await asyncio.gather(stopping, *tasks, return_exceptions=True)
+    for t in ended:
+        exc = None if t.cancelled() else t.exception()
+        # The traceback goes to the log: the command line shows only the one-line error.
+        log.error("part %r stopped unexpectedly", t.get_name(), exc_info=exc)
+        raise PartStoppedError(f"part {t.get_name()!r} stopped unexpectedly: {exc!r}") from exc
 
 
 async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
@@ -483,7 +445,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings))
         app.middlewares.append(database_unavailable)
-        async with serve_api(app, settings.api_host, settings.api_port) as url:
+        async with serve_api(app, settings.api.host, settings.api.port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
             await stop.wait()
     log.info("stopped")

@@ -1,17 +1,41 @@
-"""Settings, one per environment variable with the prefix DEPIN_ (see deploy/depin.env.example)."""
+"""Settings: `Environment`, one field per environment variable DEPIN_<FIELD> (deploy/depin.env.example
+lists them all), and `Settings`, the same values grouped per part of the service, built once at start
+by `load_settings` and passed down (ingest/service.py hands each part its group).
+
+Two shapes because pydantic-settings nests models only through a delimiter (a double underscore:
+MQTT__HOST), which would rename every variable an operator has written; the environment stays flat and
+one function groups it. That function is also where the files the settings name are read (the MQTT
+password, the TLS certificates): a missing or unreadable one stops the start with one line naming the
+setting, instead of a reconnect loop, and no part builds its configuration a second time from the flat
+fields.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from devices.errors import SettingsError
+from ingest.adapters.mqtt import MqttConfig, tls_context
+from ingest.brokerauth import BrokerAuthError, read_password_file
+from ingest.core.readiness import ReadyRules
+from ingest.core.rejection_budget import BudgetConfig
+from ingest.core.rules import TimeLimits
+from ingest.epochs import EpochConfig
+
 TOKEN = 10**18  # RewardToken has 18 decimals
+T = TypeVar("T")
 
 
-class Settings(BaseSettings):
+class Environment(BaseSettings):
+    """Every DEPIN_* setting as the operator writes it; read by `read_environment`, grouped by
+    `load_settings`."""
+
     model_config = SettingsConfigDict(env_prefix="DEPIN_", extra="ignore")
 
     # Storage. No URL → an embedded PostgreSQL is started in data_dir/pg (the wheel, PG 18).
@@ -123,7 +147,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _mqtt_login_and_tls(self) -> Settings:
+    def _mqtt_login_and_tls(self) -> Environment:
         if self.rewards_key is not None and self.rewards_key_file is not None:
             raise ValueError("set DEPIN_REWARDS_KEY or DEPIN_REWARDS_KEY_FILE, not both")
         if self.mqtt_password is not None and self.mqtt_password_file is not None:
@@ -141,6 +165,162 @@ class Settings(BaseSettings):
             raise ValueError("DEPIN_MQTT_TLS=false but a DEPIN_MQTT_TLS_*_FILE is set: remove one")
         return self
 
-    @property
-    def mqtt_tls_on(self) -> bool:
-        return bool(self.mqtt_tls or self.mqtt_tls_ca_file or self.mqtt_tls_cert_file)
+
+def read_environment(**values: Any) -> Environment:
+    """DEPIN_* from the process environment (`values`, by field name, take precedence). A bad or
+    contradictory value is a SettingsError, one line naming each variable, not pydantic's table."""
+    try:
+        return Environment(**values)
+    except ValidationError as exc:
+        problems = [
+            (f"DEPIN_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        raise SettingsError("; ".join(problems)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str | None  # None: an embedded PostgreSQL in data_dir/pg
+    data_dir: Path
+    # One asyncpg pool per part (docs/DESIGN.md §1): these are their sizes.
+    pool_ingest_size: int
+    pool_chain_size: int
+    pool_api_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """The consume part beyond its broker (`Settings.mqtt`): batching, wire limits, rejection rows."""
+
+    batch_max_size: int
+    batch_max_wait_s: float
+    max_message_bytes: int
+    time_limits: TimeLimits
+    rejection_budget: BudgetConfig
+    rejections_retention_ms: int
+    rejections_unsigned_keep: int
+    rejections_prune_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """The service's chain: RPC, deployment, registry following, the rewards key (read by
+    ingest/rewards_key.py only when the epochs part runs)."""
+
+    rpc_url: str
+    rpc_timeout_s: float
+    deployment_file: Path
+    confirmations: int
+    registry_poll_s: float
+    rewards_key: SecretStr | None
+    rewards_key_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str
+    port: int
+    max_rows: int
+    max_page_bytes: int
+    statement_timeout_ms: int
+    busy_timeout_s: float
+    cursor_secret: SecretStr | None  # None: the random key kept in the database (table api_secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's settings, one group per part; built by `load_settings`."""
+
+    database: DatabaseConfig
+    mqtt: MqttConfig
+    consumer: ConsumerConfig
+    chain: ChainConfig
+    epochs: EpochConfig
+    ready: ReadyRules
+    api: ApiConfig
+
+
+def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = None) -> Settings:
+    """The settings from `env` (default: `read_environment()`), grouped per part.
+
+    `mqtt`: a broker configuration of the caller's own (the demo's broker, a test's); DEPIN_MQTT_* and
+    their files are then not used. Every failure is a SettingsError naming the setting."""
+    e = env if env is not None else read_environment()
+    consumer = _group(
+        ConsumerConfig,
+        e,
+        batch_max_wait_s=e.batch_max_wait_ms / 1000,
+        time_limits=TimeLimits(e.max_future_ms, e.max_lateness_ms),
+        rejection_budget=BudgetConfig(
+            per_topic_per_min=e.rejections_per_topic_per_min,
+            per_topic_burst=e.rejections_per_topic_burst,
+            total_per_min=e.rejections_per_worker_per_min,
+        ),
+        rejections_retention_ms=int(e.rejections_retention_days * 86_400_000),
+    )
+    epochs = _group(
+        EpochConfig,
+        e,
+        "epoch_",
+        length_ms=int(e.epoch_length_s * 1000),
+        grace_ms=int(e.epoch_grace_s * 1000),
+    )
+    return Settings(
+        database=_group(DatabaseConfig, e, "database_", "db_"),
+        mqtt=mqtt if mqtt is not None else mqtt_config(e),
+        consumer=consumer,
+        chain=_group(ChainConfig, e, "chain_"),
+        epochs=epochs,
+        ready=_group(ReadyRules, e, "ready_"),
+        api=_group(ApiConfig, e, "api_"),
+    )
+
+
+def _group(cls: type[T], e: Environment, *prefixes: str, **values: Any) -> T:
+    """`cls` from the environment: each field not in `values` takes the first of the variables
+    <prefix><field> (in the order of `prefixes`) or <field> that is a setting, e.g. `ApiConfig.port`
+    from DEPIN_API_PORT; a field with none keeps its default (and one without a default fails here,
+    at start)."""
+    for f in dataclasses.fields(cast(Any, cls)):
+        if f.name in values:
+            continue
+        for name in (*(p + f.name for p in prefixes), f.name):
+            if name in Environment.model_fields:
+                values[f.name] = getattr(e, name)
+                break
+    return cls(**values)
+
+
+def mqtt_config(e: Environment) -> MqttConfig:
+    """The consumer's broker from DEPIN_MQTT_* and DEPIN_ACK_FEEDBACK: login, TLS, manual ack and
+    feedback. Reads the password file and loads the TLS files now, not at every reconnect attempt."""
+    password = None
+    if e.mqtt_password is not None:
+        password = e.mqtt_password.get_secret_value()
+    elif e.mqtt_password_file is not None:
+        try:
+            password = read_password_file(e.mqtt_password_file)
+        except BrokerAuthError as exc:
+            raise SettingsError(f"DEPIN_MQTT_PASSWORD_FILE: {exc}") from None
+    config = _group(
+        MqttConfig,
+        e,
+        "mqtt_",
+        password=password,
+        tls=bool(e.mqtt_tls or e.mqtt_tls_ca_file or e.mqtt_tls_cert_file),
+        tls_ca_file=_path(e.mqtt_tls_ca_file),
+        tls_cert_file=_path(e.mqtt_tls_cert_file),
+        tls_key_file=_path(e.mqtt_tls_key_file),
+    )
+    try:
+        tls_context(config)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = "DEPIN_MQTT_TLS_CA_FILE / DEPIN_MQTT_TLS_CERT_FILE / DEPIN_MQTT_TLS_KEY_FILE"
+        raise SettingsError(f"cannot load the MQTT TLS files ({files}): {exc}") from None
+    return config
+
+
+def _path(p: Path | None) -> str | None:
+    return None if p is None else str(p)

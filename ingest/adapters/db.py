@@ -27,7 +27,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from devices.errors import DepinError
+
 log = logging.getLogger(__name__)
+
+
+class MigrationError(DepinError):
+    """The migrations folder is not one numbered sequence of understood file names (a packaging bug)."""
+
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant: the advisory-lock key every migration runner serialises on.
@@ -275,11 +282,11 @@ def _load_steps(directory: Path) -> list[_Step]:
     for path in sorted(directory.glob("*.sql")):
         m = _FILE_RE.match(path.name)
         if m is None:
-            raise RuntimeError(f"migration file name not understood: {path.name}")
+            raise MigrationError(f"migration file name not understood: {path.name}")
         key = f"{m['num']}_{m['name']}"
         number = int(m["num"])
         if numbers.setdefault(number, key) != key:
-            raise RuntimeError(f"two migrations share number {number}: {numbers[number]} and {key}")
+            raise MigrationError(f"two migrations share number {number}: {numbers[number]} and {key}")
         found.setdefault(key, {})[m["variant"] or ""] = path
     steps = []
     for key, files in found.items():

@@ -158,7 +158,8 @@ def describe_connect_error(config: MqttConfig, exc: BaseException) -> str:
 
 
 class MqttSource:
-    """`async with MqttSource(cfg) as src:` then `batch = await src.next_batch(...)`, `src.ack(batch)`."""
+    """`async with MqttSource(cfg) as src:` then `batch = await src.next_batch(...)`, `src.ack(batch)`:
+    the consumer's `ingest.seams.BrokerSession`, which unit tests replace with an in-memory one."""
 
     def __init__(self, config: MqttConfig) -> None:
         self.config = config

@@ -28,6 +28,7 @@ from devices.chain.distributor import DistributorClient
 from devices.chain.signer import Signer
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.db import create_pool, migrate
+from ingest.adapters.distributor import DistributorChain
 from ingest.adapters.store import Store
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket
@@ -289,7 +290,7 @@ async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
     # 2) The chain is back but the key lacks REWARDS_ROLE: publishEpoch reverts; still epoch 1, retried.
     caplog.clear()
     stranger = accounts[7]
-    epochs.distributor = DistributorClient(world.w3, world.deployment, make_signer(stranger))
+    epochs.chain = DistributorChain(DistributorClient(world.w3, world.deployment, make_signer(stranger)))
     await clock.run_until(epochs, clock.now + 1_000 + 2_000)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert failures and all("publishing epoch 1 failed" in m for m in failures)

@@ -32,7 +32,7 @@ from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
 from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
 from ingest.service import Node, build_node, serve_api
-from ingest.settings import Settings
+from ingest.settings import Environment, load_settings
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import connected_publisher, publish_raw, unique_client_id
@@ -353,14 +353,14 @@ async def node(
     await RegistryClient(w3, deployment, signer).register_batch(
         [DeviceInput(d.device_id, d.pubkey, d.owner, d.hw_class, d.asserted_cell) for d in fleet]
     )
-    settings = Settings(registry_poll_s=0.2, epoch_genesis_ms=0, epoch_length_s=3600)
+    env = Environment(registry_poll_s=0.2, epoch_genesis_ms=0, epoch_length_s=3600)
     mqtt = MqttConfig(
         host=mosquitto.host,
         port=mosquitto.port,
         client_id=unique_client_id("ingest"),
         group=unique_client_id("g"),
     )
-    node = build_node(settings, store, w3, deployment, mqtt=mqtt)
+    node = build_node(load_settings(env, mqtt=mqtt), store, w3, deployment)
     await node.follower.load()
     await node.follower.sync_once()
     async with AsyncExitStack() as stack:
@@ -563,14 +563,14 @@ async def test_rpc_down_known_devices_flow_unknown_rejected_and_readyz_names_the
     await proxy.start()
     provider = AsyncHTTPProvider(proxy.url, **PROVIDER_OPTIONS)
     node_w3 = AsyncWeb3(provider)
-    settings = Settings(registry_poll_s=0.2, epoch_genesis_ms=0, epoch_length_s=3600)
+    env = Environment(registry_poll_s=0.2, epoch_genesis_ms=0, epoch_length_s=3600)
     mqtt = MqttConfig(
         host=mosquitto.host,
         port=mosquitto.port,
         client_id=unique_client_id("ingest"),
         group=unique_client_id("g"),
     )
-    node = build_node(settings, store, node_w3, deployment, mqtt=mqtt)
+    node = build_node(load_settings(env, mqtt=mqtt), store, node_w3, deployment)
     await node.follower.load()
     await node.follower.sync_once()
     assert node.follower.healthy and known.device_id in node.mirror.devices

@@ -25,7 +25,7 @@ from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.service import Node, build_node, serve_api
-from ingest.settings import Settings
+from ingest.settings import Environment, load_settings
 from simulator import cheaters
 from simulator.fleet import make_fleet, next_message
 from simulator.publish import publish_raw, unique_client_id
@@ -53,14 +53,14 @@ async def running(
         [DeviceInput(d.device_id, d.pubkey, d.owner, d.hw_class, d.asserted_cell) for d in fleet]
     )
     now = time.time_ns() // 1_000_000
-    settings = Settings(epoch_genesis_ms=now - 60_000, epoch_length_s=3600, registry_poll_s=0.2)
+    env = Environment(epoch_genesis_ms=now - 60_000, epoch_length_s=3600, registry_poll_s=0.2)
     mqtt = MqttConfig(
         host=mosquitto.host,
         port=mosquitto.port,
         client_id=unique_client_id("ingest"),
         group=unique_client_id("g"),
     )
-    node = build_node(settings, store, w3, deployment, rewards=accounts[0], mqtt=mqtt)
+    node = build_node(load_settings(env, mqtt=mqtt), store, w3, deployment, rewards=accounts[0])
     await node.follower.load()
     await node.follower.sync_once()
     async with AsyncExitStack() as stack:

@@ -29,8 +29,7 @@ from ingest.adapters.mqtt import (
     describe_lost,
 )
 from ingest.cli import main
-from ingest.service import mqtt_config
-from ingest.settings import Settings
+from ingest.settings import Settings, load_settings
 from tests.pki import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,7 +274,7 @@ def test_secured_config_refuses_a_template_it_cannot_honour(tmp_path: Path) -> N
     secured_config(base + "#listener 8883\n", tmp_path, 2, files)  # commented out: fine
 
 
-# --- settings → MqttConfig --------------------------------------------------------------------------
+# --- settings → Settings.mqtt ---------------------------------------------------------------------
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
@@ -284,7 +283,7 @@ def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(f"DEPIN_{key.upper()}", value)
-    return Settings()
+    return load_settings()
 
 
 def test_login_and_tls_reach_the_consumer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -300,17 +299,17 @@ def test_login_and_tls_reach_the_consumer(monkeypatch: pytest.MonkeyPatch, tmp_p
         mqtt_manual_ack="false",
         ack_feedback="true",
     )
-    cfg = mqtt_config(s)
+    cfg = s.mqtt
     assert (cfg.username, cfg.password, cfg.tls) == ("depin-ingest", "s3cret", True)
     assert (cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file) == tuple(
         map(str, (pki.ca, pki.client_cert, pki.client_key))
     )
-    assert (cfg.manual_ack, cfg.ack_feedback) == (False, True)  # build_node uses this same builder
+    assert (cfg.manual_ack, cfg.ack_feedback) == (False, True)  # what build_node hands the consumer
     assert "s3cret" not in repr(cfg)
     s = _settings(monkeypatch, mqtt_username="u", mqtt_password="inline")
-    assert mqtt_config(s).password == "inline" and "inline" not in repr(s)
-    assert mqtt_config(_settings(monkeypatch, mqtt_tls="true")).tls is True
-    assert mqtt_config(_settings(monkeypatch)).tls is False
+    assert s.mqtt.password == "inline" and "inline" not in repr(s)
+    assert _settings(monkeypatch, mqtt_tls="true").mqtt.tls is True
+    assert _settings(monkeypatch).mqtt.tls is False
 
 
 @pytest.mark.parametrize(
@@ -331,18 +330,18 @@ def test_contradictory_mqtt_settings(
 
 def test_unloadable_tls_files_stop_the_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot load the MQTT TLS files .*No such file"):
-        mqtt_config(_settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "nope.pem")))
+        _settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "nope.pem"))
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     with pytest.raises(ValueError, match="cannot load the MQTT TLS files"):
-        mqtt_config(_settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "junk.pem")))
+        _settings(monkeypatch, mqtt_tls_ca_file=str(tmp_path / "junk.pem"))
 
 
 def test_empty_or_missing_password_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValueError, match="is empty"):
-        mqtt_config(_settings(monkeypatch, mqtt_username="u", mqtt_password_file=str(tmp_path / "empty")))
+        _settings(monkeypatch, mqtt_username="u", mqtt_password_file=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="cannot read the MQTT password file"):
-        mqtt_config(_settings(monkeypatch, mqtt_username="u", mqtt_password_file=str(tmp_path / "nope")))
+        _settings(monkeypatch, mqtt_username="u", mqtt_password_file=str(tmp_path / "nope"))
 
 
 def test_device_login_from_its_credential_file(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """deploy/depin.env.example documents every setting, and names nothing that is not one.
 
-Every field of `ingest.settings.Settings` (environment variable DEPIN_<NAME>) appears in the example,
+Every field of `ingest.settings.Environment` (environment variable DEPIN_<NAME>) appears in the example,
 set or commented, in a block (lines between blank lines) that explains it in a comment above it. Every
-DEPIN_ name in the example is a setting or one of the few variables read outside `Settings`. A set line
+DEPIN_ name in the example is a setting or one of the few variables read outside `Environment`. A set line
 shows the default. And the DEPIN_ names the code reads are all accounted for: settings, the variables
 below, or test-only knobs (which stay out of the example).
 """
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ingest.settings import Settings
+from ingest.settings import Environment
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "depin.env.example"
 LINE = re.compile(r"^(?P<commented>#\s*)?(?P<name>DEPIN_[A-Z0-9_]+)=(?P<value>.*)$")
 NAME = re.compile(r"\bDEPIN_[A-Z0-9_]*[A-Z0-9]\b")
 
-# Read by the `depin` command itself, not by Settings; documented in the example.
+# Read by the `depin` command itself, not by Environment; documented in the example.
 SERVICE_EXTRA = {"DEPIN_LOG_FORMAT"}  # ingest/cli.py: text or json logs
 # Read by the operator CLI (devices/settings.py, docs/OPERATORS.md); not the service's, so not in the
 # service's example file.
@@ -41,7 +41,7 @@ TEST_ONLY = {
 
 
 def settings_names() -> set[str]:
-    return {"DEPIN_" + name.upper() for name in Settings.model_fields}
+    return {"DEPIN_" + name.upper() for name in Environment.model_fields}
 
 
 def example_blocks() -> list[list[str]]:
@@ -91,9 +91,9 @@ def test_every_name_in_the_example_is_a_setting() -> None:
 )
 def test_a_set_line_shows_the_default(name: str, value: str) -> None:
     field = name.removeprefix("DEPIN_").lower()
-    assert field in Settings.model_fields, f"{name} is set in the example but is not a setting"
-    parsed = getattr(Settings(**{field: value}), field)
-    assert parsed == Settings.model_fields[field].default, f"{name}={value} is not the default"
+    assert field in Environment.model_fields, f"{name} is set in the example but is not a setting"
+    parsed = getattr(Environment(**{field: value}), field)
+    assert parsed == Environment.model_fields[field].default, f"{name}={value} is not the default"
 
 
 def test_every_depin_variable_the_code_reads_is_accounted_for() -> None:

@@ -1,0 +1,294 @@
+"""The epoch publisher's journal → broadcast → receipt sequence (`Epochs.publish`), on an in-memory
+chain behind `ingest.seams.PublishChain` and an in-memory journal: the signed transaction is journaled
+before it is broadcast; after a crash the same bytes are rebroadcast, never re-signed; a root already
+on chain is adopted without sending; a transaction whose nonce another one took is dropped and
+re-signed; a revert clears the journal. Every failure is one of ingest/epochs.py's `EpochError`s.
+
+tests/integration/test_epochs.py proves the same against anvil and PostgreSQL (a killed process, a
+stolen nonce, a restored database); these pin the order of the steps in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from devices.errors import DepinError, NonceTooLowError
+from ingest.epochs import (
+    EpochConfig,
+    EpochNotClosedError,
+    Epochs,
+    NoChainError,
+    NonceLostTwiceError,
+    NoRewardsKeyError,
+    PublishRevertedError,
+    RootMismatchError,
+)
+
+ROOT = bytes(range(1, 33))
+OTHER_ROOT = b"\x07" * 32
+CONFIG = EpochConfig(genesis_ms=0, length_ms=60_000, emission=1000)
+
+
+class Crash(BaseException):
+    """The process dies at this step (what the test then restarts from is the journal); a
+    BaseException, so no `except Exception` of the code under test can absorb it."""
+
+
+@dataclass
+class Journal:
+    """The epochs table as `Epochs.publish` uses it; `log` is shared with the chain, so a test reads
+    the order of the steps across both."""
+
+    log: list[str]
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def closed(self, epoch: int, root: bytes = ROOT, allocated: int = 500) -> None:
+        self.rows[epoch] = {
+            "epoch": epoch,
+            "status": "closed",
+            "root": "0x" + root.hex(),
+            "allocated": allocated,
+            "raw_tx": None,
+            "tx_hash": None,
+            "tx_nonce": None,
+            "block_number": None,
+        }
+
+    async def get_epoch(self, epoch: int) -> dict[str, Any] | None:
+        row = self.rows.get(epoch)
+        return None if row is None else dict(row)
+
+    async def journal_tx(self, epoch: int, raw_tx: bytes, tx_hash: bytes, nonce: int) -> bool:
+        self.log.append(f"journal nonce {nonce}")
+        self.rows[epoch].update(raw_tx="0x" + raw_tx.hex(), tx_hash="0x" + tx_hash.hex(), tx_nonce=nonce)
+        return True
+
+    async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
+        self.log.append("clear journal")
+        self.rows[epoch].update(raw_tx=None, tx_hash=None, tx_nonce=None)
+        return True
+
+    async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
+        self.log.append(f"published in block {block}")
+        self.rows[epoch].update(status="published", tx_hash="0x" + tx_hash.hex(), block_number=block)
+        return True
+
+    async def settle_without_tx(self, epoch: int) -> bool:
+        self.log.append("settled")
+        self.rows[epoch]["status"] = "settled"
+        return True
+
+
+@dataclass
+class Chain:
+    """One account on a chain that mines a broadcast transaction at once unless told otherwise."""
+
+    log: list[str]
+    address: str | None = "0xRewards"
+    roots: dict[int, bytes] = field(default_factory=dict)
+    mined: dict[bytes, dict[str, Any]] = field(default_factory=dict)  # tx hash → receipt
+    events: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # epoch → (tx hash, block)
+    next_nonce: int = 0  # the account's nonce as the signer tracks it
+    used_nonces: set[int] = field(default_factory=set)  # nonces of mined transactions (ours or not)
+    broadcasts: list[bytes] = field(default_factory=list)
+    block: int = 100
+    revert: bool = False
+    mine: bool = True  # False: the node accepts a broadcast but never mines it
+    crash_on: str | None = None  # "broadcast" or "receipt": the process dies there, once
+    stolen: bool = False  # another wallet takes each nonce right after we sign at it
+    pending: dict[bytes, tuple[int, int, bytes]] = field(default_factory=dict)  # raw → (epoch, nonce, root)
+
+    async def root_of(self, epoch: int) -> bytes:
+        return self.roots.get(epoch, b"\x00" * 32)
+
+    async def sign_publish(self, epoch: int, root: bytes, total: int) -> tuple[bytes, bytes, int]:
+        nonce, self.next_nonce = self.next_nonce, self.next_nonce + 1
+        raw = b"publishEpoch(%d,%s,%d) nonce %d" % (epoch, root.hex().encode(), total, nonce)
+        self.pending[raw] = (epoch, nonce, root)
+        self.log.append(f"sign nonce {nonce}")
+        if self.stolen:
+            self.used_nonces.add(nonce)
+        return raw, hashlib.sha256(raw).digest(), nonce
+
+    async def broadcast(self, raw: bytes) -> None:
+        self.log.append("broadcast")
+        self.broadcasts.append(raw)
+        self._crash("broadcast")
+        epoch, nonce, root = self.pending[raw]
+        tx_hash = hashlib.sha256(raw).digest()
+        if tx_hash in self.mined:
+            raise ValueError("already known")  # a rebroadcast after a crash: the receipt decides
+        if nonce in self.used_nonces:
+            raise NonceTooLowError(f"nonce too low: {nonce}")
+        if self.mine:
+            self.used_nonces.add(nonce)
+            self.block += 1
+            status = 0 if self.revert or epoch in self.roots else 1
+            if status:
+                self.roots[epoch] = root
+                self.events[epoch] = (tx_hash, self.block)
+            self.mined[tx_hash] = {"status": status, "blockNumber": self.block}
+
+    async def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
+        self._crash("receipt")
+        return self.mined.get(tx_hash)
+
+    async def mined_nonce(self) -> int:
+        return max(self.used_nonces, default=-1) + 1
+
+    async def resync_nonce(self) -> None:
+        self.log.append("resync nonce")
+        self.next_nonce = await self.mined_nonce()
+
+    async def published_tx(self, epoch: int) -> tuple[bytes, int] | None:
+        return self.events.get(epoch)
+
+    def _crash(self, step: str) -> None:
+        if self.crash_on == step:
+            self.crash_on = None
+            self.log.append(f"crash at {step}")
+            raise Crash(step)
+
+
+def world(**chain: Any) -> tuple[Journal, Chain, list[str]]:
+    log: list[str] = []
+    journal = Journal(log)
+    journal.closed(1)
+    return journal, Chain(log, **chain), log
+
+
+def publisher(journal: Journal, chain: Chain | None) -> Epochs:
+    """What a (re)started process builds on the same journal."""
+    return Epochs(cast(Any, journal), chain, CONFIG, receipt_timeout_s=0.05, receipt_poll_s=0.001)
+
+
+async def test_the_transaction_is_journaled_before_it_is_broadcast() -> None:
+    journal, chain, log = world()
+    row = await publisher(journal, chain).publish(1)
+    assert log == ["sign nonce 0", "journal nonce 0", "broadcast", "published in block 101"]
+    assert row["status"] == "published" and chain.roots[1] == ROOT
+    assert row["tx_hash"] == "0x" + hashlib.sha256(chain.broadcasts[0]).hexdigest()
+
+
+@pytest.mark.parametrize("step", ["broadcast", "receipt"])
+async def test_after_a_crash_the_same_bytes_are_rebroadcast(step: str) -> None:
+    """Crash before the node got it ("broadcast") or after it was mined ("receipt"): the restarted
+    publisher sends the journaled bytes again, signs nothing, and the receipt decides."""
+    journal, chain, log = world(crash_on=step)
+    with pytest.raises(Crash):
+        await publisher(journal, chain).publish(1)
+    assert journal.rows[1]["raw_tx"] is not None and journal.rows[1]["status"] == "closed"
+    row = await publisher(journal, chain).publish(1)
+    assert row["status"] == "published"
+    assert log.count("sign nonce 0") == 1 and not any(e.startswith("sign nonce 1") for e in log)
+    assert chain.broadcasts[0] == chain.broadcasts[1] and len(chain.broadcasts) == 2
+    assert log.index("journal nonce 0") < log.index("broadcast")
+
+
+async def test_a_root_found_on_chain_is_adopted_without_sending() -> None:
+    """A database restored from a backup: the chain already has our root for the epoch."""
+    journal, chain, log = world()
+    chain.roots[1], chain.events[1] = ROOT, (b"\xaa" * 32, 42)
+    row = await publisher(journal, chain).publish(1)
+    assert row["status"] == "published" and row["tx_hash"] == "0x" + "aa" * 32 and row["block_number"] == 42
+    assert chain.broadcasts == [] and log == ["published in block 42"]
+
+
+async def test_another_root_on_chain_stops_for_an_operator() -> None:
+    journal, chain, log = world()
+    chain.roots[1] = OTHER_ROOT
+    with pytest.raises(RootMismatchError, match="already on chain with root 0x0707"):
+        await publisher(journal, chain).publish(1)
+    assert log == [] and journal.rows[1]["status"] == "closed"  # nothing signed, nothing sent
+
+
+async def test_a_transaction_whose_nonce_was_taken_is_re_signed() -> None:
+    """Another wallet used the rewards key's nonce 0 while our journaled tx waited: the node refuses
+    the rebroadcast (nonce too low); the journal is cleared and a new tx signed at a fresh nonce."""
+    journal, chain, log = world(crash_on="broadcast")
+    with pytest.raises(Crash):
+        await publisher(journal, chain).publish(1)
+    chain.used_nonces.add(0)  # someone else's transaction, mined at our nonce
+    row = await publisher(journal, chain).publish(1)
+    assert row["status"] == "published"
+    assert log == [
+        "sign nonce 0",
+        "journal nonce 0",
+        "broadcast",
+        "crash at broadcast",
+        "broadcast",  # the journaled bytes, refused: nonce too low
+        "clear journal",
+        "resync nonce",
+        "sign nonce 1",
+        "journal nonce 1",
+        "broadcast",
+        "published in block 101",
+    ]
+    assert chain.broadcasts[0] == chain.broadcasts[1] != chain.broadcasts[2]
+
+
+async def test_a_never_mined_transaction_whose_nonce_moved_on_is_re_signed() -> None:
+    """The node accepted our tx but it was replaced (same nonce, another tx mined): no receipt ever
+    comes and the account's mined nonce is past ours, so waiting longer is pointless."""
+    journal, chain, log = world(mine=False)
+    epochs = publisher(journal, chain)
+    original = chain.broadcast
+
+    async def replaced_then_mined(raw: bytes) -> None:
+        if len(chain.broadcasts) == 0:
+            chain.used_nonces.add(0)  # a replacement at nonce 0 is mined instead of ours
+            chain.broadcasts.append(raw)
+            return
+        chain.mine = True
+        await original(raw)
+
+    chain.broadcast = replaced_then_mined  # type: ignore[method-assign]
+    row = await epochs.publish(1)
+    assert row["status"] == "published"
+    assert [e for e in log if e.startswith(("sign", "clear"))] == [
+        "sign nonce 0",
+        "clear journal",
+        "sign nonce 1",
+    ]
+
+
+async def test_a_second_lost_nonce_is_an_error_for_the_scheduler_to_retry() -> None:
+    journal, chain, log = world(stolen=True)
+    with pytest.raises(NonceLostTwiceError, match="epoch 1: a second publish tx lost its nonce too"):
+        await publisher(journal, chain).publish(1)
+    assert [e for e in log if e.startswith("sign")] == ["sign nonce 0", "sign nonce 1"]
+    assert journal.rows[1]["raw_tx"] is None and journal.rows[1]["status"] == "closed"
+
+
+async def test_a_reverted_publish_clears_the_journal() -> None:
+    journal, chain, log = world(revert=True)
+    with pytest.raises(PublishRevertedError, match=r"publishEpoch\(1\) reverted"):
+        await publisher(journal, chain).publish(1)
+    assert journal.rows[1]["raw_tx"] is None and log[-1] == "clear journal"
+    chain.revert = False
+    assert (await publisher(journal, chain).publish(1))["status"] == "published"  # a new tx, nonce 1
+    assert "sign nonce 1" in log
+
+
+async def test_nothing_to_commit_to_settles_without_a_transaction() -> None:
+    journal, chain, log = world()
+    journal.closed(1, root=b"\x00" * 32, allocated=0)
+    assert (await publisher(journal, chain).publish(1))["status"] == "settled"
+    assert log == ["settled"] and chain.broadcasts == []
+
+
+async def test_what_cannot_be_published_is_a_depin_error() -> None:
+    journal, chain, _ = world(address=None)
+    with pytest.raises(NoRewardsKeyError, match="DEPIN_REWARDS_KEY_FILE"):
+        await publisher(journal, chain).publish(1)
+    with pytest.raises(NoChainError):
+        await publisher(journal, None).publish(1)
+    with pytest.raises(EpochNotClosedError, match="epoch 2 is not closed"):
+        await publisher(journal, Chain([])).publish(2)
+    for error in (NoRewardsKeyError, NoChainError, EpochNotClosedError, RootMismatchError):
+        assert issubclass(error, DepinError)
+    assert not publisher(journal, chain).can_publish and publisher(journal, Chain([])).can_publish
