@@ -41,11 +41,11 @@ from nacl.signing import SigningKey
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.adapters.broker import start_mosquitto  # noqa: E402
 from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate  # noqa: E402
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session  # noqa: E402
 from ingest.adapters.store import Store  # noqa: E402
 from ingest.consumer import Consumer  # noqa: E402
+from ingest.dev.broker import start_mosquitto  # noqa: E402
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage  # noqa: E402
 from simulator.fleet import device_record, make_fleet, next_message, publisher  # noqa: E402
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ingest.demo import DemoOptions, run_demo
+    from ingest.dev.demo import DemoOptions, run_demo
 
     opts = DemoOptions(
         devices=args.devices,

@@ -14,7 +14,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain import Deployment, Signer, deploy_contracts
-from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil
+from ingest.dev.chain import anvil_path, dev_accounts, start_anvil
 
 __all__ = ["accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]
 

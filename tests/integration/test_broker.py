@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.adapters.broker import BrokerInfo, start_amqtt
 from ingest.adapters.mqtt import drop_session
+from ingest.dev.broker import BrokerInfo, start_amqtt
 from simulator import make_fleet, next_message, publish_raw, stream
 from simulator.fleet import unique_client_id
 
