@@ -13,7 +13,7 @@ Prints, all measured in this one run (one process tree, real Mosquitto and Postg
    maxima (`--workers` workers);
 4. a plain MQTT→PostgreSQL bridge that verifies nothing and INSERTs row by row (the usual hand-rolled
    ingestor), draining the same kind of backlog on the same broker and database;
-5. the ratios the issue asks for.
+5. the ratios against their targets (docs/DESIGN.md §12).
 
 Devices send within their rate limit (many devices, a few packets each), as a real fleet does.
 """

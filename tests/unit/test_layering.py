@@ -180,3 +180,19 @@ def test_protocol_needs_only_cbor2_and_h3() -> None:
         }
     )
     assert not outside, outside
+
+
+def test_metrics_are_defined_in_one_place() -> None:
+    """Every Prometheus metric lives in ingest/metrics.py (docs/DESIGN.md §10), so /metrics has one
+    list to read: no other module imports a metric type from prometheus_client."""
+    kinds = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
+    outside = sorted(
+        f"{name}:{node.lineno} imports {alias.name}"
+        for name, path in _modules().items()
+        if name != "ingest.metrics"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prometheus_client")
+        for alias in node.names
+        if alias.name in kinds
+    )
+    assert not outside, outside
