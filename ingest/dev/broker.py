@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,32 @@ class _MosquittoProcess:
         await self.start()
 
 
+class _Broker(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+    async def stop(self, *, hard: bool = False) -> None: ...
+    async def restart(self, *, hard: bool = False) -> None: ...
+
+
+@asynccontextmanager
+async def _serving(broker: _Broker, kind: str, *, shared_subscriptions: bool) -> AsyncIterator[BrokerInfo]:
+    """Start `broker`, yield where it listens (its port is known once started), stop it on exit."""
+    await broker.start()
+    try:
+        yield BrokerInfo(
+            HOST,
+            broker.port,
+            kind=kind,
+            shared_subscriptions=shared_subscriptions,
+            _restart=broker.restart,
+            _stop=broker.stop,
+            _start=broker.start,
+        )
+    finally:
+        await broker.stop()
+
+
 @asynccontextmanager
 async def start_mosquitto(
     data_dir: Path, *, port: int = 0, config: ConfigWriter = mosquitto_config
@@ -258,19 +284,8 @@ async def start_mosquitto(
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
     broker = _MosquittoProcess(exe, _prepare_dir(data_dir), port or free_port(), config)
-    await broker.start()
-    try:
-        yield BrokerInfo(
-            HOST,
-            broker.port,
-            kind="mosquitto",
-            shared_subscriptions=True,
-            _restart=broker.restart,
-            _stop=broker.stop,
-            _start=broker.start,
-        )
-    finally:
-        await broker.stop()
+    async with _serving(broker, "mosquitto", shared_subscriptions=True) as info:
+        yield info
 
 
 def _amqtt_config(port: int) -> dict[str, Any]:
@@ -313,20 +328,8 @@ class _AmqttBroker:
 @asynccontextmanager
 async def start_amqtt(*, port: int = 0) -> AsyncIterator[BrokerInfo]:
     """Run the pure-Python amqtt broker in this event loop (MQTT 3.1.1 only, no `$share`)."""
-    broker = _AmqttBroker(port)
-    await broker.start()
-    try:
-        yield BrokerInfo(
-            HOST,
-            broker.port,
-            kind="amqtt",
-            shared_subscriptions=False,
-            _restart=broker.restart,
-            _stop=broker.stop,
-            _start=broker.start,
-        )
-    finally:
-        await broker.stop()
+    async with _serving(_AmqttBroker(port), "amqtt", shared_subscriptions=False) as info:
+        yield info
 
 
 @asynccontextmanager
