@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from devices.errors import DepinError
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -32,6 +34,10 @@ MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MAX_PACKET_SIZE = 131072
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+
+
+class LocalBrokerError(DepinError):
+    """A local broker could not be started (not installed, or it exited)."""
 
 
 async def _unsupported(*_: object, **__: object) -> None:
@@ -167,7 +173,7 @@ async def _wait_for_port(host: str, port: int, proc: asyncio.subprocess.Process,
     deadline = loop.time() + START_TIMEOUT_S
     while True:
         if proc.returncode is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {_tail(log_file)}")
+            raise LocalBrokerError(f"mosquitto exited with {proc.returncode}: {_tail(log_file)}")
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -302,7 +308,13 @@ class _AmqttBroker:
         self.broker: Any = None
 
     async def start(self) -> None:
-        from amqtt.broker import Broker  # optional dependency (extra "embedded")
+        try:
+            from amqtt.broker import Broker  # optional dependency (extra "embedded")
+        except ImportError:
+            raise LocalBrokerError(
+                "neither mosquitto nor amqtt (the in-process fallback) is installed: "
+                "apt-get install mosquitto, or pip install 'depin-ingest[embedded]'"
+            ) from None
 
         if self.broker is not None:
             return
