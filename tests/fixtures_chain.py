@@ -15,7 +15,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devices.chain.deployment import Deployment, deploy_contracts
 from devices.chain.signer import Signer
-from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil
+from ingest.dev.chain import anvil_path, dev_accounts, start_anvil
 
 __all__ = ["accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]
 

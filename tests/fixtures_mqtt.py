@@ -8,7 +8,7 @@ Never skips: without Mosquitto, a test that needs it fails with the install comm
 
 `secured_mosquitto(dir, files)` runs a broker of its own with deploy/mosquitto.conf — the operators'
 file, directive for directive — with only its listener, persistence directory and dynamic security
-file paths (and TLS files) rewritten (`ingest.adapters.broker.secured_config`).
+file paths (and TLS files) rewritten (`ingest.dev.broker.secured_config`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from ingest.adapters.broker import (
+from ingest.dev.broker import (
     DEPLOY_CONF,
     BrokerInfo,
     SecuredFiles,

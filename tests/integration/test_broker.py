@@ -4,6 +4,7 @@ restart, and the amqtt fallback."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.adapters.broker import BrokerInfo, start_amqtt
 from ingest.adapters.mqtt import drop_session
+from ingest.dev.broker import BrokerInfo, LocalBrokerError, start_amqtt
 from simulator import make_fleet, next_message, publish_raw, stream
 from simulator.publish import unique_client_id
 
@@ -122,3 +123,11 @@ async def test_amqtt_fallback_relays_without_share() -> None:
             await publish_raw(broker.host, broker.port, [(dev.topic, message)])
             got = await collect(sub, 1, timeout=10)
         assert got == [(dev.topic, message)]
+
+
+async def test_without_amqtt_the_fallback_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """amqtt is the `embedded` extra's: a production install has none, and saying so beats a traceback."""
+    monkeypatch.setitem(sys.modules, "amqtt.broker", None)  # as if not installed
+    with pytest.raises(LocalBrokerError, match=r"apt-get install mosquitto, or pip install 'depin-ingest\["):
+        async with start_amqtt():
+            pass

@@ -23,8 +23,8 @@ from devices.chain.signer import Signer
 from devices.errors import ChainError, NonceTooLowError
 from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import HwClassInfo, apply_events, apply_hw_class_events
-from ingest.adapters.localchain import start_eth_tester
 from ingest.core.merkle import CumulativeMerkleTree
+from ingest.dev.chain import start_eth_tester
 
 pytestmark = pytest.mark.integration
 

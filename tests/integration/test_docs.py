@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.adapters.localchain import start_anvil
+from ingest.dev.chain import start_anvil
 from tests.docs_runner import blocks, document_script, step_results
 
 pytestmark = pytest.mark.integration

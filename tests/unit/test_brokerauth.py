@@ -20,7 +20,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.keys import new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest import brokerauth
-from ingest.adapters.broker import SecuredFiles, secured_config
 from ingest.adapters.mqtt import (
     MqttConfig,
     SubscriptionRefused,
@@ -29,6 +28,7 @@ from ingest.adapters.mqtt import (
     describe_lost,
 )
 from ingest.cli import main
+from ingest.dev.broker import SecuredFiles, secured_config
 from ingest.settings import Settings, load_settings
 from tests.pki import make_pki
 

@@ -20,8 +20,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "devices": ("devices",),
     "simulator": ("simulator", "devices"),
     "ingest": ("ingest", "devices"),
-    "ingest.demo": ("ingest", "devices", "simulator"),  # the demo drives a simulated fleet
+    "ingest.dev": ("ingest", "devices", "simulator"),  # the demo drives a simulated fleet
 }
+# What `depin run` loads (ingest/service.py and everything it imports) never reaches the dev-only
+# parts (local brokers, local chain, demo); outside `ingest.dev`, only the CLI's `demo` command
+# imports them.
+PRODUCTION_ROOT = "ingest.service"
+DEV_ONLY = "ingest.dev"
+DEV_IMPORTERS = ("ingest.cli",)
 
 
 def _module_name(path: Path) -> str:
@@ -113,19 +119,42 @@ def test_no_cycle_between_packages() -> None:
         visit(node, [])
 
 
-def test_device_sdk_needs_no_service() -> None:
-    """A device maker's closure: the signing SDK pulls in its keys and the protocol, nothing else."""
-    known = set(_modules())
+def _closure(root: str) -> set[str]:
+    """Every first-party module `root` imports, directly or through others."""
+    modules = _modules()
+    known = set(modules)
     seen: set[str] = set()
-    todo = ["devices.sdk"]
+    todo = [root]
     while todo:
         name = todo.pop()
         if name in seen or name not in known:
             continue
         seen.add(name)
-        todo += [t for _, t in _imports(name, _modules()[name], known) if t.split(".")[0] in FIRST_PARTY]
+        todo += [t for _, t in _imports(name, modules[name], known) if t.split(".")[0] in FIRST_PARTY]
+    return seen
+
+
+def test_device_sdk_needs_no_service() -> None:
+    """A device maker's closure: the signing SDK pulls in its keys and the protocol, nothing else."""
+    seen = _closure("devices.sdk")
     extra = {m for m in seen if not _matches(m, "devices.protocol")} - {"devices.sdk", "devices.keys"}
     assert not extra, f"devices.sdk reaches {sorted(extra)}"
+
+
+def test_depin_run_needs_no_dev_parts() -> None:
+    """A production install runs without the demo's brokers, chains or their optional packages."""
+    seen = _closure(PRODUCTION_ROOT)
+    assert len(seen) > 10, f"the walk from {PRODUCTION_ROOT} found only {sorted(seen)}"
+    dev = sorted(m for m in seen if _matches(m, DEV_ONLY))
+    assert not dev, f"{PRODUCTION_ROOT} reaches {dev}"
+    importers = sorted(
+        {
+            f"{name}:{line} imports {target}"
+            for name, line, target in _first_party_edges()
+            if _matches(target, DEV_ONLY) and not _matches(name, DEV_ONLY) and name not in DEV_IMPORTERS
+        }
+    )
+    assert not importers, f"only {DEV_IMPORTERS} may import {DEV_ONLY} from outside it: {importers}"
 
 
 def test_the_walk_sees_lazy_imports(tmp_path: Path) -> None:
@@ -149,5 +178,21 @@ def test_protocol_needs_only_cbor2_and_h3() -> None:
             for _, target in _imports(name, path, known)
             if target.split(".")[0] not in {*sys.stdlib_module_names, *FIRST_PARTY, "cbor2", "h3"}
         }
+    )
+    assert not outside, outside
+
+
+def test_metrics_are_defined_in_one_place() -> None:
+    """Every Prometheus metric lives in ingest/metrics.py (docs/DESIGN.md §10), so /metrics has one
+    list to read: no other module imports a metric type from prometheus_client."""
+    kinds = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
+    outside = sorted(
+        f"{name}:{node.lineno} imports {alias.name}"
+        for name, path in _modules().items()
+        if name != "ingest.metrics"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prometheus_client")
+        for alias in node.names
+        if alias.name in kinds
     )
     assert not outside, outside

@@ -23,6 +23,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
+from devices.errors import ChainError
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +35,7 @@ ANVIL_CHAIN_ID = 31337
 _LISTENING = re.compile(rb"Listening on (\d+\.\d+\.\d+\.\d+):(\d+)")
 
 
-class LocalChainError(RuntimeError):
+class LocalChainError(ChainError):
     pass
 
 

@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from devices.errors import DepinError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MAX_PACKET_SIZE = 131072
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+
+
+class LocalBrokerError(DepinError):
+    """A local broker could not be started (not installed, or it exited)."""
 
 
 async def _unsupported(*_: object, **__: object) -> None:
@@ -167,7 +173,7 @@ async def _wait_for_port(host: str, port: int, proc: asyncio.subprocess.Process,
     deadline = loop.time() + START_TIMEOUT_S
     while True:
         if proc.returncode is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {_tail(log_file)}")
+            raise LocalBrokerError(f"mosquitto exited with {proc.returncode}: {_tail(log_file)}")
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -248,6 +254,32 @@ class _MosquittoProcess:
         await self.start()
 
 
+class _Broker(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+    async def stop(self, *, hard: bool = False) -> None: ...
+    async def restart(self, *, hard: bool = False) -> None: ...
+
+
+@asynccontextmanager
+async def _serving(broker: _Broker, kind: str, *, shared_subscriptions: bool) -> AsyncIterator[BrokerInfo]:
+    """Start `broker`, yield where it listens (its port is known once started), stop it on exit."""
+    await broker.start()
+    try:
+        yield BrokerInfo(
+            HOST,
+            broker.port,
+            kind=kind,
+            shared_subscriptions=shared_subscriptions,
+            _restart=broker.restart,
+            _stop=broker.stop,
+            _start=broker.start,
+        )
+    finally:
+        await broker.stop()
+
+
 @asynccontextmanager
 async def start_mosquitto(
     data_dir: Path, *, port: int = 0, config: ConfigWriter = mosquitto_config
@@ -258,19 +290,8 @@ async def start_mosquitto(
     if exe is None:
         raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
     broker = _MosquittoProcess(exe, _prepare_dir(data_dir), port or free_port(), config)
-    await broker.start()
-    try:
-        yield BrokerInfo(
-            HOST,
-            broker.port,
-            kind="mosquitto",
-            shared_subscriptions=True,
-            _restart=broker.restart,
-            _stop=broker.stop,
-            _start=broker.start,
-        )
-    finally:
-        await broker.stop()
+    async with _serving(broker, "mosquitto", shared_subscriptions=True) as info:
+        yield info
 
 
 def _amqtt_config(port: int) -> dict[str, Any]:
@@ -287,7 +308,13 @@ class _AmqttBroker:
         self.broker: Any = None
 
     async def start(self) -> None:
-        from amqtt.broker import Broker  # optional dependency (extra "embedded")
+        try:
+            from amqtt.broker import Broker  # optional dependency (extra "embedded")
+        except ImportError:
+            raise LocalBrokerError(
+                "neither mosquitto nor amqtt (the in-process fallback) is installed: "
+                "apt-get install mosquitto, or pip install 'depin-ingest[embedded]'"
+            ) from None
 
         if self.broker is not None:
             return
@@ -313,20 +340,8 @@ class _AmqttBroker:
 @asynccontextmanager
 async def start_amqtt(*, port: int = 0) -> AsyncIterator[BrokerInfo]:
     """Run the pure-Python amqtt broker in this event loop (MQTT 3.1.1 only, no `$share`)."""
-    broker = _AmqttBroker(port)
-    await broker.start()
-    try:
-        yield BrokerInfo(
-            HOST,
-            broker.port,
-            kind="amqtt",
-            shared_subscriptions=False,
-            _restart=broker.restart,
-            _stop=broker.stop,
-            _start=broker.start,
-        )
-    finally:
-        await broker.stop()
+    async with _serving(_AmqttBroker(port), "amqtt", shared_subscriptions=False) as info:
+        yield info
 
 
 @asynccontextmanager

@@ -1,10 +1,9 @@
-"""The service's mirror of the on-chain DeviceRegistry: events folded into memory and PostgreSQL.
+"""The registry follower: DeviceRegistry events folded into the mirror and PostgreSQL.
 
-The consumer never calls the chain per message: it looks devices up in this mirror. The follower
-replays events from the deployment block in ranges, then follows new blocks up to latest − N
-confirmations (or the node's `finalized` block), persisting the mirror and a (block, hash) checkpoint so
-a restart resumes where it was. The hardware-class table (HwClassSet events) is folded, persisted and
-reorged the same way; the pipeline judges with `RegistryMirror.classes`.
+The follower replays events from the deployment block in ranges, then follows new blocks up to
+latest − N confirmations (or the node's `finalized` block), persisting the mirror and a (block, hash)
+checkpoint so a restart resumes where it was. The hardware-class table (HwClassSet events) is folded,
+persisted and reorged the same way.
 
 Reorgs. Every sync first checks that the newest checkpoint's hash is still canonical. If not, it walks
 back a ring of recent in-memory checkpoints to the newest one the chain still agrees with; each
@@ -16,11 +15,7 @@ as the first start, so correct by construction, and at a registry's scale (one e
 change) a few seconds of eth_getLogs. Memory and database change only after the new state is complete,
 so a failure half-way leaves the old state and the same reorg is handled again at the next poll.
 
-Unknown ids. `prefetch(ids)` (the consumer's hook, called before a batch is judged) resolves ids the
-mirror does not hold with at most one contract read per id per negative-cache TTL, a token-bucket read
-budget (over any T seconds at most `prefetch_budget + prefetch_rate_s × T` reads), bounded concurrency
-and a time limit; reads stop while the RPC is down (those ids stay unknown →
-`unknown_device`, never accepted). Found devices go to an overlay that the event fold supersedes.
+Unknown ids: `prefetch` hands them to `OnDemandReads` (`reads.py`), reading at the same confirmed state.
 """
 
 from __future__ import annotations
@@ -29,19 +24,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
-import aiohttp
 import asyncpg
-from web3 import AsyncHTTPProvider
 from web3.exceptions import BlockNotFound
-from web3.types import RPCEndpoint
 
 from devices.chain.registry import RegistryClient
-from devices.protocol.hwclass import HwClass, from_registry
+from devices.errors import ChainError
 from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import (
     ClassUndo,
@@ -56,72 +47,13 @@ from devices.protocol.registry_fold import (
 )
 from ingest import metrics
 from ingest.adapters.store import Store
-from ingest.core.negative_cache import NegativeCache, ReadBudget
+from ingest.registry.mirror import RegistryMirror
+from ingest.registry.reads import OnDemandReads, ReadAt
 
 log = logging.getLogger(__name__)
 
 CURSOR = "registry"
-# For the service's chain provider: web3 validates every eth_call against eth_chainId, which uncached
-# triples the RPC calls an on-demand read costs; the chain id never changes under a running service.
-# No validation threshold: web3 would look it up by briefly switching caching off, which races between
-# concurrent requests (caching then stays off for good).
-PROVIDER_OPTIONS: dict[str, Any] = {
-    "cache_allowed_requests": True,
-    "cacheable_requests": {RPCEndpoint("eth_chainId")},
-    "request_cache_validation_threshold": None,
-}
 HeadMode = Literal["latest", "finalized"]
-
-
-def chain_provider(url: str, timeout_s: float) -> AsyncHTTPProvider:
-    """The service's provider: every request ends after `timeout_s` (a hung RPC counts as down instead
-    of stalling a sync for web3's default 30 s), and web3's own retries are off (they would multiply
-    the timeout; the follower and the epoch scheduler retry on their own schedule)."""
-    return AsyncHTTPProvider(
-        url,
-        request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
-        exception_retry_configuration=None,
-        **PROVIDER_OPTIONS,
-    )
-
-
-class RegistryMirror:
-    def __init__(self) -> None:
-        self.devices: dict[bytes, DeviceRecord] = {}
-        # The hardware-class table as on chain (HwClassSet events), disabled classes included.
-        self.hw_classes: dict[int, HwClassInfo] = {}
-        # What the pipeline judges with, derived from hw_classes once their rows are persisted. Updated
-        # in place, never replaced: the consumer holds a read-only view of this very dict
-        # (`classes_view`), so a class change applies from the next batch on.
-        self.classes: dict[int, HwClass] = {}
-        self.block = -1
-        # Records read on demand for ids the event fold has not reached, with the block up to which the
-        # read is known to be at least as new. Dropped once the fold has passed that block: from then on
-        # the fold holds the truth, present or not (an overlay entry from an orphaned fork dies with it).
-        self.resolved: dict[bytes, tuple[DeviceRecord, int]] = {}
-
-    def lookup(self, device_id: bytes) -> DeviceRecord | None:
-        rec = self.devices.get(device_id)
-        if rec is None and (hit := self.resolved.get(device_id)) is not None:
-            return hit[0]
-        return rec
-
-    def classes_view(self) -> Mapping[int, HwClass]:
-        return MappingProxyType(self.classes)
-
-    def refresh_classes(self, changed: Iterable[int]) -> None:
-        """Bring the pipeline's classes in line with hw_classes for `changed` ids. A disabled class is
-        kept: on chain "disabled" only stops new registrations, its devices keep being judged."""
-        for class_id in changed:
-            info = self.hw_classes.get(class_id)
-            if info is None:
-                self.classes.pop(class_id, None)
-            else:
-                self.classes[class_id] = from_registry(info.id, info.name, info.max_speed_kmh, info.h3_res)
-
-    def prune_resolved(self) -> None:
-        if self.resolved:
-            self.resolved = {d: hit for d, hit in self.resolved.items() if hit[1] > self.block}
 
 
 @dataclass
@@ -146,7 +78,7 @@ class _FoldState:
     applied_classes: dict[int, Position]
 
 
-class ReorgDuringScan(Exception):
+class ReorgDuringScan(ChainError):
     """The chain changed under a range being scanned; nothing was applied, the next poll re-checks."""
 
 
@@ -185,11 +117,21 @@ class RegistryFollower:
         self.applied: dict[bytes, Position] = {}  # id → position of the last event folded into it
         self.applied_classes: dict[int, Position] = {}  # the same for hardware classes
         self.checkpoints: deque[Checkpoint] = deque(maxlen=max(1, reorg_window))
-        self.negative = NegativeCache(negative_ttl_s, negative_max)
-        self.read_budget = ReadBudget(prefetch_rate_s, prefetch_budget)
-        self.prefetch_timeout_s = prefetch_timeout_s
-        self._read_slots = asyncio.Semaphore(prefetch_concurrency)
-        self._abandoned: set[asyncio.Task[DeviceRecord | None]] = set()  # timed-out reads, still running
+        self.ondemand = OnDemandReads(
+            client,
+            mirror,
+            self._rpc_failed,
+            negative_ttl_s=negative_ttl_s,
+            negative_max=negative_max,
+            budget=prefetch_budget,
+            rate_s=prefetch_rate_s,
+            concurrency=prefetch_concurrency,
+            timeout_s=prefetch_timeout_s,
+            clock=clock,
+        )
+        # One sync at a time: the start-up sync may still run in the background when `run()` starts.
+        self._sync_lock = asyncio.Lock()
+        self.first_sync_task: asyncio.Task[int] | None = None  # a start-up sync that outlived its wait
         self.healthy = False  # the last sync succeeded
         # monotonic times for readiness: when following started and the last sync (or replayed range)
         # that succeeded; a sync hanging on a slow RPC shows as a growing gap (ingest/core/readiness.py)
@@ -201,7 +143,11 @@ class RegistryFollower:
         self.target: int | None = None
         self.sync_failures = 0
         self.reorgs: dict[str, int] = {"undo": 0, "rebuild": 0}
-        self.reads: dict[str, int] = {"found": 0, "absent": 0, "error": 0, "timeout": 0}
+
+    @property
+    def reads(self) -> dict[str, int]:
+        """On-demand reads by result: found, absent, error, timeout."""
+        return self.ondemand.reads
 
     async def load(self) -> None:
         """Start from the persisted mirror and checkpoint, so a restart does not replay from genesis."""
@@ -235,9 +181,42 @@ class RegistryFollower:
                 log.warning("registry sync failed: %s", exc)
             await asyncio.sleep(self.poll_s)
 
+    async def first_sync(self, timeout_s: float) -> int:
+        """The start-up sync (`depin run` catches the mirror up before consuming): `sync_once`, waited
+        for up to `timeout_s`. One still running then is NOT cancelled (cancelling a web3 8 request can
+        leave its session-cache lock held for good: see `reads.py`); it goes on in the background as
+        `first_sync_task` (`run()`'s first sync waits for it), the chain counts as down meanwhile
+        (`/readyz` "chain", `depin_chain_rpc_up` 0), and TimeoutError tells the caller to go on with
+        the persisted mirror."""
+        task = asyncio.create_task(self.sync_once(), name="registry-first-sync")
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+        if task in done:
+            return task.result()
+        self.first_sync_task = task
+        task.add_done_callback(self._first_sync_ended)
+        why = f"the first registry sync is still running after {timeout_s:g} s"
+        self._chain_down(why)
+        raise TimeoutError(why)
+
+    def _first_sync_ended(self, task: asyncio.Task[int]) -> None:
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:  # counted and shown by sync_once already
+            log.warning("registry: the first sync failed in the background: %s", exc)
+        else:
+            log.info(
+                "registry: the first sync is done: %d devices at block %d",
+                len(self.mirror.devices),
+                self.mirror.block,
+            )
+
     async def sync_once(self) -> int:
         """Handle a reorg if there was one, then fold every event up to the confirmed head; returns the
         number of events applied. Updates health and metrics; re-raises a failure after counting it."""
+        async with self._sync_lock:
+            return await self._sync_counted()
+
+    async def _sync_counted(self) -> int:
         started = time.monotonic()
         try:
             applied = await self._sync()
@@ -266,8 +245,12 @@ class RegistryFollower:
     def _rpc_failed(self, exc: BaseException) -> None:
         if isinstance(exc, TimeoutError):  # aiohttp's request timeout (DEPIN_CHAIN_RPC_TIMEOUT_S) too
             metrics.CHAIN_RPC_TIMEOUTS.inc()
+        self._chain_down(f"{type(exc).__name__}: {exc}")
+
+    def _chain_down(self, why: str) -> None:
+        """Not ready on the chain, and no on-demand reads, until a sync succeeds."""
         self.healthy = self.rpc_up = False
-        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error = why[:300]
         metrics.CHAIN_UP.set(0)
 
     async def _sync(self) -> int:
@@ -403,7 +386,7 @@ class RegistryFollower:
     async def _rebuild(self, target: int) -> None:
         """Replay every event from the deployment block into a fresh state, then swap it in."""
         if target < self.start_block:
-            raise RuntimeError(f"chain target {target} is below the deployment block {self.start_block}")
+            raise ChainError(f"chain target {target} is below the deployment block {self.start_block}")
         state = _FoldState({}, {}, {}, {})
         devices, classes = state.devices, state.classes
         ring: deque[Checkpoint] = deque(maxlen=self.checkpoints.maxlen)
@@ -443,51 +426,10 @@ class RegistryFollower:
     # --- unknown ids ----------------------------------------------------------------------------------
 
     async def prefetch(self, ids: Iterable[bytes]) -> None:
-        """Resolve ids the mirror does not know before a batch is judged (the consumer's hook).
+        """The consumer's hook before a batch is judged: read ids the mirror does not know (`reads.py`)."""
+        await self.ondemand.prefetch(ids, rpc_up=self.rpc_up, at=self._read_at())
 
-        At most one read per id per negative-cache TTL, and only as many as the read budget grants; the
-        rest stay unknown this time and are NOT cached (a later batch may resolve them). Never raises:
-        an id that could not be read is simply unknown (→ `unknown_device`, never accepted)."""
-        now = self.clock()
-        unknown = [
-            d
-            for d in dict.fromkeys(ids)
-            if self.mirror.lookup(d) is None and not self.negative.contains(d, now)
-        ]
-        if not unknown:
-            return
-        if not self.rpc_up:
-            metrics.REGISTRY_ONDEMAND_SKIPPED.labels(why="rpc_down").inc(len(unknown))
-            return
-        at = self._read_at()
-        if at is None:
-            return
-        block_id, floor = at
-        todo = unknown[: self.read_budget.take(len(unknown), now)]
-        if len(unknown) > len(todo):
-            metrics.REGISTRY_ONDEMAND_SKIPPED.labels(why="over_budget").inc(len(unknown) - len(todo))
-        if not todo:
-            return
-        tasks = [asyncio.create_task(self._read(d, block_id)) for d in todo]
-        done, pending = await asyncio.wait(tasks, timeout=self.prefetch_timeout_s)
-        # Reads still running are left to finish in the background (each ends within the provider's
-        # request timeout) and their answers dropped, NOT cancelled: web3 8 takes a threading.Lock for
-        # its session cache in an executor thread, and a request cancelled while waiting for it leaves
-        # the lock taken for good, so every later chain call (and the interpreter's exit) would hang.
-        for t in pending:
-            self._abandoned.add(t)
-            t.add_done_callback(self._abandoned.discard)
-        for device_id, task in zip(todo, tasks, strict=True):
-            result = self._outcome(task, task in done)
-            self.reads[result] += 1
-            metrics.REGISTRY_ONDEMAND_READS.labels(result=result).inc()
-            if result == "absent":
-                self.negative.add(device_id, now)
-            elif result == "found" and (rec := task.result()) is not None:
-                self.mirror.resolved[device_id] = (rec, floor)
-        metrics.REGISTRY_NEGATIVE_CACHE_IDS.set(len(self.negative))
-
-    def _read_at(self) -> tuple[Any, int] | None:
+    def _read_at(self) -> ReadAt | None:
         """Which state to read (the same trust as the follower: confirmed blocks only) and the block the
         fold must pass before the read is superseded. None before the first sync when N > 0."""
         if self.head_mode == "finalized":
@@ -497,22 +439,3 @@ class RegistryFollower:
         if self.target is None:
             return None
         return self.target, self.target
-
-    async def _read(self, device_id: bytes, block_id: Any) -> DeviceRecord | None:
-        async with self._read_slots:
-            return await self.client.get_device(device_id, block_identifier=block_id)
-
-    def _outcome(self, task: asyncio.Task[DeviceRecord | None], finished: bool) -> str:
-        if not finished or task.cancelled():
-            if not finished:  # its late answer or error is not ours to read any more
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            # A read that does not answer in time is the RPC failing too: stop reading until a sync
-            # succeeds, and show it (`depin_chain_rpc_up` 0, `/readyz` "chain").
-            timeout = self.prefetch_timeout_s
-            self._rpc_failed(TimeoutError(f"on-demand registry read timed out after {timeout:g} s"))
-            return "timeout"
-        exc = task.exception()
-        if exc is not None:
-            self._rpc_failed(exc)  # stop reading until a sync succeeds again
-            return "error"
-        return "found" if task.result() is not None else "absent"

@@ -17,15 +17,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shlex
-import shutil
 import signal
 import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +37,13 @@ from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
-from ingest.adapters.broker import BrokerInfo, SecuredFiles, start_broker
 from ingest.adapters.db import dsn_with_database, embedded_postgres
-from ingest.adapters.localchain import anvil_path, dev_accounts, start_anvil, start_eth_tester
 from ingest.adapters.mqtt import MqttConfig
 from ingest.brokerauth import update_dynsec_file
 from ingest.core.schedule import epoch_bounds
+from ingest.dev.broker import BrokerInfo, SecuredFiles, start_broker
+from ingest.dev.chain import anvil_path, dev_accounts, start_anvil, start_eth_tester
+from ingest.dev.rundir import demo_env, run_directory, write_env
 from ingest.service import build_node, open_stores, serve_api
 from ingest.settings import Environment, load_settings, read_environment
 from simulator import cheaters
@@ -112,94 +109,6 @@ def demo_owners(seed: int, n: int) -> list[Any]:
     return [
         Account.from_key(hashlib.sha256(f"depin-demo-owner/{seed}/{i}".encode()).digest()) for i in range(n)
     ]
-
-
-@contextmanager
-def run_directory(base: Path, given: Path | None) -> Iterator[Path]:
-    """Where this run keeps its database, broker and files. A fresh `run-…` directory per run (two
-    demos at once never share one) that is removed at exit, unless `given` names one to use and keep.
-    `current.env` beside the runs holds the settings of the newest live run (see `_write_env`)."""
-    if given is not None:
-        given.mkdir(parents=True, exist_ok=True)
-        yield given.resolve()
-        return
-    root = base / "demo"
-    root.mkdir(parents=True, exist_ok=True)
-    _prune_dead_runs(root)
-    path = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=root)).resolve()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        current = root / "current.env"
-        with contextlib.suppress(OSError):
-            if f"# run {path}\n" in current.read_text():
-                # Hand the pointer to another demo still running, if any, rather than leave it dangling.
-                live = sorted(_live_runs(root), key=lambda env: env.stat().st_mtime)
-                if live:
-                    _replace_file(current, live[-1].read_text())
-                else:
-                    current.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _run_pid(env_file: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in env_file.read_text().splitlines():
-            if line.startswith("# pid "):
-                return int(line.split()[2])
-    return None
-
-
-def _live_runs(root: Path) -> list[Path]:
-    return [
-        env for env in root.glob("run-*/demo.env") if (pid := _run_pid(env)) is not None and _pid_alive(pid)
-    ]
-
-
-def _prune_dead_runs(root: Path) -> None:
-    """Remove run directories left by a demo that was killed (SIGKILL skips the clean-up), once
-    neither that demo nor its PostgreSQL runs any more."""
-    for run in root.glob("run-*"):
-        pid = _run_pid(run / "demo.env")
-        pg = run / "pg" / "postmaster.pid"
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if pg.exists() and _pid_alive(int(pg.read_text().split()[0])):
-                continue
-        if pid is not None and not _pid_alive(pid):
-            shutil.rmtree(run, ignore_errors=True)
-
-
-def _replace_file(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_env(run_dir: Path, values: dict[str, str]) -> Path:
-    """`demo.env` in the run directory and a copy as `current.env` beside the runs: `. FILE` gives a
-    shell the demo's settings, so `depin …` commands and `depin run` reach its chain, database and
-    broker."""
-    lines = [
-        f"# depin demo settings; use with: . {run_dir.parent / 'current.env'}",
-        f"# run {run_dir}",
-        f"# pid {os.getpid()}",
-    ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
-    text = "\n".join(lines) + "\n"
-    (run_dir / "demo.env").write_text(text)
-    current = run_dir.parent / "current.env"
-    _replace_file(current, text)
-    return current
 
 
 def _api_port(wanted: int | None) -> int:
@@ -333,9 +242,8 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             serve_api(node.app(), settings.api.host, _api_port(opts.api_port))
         )
         say(f"API up at {api_url}")
-        env_file = _write_env(
-            run_dir, _demo_env(run_dir, dsn, broker, rpc_url, operator, logins if secured else None)
-        )
+        service_login = (SERVICE_USER, logins.service_password_file) if secured else None
+        env_file = write_env(run_dir, demo_env(run_dir, dsn, broker, rpc_url, operator, service_login))
         say(f"settings for `depin` commands against this demo: . {env_file}")
 
         # One connection per device, each logged in as that device: on the secured broker a device may
@@ -424,30 +332,6 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
                 say("stopping: API, consumer, chain, broker, PostgreSQL")
                 raise
         return summary
-
-
-def _demo_env(
-    run_dir: Path, dsn: str, broker: Any, rpc_url: str | None, operator: Any, logins: DemoLogins | None
-) -> dict[str, str]:
-    """The settings a shell needs to use this demo's parts (the operator key is anvil's public dev key;
-    the broker login is the service's account)."""
-    key_file = run_dir / "operator.key"
-    key_file.write_text(operator.key.hex() + "\n")
-    key_file.chmod(0o600)
-    env = {
-        "DEPIN_DATA_DIR": str(run_dir),
-        "DEPIN_DATABASE_URL": dsn,
-        "DEPIN_MQTT_HOST": broker.host,
-        "DEPIN_MQTT_PORT": str(broker.port),
-        "DEPIN_DEPLOYMENT_FILE": str(run_dir / "deployment.json"),
-        "DEPIN_OPERATOR_KEY_FILE": str(key_file),
-    }
-    if logins is not None:
-        env["DEPIN_MQTT_USERNAME"] = SERVICE_USER
-        env["DEPIN_MQTT_PASSWORD_FILE"] = str(logins.service_password_file)
-    if rpc_url is not None:  # the in-process EVM has no URL another process could reach
-        env["DEPIN_CHAIN_RPC_URL"] = rpc_url
-    return env
 
 
 @asynccontextmanager
