@@ -33,7 +33,7 @@ from ingest.adapters.mqtt import (
     describe_connect_error,
     describe_lost,
 )
-from ingest.adapters.store import Store
+from ingest.adapters.store import IngestStore
 from ingest.core.feedback import DeviceFeedback, batch_feedback, packet_flags, stored_keys
 from ingest.core.rejection_budget import RejectionBudget
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
@@ -83,7 +83,7 @@ class Consumer:
     def __init__(
         self,
         mqtt: MqttConfig,
-        store: Store,
+        store: IngestStore,
         lookup: Callable[[bytes], DeviceRecord | None],
         *,
         pipeline: PipelineConfig | None = None,

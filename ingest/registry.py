@@ -55,7 +55,7 @@ from devices.protocol.registry_fold import (
     rollback_hw_classes,
 )
 from ingest import metrics
-from ingest.adapters.store import Store
+from ingest.adapters.store import MirrorStore
 from ingest.core.negative_cache import NegativeCache, ReadBudget
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class RegistryFollower:
     def __init__(
         self,
         client: RegistryClient,
-        store: Store,
+        store: MirrorStore,
         mirror: RegistryMirror,
         *,
         start_block: int,

@@ -28,7 +28,7 @@ from devices.chain import Deployment, DistributorClient, RegistryClient, Signer
 from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import MqttConfig, subscription, tls_context, uses_tls
-from ingest.adapters.store import Store
+from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.brokerauth import read_password_file
 from ingest.consumer import DB_TRANSIENT, Consumer
@@ -49,8 +49,8 @@ PARTS = ("consume", "follow", "epochs", "api")
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated Store on DEPIN_DATABASE_URL (or an embedded PostgreSQL): the ingest pool of
+async def open_store(settings: Settings) -> AsyncIterator[IngestStore]:
+    """A migrated IngestStore on DEPIN_DATABASE_URL (or an embedded PostgreSQL): the ingest pool of
     `open_stores`, for callers that need only one."""
     async with open_stores(settings) as stores:
         yield stores.ingest
@@ -60,12 +60,13 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 class Stores:
     """One asyncpg pool per part (docs/DESIGN.md §1, docs/RELIABILITY.md G34), so no part can take
     another's connections: the consumer's writes (`ingest`), the registry follower and the epoch
-    scheduler (`chain`), the API (`api`: every statement cancelled after
+    scheduler (`chain`: `mirror` and `epochs`), the API (`api`: every statement cancelled after
     DEPIN_API_STATEMENT_TIMEOUT_MS), and one connection for readiness checks (`probe`)."""
 
-    ingest: Store
-    chain: Store
-    api: Store
+    ingest: IngestStore
+    mirror: MirrorStore
+    epochs: EpochStore
+    api: ReadStore
     probe: DbProbe
     cursor_key: bytes
 
@@ -127,7 +128,9 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             key = hashlib.sha256(settings.api_cursor_secret.get_secret_value().encode()).digest()
         else:
             key = await _stored_cursor_key(ingest)
-        yield Stores(Store(ingest), Store(chain), Store(api), DbProbe(probe), key)
+        yield Stores(
+            IngestStore(ingest), MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key
+        )
 
 
 async def _stored_cursor_key(pool: Any) -> bytes:
@@ -162,13 +165,13 @@ class Node:
     """The service's parts, built once; `tasks()` yields the coroutines to run for the chosen parts."""
 
     settings: Settings
-    store: Store
+    store: IngestStore
     mirror: RegistryMirror
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
     parts: frozenset[str] = frozenset(PARTS)
-    api_store: Store | None = None  # the API's queries (its own pool); None: `store`
+    api_store: ReadStore | None = None  # the API's queries (its own pool); None: on `store`'s pool
     probe: DbProbe | None = None  # readiness check of the database on a connection of its own
     api_limits: ApiLimits | None = None
 
@@ -234,14 +237,14 @@ class Node:
 
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api_max_rows)
-        app = create_app(self.api_store or self.store, self.ready, limits=limits)
+        app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
         app.middlewares.append(database_unavailable)
         return app
 
 
 def build_node(
     settings: Settings,
-    store: Store,
+    store: IngestStore,
     w3: AsyncWeb3,
     deployment: Deployment,
     *,
@@ -250,12 +253,14 @@ def build_node(
     parts: Iterable[str] = PARTS,
     stores: Stores | None = None,
 ) -> Node:
-    """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest)."""
-    chain_store = stores.chain if stores is not None else store
+    """The parts on `store`'s pool; with `stores`, each part on its own pool (`store` is then
+    stores.ingest)."""
+    mirror_store = stores.mirror if stores is not None else MirrorStore(store.pool)
+    epoch_store = stores.epochs if stores is not None else EpochStore(store.pool)
     mirror = RegistryMirror()
     follower = RegistryFollower(
         RegistryClient(w3, deployment, None),
-        chain_store,
+        mirror_store,
         mirror,
         start_block=deployment.block,
         confirmations=settings.chain_confirmations,
@@ -285,7 +290,7 @@ def build_node(
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(
-        chain_store,
+        epoch_store,
         distributor,
         EpochConfig(
             genesis_ms=settings.epoch_genesis_ms,

@@ -22,8 +22,8 @@ from eth_account.signers.local import LocalAccount
 
 from devices.chain import REWARDS_ROLE, DeviceInput, DistributorClient, RegistryClient, Signer
 from devices.protocol.topics import ack_topic
-from ingest.adapters.store import Store
 from simulator.fleet import make_fleet, next_message, publish_raw, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env, table_counts, wait_for
 
 pytestmark = pytest.mark.integration

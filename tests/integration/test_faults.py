@@ -22,9 +22,9 @@ from devices.chain import DeviceInput, RegistryClient
 from ingest.adapters.broker import start_mosquitto
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.mqtt import drop_session
-from ingest.adapters.store import Store
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import (
     ConnectionHog,
     ConsumerProcess,

@@ -17,9 +17,9 @@ from web3 import AsyncWeb3
 from devices.chain import REWARDS_ROLE, Deployment, DeviceInput, DistributorClient, RegistryClient, Signer
 from ingest import metrics
 from ingest.adapters.broker import start_mosquitto
-from ingest.adapters.store import Store
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from simulator.fleet import make_fleet, next_message, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, HangingProxy, consumer_env, publish_resilient, wait_for
 
 pytestmark = pytest.mark.integration

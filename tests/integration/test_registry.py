@@ -27,7 +27,6 @@ from devices.chain import Deployment, DeviceInput, RegistryClient, Signer
 from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord
 from ingest.adapters.mqtt import MqttConfig
-from ingest.adapters.store import Store
 from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Settings
@@ -40,6 +39,7 @@ from simulator.fleet import (
     publish_raw,
     unique_client_id,
 )
+from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
 
@@ -613,7 +613,7 @@ async def test_rpc_down_known_devices_flow_unknown_rejected_and_readyz_names_the
         await publish_raw(mosquitto.host, mosquitto.port, [*messages, stranger])
         await wait_for(lambda: _received(node, 6), what="6 messages judged")
         counts = await store.counts()
-        assert counts["packets"] == 5 and counts["rejections"] == {"unknown_device": 1}
+        assert counts.packets == 5 and counts.rejections == {"unknown_device": 1}
         assert not node.follower.reads["found"]
 
         await proxy.start()

@@ -18,7 +18,6 @@ from devices.chain import DeviceInput, RegistryClient
 from devices.protocol.topics import ack_topic
 from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
-from ingest.adapters.store import Store
 from ingest.consumer import Consumer
 from simulator import cheaters
 from simulator.fleet import (
@@ -29,6 +28,7 @@ from simulator.fleet import (
     readings_for,
     unique_client_id,
 )
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration
