@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate  # noqa: E402
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session  # noqa: E402
-from ingest.adapters.store import Store  # noqa: E402
+from ingest.adapters.store import IngestStore  # noqa: E402
 from ingest.consumer import Consumer  # noqa: E402
 from ingest.dev.broker import start_mosquitto  # noqa: E402
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage  # noqa: E402
@@ -169,7 +169,7 @@ def _live_publisher_proc(host: str, port: int, seed: int, devices: int, rate: fl
 # --- 2./3. the service path -------------------------------------------------------------------------
 
 
-class TimedStore(Store):
+class TimedStore(IngestStore):
     """Records publish→commit latency per stored packet (newest reading's ts → commit returned)."""
 
     latencies_ms: list[int]

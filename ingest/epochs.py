@@ -24,7 +24,8 @@ from devices.chain.distributor import DistributorClient
 from devices.errors import ChainError, DepinError, NonceTooLowError, SettingsError
 from ingest import metrics
 from ingest.adapters.distributor import DistributorChain
-from ingest.adapters.store import Store
+from ingest.adapters.store import EpochStore
+from ingest.adapters.store.rows import DeviceReward, EpochRow, OwnerReward
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import RewardParams, cumulative, inputs_digest, split_epoch
 from ingest.core.schedule import IDLE_POLL_MS, Close, Publish, Step, Wait, epoch_bounds, next_step
@@ -81,17 +82,13 @@ class EpochConfig:
     grace_ms: int = 5_000
 
 
-def _unhex(value: str) -> bytes:
-    return bytes.fromhex(value.removeprefix("0x"))
-
-
 class Epochs:
     """`chain`: the RewardDistributor seen through `ingest.seams.PublishChain`; a `DistributorClient`
     is wrapped in `DistributorChain`, tests pass an in-memory chain. None: epochs are only closed."""
 
     def __init__(
         self,
-        store: Store,
+        store: EpochStore,
         chain: PublishChain | DistributorClient | None,
         config: EpochConfig,
         *,
@@ -121,7 +118,7 @@ class Epochs:
             emission=self.config.emission, max_devices_per_cell=self.config.max_devices_per_cell
         )
 
-    async def close(self, epoch: int) -> dict[str, Any]:
+    async def close(self, epoch: int) -> EpochRow:
         """Seal the epoch, score it from stored readings and save the manifest (once; later calls
         return it). Sealing first refuses new packets for it (`epoch_closed`) and waits for the batches
         in flight, so the coverage counts every batch committed before the seal and none after.
@@ -140,15 +137,12 @@ class Epochs:
         root = tree.root if tree else ZERO_ROOT
         digest = inputs_digest(rows, params, None, epoch)
         owner_rows = [
-            (
-                owner,
-                split.owner_amounts.get(owner, 0),
-                total,
-                ["0x" + p.hex() for p in tree.proof(owner)] if tree else [],
-            )
+            OwnerReward(owner, split.owner_amounts.get(owner, 0), total, tree.proof(owner) if tree else [])
             for owner, total in sorted(totals.items())
         ]
-        device_rows = [(d.device_id, d.owner, d.cell, d.readings, d.amount) for d in split.device_amounts]
+        device_rows = [
+            DeviceReward(d.device_id, d.owner, d.cell, d.readings, d.amount) for d in split.device_amounts
+        ]
         manifest = {
             "epoch": epoch,
             "start_ms": start_ms,
@@ -182,7 +176,7 @@ class Epochs:
             owner_rows,
         )
         row = await self._row(epoch)
-        if row["inputs_digest"] == "0x" + digest.hex():  # not a concurrent closer's result
+        if row.inputs_digest == digest:  # not a concurrent closer's result
             metrics.EPOCHS_CLOSED.inc()
             log.info(
                 "epoch %d closed: %d cells, %d devices, allocated %d, root 0x%s",
@@ -194,14 +188,14 @@ class Epochs:
             )
         return row
 
-    async def publish(self, epoch: int, *, again: bool = False) -> dict[str, Any]:
+    async def publish(self, epoch: int, *, again: bool = False) -> EpochRow:
         """Put the epoch's root on chain exactly once; resumes a journaled transaction after a crash.
         A journaled tx whose nonce another transaction used is dropped and re-signed (`_nonce_taken`)."""
         chain = self._chain()
         row = await self._row(epoch)
-        if row["status"] in ("published", "settled"):
+        if row.status in ("published", "settled"):
             return row
-        root = _unhex(row["root"])
+        root = row.root
         if root == ZERO_ROOT:
             # Nobody has ever earned: no tree to commit to (the contract refuses a zero root). An empty
             # epoch AFTER a paid one is not this case: its tree is the unchanged cumulative one, and it
@@ -211,15 +205,14 @@ class Epochs:
             return await self._row(epoch)
         if chain.address is None:
             raise NoRewardsKeyError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
-        if row["raw_tx"] is None:
+        journal = row.journal
+        if journal is None:
             adopted = await self._adopt_if_on_chain(epoch, root, row)
             if adopted is not None:
                 return adopted
-            raw, tx_hash, nonce = await chain.sign_publish(epoch, root, int(row["allocated"]))
-            await self.store.journal_tx(epoch, raw, tx_hash, nonce)  # before it can reach the chain
-        else:
-            raw, tx_hash = _unhex(row["raw_tx"]), _unhex(row["tx_hash"])
-            nonce = row["tx_nonce"]
+            journal = await chain.sign_publish(epoch, root, row.allocated)
+            await self.store.journal_tx(epoch, *journal)  # before it can reach the chain
+        raw, tx_hash, nonce = journal
         taken = False
         try:
             await chain.broadcast(raw)
@@ -241,13 +234,13 @@ class Epochs:
             "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d",
             epoch,
             root.hex(),
-            row["allocated"],
+            row.allocated,
             tx_hash.hex(),
             receipt["blockNumber"],
         )
         return await self._row(epoch)
 
-    async def _adopt_if_on_chain(self, epoch: int, root: bytes, row: dict[str, Any]) -> dict[str, Any] | None:
+    async def _adopt_if_on_chain(self, epoch: int, root: bytes, row: EpochRow) -> EpochRow | None:
         """Before signing: if the epoch already has a root on chain (a database restored from a backup,
         or our journaled tx lost its nonce to a tx that published the same epoch), adopt it when it is
         our root; a different root needs an operator, never a second tx."""
@@ -265,7 +258,7 @@ class Epochs:
             "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
             epoch,
             root.hex(),
-            row["allocated"],
+            row.allocated,
             tx_hash.hex(),
             block,
         )
@@ -292,9 +285,7 @@ class Epochs:
                 )
             await asyncio.sleep(self.receipt_poll_s)
 
-    async def _nonce_taken(
-        self, epoch: int, tx_hash: bytes, nonce: int | None, again: bool
-    ) -> dict[str, Any]:
+    async def _nonce_taken(self, epoch: int, tx_hash: bytes, nonce: int | None, again: bool) -> EpochRow:
         """The journaled tx can never be mined: another tx from this account used its nonce. Drop it
         and sign a new one at a fresh nonce (safe: the contract refuses a second publish of an epoch,
         and if the other tx published this epoch with our root, it is adopted instead)."""
@@ -329,13 +320,13 @@ class Epochs:
             )
         return found
 
-    async def _row(self, epoch: int) -> dict[str, Any]:
+    async def _row(self, epoch: int) -> EpochRow:
         row = await self.store.get_epoch(epoch)
         if row is None:
             raise EpochNotClosedError(f"epoch {epoch} is not closed")
         return row
 
-    async def close_and_publish(self, epoch: int) -> dict[str, Any]:
+    async def close_and_publish(self, epoch: int) -> EpochRow:
         await self.close(epoch)
         return await self.publish(epoch)
 

@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable
 
 from ingest import metrics
-from ingest.adapters.store import Store
+from ingest.adapters.store import IngestStore
 from ingest.core.rejection_budget import UNSIGNED
 
 log = logging.getLogger(__name__)
 
 
-async def prune_once(store: Store, retention_ms: int, unsigned_keep: int, now_ms: int) -> tuple[int, int]:
+async def prune_once(
+    store: IngestStore, retention_ms: int, unsigned_keep: int, now_ms: int
+) -> tuple[int, int]:
     expired, trimmed = await store.prune_rejections(now_ms - retention_ms, sorted(UNSIGNED), unsigned_keep)
     metrics.REJECTIONS_PRUNED.labels(why="expired").inc(expired)
     metrics.REJECTIONS_PRUNED.labels(why="trimmed").inc(trimmed)
@@ -27,7 +29,7 @@ async def prune_once(store: Store, retention_ms: int, unsigned_keep: int, now_ms
 
 
 async def run_retention(
-    store: Store,
+    store: IngestStore,
     retention_ms: int,
     unsigned_keep: int,
     interval_s: float,

@@ -32,7 +32,7 @@ from devices.errors import DepinError
 from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import subscription, uses_tls
-from ingest.adapters.store import Store
+from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
@@ -54,12 +54,13 @@ PARTS = ("consume", "follow", "epochs", "api")
 class Stores:
     """One asyncpg pool per part (docs/DESIGN.md §1, docs/RELIABILITY.md G34), so no part can take
     another's connections: the consumer's writes (`ingest`), the registry follower and the epoch
-    scheduler (`chain`), the API (`api`: every statement cancelled after
+    scheduler (`chain`: `mirror` and `epochs`), the API (`api`: every statement cancelled after
     DEPIN_API_STATEMENT_TIMEOUT_MS), and one connection for readiness checks (`probe`)."""
 
-    ingest: Store
-    chain: Store
-    api: Store
+    ingest: IngestStore
+    mirror: MirrorStore
+    epochs: EpochStore
+    api: ReadStore
     probe: DbProbe
     cursor_key: bytes
 
@@ -123,7 +124,9 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             key = hashlib.sha256(settings.api.cursor_secret.get_secret_value().encode()).digest()
         else:
             key = await _stored_cursor_key(ingest)
-        yield Stores(Store(ingest), Store(chain), Store(api), DbProbe(probe), key)
+        yield Stores(
+            IngestStore(ingest), MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key
+        )
 
 
 async def _stored_cursor_key(pool: Any) -> bytes:
@@ -153,14 +156,14 @@ class Node:
     """The service's parts, built once by `build_node`; `run` starts the chosen ones."""
 
     settings: Settings
-    store: Store
+    store: IngestStore
     mirror: RegistryMirror
     follower: RegistryFollower
     consumer: Consumer
     epochs: Epochs
     distributor: DistributorClient  # the epochs' chain; also for the start-up REWARDS_ROLE check
     parts: frozenset[str] = frozenset(PARTS)
-    api_store: Store | None = None  # the API's queries (its own pool); None: `store`
+    api_store: ReadStore | None = None  # the API's queries (its own pool); None: on `store`'s pool
     probe: DbProbe | None = None  # readiness check of the database on a connection of its own
     api_limits: ApiLimits | None = None
 
@@ -224,14 +227,14 @@ class Node:
 
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
-        app = create_app(self.api_store or self.store, self.ready, limits=limits)
+        app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
         app.middlewares.append(database_unavailable)
         return app
 
 
 def build_node(
     settings: Settings,
-    store: Store,
+    store: IngestStore,
     w3: AsyncWeb3,
     deployment: Deployment,
     *,
@@ -239,13 +242,15 @@ def build_node(
     parts: Iterable[str] = PARTS,
     stores: Stores | None = None,
 ) -> Node:
-    """The parts on `store`; with `stores`, each part on its own pool (`store` is then stores.ingest).
-    Each part is built from its group of `settings`; the consumer's broker is `settings.mqtt`."""
-    chain_store = stores.chain if stores is not None else store
+    """The parts on `store`'s pool; with `stores`, each part on its own pool (`store` is then
+    stores.ingest). Each part is built from its group of `settings`; the consumer's broker is
+    `settings.mqtt`."""
+    mirror_store = stores.mirror if stores is not None else MirrorStore(store.pool)
+    epoch_store = stores.epochs if stores is not None else EpochStore(store.pool)
     mirror = RegistryMirror()
     follower = RegistryFollower(
         RegistryClient(w3, deployment, None),
-        chain_store,
+        mirror_store,
         mirror,
         start_block=deployment.block,
         confirmations=settings.chain.confirmations,
@@ -267,7 +272,7 @@ def build_node(
         rejection_budget=RejectionBudget(c.rejection_budget),
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
-    epochs = Epochs(chain_store, distributor, settings.epochs)
+    epochs = Epochs(epoch_store, distributor, settings.epochs)
     node = Node(settings, store, mirror, follower, consumer, epochs, distributor, frozenset(parts))
     if stores is not None:
         node.api_store, node.probe = stores.api, stores.probe
@@ -383,7 +388,7 @@ async def _follow(node: Node, *, first_sync: bool) -> Part:
     return node.follower.run
 
 
-def _consume(node: Node, store: Store) -> dict[str, Part]:
+def _consume(node: Node, store: IngestStore) -> dict[str, Part]:
     cfg, c = node.consumer.mqtt, node.settings.consumer
     log.info(
         "MQTT: broker %s:%d%s, client id %s, %s, subscription %s",

@@ -16,9 +16,14 @@ import pytest
 import pytest_asyncio
 
 from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate
-from ingest.adapters.store import Store
+from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 
-__all__ = ["pg_dsn", "pg_server_dsn", "store"]
+__all__ = ["Store", "pg_dsn", "pg_server_dsn", "store"]
+
+
+class Store(IngestStore, MirrorStore, ReadStore, EpochStore):
+    """Every caller's part of the store on one pool, so a test writes a batch and reads it back through
+    one fixture. The service never builds this: each part gets its own class (`ingest.service.Stores`)."""
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -69,7 +74,7 @@ async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture
 async def store(pg_dsn: str) -> AsyncIterator[Store]:
-    """A Store on a freshly migrated database of its own."""
+    """Every part of the store on a freshly migrated database of its own."""
     pool = await create_pool(pg_dsn, min_size=1, max_size=4)
     try:
         await migrate(pool)

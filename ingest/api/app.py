@@ -2,7 +2,7 @@
 
 Every answer is JSON, errors included. Every parameter and every cursor field is range-checked: a bad
 one is a 400 with a message, never a 500 from the driver. Isolation from ingest (docs/RELIABILITY.md
-G34): the API asks its own Store, on a pool of its own whose statements PostgreSQL cancels after
+G34): the API asks its own ReadStore, on a pool of its own whose statements PostgreSQL cancels after
 DEPIN_API_STATEMENT_TIMEOUT_MS (→ 504); at most `slots` requests (the pool's size) query at once and
 each holds its slot until its answer is written, the others wait up to `busy_timeout_s` (→ 503); a
 page ends at `max_rows` rows or about `max_page_bytes` bytes. Page cursors are HMAC-signed and bound
@@ -31,19 +31,19 @@ from aiohttp import web
 from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.adapters.store import INT64_MAX, MAX_TS_MS, Store
+from ingest.adapters.store import ReadStore
 from ingest.api.openapi import openapi_for
-from ingest.core.rules import flag_reasons
+from ingest.api.shapes import epoch_json, owner_proof_json, reading_json, rejection_json, totals_json
+from ingest.core.storage_rules import INT64_MAX, MAX_TS_MS, SMALLINT_MAX
 
 log = logging.getLogger(__name__)
 
-STORE: web.AppKey[Store] = web.AppKey("store", Store)
+STORE: web.AppKey[ReadStore] = web.AppKey("store", ReadStore)
 READY: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("ready")
 LIMITS: web.AppKey[ApiLimits] = web.AppKey("limits")
 SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
 MAX_RANGE_MS = 31 * 86_400_000
 DEFAULT_RANGE_MS = 86_400_000
-MAX_SMALLINT = 32_767
 _INT_RE = re.compile(r"-?[0-9]{1,40}")
 _DEVICE_RE = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
 _CELL_RE = re.compile(r"[0-9a-fA-F]{15,16}")
@@ -189,7 +189,7 @@ def decode_cursor(
     if not (
         0 <= ts <= MAX_TS_MS
         and 0 <= seq <= INT64_MAX
-        and 0 <= idx <= MAX_SMALLINT
+        and 0 <= idx <= SMALLINT_MAX
         and 0 <= start < end <= MAX_TS_MS
         and end - start <= MAX_RANGE_MS
         and re.fullmatch(r"[0-9a-f]{64}", dev_hex)
@@ -325,11 +325,9 @@ async def readings(request: web.Request) -> web.Response:
         after=after,
         max_bytes=limits.max_page_bytes,
     )
-    for item in page["items"]:
-        item["flags"] = [r.value for r in flag_reasons(item["flags"])]  # named, as in the README
-    body: dict[str, Any] = {"readings": page["items"], "next": None}
-    if page["next"] is not None:
-        body["next"] = encode_cursor(limits.cursor_key, device, cell, (start, end), page["next"])
+    body: dict[str, Any] = {"readings": [reading_json(r) for r in page.items], "next": None}
+    if page.next is not None:
+        body["next"] = encode_cursor(limits.cursor_key, device, cell, (start, end), page.next)
     return _json(body)
 
 
@@ -337,7 +335,7 @@ async def device_rejections(request: web.Request) -> web.Response:
     device = _device_id(request.match_info["device_id"])
     limit = _int_param(request, "limit", 100, lo=1, hi=1000)
     rows = await request.app[STORE].recent_rejections(device, limit)
-    return _json({"device_id": device.hex(), "rejections": rows})
+    return _json({"device_id": device.hex(), "rejections": [rejection_json(r) for r in rows]})
 
 
 async def epoch_view(request: web.Request) -> web.Response:
@@ -345,15 +343,7 @@ async def epoch_view(request: web.Request) -> web.Response:
     row = await request.app[STORE].get_epoch(epoch)
     if row is None:
         raise _not_found(f"epoch {epoch} not closed yet")
-    return _json(epoch_summary(row))
-
-
-def epoch_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """The epoch as served: amounts as decimal strings (they exceed JSON's safe integers)."""
-    out = {k: v for k, v in row.items() if k not in ("raw_tx", "tx_nonce")}
-    for key in ("emission", "allocated", "unissued"):
-        out[key] = str(row[key])
-    return out
+    return _json(epoch_json(row))
 
 
 async def owner_proof(request: web.Request) -> web.Response:
@@ -366,31 +356,23 @@ async def owner_proof(request: web.Request) -> web.Response:
     row = await store.owner_reward(epoch, address) if epoch else None
     if row is None:
         raise _not_found(f"no reward for {address} in epoch {epoch}")
-    return _json(
-        {
-            "epoch": epoch,
-            "account": address,
-            "amount": str(row["amount"]),
-            "cumulative": str(row["cumulative"]),
-            "proof": row["proof"],
-        }
-    )
+    return _json(owner_proof_json(epoch, address, row))
 
 
 async def stats(request: web.Request) -> web.Response:
-    body = await request.app[STORE].stats()
+    body = totals_json(await request.app[STORE].stats())
     body["source"] = "counters maintained in each batch's transaction (cumulative)"
     return _json(body)
 
 
 def create_app(
-    store: Store,
+    store: ReadStore,
     ready: Callable[[], Awaitable[dict[str, Any]]],
     *,
     max_rows: int = 1000,
     limits: ApiLimits | None = None,
 ) -> web.Application:
-    """The API on `store` (give it a Store on the API's own pool). `limits` default: ApiLimits(max_rows)."""
+    """The API on `store` (a ReadStore on the API's own pool). `limits` default: ApiLimits(max_rows)."""
     limits = limits or ApiLimits(max_rows=max_rows)
     app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, db_slots])
     app[STORE] = store

@@ -39,6 +39,8 @@ from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest.adapters.db import dsn_with_database, embedded_postgres
 from ingest.adapters.mqtt import MqttConfig
+from ingest.adapters.store.rows import EpochRow
+from ingest.api.shapes import hex0x
 from ingest.brokerauth import update_dynsec_file
 from ingest.core.schedule import epoch_bounds
 from ingest.dev.broker import BrokerInfo, SecuredFiles, start_broker
@@ -257,7 +259,7 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             _publisher(broker, logins.devices[stranger.hex_id] if secured else None)
         )
         sent = 0
-        epochs: list[dict[str, Any]] = []
+        epochs: list[EpochRow] = []
         for epoch in range(1, opts.epochs + 1):
             _, end_ms = epoch_bounds(epoch, genesis_ms, int(opts.epoch_seconds * 1000))
             sent += await _stream_epoch(fleet, clients, end_ms)
@@ -279,11 +281,12 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             row = await _published(node, epoch, tasks, timeout_s=opts.epoch_seconds + 60)
             epochs.append(row)
             say(
-                f"epoch {epoch} closed and published by the scheduler: root {row['root']} tx {row['tx_hash']}"
+                f"epoch {epoch} closed and published by the scheduler: "
+                f"root {hex0x(row.root)} tx {hex0x(row.tx_hash)}"
             )
 
-        claim = await _claim_one(w3, deployment, api_url, owners, epochs[-1]["epoch"], operator)
-        counts = await store.counts()
+        claim = await _claim_one(w3, deployment, api_url, owners, epochs[-1].epoch, operator)
+        counts = await stores.api.counts()
         device = fleet[0]
         summary = {
             "devices": len(fleet),
@@ -291,18 +294,18 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             "broker": broker.kind,
             "chain": chain_desc,
             "sent": sent,
-            "packets_accepted": counts["packets"],
-            "readings_stored": counts["readings"],
-            "rejected": counts["rejections"],
+            "packets_accepted": counts.packets,
+            "readings_stored": counts.readings,
+            "rejected": counts.rejections,
             "duplicates": node.consumer.stats.duplicates,
-            "cells_covered": epochs[-1]["manifest"]["cells"],
+            "cells_covered": epochs[-1].manifest["cells"],
             "epochs": [
                 {
-                    "epoch": e["epoch"],
-                    "root": e["root"],
-                    "tx": e["tx_hash"],
-                    "allocated": str(e["allocated"]),
-                    "unissued": str(e["unissued"]),
+                    "epoch": e.epoch,
+                    "root": hex0x(e.root),
+                    "tx": hex0x(e.tx_hash),
+                    "allocated": str(e.allocated),
+                    "unissued": str(e.unissued),
                 }
                 for e in epochs
             ],
@@ -314,7 +317,7 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             "try": [
                 f"{api_url}/v1/readings?device={device.device_id.hex()}&limit=2",
                 f"{api_url}/v1/devices/{device.device_id.hex()}/rejections",
-                f"{api_url}/v1/epochs/{epochs[-1]['epoch']}",
+                f"{api_url}/v1/epochs/{epochs[-1].epoch}",
                 f"{api_url}/v1/owners/{owners[0].address}/proof",
                 f"{api_url}/v1/stats",
                 f"{api_url}/readyz",
@@ -364,12 +367,12 @@ async def _drain(node: Any, sent: int, timeout_s: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _published(node: Any, epoch: int, tasks: list[asyncio.Task[None]], timeout_s: float) -> Any:
+async def _published(node: Any, epoch: int, tasks: list[asyncio.Task[None]], timeout_s: float) -> EpochRow:
     """Wait for the scheduler to close and publish `epoch` (it does so at its end + grace)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        row = await node.store.get_epoch(epoch)
-        if row is not None and row["status"] in ("published", "settled"):
+        row = await node.epochs.store.get_epoch(epoch)
+        if row is not None and row.status in ("published", "settled"):
             return row
         for t in tasks:
             if t.done():

@@ -46,7 +46,7 @@ from devices.protocol.registry_fold import (
     rollback_hw_classes,
 )
 from ingest import metrics
-from ingest.adapters.store import Store
+from ingest.adapters.store import MirrorStore
 from ingest.registry.mirror import RegistryMirror
 from ingest.registry.reads import OnDemandReads, ReadAt
 
@@ -86,7 +86,7 @@ class RegistryFollower:
     def __init__(
         self,
         client: RegistryClient,
-        store: Store,
+        store: MirrorStore,
         mirror: RegistryMirror,
         *,
         start_block: int,

@@ -19,10 +19,12 @@ from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord, Reading, Reason
 from devices.protocol.topics import up_topic
 from devices.sdk import build_message
-from ingest.adapters.store import Store
+from ingest.adapters.store import ReadStore
+from ingest.adapters.store.rows import Totals
 from ingest.model import RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
+from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
 NOW = 1_795_000_000_000
@@ -299,8 +301,8 @@ async def test_counters_follow_duplicates_replays_and_rejections(store: Store) -
         out = sort_batch(batch, registry.get, NOW, PipelineConfig(), PipelineState())
         await store.write_batch(out.accepted, out.rejected)
         assert await store.stats() == await store.counts()
-    assert (await store.stats())["rejections"] == {"bad_signature": 1, "replay": 1}
-    assert (await store.stats())["packets"] == 3
+    assert (await store.stats()).rejections == {"bad_signature": 1, "replay": 1}
+    assert (await store.stats()).packets == 3
 
 
 async def test_a_slow_query_is_504_and_a_full_api_is_503(store: Store, pg_dsn: str) -> None:
@@ -309,10 +311,10 @@ async def test_a_slow_query_is_504_and_a_full_api_is_503(store: Store, pg_dsn: s
     from ingest.adapters.db import create_pool
     from ingest.api.app import ApiLimits, create_app
 
-    class SlowStore(Store):
-        async def stats(self) -> dict[str, Any]:
+    class SlowStore(ReadStore):
+        async def stats(self) -> Totals:
             await self.pool.fetchval("SELECT pg_sleep(2)")
-            return {}
+            return Totals(0, 0, {})
 
     pool = await create_pool(pg_dsn, max_size=1, statement_timeout_ms=200)
     try:
@@ -364,14 +366,14 @@ async def test_a_page_ends_at_the_byte_cap(store: Store) -> None:
         page = await store.readings(
             device_id=ident.device_id, start_ms=0, end_ms=NOW, limit=100, after=after, max_bytes=50_000
         )
-        assert 1 <= len(page["items"]) <= 3
-        seen += [x["seq"] for x in page["items"]]
-        if page["next"] is None:
+        assert 1 <= len(page.items) <= 3
+        seen += [x.seq for x in page.items]
+        if page.next is None:
             break
-        after = page["next"]
+        after = page.next
     assert seen == list(range(1, 11))
     tiny = await store.readings(device_id=ident.device_id, start_ms=0, end_ms=NOW, max_bytes=1)
-    assert len(tiny["items"]) == 1 and tiny["next"] is not None
+    assert len(tiny.items) == 1 and tiny.next is not None
 
 
 async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: Store) -> None:
@@ -385,4 +387,4 @@ async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: 
     async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/devices/{ids[0].hex()}/rejections") as r:
         rows = (await r.json())["rejections"]
     assert [(len(x["topic"]), len(x["detail"])) for x in rows] == [(300, 1000)] * 3
-    assert (await store.stats())["rejections"] == {"malformed": 3}
+    assert (await store.stats()).rejections == {"malformed": 3}

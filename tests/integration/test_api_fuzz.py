@@ -23,10 +23,11 @@ from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord, Reading
 from devices.protocol.topics import up_topic
 from devices.sdk import build_message
-from ingest.adapters.store import Store
+from ingest.adapters.store.rows import DeviceReward, OwnerReward
 from ingest.api.app import ApiLimits, create_app
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
+from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,8 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
         b"\x11" * 32,
         b"\x22" * 32,
         {"cells": 1, "devices": 1},
-        [(ident.device_id, OWNER, 0x872830828FFFFFF, 20, 10**22)],
-        [(OWNER, 10**22, 10**22, [])],
+        [DeviceReward(ident.device_id, OWNER, 0x872830828FFFFFF, 20, 10**22)],
+        [OwnerReward(OWNER, 10**22, 10**22, [])],
     )
     limits = ApiLimits(max_rows=1000, slots=2, busy_timeout_s=5.0, statement_timeout_ms=5000)
     async with serve_api(create_app(store, _ready, limits=limits), "127.0.0.1", 0) as url:

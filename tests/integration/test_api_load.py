@@ -31,9 +31,9 @@ import pytest
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.protocol.topics import ack_topic
 from ingest.adapters.mqtt import drop_session
-from ingest.adapters.store import Store
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import publisher, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env
 
 pytestmark = pytest.mark.integration

@@ -29,9 +29,10 @@ from devices.chain.signer import Signer
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.distributor import DistributorChain
-from ingest.adapters.store import Store
+from ingest.adapters.store.rows import EpochRow
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket
+from tests.fixtures_pg import Store
 from tests.procs import ConnectionHog, small_postgres
 
 pytestmark = pytest.mark.integration
@@ -117,7 +118,7 @@ class World:
         res = await self.store.write_batch(pkts, [])
         assert res.stored == len(pkts), res
 
-    async def stored(self) -> dict[int, dict[str, Any]]:
+    async def stored(self) -> dict[int, EpochRow]:
         rows = await self.store.pool.fetch("SELECT epoch FROM epochs ORDER BY epoch")
         out = {}
         for r in rows:
@@ -153,16 +154,16 @@ async def world(
     return World(store, w3, deployment, DistributorClient(w3, deployment, signer), config, genesis)
 
 
-async def assert_on_chain(world: World, stored: dict[int, dict[str, Any]]) -> None:
+async def assert_on_chain(world: World, stored: dict[int, EpochRow]) -> None:
     """Every stored epoch that paid is on chain once with the stored root; the rest has no root."""
     counts = await world.published_on_chain()
     for n, e in stored.items():
         root = await world.distributor.root_of(n)
-        if e["status"] == "published":
+        if e.status == "published":
             assert counts[n] == 1, f"epoch {n} published {counts[n]} times"
-            assert "0x" + root.hex() == e["root"]
+            assert root == e.root
         else:
-            assert e["status"] == "settled" and counts[n] == 0 and root == b"\0" * 32
+            assert e.status == "settled" and counts[n] == 0 and root == b"\0" * 32
     assert set(counts) <= set(stored)
 
 
@@ -188,34 +189,34 @@ async def test_fresh_database_starts_at_the_earliest_reading_and_closes_every_ep
     await clock.run_until(world.epochs(), world.end(10) + GRACE)
     stored = await world.stored()
     assert sorted(stored) == [7, 8, 9, 10]
-    assert all(e["status"] == "published" for e in stored.values())
+    assert all(e.status == "published" for e in stored.values())
     await assert_on_chain(world, stored)
     # Empty epochs after a paid one: published with the unchanged cumulative root and a total of 0.
-    assert stored[8]["root"] == stored[7]["root"] and stored[8]["allocated"] == 0
-    assert stored[10]["root"] == stored[9]["root"] and stored[10]["allocated"] == 0
-    assert stored[7]["allocated"] > 0 and stored[9]["allocated"] > 0
+    assert stored[8].root == stored[7].root and stored[8].allocated == 0
+    assert stored[10].root == stored[9].root and stored[10].allocated == 0
+    assert stored[7].allocated > 0 and stored[9].allocated > 0
     token_supply = await world.distributor.token.functions.totalSupply().call()
-    assert token_supply == stored[7]["allocated"] + stored[9]["allocated"]
+    assert token_supply == stored[7].allocated + stored[9].allocated
     assert await world.distributor.latest_epoch() == 10
     # A claim against the empty epoch 8 pays the owner's cumulative amount of epoch 7.
     owner = accounts[2]
     reward = await world.store.owner_reward(8, owner.address)
-    assert reward is not None and reward["amount"] == 0
+    assert reward is not None and reward.amount == 0
     before7 = await world.store.owner_reward(7, owner.address)
-    assert before7 is not None and reward["cumulative"] == before7["cumulative"] > 0
+    assert before7 is not None and reward.cumulative == before7.cumulative > 0
     claimer = DistributorClient(world.w3, world.deployment, make_signer(owner))
-    proof = [bytes.fromhex(p[2:]) for p in reward["proof"]]
-    _, paid = await claimer.claim(8, owner.address, reward["cumulative"], proof)
-    assert paid == reward["cumulative"]
+    proof = reward.proof
+    _, paid = await claimer.claim(8, owner.address, reward.cumulative, proof)
+    assert paid == reward.cumulative
     # Closed in order, one INFO line per epoch closed and per epoch published.
     closes = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
     publishes = [r.getMessage() for r in caplog.records if " published: " in r.getMessage()]
     assert [m.split()[1] for m in closes] == ["7", "8", "9", "10"]
     assert [m.split()[1] for m in publishes] == ["7", "8", "9", "10"]
-    assert (
-        f"tx {stored[7]['tx_hash']}" in publishes[0] and f"block {stored[7]['block_number']}" in publishes[0]
-    )
-    assert [s for s in stored.values()] == sorted(stored.values(), key=lambda e: e["block_number"])
+    tx7 = stored[7].tx_hash
+    assert tx7 is not None
+    assert f"tx 0x{tx7.hex()}" in publishes[0] and f"block {stored[7].block_number}" in publishes[0]
+    assert [s for s in stored.values()] == sorted(stored.values(), key=lambda e: e.block_number)
 
 
 async def test_restart_finishes_a_closed_epoch_then_downtime_closes_each_missed_epoch_once(
@@ -225,12 +226,12 @@ async def test_restart_finishes_a_closed_epoch_then_downtime_closes_each_missed_
     await world.readings_in(2)
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(world.epochs(), world.end(2) + GRACE)
-    assert {n: e["status"] for n, e in (await world.stored()).items()} == {1: "published", 2: "published"}
+    assert {n: e.status for n, e in (await world.stored()).items()} == {1: "published", 2: "published"}
 
     # A crash between closing epoch 3 and publishing it: stored 'closed', not on chain.
     await world.readings_in(3)
     closed = await world.epochs().close(3)
-    assert closed["status"] == "closed" and await world.distributor.root_of(3) == b"\0" * 32
+    assert closed.status == "closed" and await world.distributor.root_of(3) == b"\0" * 32
     # ...and the service stays down for epochs 4..8 (readings of 4 and 6 were stored before it died).
     await world.readings_in(4)
     await world.readings_in(6, devices=(1,))
@@ -238,11 +239,11 @@ async def test_restart_finishes_a_closed_epoch_then_downtime_closes_each_missed_
     await clock.run_until(world.epochs(), world.end(9))  # the restart
     stored = await world.stored()
     assert sorted(stored) == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert all(e["status"] == "published" for e in stored.values())
+    assert all(e.status == "published" for e in stored.values())
     await assert_on_chain(world, stored)
-    blocks = [stored[n]["block_number"] for n in sorted(stored)]
+    blocks = [stored[n].block_number for n in sorted(stored)]
     assert blocks == sorted(blocks) and len(set(blocks)) == len(blocks)  # published in order, one by one
-    assert stored[3]["root"] == closed["root"]  # the stored close was published, not recomputed
+    assert stored[3].root == closed.root  # the stored close was published, not recomputed
 
     # Another restart changes nothing, and nothing is due before epoch 9's end + grace.
     await clock.run_until(world.epochs(), world.end(9) + GRACE - 1)
@@ -258,7 +259,7 @@ async def test_nobody_earned_yet_settles_without_a_tx(world: World, store: Store
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(world.epochs(), world.end(2) + GRACE)
     stored = await world.stored()
-    assert {n: e["status"] for n, e in stored.items()} == {1: "settled", 2: "published"}
+    assert {n: e.status for n, e in stored.items()} == {1: "settled", 2: "published"}
     await assert_on_chain(world, stored)
 
 
@@ -285,7 +286,7 @@ async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
     assert all("publishing epoch 1 failed" in r.getMessage() for r in failures)
     assert [r.getMessage().split("retrying in ")[1] for r in failures] == ["1.0 s", "2.0 s", "4.0 s", "8.0 s"]
     assert failures[0].exc_info and not failures[1].exc_info  # one traceback per streak
-    assert {n: e["status"] for n, e in (await world.stored()).items()} == {1: "closed"}
+    assert {n: e.status for n, e in (await world.stored()).items()} == {1: "closed"}
 
     # 2) The chain is back but the key lacks REWARDS_ROLE: publishEpoch reverts; still epoch 1, retried.
     caplog.clear()
@@ -302,7 +303,7 @@ async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
     )
     await clock.run_until(epochs, clock.now + 1_000)  # epoch 3 is not due yet
     stored = await world.stored()
-    assert {n: e["status"] for n, e in stored.items()} == {1: "published", 2: "published"}
+    assert {n: e.status for n, e in stored.items()} == {1: "published", 2: "published"}
     await assert_on_chain(world, stored)
 
 
@@ -325,7 +326,7 @@ async def test_the_scheduler_survives_a_database_error_before_any_epoch_is_known
     messages = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert [m.split(" (")[0] for m in messages] == ["deciding the next epoch failed"] * 2
     assert 'relation "epochs" does not exist' in messages[0]
-    assert (await world.stored())[1]["status"] == "published"
+    assert (await world.stored())[1].status == "published"
 
 
 async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
@@ -354,7 +355,7 @@ async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
     finally:
         await pool.close()
     stored = await world.stored()
-    assert sorted(stored) == [1, 2, 3, 4, 5] and all(e["status"] == "published" for e in stored.values())
+    assert sorted(stored) == [1, 2, 3, 4, 5] and all(e.status == "published" for e in stored.values())
     await assert_on_chain(world, stored)
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "failed" in m], messages
@@ -371,14 +372,14 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_sign
     epochs = world.epochs()
     # Epoch 1 reached the chain without the database knowing (a database restored from a backup).
     e1 = await epochs.close(1)
-    receipt = await world.distributor.publish_epoch(1, bytes.fromhex(e1["root"][2:]), e1["allocated"])
+    receipt = await world.distributor.publish_epoch(1, e1.root, e1.allocated)
     # Epoch 2's journaled tx is mined but reverts: epoch 3 got on chain first (latestEpoch = 3), from
     # another account (the journaled tx holds this account's next nonce until it is broadcast).
     signer = world.distributor.signer
     assert signer is not None
     await signer.send(world.distributor.contract.functions.grantRole(REWARDS_ROLE, accounts[6].address))
     e2 = await epochs.close(2)
-    call = world.distributor.publish_epoch_fn(2, bytes.fromhex(e2["root"][2:]), e2["allocated"])
+    call = world.distributor.publish_epoch_fn(2, e2.root, e2.allocated)
     raw, tx_hash, nonce = await signer.sign(call, gas=300_000)  # explicit gas: no estimate to refuse it
     await world.store.journal_tx(2, raw, tx_hash, nonce)
     other = DistributorClient(world.w3, world.deployment, make_signer(accounts[6]))
@@ -387,10 +388,10 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_sign
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(epochs, clock.now + 1_000 + 2_000)
     stored = await world.stored()
-    manual_tx = "0x" + bytes(receipt["transactionHash"]).hex()
-    assert (stored[1]["status"], stored[1]["tx_hash"]) == ("published", manual_tx)
+    manual_tx = bytes(receipt["transactionHash"])
+    assert (stored[1].status, stored[1].tx_hash) == ("published", manual_tx)
     assert (await world.published_on_chain())[1] == 1  # adopted, not published twice
-    assert stored[2]["status"] == "closed" and stored[2]["raw_tx"] is None  # the reverted tx is forgotten
+    assert stored[2].status == "closed" and stored[2].raw_tx is None  # the reverted tx is forgotten
     messages = [r.getMessage() for r in caplog.records]
     assert any("epoch 1 published: " in m and "(found on chain)" in m for m in messages)
     failures = [m for m in messages if "failed" in m]
@@ -407,13 +408,13 @@ async def test_without_a_rewards_key_epochs_are_closed_then_published_oldest_fir
     clock = FakeClock(world.end(3) + GRACE)
     await clock.run_until(world.epochs(DistributorClient(world.w3, world.deployment, None)), clock.now + 1)
     stored = await world.stored()
-    assert {n: e["status"] for n, e in stored.items()} == {1: "closed", 2: "closed", 3: "closed"}
+    assert {n: e.status for n, e in stored.items()} == {1: "closed", 2: "closed", 3: "closed"}
     assert await world.published_on_chain() == Counter()
     await clock.run_until(world.epochs(), clock.now + 1)  # the key is configured: a restart with it
     stored = await world.stored()
-    assert all(e["status"] == "published" for e in stored.values()) and sorted(stored) == [1, 2, 3]
+    assert all(e.status == "published" for e in stored.values()) and sorted(stored) == [1, 2, 3]
     await assert_on_chain(world, stored)
-    blocks = [stored[n]["block_number"] for n in (1, 2, 3)]
+    blocks = [stored[n].block_number for n in (1, 2, 3)]
     assert blocks == sorted(blocks)
 
 
@@ -423,7 +424,7 @@ async def _journal_then_take_nonce(world: World, epochs: Epochs, epoch: int, acc
     signer = world.distributor.signer
     assert signer is not None
     e = await epochs.close(epoch)
-    call = world.distributor.publish_epoch_fn(epoch, bytes.fromhex(e["root"][2:]), e["allocated"])
+    call = world.distributor.publish_epoch_fn(epoch, e.root, e.allocated)
     raw, tx_hash, nonce = await signer.sign(call)
     await world.store.journal_tx(epoch, raw, tx_hash, nonce)
     transfer = account.sign_transaction(
@@ -461,8 +462,8 @@ async def test_a_journaled_publish_whose_nonce_was_used_by_another_tx_is_re_sign
     await clock.run_until(epochs, clock.now + 1)
     assert time.monotonic() - started < 20, "waited for a receipt that can never come"
     stored = await world.stored()
-    assert {n: e["status"] for n, e in stored.items()} == {1: "published", 2: "published", 3: "published"}
-    assert stored[1]["tx_nonce"] > nonce  # re-signed at a fresh nonce
+    assert {n: e.status for n, e in stored.items()} == {1: "published", 2: "published", 3: "published"}
+    assert stored[1].tx_nonce > nonce  # re-signed at a fresh nonce
     await assert_on_chain(world, stored)
     assert metrics.EPOCH_NONCE_TAKEN._value.get() == taken_before + 1
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -483,18 +484,18 @@ async def test_a_lost_nonce_whose_epoch_is_on_chain_with_our_root_is_adopted(
     signer = world.distributor.signer
     assert signer is not None
     e1 = await epochs.close(1)
-    root = bytes.fromhex(e1["root"][2:])
-    raw, tx_hash, nonce = await signer.sign(world.distributor.publish_epoch_fn(1, root, e1["allocated"]))
+    root = e1.root
+    raw, tx_hash, nonce = await signer.sign(world.distributor.publish_epoch_fn(1, root, e1.allocated))
     await world.store.journal_tx(1, raw, tx_hash, nonce)
     twin = DistributorClient(world.w3, world.deployment, make_signer(accounts[0]))  # same key, own nonce
     assert twin.signer is not None  # at the same nonce, with other gas: another tx
-    receipt = await twin.signer.send(twin.publish_epoch_fn(1, root, e1["allocated"]), gas=300_000)
+    receipt = await twin.signer.send(twin.publish_epoch_fn(1, root, e1.allocated), gas=300_000)
     assert bytes(receipt["transactionHash"]) != tx_hash
     clock = FakeClock(world.end(1) + GRACE)
     await clock.run_until(epochs, clock.now + 1)
     stored = await world.stored()
-    assert stored[1]["status"] == "published"
-    assert stored[1]["tx_hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
+    assert stored[1].status == "published"
+    assert stored[1].tx_hash == bytes(receipt["transactionHash"])
     assert (await world.published_on_chain())[1] == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("was used by another transaction" in m for m in messages)
@@ -536,7 +537,7 @@ async def test_the_scheduler_rides_out_a_database_with_no_free_connection(
             assert len(messages) == 2 and all(
                 "TooManyConnectionsError" in m or "too many" in m for m in messages
             )
-            assert (await local.stored())[1]["status"] == "published"
+            assert (await local.stored())[1].status == "published"
             assert not epochs.failing and metrics.EPOCH_FAILING._value.get() == 0
         finally:
             await hog.release()

@@ -25,9 +25,9 @@ from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.protocol.topics import ack_topic
-from ingest.adapters.store import Store
 from simulator.fleet import make_fleet, next_message
 from simulator.publish import publish_raw, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env, table_counts, wait_for
 
 pytestmark = pytest.mark.integration

@@ -21,11 +21,11 @@ import pytest
 from devices.chain.registry import DeviceInput, RegistryClient
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.mqtt import drop_session
-from ingest.adapters.store import Store
 from ingest.dev.broker import start_mosquitto
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import (
     ConnectionHog,
     ConsumerProcess,

@@ -20,11 +20,11 @@ from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from ingest import metrics
-from ingest.adapters.store import Store
 from ingest.dev.broker import start_mosquitto
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from simulator.fleet import make_fleet, next_message
 from simulator.publish import unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, HangingProxy, consumer_env, publish_resilient, wait_for
 
 pytestmark = pytest.mark.integration

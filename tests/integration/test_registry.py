@@ -30,13 +30,13 @@ from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord
 from ingest import metrics
 from ingest.adapters.mqtt import MqttConfig
-from ingest.adapters.store import Store
 from ingest.registry import CURSOR, PROVIDER_OPTIONS, RegistryFollower, RegistryMirror, chain_provider
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Environment, load_settings
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import connected_publisher, publish_raw, unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import HangingProxy
 
 pytestmark = pytest.mark.integration
@@ -643,7 +643,7 @@ async def test_rpc_down_known_devices_flow_unknown_rejected_and_readyz_names_the
         await publish_raw(mosquitto.host, mosquitto.port, [*messages, stranger])
         await wait_for(lambda: _received(node, 6), what="6 messages judged")
         counts = await store.counts()
-        assert counts["packets"] == 5 and counts["rejections"] == {"unknown_device": 1}
+        assert counts.packets == 5 and counts.rejections == {"unknown_device": 1}
         assert not node.follower.reads["found"]
 
         await proxy.start()

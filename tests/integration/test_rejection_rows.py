@@ -20,7 +20,6 @@ from prometheus_client import REGISTRY
 
 from devices.protocol.model import Reason
 from ingest.adapters.mqtt import MqttConfig, Received, drop_session
-from ingest.adapters.store import Store
 from ingest.api.app import create_app
 from ingest.consumer import Consumer
 from ingest.core.rejection_budget import UNSIGNED, BudgetConfig, RejectionBudget
@@ -30,6 +29,7 @@ from ingest.service import serve_api
 from simulator import cheaters
 from simulator.fleet import SimDevice, device_record, make_fleet, next_message
 from simulator.publish import unique_client_id
+from tests.fixtures_pg import Store
 from tests.integration.test_workers import register
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
@@ -95,13 +95,13 @@ async def test_garbage_on_a_topic_is_budgeted_and_signed_rejections_stay_visible
         await consumer.handle(_batch([*junk, (b.topic, next_message(b, now - 10_000 + k * 1000))]))
 
     counts = await store.counts()
-    rows = counts["rejections"]
+    rows = counts.rejections
     # Every rejection counted; only the topic's burst (20) of unsigned ones got a row.
     assert consumer.stats.rejected["clock_skew"] == 3
     assert consumer.stats.rejected["malformed"] + consumer.stats.rejected["bad_signature"] == total_garbage
     assert rows.get("malformed", 0) + rows.get("bad_signature", 0) <= 20, rows
     assert rows["clock_skew"] == 3
-    assert counts["packets"] == 6  # b's packets were stored meanwhile
+    assert counts.packets == 6  # b's packets were stored meanwhile
     unrecorded = sum(_unrecorded(r) - before[r] for r in before)
     assert unrecorded >= total_garbage - 20
 
@@ -121,7 +121,7 @@ async def test_each_device_keeps_at_most_n_unsigned_rows_and_its_signed_ones(sto
     now = _now()
     await consumer.handle(_batch([(a.topic, next_message(a, now + 120_000))]))  # clock_skew, signed
     await consumer.handle(_batch([(a.topic, os.urandom(40)) for _ in range(500)]))
-    assert (await store.counts())["rejections"] == {"clock_skew": 1, "malformed": 500}
+    assert (await store.counts()).rejections == {"clock_skew": 1, "malformed": 500}
 
     async with _api(store) as url:
         crowded = [r["reason"] for r in await _device_rejections(url, a)]
@@ -147,7 +147,7 @@ async def test_rows_past_the_retention_are_deleted_in_batches(store: Store) -> N
     await store.write_batch([], old + recent)
     expired, trimmed = await store.prune_rejections(now - 7 * DAY_MS, sorted(UNSIGNED), 50, batch=4)
     assert (expired, trimmed) == (25, 0)  # 7 statements of ≤ 4 rows
-    assert (await store.counts())["rejections"] == {"clock_skew": 5}
+    assert (await store.counts()).rejections == {"clock_skew": 5}
 
 
 async def test_depin_run_budgets_garbage_and_prunes_expired_rows(

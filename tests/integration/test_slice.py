@@ -22,13 +22,14 @@ from devices.chain.signer import Signer
 from devices.protocol.codec import decode
 from devices.protocol.model import SignedMessage
 from ingest.adapters.mqtt import MqttConfig
-from ingest.adapters.store import Store
+from ingest.adapters.store import ReadStore
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.service import Node, build_node, serve_api
 from ingest.settings import Environment, load_settings
 from simulator import cheaters
 from simulator.fleet import make_fleet, next_message
 from simulator.publish import publish_raw, unique_client_id
+from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +79,8 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
     messages = [(d.topic, next_message(d, now - 50_000 + i * 1000)) for i in range(50) for d in fleet]
     await publish_raw(broker.host, broker.port, messages)
     await wait_until(lambda: node.consumer.stats.received >= 1000, what="1000 messages consumed")
-    counts = await node.store.counts()
-    assert counts["packets"] == 1000 and counts["readings"] == 1000
+    counts = await ReadStore(node.store.pool).counts()
+    assert counts.packets == 1000 and counts.readings == 1000
     assert node.mirror.block >= deployment.block and len(node.mirror.devices) == 20
 
     # Replays of 100 stored packets, 10 forgeries, one unregistered device, and a dashcam re-sending a
@@ -93,9 +94,9 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
         broker.host, broker.port, replays + forged + [cheaters.unregistered_device(now), copied]
     )
     await wait_until(lambda: node.consumer.stats.received >= 1112, what="1112 messages consumed")
-    counts = await node.store.counts()
-    assert counts["packets"] == 1001, "a replay stored something new"
-    assert counts["rejections"] == {"bad_signature": 10, "unknown_device": 1}
+    counts = await ReadStore(node.store.pool).counts()
+    assert counts.packets == 1001, "a replay stored something new"
+    assert counts.rejections == {"bad_signature": 10, "unknown_device": 1}
     assert node.consumer.stats.duplicates == 100
     frame = decode(frame_msg)
     assert isinstance(frame, SignedMessage) and frame.packet.readings[0].media is not None
@@ -114,7 +115,7 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
 
         # Close and publish the epoch; the chain's root is the API's root.
         row = await node.epochs.close_and_publish(1)
-        assert row["status"] == "published"
+        assert row.status == "published"
         distributor = DistributorClient(w3, deployment)
         async with http.get(f"{running['api']}/v1/epochs/1") as r:
             epoch = await r.json()

@@ -16,9 +16,11 @@ import pytest
 
 from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
-from ingest.adapters.store import DAY_MS, SEAL_LOCK_KEY, Store, ensure_partitions, ms_to_dt
+from ingest.adapters.store import ensure_partitions
+from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, DeviceReward, OwnerReward, Totals, ms_to_dt
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, RejectedMessage
+from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
 
@@ -150,11 +152,7 @@ async def test_write_batch_stores_and_is_idempotent(store: Store) -> None:
     assert (again.stored, again.readings, again.rejections) == (0, 0, 0)
     assert sorted(again.duplicates) == sorted((p.device_id, p.seq) for p in pkts)
     assert again.replays == []
-    assert await store.counts() == {
-        "packets": 3,
-        "readings": 9,
-        "rejections": {"bad_signature": 1, "malformed": 1},
-    }
+    assert await store.counts() == Totals(3, 9, {"bad_signature": 1, "malformed": 1})
 
 
 async def test_duplicate_vs_replay(store: Store) -> None:
@@ -184,7 +182,7 @@ async def test_in_batch_duplicate_and_replay(store: Store) -> None:
     assert (res.stored, res.readings) == (1, 3)
     assert res.duplicates == [(dev(3), 1)]
     assert res.replays == [(dev(3), 1)]
-    assert (await store.counts())["readings"] == 3
+    assert (await store.counts()).readings == 3
     assert bytes(await store.pool.fetchval("SELECT payload_digest FROM packets")) == first.payload_digest
 
 
@@ -198,8 +196,8 @@ async def test_concurrent_writers_overlapping_batches(store: Store) -> None:
         assert sum(r.stored for r in results) in (len(pkts), 0)
         assert all(r.replays == [] for r in results)
         assert sum(r.stored + len(r.duplicates) for r in results) == 2 * len(pkts)
-    assert (await store.counts())["packets"] == len(pkts)
-    assert (await store.counts())["readings"] == 2 * len(pkts)
+    assert (await store.counts()).packets == len(pkts)
+    assert (await store.counts()).readings == 2 * len(pkts)
 
 
 async def test_rejections_unique_per_message(store: Store) -> None:
@@ -210,9 +208,9 @@ async def test_rejections_unique_per_message(store: Store) -> None:
     assert res.rejections == 0
     recent = await store.recent_rejections(dev(1), 10)
     assert len(recent) == 1
-    assert recent[0]["reason"] == "bad_signature"
-    assert recent[0]["device_id"] == dev(1).hex()
-    assert recent[0]["message_digest"] == r.message_digest.hex()
+    assert recent[0].reason == "bad_signature"
+    assert recent[0].device_id == dev(1)
+    assert recent[0].message_digest == r.message_digest
     assert await store.recent_rejections(dev(2), 10) == []
 
 
@@ -236,12 +234,12 @@ async def test_hostile_values_do_not_fail_the_batch(store: Store) -> None:
     res = await store.write_batch([p1, p2], [r])
     assert (res.stored, res.readings, res.rejections) == (1, 2, 2)
     page = await store.readings(device_id=dev(4), start_ms=0, end_ms=now_ms() + DAY_MS, limit=10)
-    item = page["items"][0]
-    assert item["vals"] == {"t\ufffdx": 1.5}
-    assert [(x["acc"], x["alt"]) for x in page["items"]] == [(None, None)] * 2
-    assert item["media"] == {"sha256": "01" * 32, "uri": "s3://b/\ufffdk"}
-    reasons = {x["reason"]: x for x in await store.recent_rejections(None, 10)}
-    assert reasons["malformed"]["seq"] in (None, 2)
+    item = page.items[0]
+    assert item.vals == {"t\ufffdx": 1.5}
+    assert [(x.acc, x.alt) for x in page.items] == [(None, None)] * 2
+    assert (item.media_sha256, item.media_uri) == (b"\x01" * 32, "s3://b/\ufffdk")
+    reasons = {x.reason: x for x in await store.recent_rejections(None, 10)}
+    assert reasons["malformed"].seq in (None, 2)
 
 
 # --- media reuse -----------------------------------------------------------------------------------
@@ -337,7 +335,7 @@ async def test_daily_partitions_and_default(store: Store) -> None:
         assert created == [_day_name(old)]
         assert await ensure_partitions(conn, ms_to_dt(old), ms_to_dt(old)) == []
     assert await _partition_of(store, dev(3)) == {_day_name(old)}
-    assert (await store.counts())["readings"] == 3
+    assert (await store.counts()).readings == 3
     # The key still holds on the moved partition: the same packet is a duplicate, not a second row.
     res = await store.write_batch([packet(dev(3), 1, ts0=old, n=1)], [])
     assert res.duplicates == [(dev(3), 1)]
@@ -442,7 +440,7 @@ async def test_epoch_coverage_aggregation(store: Store) -> None:
 async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> None:
     big = 2**255 + 12345  # far beyond 2^64
     owner1, owner2 = "0xAbC" + "0" * 37, "0x" + "02" * 20
-    proof = ["0x" + "ab" * 32, "0x" + "cd" * 32]
+    proof = [b"\xab" * 32, b"\xcd" * 32]
     args = dict(
         epoch=1,
         start_ms=1_000,
@@ -453,15 +451,21 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
         root=b"\x01" * 32,
         inputs_digest=b"\x02" * 32,
         manifest={"epoch": 1, "params": {"k": 10}},
-        device_rewards=[(dev(1), owner1, CELL_A, 5, big - 1), (dev(2), owner2, CELL_B, 1, 1)],
-        owner_rewards=[(owner1, big - 1, big - 1, proof), (owner2, 1, 1, [])],
+        device_rewards=[
+            DeviceReward(dev(1), owner1, CELL_A, 5, big - 1),
+            DeviceReward(dev(2), owner2, CELL_B, 1, 1),
+        ],
+        owner_rewards=[OwnerReward(owner1, big - 1, big - 1, proof), OwnerReward(owner2, 1, 1, [])],
     )
     saved = await store.save_epoch_result(**args)  # type: ignore[arg-type]
-    assert saved["status"] == "closed"
-    assert (saved["emission"], saved["allocated"], saved["unissued"]) == (big + 10, big, 10)
-    assert saved["root"] == "0x" + "01" * 32
-    assert saved["manifest"] == {"epoch": 1, "params": {"k": 10}}
-    assert (saved["start_ms"], saved["end_ms"]) == (1_000, 2_000)
+    assert saved.status == "closed"
+    assert (saved.emission, saved.allocated, saved.unissued) == (big + 10, big, 10)
+    assert saved.root == b"\x01" * 32
+    assert saved.manifest == {"epoch": 1, "params": {"k": 10}}
+    assert (saved.start_ms, saved.end_ms) == (1_000, 2_000)
+    # The column keeps the proof as the 0x-hex list OpenZeppelin's tools read.
+    stored_proof = await store.pool.fetchval("SELECT proof FROM owner_rewards WHERE owner = $1", owner1)
+    assert stored_proof == ["0x" + "ab" * 32, "0x" + "cd" * 32]
 
     # Same epoch again with different numbers: nothing changes, the stored row comes back.
     again = await store.save_epoch_result(**{**args, "allocated": 1, "owner_rewards": []})  # type: ignore[arg-type]
@@ -469,18 +473,22 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
     assert await store.pool.fetchval("SELECT count(*) FROM owner_rewards") == 2
 
     reward = await store.owner_reward(1, owner1.lower())
-    assert reward == {"epoch": 1, "owner": owner1, "amount": big - 1, "cumulative": big - 1, "proof": proof}
+    assert reward == OwnerReward(owner1, big - 1, big - 1, proof)
     assert await store.owner_reward(1, "0x" + "99" * 20) is None
     rewards = await store.epoch_rewards(1)
-    assert rewards["devices"][0]["amount"] in (big - 1, 1)
-    assert sum(d["amount"] for d in rewards["devices"]) == big
+    assert rewards.devices[0].amount in (big - 1, 1)
+    assert sum(d.amount for d in rewards.devices) == big
+    assert rewards.owners == [
+        OwnerReward(owner2, 1, 1, []),
+        OwnerReward(owner1, big - 1, big - 1, proof),
+    ]  # by owner
 
     args2 = {
         **args,
         "epoch": 2,
         "start_ms": 2_000,
         "end_ms": 3_000,
-        "owner_rewards": [(owner1, 5, big + 4, [])],
+        "owner_rewards": [OwnerReward(owner1, 5, big + 4, [])],
         "device_rewards": [],
     }
     await store.save_epoch_result(**args2)  # type: ignore[arg-type]
@@ -493,13 +501,14 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
     # Publish journal and status transitions.
     assert await store.journal_tx(1, b"\xf8raw", b"\x0a" * 32, 7)
     e = await store.get_epoch(1)
-    assert e is not None and (e["raw_tx"], e["tx_nonce"], e["status"]) == ("0xf8726177", 7, "closed")
+    assert e is not None and (e.raw_tx, e.tx_nonce, e.status) == (b"\xf8raw", 7, "closed")
+    assert e.journal == (b"\xf8raw", b"\x0a" * 32, 7)
     assert not await store.mark_settled(1)  # not published yet
     assert await store.mark_published(1, b"\x0a" * 32, 123)
     assert await store.mark_settled(1)
     e = await store.get_epoch(1)
-    assert e is not None and (e["status"], e["block_number"]) == ("settled", 123)
-    assert e["published_ms"] is not None
+    assert e is not None and (e.status, e.block_number) == ("settled", 123)
+    assert e.published_ms is not None
     assert not await store.journal_tx(1, b"x", b"y", 8)  # settled: the journal is frozen
     assert not await store.mark_published(1, b"\x0b" * 32, 124)
     assert await store.get_epoch(99) is None
@@ -536,14 +545,10 @@ async def test_seal_refuses_new_packets_of_a_closed_epoch_but_not_redeliveries(s
     assert sorted(res.epoch_closed) == [(dev(2), 1), (dev(2), 1), (dev(2), 2)]
     assert res.rejections == 3  # late (once: the same message twice), spanning, replay
     rows = await store.recent_rejections(dev(2))
-    assert sorted((r["seq"], r["reason"]) for r in rows) == [(1, "epoch_closed"), (2, "epoch_closed")]
-    detail = next(r["detail"] for r in rows if r["seq"] == 1)
+    assert sorted((r.seq, r.reason) for r in rows) == [(1, "epoch_closed"), (2, "epoch_closed")]
+    detail = next(r.detail for r in rows if r.seq == 1)
     assert "epochs ≤ 4" in detail and ms_to_dt(t).isoformat(timespec="milliseconds")[:23] in detail
-    assert await store.counts() == {
-        "packets": 2,
-        "readings": 3,
-        "rejections": {"epoch_closed": 2, "replay": 1},
-    }
+    assert await store.counts() == Totals(2, 3, {"epoch_closed": 2, "replay": 1})
     # A redelivery of the refused packet is refused again, and records nothing new.
     again = await store.write_batch([late], [])
     assert (again.stored, again.epoch_closed, again.rejections) == (0, [(dev(2), 1)], 0)
@@ -639,8 +644,8 @@ async def test_cursor_pagination_returns_every_row_once(store: Store) -> None:
         after = None
         while True:
             page = await store.readings(start_ms=t0, end_ms=t0 + 3_600_000, limit=7, after=after, **filters)  # type: ignore[arg-type]
-            out += [(i["ts"], i["device_id"], i["seq"], i["idx"]) for i in page["items"]]
-            after = page["next"]
+            out += [(i.ts_ms, i.device_id.hex(), i.seq, i.idx) for i in page.items]
+            after = page.next
             if after is None:
                 return out
 
@@ -658,7 +663,7 @@ async def test_cursor_pagination_returns_every_row_once(store: Store) -> None:
     assert len(in_a) == 52
     assert one_cell == [k for k in everything if k[1:] in in_a]
     page = await store.readings(cell=CELL_A, start_ms=t0, end_ms=t0 + 3_600_000, limit=1)
-    assert page["items"][0]["cell"] == "8928308280fffff"
+    assert page.items[0].cell == CELL_A
 
 
 # --- embedded server ------------------------------------------------------------------------------

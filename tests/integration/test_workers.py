@@ -18,11 +18,11 @@ from devices.chain.registry import DeviceInput, RegistryClient
 from devices.protocol.topics import ack_topic
 from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
-from ingest.adapters.store import Store
 from ingest.consumer import Consumer
 from simulator import cheaters
 from simulator.fleet import SimDevice, device_record, make_fleet, next_message, readings_for
 from simulator.publish import unique_client_id
+from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,13 @@ stolen nonce, a restored database); these pin the order of the steps in millisec
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pytest
 
 from devices.errors import DepinError, NonceTooLowError
+from ingest.adapters.store.rows import EpochRow
 from ingest.epochs import (
     EpochConfig,
     EpochNotClosedError,
@@ -44,42 +45,52 @@ class Journal:
     the order of the steps across both."""
 
     log: list[str]
-    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[int, EpochRow] = field(default_factory=dict)
 
     def closed(self, epoch: int, root: bytes = ROOT, allocated: int = 500) -> None:
-        self.rows[epoch] = {
-            "epoch": epoch,
-            "status": "closed",
-            "root": "0x" + root.hex(),
-            "allocated": allocated,
-            "raw_tx": None,
-            "tx_hash": None,
-            "tx_nonce": None,
-            "block_number": None,
-        }
+        self.rows[epoch] = EpochRow(
+            epoch=epoch,
+            start_ms=0,
+            end_ms=60_000,
+            status="closed",
+            emission=1000,
+            allocated=allocated,
+            unissued=1000 - allocated,
+            root=root,
+            inputs_digest=b"\x00" * 32,
+            manifest={},
+            tx_hash=None,
+            raw_tx=None,
+            tx_nonce=None,
+            block_number=None,
+            closed_ms=60_000,
+            published_ms=None,
+        )
 
-    async def get_epoch(self, epoch: int) -> dict[str, Any] | None:
-        row = self.rows.get(epoch)
-        return None if row is None else dict(row)
+    def _update(self, epoch: int, **changes: Any) -> None:
+        self.rows[epoch] = replace(self.rows[epoch], **changes)
+
+    async def get_epoch(self, epoch: int) -> EpochRow | None:
+        return self.rows.get(epoch)
 
     async def journal_tx(self, epoch: int, raw_tx: bytes, tx_hash: bytes, nonce: int) -> bool:
         self.log.append(f"journal nonce {nonce}")
-        self.rows[epoch].update(raw_tx="0x" + raw_tx.hex(), tx_hash="0x" + tx_hash.hex(), tx_nonce=nonce)
+        self._update(epoch, raw_tx=raw_tx, tx_hash=tx_hash, tx_nonce=nonce)
         return True
 
     async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
         self.log.append("clear journal")
-        self.rows[epoch].update(raw_tx=None, tx_hash=None, tx_nonce=None)
+        self._update(epoch, raw_tx=None, tx_hash=None, tx_nonce=None)
         return True
 
     async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
         self.log.append(f"published in block {block}")
-        self.rows[epoch].update(status="published", tx_hash="0x" + tx_hash.hex(), block_number=block)
+        self._update(epoch, status="published", tx_hash=tx_hash, block_number=block)
         return True
 
     async def settle_without_tx(self, epoch: int) -> bool:
         self.log.append("settled")
-        self.rows[epoch]["status"] = "settled"
+        self._update(epoch, status="settled")
         return True
 
 
@@ -170,8 +181,8 @@ async def test_the_transaction_is_journaled_before_it_is_broadcast() -> None:
     journal, chain, log = world()
     row = await publisher(journal, chain).publish(1)
     assert log == ["sign nonce 0", "journal nonce 0", "broadcast", "published in block 101"]
-    assert row["status"] == "published" and chain.roots[1] == ROOT
-    assert row["tx_hash"] == "0x" + hashlib.sha256(chain.broadcasts[0]).hexdigest()
+    assert row.status == "published" and chain.roots[1] == ROOT
+    assert row.tx_hash == hashlib.sha256(chain.broadcasts[0]).digest()
 
 
 @pytest.mark.parametrize("step", ["broadcast", "receipt"])
@@ -181,9 +192,9 @@ async def test_after_a_crash_the_same_bytes_are_rebroadcast(step: str) -> None:
     journal, chain, log = world(crash_on=step)
     with pytest.raises(Crash):
         await publisher(journal, chain).publish(1)
-    assert journal.rows[1]["raw_tx"] is not None and journal.rows[1]["status"] == "closed"
+    assert journal.rows[1].raw_tx is not None and journal.rows[1].status == "closed"
     row = await publisher(journal, chain).publish(1)
-    assert row["status"] == "published"
+    assert row.status == "published"
     assert log.count("sign nonce 0") == 1 and not any(e.startswith("sign nonce 1") for e in log)
     assert chain.broadcasts[0] == chain.broadcasts[1] and len(chain.broadcasts) == 2
     assert log.index("journal nonce 0") < log.index("broadcast")
@@ -194,7 +205,7 @@ async def test_a_root_found_on_chain_is_adopted_without_sending() -> None:
     journal, chain, log = world()
     chain.roots[1], chain.events[1] = ROOT, (b"\xaa" * 32, 42)
     row = await publisher(journal, chain).publish(1)
-    assert row["status"] == "published" and row["tx_hash"] == "0x" + "aa" * 32 and row["block_number"] == 42
+    assert row.status == "published" and row.tx_hash == b"\xaa" * 32 and row.block_number == 42
     assert chain.broadcasts == [] and log == ["published in block 42"]
 
 
@@ -203,7 +214,7 @@ async def test_another_root_on_chain_stops_for_an_operator() -> None:
     chain.roots[1] = OTHER_ROOT
     with pytest.raises(RootMismatchError, match="already on chain with root 0x0707"):
         await publisher(journal, chain).publish(1)
-    assert log == [] and journal.rows[1]["status"] == "closed"  # nothing signed, nothing sent
+    assert log == [] and journal.rows[1].status == "closed"  # nothing signed, nothing sent
 
 
 async def test_a_transaction_whose_nonce_was_taken_is_re_signed() -> None:
@@ -214,7 +225,7 @@ async def test_a_transaction_whose_nonce_was_taken_is_re_signed() -> None:
         await publisher(journal, chain).publish(1)
     chain.used_nonces.add(0)  # someone else's transaction, mined at our nonce
     row = await publisher(journal, chain).publish(1)
-    assert row["status"] == "published"
+    assert row.status == "published"
     assert log == [
         "sign nonce 0",
         "journal nonce 0",
@@ -248,7 +259,7 @@ async def test_a_never_mined_transaction_whose_nonce_moved_on_is_re_signed() -> 
 
     chain.broadcast = replaced_then_mined  # type: ignore[method-assign]
     row = await epochs.publish(1)
-    assert row["status"] == "published"
+    assert row.status == "published"
     assert [e for e in log if e.startswith(("sign", "clear"))] == [
         "sign nonce 0",
         "clear journal",
@@ -261,23 +272,23 @@ async def test_a_second_lost_nonce_is_an_error_for_the_scheduler_to_retry() -> N
     with pytest.raises(NonceLostTwiceError, match="epoch 1: a second publish tx lost its nonce too"):
         await publisher(journal, chain).publish(1)
     assert [e for e in log if e.startswith("sign")] == ["sign nonce 0", "sign nonce 1"]
-    assert journal.rows[1]["raw_tx"] is None and journal.rows[1]["status"] == "closed"
+    assert journal.rows[1].raw_tx is None and journal.rows[1].status == "closed"
 
 
 async def test_a_reverted_publish_clears_the_journal() -> None:
     journal, chain, log = world(revert=True)
     with pytest.raises(PublishRevertedError, match=r"publishEpoch\(1\) reverted"):
         await publisher(journal, chain).publish(1)
-    assert journal.rows[1]["raw_tx"] is None and log[-1] == "clear journal"
+    assert journal.rows[1].raw_tx is None and log[-1] == "clear journal"
     chain.revert = False
-    assert (await publisher(journal, chain).publish(1))["status"] == "published"  # a new tx, nonce 1
+    assert (await publisher(journal, chain).publish(1)).status == "published"  # a new tx, nonce 1
     assert "sign nonce 1" in log
 
 
 async def test_nothing_to_commit_to_settles_without_a_transaction() -> None:
     journal, chain, log = world()
     journal.closed(1, root=b"\x00" * 32, allocated=0)
-    assert (await publisher(journal, chain).publish(1))["status"] == "settled"
+    assert (await publisher(journal, chain).publish(1)).status == "settled"
     assert log == ["settled"] and chain.broadcasts == []
 
 

@@ -1,0 +1,227 @@
+"""The epoch scheduler's part of the store: coverage to score, epoch results and rewards, the seal
+watermark, the scheduler lock, and the publish journal (docs/DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ingest.adapters.store.rows import (
+    SEAL_LOCK_KEY,
+    DeviceReward,
+    EpochRow,
+    OwnerReward,
+    PoolStore,
+    cell_to_db,
+    dt_to_ms,
+    fetch_epoch,
+    ms_to_dt,
+    proof_to_db,
+)
+from ingest.model import CoverageRow
+
+log = logging.getLogger(__name__)
+
+# Advisory-lock key ("depin_sc") held by the epoch scheduler while it decides and acts, so two processes
+# running the `epochs` part never close or sign a publish for the same epoch at once.
+SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
+
+
+class EpochStore(PoolStore):
+    """Tables `epochs`, `device_rewards`, `owner_rewards`, `epoch_seal`; reads `readings` and `devices`."""
+
+    async def epoch_coverage(self, start_ms: int, end_ms: int) -> list[CoverageRow]:
+        """Per (device, cell): clean readings and flagged readings with start_ms <= ts < end_ms.
+
+        Joined with the registry mirror as it is now (owner at close time); devices missing from the
+        mirror are left out. Ordered by (device_id, cell) so the result is deterministic.
+        """
+        rows = await self.pool.fetch(
+            """SELECT c.device_id, d.owner, d.hw_class, c.cell, c.readings, c.flagged, d.registered_block
+               FROM (SELECT device_id, cell,
+                            count(*) FILTER (WHERE flags = 0)  AS readings,
+                            count(*) FILTER (WHERE flags <> 0) AS flagged
+                     FROM readings
+                     WHERE ts >= $1 AND ts < $2
+                     GROUP BY device_id, cell) c
+               JOIN devices d USING (device_id)
+               ORDER BY c.device_id, c.cell""",
+            ms_to_dt(start_ms),
+            ms_to_dt(end_ms),
+        )
+        # The columns are CoverageRow's fields, in order.
+        return [CoverageRow(bytes(device_id), *rest) for device_id, *rest in rows]
+
+    async def save_epoch_result(
+        self,
+        epoch: int,
+        start_ms: int,
+        end_ms: int,
+        emission: int,
+        allocated: int,
+        unissued: int,
+        root: bytes,
+        inputs_digest: bytes,
+        manifest: dict[str, Any],
+        device_rewards: Sequence[DeviceReward],
+        owner_rewards: Sequence[OwnerReward],
+    ) -> EpochRow:
+        """Record a closed epoch and its rewards in one transaction; status 'closed'.
+
+        Idempotent: if the epoch is already stored, nothing is
+        changed and the stored row is returned (compare it with what you computed).
+        """
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                new = await conn.fetchval(
+                    """INSERT INTO epochs (epoch, start_at, end_at, status, emission, allocated, unissued,
+                                           root, inputs_digest, manifest)
+                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9)
+                       ON CONFLICT (epoch) DO NOTHING
+                       RETURNING epoch""",
+                    epoch,
+                    ms_to_dt(start_ms),
+                    ms_to_dt(end_ms),
+                    emission,
+                    allocated,
+                    unissued,
+                    root,
+                    inputs_digest,
+                    manifest,
+                )
+                if new is not None:
+                    if device_rewards:
+                        await conn.copy_records_to_table(
+                            "device_rewards",
+                            columns=["epoch", "device_id", "owner", "cell", "readings", "amount"],
+                            records=[(epoch, d, o, cell_to_db(c), n, a) for d, o, c, n, a in device_rewards],
+                        )
+                    if owner_rewards:
+                        await conn.copy_records_to_table(
+                            "owner_rewards",
+                            columns=["epoch", "owner", "amount", "cumulative", "proof"],
+                            records=[(epoch, o, a, cum, proof_to_db(p)) for o, a, cum, p in owner_rewards],
+                        )
+                else:
+                    log.info("epoch %s already stored; keeping the stored result", epoch)
+            row = await fetch_epoch(conn, epoch)
+        assert row is not None
+        return row
+
+    async def get_epoch(self, epoch: int) -> EpochRow | None:
+        return await fetch_epoch(self.pool, epoch)
+
+    async def epoch_progress(self) -> tuple[int | None, int | None]:
+        """(highest stored epoch, lowest epoch stored as 'closed': not yet published nor settled)."""
+        row = await self.pool.fetchrow(
+            """SELECT max(epoch) AS last, min(epoch) FILTER (WHERE status = 'closed') AS unpublished
+               FROM epochs"""
+        )
+        assert row is not None
+        return row["last"], row["unpublished"]
+
+    async def earliest_reading_ms(self) -> int | None:
+        """The earliest stored reading's timestamp. A scan (no btree on ts): the scheduler asks only
+        while no epoch is stored."""
+        value = await self.pool.fetchval("SELECT min(ts) FROM readings")
+        return None if value is None else dt_to_ms(value)
+
+    @asynccontextmanager
+    async def scheduler_turn(self) -> AsyncIterator[bool]:
+        """Yields True while this caller holds the scheduler lock (session-level, one pooled connection
+        kept for the turn), False if another scheduler holds it now (do nothing, look again later)."""
+        async with self.pool.acquire() as conn:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+
+    async def seal_epoch(self, epoch: int, until_ms: int) -> tuple[int, int]:
+        """Refuse new packets whose first reading is before `until_ms` (the end of `epoch`) from now on.
+
+        Takes the seal lock EXCLUSIVE: waits for the batches in flight (each holds it shared) to
+        commit, and batches that start later see the new watermark. Monotone (a lower value changes
+        nothing) and idempotent. Returns the (sealed_until ms, sealed_epoch) in force afterwards.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK_KEY)
+            row = await conn.fetchrow(
+                """UPDATE epoch_seal SET sealed_until = greatest(sealed_until, $1),
+                       sealed_epoch = greatest(sealed_epoch, $2),
+                       sealed_at = CASE WHEN $1 > sealed_until THEN now() ELSE sealed_at END
+                   RETURNING sealed_until, sealed_epoch""",
+                ms_to_dt(until_ms),
+                epoch,
+            )
+        assert row is not None, "epoch_seal has lost its row"
+        return dt_to_ms(row["sealed_until"]), row["sealed_epoch"]
+
+    async def sealed_until(self) -> tuple[int | None, int]:
+        """(watermark ms or None if nothing is sealed, highest sealed epoch)."""
+        row = await self.pool.fetchrow("SELECT sealed_until, sealed_epoch FROM epoch_seal")
+        if row is None or row["sealed_epoch"] == 0:  # still '-infinity' (asyncpg: a naive datetime.min)
+            return None, 0
+        return dt_to_ms(row["sealed_until"]), row["sealed_epoch"]
+
+    async def cumulative_by_owner(self, before_epoch: int) -> dict[str, int]:
+        """Each owner's latest cumulative total from epochs < before_epoch (the base for the next tree)."""
+        rows = await self.pool.fetch(
+            """SELECT DISTINCT ON (owner) owner, cumulative FROM owner_rewards
+               WHERE epoch < $1 ORDER BY owner, epoch DESC""",
+            before_epoch,
+        )
+        return {r["owner"]: int(r["cumulative"]) for r in rows}
+
+    async def journal_tx(self, epoch: int, raw_tx: bytes, tx_hash: bytes, nonce: int) -> bool:
+        """Store the signed publish tx before broadcasting it. False if the epoch is missing or settled."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET raw_tx = $2, tx_hash = $3, tx_nonce = $4
+               WHERE epoch = $1 AND status <> 'settled'""",
+            epoch,
+            raw_tx,
+            tx_hash,
+            nonce,
+        )
+        return status == "UPDATE 1"
+
+    async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
+        """Forget a journaled publish tx that was mined and reverted, so a new one is signed."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET raw_tx = NULL, tx_hash = NULL, tx_nonce = NULL
+               WHERE epoch = $1 AND tx_hash = $2 AND status = 'closed'""",
+            epoch,
+            tx_hash,
+        )
+        return status == "UPDATE 1"
+
+    async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
+        """Receipt seen in `block`. Callable again after a reorg moved the tx; False once settled."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET status = 'published', tx_hash = $2, block_number = $3,
+                   published_at = coalesce(published_at, now())
+               WHERE epoch = $1 AND status <> 'settled'""",
+            epoch,
+            tx_hash,
+            block,
+        )
+        return status == "UPDATE 1"
+
+    async def settle_without_tx(self, epoch: int) -> bool:
+        """An epoch that commits to nothing (nobody has ever earned) is final without a transaction."""
+        status = await self.pool.execute(
+            "UPDATE epochs SET status = 'settled' WHERE epoch = $1 AND status = 'closed' AND raw_tx IS NULL",
+            epoch,
+        )
+        return status == "UPDATE 1"
+
+    async def mark_settled(self, epoch: int) -> bool:
+        """Final past the confirmation depth. Only a published epoch settles; True also if already settled."""
+        status = await self.pool.execute(
+            "UPDATE epochs SET status = 'settled' WHERE epoch = $1 AND status IN ('published', 'settled')",
+            epoch,
+        )
+        return status == "UPDATE 1"

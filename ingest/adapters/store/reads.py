@@ -1,0 +1,192 @@
+"""The API's part of the store: read-only queries (readings pages, rejections, totals, epochs and
+rewards), on the API's own pool in production (docs/RELIABILITY.md G34). Rows are typed
+(`ingest.adapters.store.rows`); `ingest/api/shapes.py` turns them into the JSON the API documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.adapters.store.rows import (
+    DeviceReward,
+    EpochRewards,
+    EpochRow,
+    OwnerReward,
+    PoolStore,
+    Position,
+    ReadingPage,
+    ReadingRow,
+    RejectionRow,
+    Totals,
+    bytes_or_none,
+    cell_to_db,
+    clamped_dt,
+    dt_to_ms,
+    fetch_epoch,
+    ms_to_dt,
+    proof_from_db,
+)
+
+_READING_SELECT = (
+    "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
+)
+
+
+class ReadStore(PoolStore):
+    """What the API reads. Nothing here writes."""
+
+    async def readings(
+        self,
+        *,
+        device_id: bytes | None = None,
+        cell: int | None = None,
+        start_ms: int,
+        end_ms: int,
+        limit: int = 1000,
+        after: Position | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadingPage:
+        """Readings with start_ms <= ts < end_ms, ordered by (ts, device_id, seq, idx).
+
+        Returns the page's rows and `next`: pass it back as `after` for the following page (it is the
+        (ts_ms, device_id, seq, idx) of the last item, None when the page was short).
+        `max_bytes` also ends the page once its rows' estimated JSON size (vals, media uri and a fixed
+        300 bytes per row) passes that many bytes — decided in SQL over at most `limit` rows, so a
+        page of large readings is cut short (at least one row, `next` set) instead of being built in
+        memory whole.
+        """
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        args: list[Any] = [clamped_dt(start_ms), clamped_dt(end_ms)]
+        conds = ["ts >= $1", "ts < $2"]
+        if device_id is not None:
+            args.append(device_id)
+            conds.append(f"device_id = ${len(args)}")
+        if cell is not None:
+            args.append(cell_to_db(cell))
+            conds.append(f"cell = ${len(args)}")
+        if after is not None:
+            a_ts, a_dev, a_seq, a_idx = after
+            n = len(args)
+            args += [ms_to_dt(a_ts), a_dev, a_seq, a_idx]
+            # The redundant `ts >= …` lets the planner use it as an index bound; the row comparison is
+            # the exact keyset condition.
+            conds.append(f"ts >= ${n + 1}")
+            conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
+        args.append(limit)
+        page = (
+            f"SELECT {_READING_SELECT} FROM readings WHERE {' AND '.join(conds)} "
+            f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
+        )
+        if max_bytes is None:
+            rows = await self.pool.fetch(page, *args)
+            cut = False
+        else:
+            args.append(max_bytes)
+            rows = await self.pool.fetch(
+                f"""SELECT * FROM (
+                        SELECT *, count(*) OVER () AS _n, row_number() OVER w AS _i,
+                               sum(300 + coalesce(octet_length(vals::text), 0)
+                                   + coalesce(octet_length(media_uri), 0)) OVER w AS _upto
+                        FROM ({page}) p
+                        WINDOW w AS (ORDER BY ts, device_id, seq, idx ROWS UNBOUNDED PRECEDING)) q
+                    WHERE _upto <= ${len(args)} OR _i = 1
+                    ORDER BY ts, device_id, seq, idx""",
+                *args,
+            )
+            cut = bool(rows) and len(rows) < rows[0]["_n"]
+        # The first columns are _READING_SELECT's, in ReadingRow's order (then the window's, if any);
+        # unpacking them beats 14 lookups by name on a page of thousands of rows.
+        n = len(ReadingRow._fields)
+        items = [
+            ReadingRow._make((dt_to_ms(ts), bytes(dev), *mid, bytes_or_none(sha), uri, flags))
+            for ts, dev, *mid, sha, uri, flags in (r[:n] for r in rows)
+        ]
+        nxt = None
+        if rows and (len(rows) == limit or cut):
+            last = rows[-1]
+            nxt = (dt_to_ms(last["ts"]), bytes(last["device_id"]), last["seq"], last["idx"])
+        return ReadingPage(items, nxt)
+
+    async def recent_rejections(self, device_id: bytes | None = None, limit: int = 100) -> list[RejectionRow]:
+        """Newest first; `device_id=None` lists all devices. `detail` and `topic` are cut at 1,000 and
+        300 characters (a topic may be 64 KiB), so a page of 1,000 stays about 1.5 MB at most."""
+        sql = (
+            "SELECT id, message_digest, device_id, seq, reason, left(detail, 1000) AS detail, "
+            "left(topic, 300) AS topic, received_at FROM rejections"
+        )
+        args: list[Any] = []
+        if device_id is not None:
+            sql += " WHERE device_id = $1"
+            args.append(device_id)
+        args.append(limit)
+        sql += f" ORDER BY received_at DESC, id DESC LIMIT ${len(args)}"
+        return [
+            RejectionRow(id_, bytes(digest), bytes_or_none(dev), seq, reason, detail, topic, dt_to_ms(at))
+            for id_, digest, dev, seq, reason, detail, topic, at in await self.pool.fetch(sql, *args)
+        ]
+
+    async def stats(self) -> Totals:
+        """Totals from the maintained counters (`stats_counters`, added to by every batch in its own
+        transaction): a read of a few dozen rows, never a table scan. Cumulative since the database was
+        created: rows removed later (retention) stay counted."""
+        rows = await self.pool.fetch("SELECT name, sum(n)::bigint AS n FROM stats_counters GROUP BY name")
+        totals = {r["name"]: r["n"] for r in rows}
+        return Totals(
+            packets=totals.get("packets", 0),
+            readings=totals.get("readings", 0),
+            rejections={
+                name.removeprefix("rejections:"): n
+                for name, n in sorted(totals.items())
+                if name.startswith("rejections:")
+            },
+        )
+
+    async def counts(self) -> Totals:
+        """Exact counts by full scans, for the demo summary and tests. The API serves `stats()`."""
+        async with self.pool.acquire() as conn:
+            packets = await conn.fetchval("SELECT count(*) FROM packets")
+            readings = await conn.fetchval("SELECT count(*) FROM readings")
+            by_reason = await conn.fetch("SELECT reason, count(*) AS n FROM rejections GROUP BY reason")
+        return Totals(packets, readings, {r["reason"]: r["n"] for r in by_reason})
+
+    async def get_epoch(self, epoch: int) -> EpochRow | None:
+        return await fetch_epoch(self.pool, epoch)
+
+    async def last_epoch(self) -> int | None:
+        value: int | None = await self.pool.fetchval("SELECT max(epoch) FROM epochs")
+        return value
+
+    async def epoch_rewards(self, epoch: int) -> EpochRewards:
+        """Every device and owner amount of an epoch, read back from `device_rewards` and `owner_rewards`."""
+        async with self.pool.acquire() as conn:
+            devices = await conn.fetch(
+                "SELECT device_id, owner, cell, readings, amount FROM device_rewards WHERE epoch = $1 "
+                "ORDER BY device_id, cell",
+                epoch,
+            )
+            owners = await conn.fetch(
+                "SELECT owner, amount, cumulative, proof FROM owner_rewards WHERE epoch = $1 ORDER BY owner",
+                epoch,
+            )
+        return EpochRewards(
+            devices=[
+                DeviceReward(bytes(r["device_id"]), r["owner"], r["cell"], r["readings"], int(r["amount"]))
+                for r in devices
+            ],
+            owners=[_owner_reward(r) for r in owners],
+        )
+
+    async def owner_reward(self, epoch: int, owner: str) -> OwnerReward | None:
+        """An owner's amount, cumulative total and claim proof; the address matches case-insensitively."""
+        row = await self.pool.fetchrow(
+            """SELECT owner, amount, cumulative, proof FROM owner_rewards
+               WHERE epoch = $1 AND lower(owner) = lower($2)""",
+            epoch,
+            owner,
+        )
+        return None if row is None else _owner_reward(row)
+
+
+def _owner_reward(r: Any) -> OwnerReward:
+    return OwnerReward(r["owner"], int(r["amount"]), int(r["cumulative"]), proof_from_db(r["proof"]))

@@ -1,0 +1,83 @@
+"""The store's typed rows as the JSON the API documents (ingest/api/openapi.py).
+
+Conventions: times as epoch milliseconds, device ids and message digests as plain hex, chain values
+(roots, digests, tx hashes, proofs) as 0x-hex, H3 cells as the usual H3 hex string, token amounts as
+decimal strings (they exceed JSON's safe integers), flags by name (README "Outcomes and reason codes").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.adapters.store.rows import EpochRow, OwnerReward, ReadingRow, RejectionRow, Totals
+from ingest.core.rules import flag_reasons
+
+
+def hex0x(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + b.hex()
+
+
+def reading_json(r: ReadingRow) -> dict[str, Any]:
+    return {
+        "ts": r.ts_ms,
+        "device_id": r.device_id.hex(),
+        "seq": r.seq,
+        "idx": r.idx,
+        "lat": r.lat,
+        "lon": r.lon,
+        "acc": r.acc,
+        "alt": r.alt,
+        "cell": format(r.cell, "x"),  # h3.int_to_str spelling
+        "kind": r.kind,
+        "vals": r.vals,
+        "media": None if r.media_sha256 is None else {"sha256": r.media_sha256.hex(), "uri": r.media_uri},
+        "flags": [reason.value for reason in flag_reasons(r.flags)],
+    }
+
+
+def rejection_json(r: RejectionRow) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "message_digest": r.message_digest.hex(),
+        "device_id": None if r.device_id is None else r.device_id.hex(),
+        "seq": r.seq,
+        "reason": r.reason,
+        "detail": r.detail,
+        "topic": r.topic,
+        "received_ms": r.received_ms,
+    }
+
+
+def epoch_json(e: EpochRow) -> dict[str, Any]:
+    """The epoch as served: without its journaled raw tx and nonce (the operator's business)."""
+    return {
+        "epoch": e.epoch,
+        "start_ms": e.start_ms,
+        "end_ms": e.end_ms,
+        "status": e.status,
+        "emission": str(e.emission),
+        "allocated": str(e.allocated),
+        "unissued": str(e.unissued),
+        "root": hex0x(e.root),
+        "inputs_digest": hex0x(e.inputs_digest),
+        "manifest": e.manifest,
+        "tx_hash": hex0x(e.tx_hash),
+        "block_number": e.block_number,
+        "closed_ms": e.closed_ms,
+        "published_ms": e.published_ms,
+    }
+
+
+def owner_proof_json(epoch: int, account: str, r: OwnerReward) -> dict[str, Any]:
+    """What an owner needs to call RewardDistributor.claim(epoch, account, cumulative, proof)."""
+    return {
+        "epoch": epoch,
+        "account": account,
+        "amount": str(r.amount),
+        "cumulative": str(r.cumulative),
+        "proof": [hex0x(p) for p in r.proof],
+    }
+
+
+def totals_json(t: Totals) -> dict[str, Any]:
+    return {"packets": t.packets, "readings": t.readings, "rejections": t.rejections}
