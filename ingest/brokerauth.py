@@ -310,49 +310,61 @@ def read_password_file(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- commands
 
 
-def _check_account_args(
-    creds: Sequence[Path], user: str | None, password_file: Path | None, remove: Sequence[str]
-) -> None:
-    """The argument rules `passwd` and `dynsec` share: a service account comes with its password file,
-    and there is something to do."""
-    if user is None and password_file is not None:
-        raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
-    if user is not None and password_file is None:
-        raise BrokerAuthError(f"give --password-file for {user!r} (created with a new password if absent)")
-    if not creds and user is None and not remove:
-        raise BrokerAuthError(
-            "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, or --remove NAME…"
-        )
+@dataclass(frozen=True)
+class AccountChanges:
+    """What `broker passwd` and `broker dynsec` are asked to do: device accounts from credential files,
+    one service account (`user` with its `password_file`), accounts to take out (`remove`)."""
+
+    creds: tuple[Path, ...] = ()
+    user: str | None = None
+    password_file: Path | None = None
+    rotate: bool = False
+    remove: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """The argument rules: a service account comes with its password file, there is something to
+        do, and no name is both added and removed. Every credential file is read here, before any
+        file is written: a bad one stops the run with nothing changed."""
+        if self.user is None and self.password_file is not None:
+            raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
+        if self.user is not None and self.password_file is None:
+            raise BrokerAuthError(
+                f"give --password-file for {self.user!r} (created with a new password if absent)"
+            )
+        if not self.creds and self.user is None and not self.remove:
+            raise BrokerAuthError(
+                "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, "
+                "or --remove NAME…"
+            )
+        for name in self.remove:
+            check_username(name)
+        if self.user is not None:
+            check_username(self.user)
+        adding = [load_identity(cred).hex_id for cred in self.creds] + ([self.user] if self.user else [])
+        both = sorted(set(adding) & set(self.remove))
+        if both:
+            raise BrokerAuthError(f"{both[0]} is both added and removed")
+
+    def device_accounts(self) -> list[Account]:
+        return [device_account(cred, self.rotate) for cred in self.creds]
+
+    def service_accounts(self) -> list[Account]:
+        if self.user is None or self.password_file is None:
+            return []
+        return [service_account(self.user, self.password_file, self.rotate)]
 
 
-def cmd_passwd(
-    file: Path,
-    creds: Iterable[Path],
-    user: str | None,
-    password_file: Path | None,
-    rotate: bool = False,
-    remove: Sequence[str] = (),
-) -> int:
+def cmd_passwd(file: Path, changes: AccountChanges) -> int:
     """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account,
     take out those named by `--remove` (a revoked device's id, a retired account)."""
-    creds = list(creds)
-    _check_account_args(creds, user, password_file, remove)
-    for name in remove:
-        check_username(name)
-    # Every credential file is read before any is written: a bad one stops the run with nothing changed.
-    adding = [load_identity(cred).hex_id for cred in creds] + ([user] if user is not None else [])
-    both = sorted(set(adding) & set(remove))
-    if both:
-        raise BrokerAuthError(f"{both[0]} is both added and removed")
-    accounts = [device_account(cred, rotate) for cred in creds]
-    if user is not None and password_file is not None:
-        accounts.append(service_account(user, password_file, rotate))
+    changes.check()
+    accounts = changes.device_accounts() + changes.service_accounts()
     text = _read(file, "password file")
     present = {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
     entries = {a.username: hash_password(a.password) for a in accounts}
-    write_private(file, upsert_passwd(text, entries, remove))
+    write_private(file, upsert_passwd(text, entries, changes.remove))
     created = sum(a.created for a in accounts)
-    removed = len(set(remove) & present)
+    removed = len(set(changes.remove) & present)
     print(
         f"{file}: {len(accounts)} user(s) written ({created} new password(s), "
         f"{len(accounts) - created} kept), {removed} removed; reload Mosquitto (SIGHUP) to apply",
@@ -371,19 +383,10 @@ def cmd_acl(service_users: Sequence[str], out: Path | None) -> int:
     return 0
 
 
-def cmd_dynsec(
-    file: Path,
-    creds: Iterable[Path],
-    user: str | None,
-    password_file: Path | None,
-    rotate: bool = False,
-    remove: Sequence[str] = (),
-) -> int:
+def cmd_dynsec(file: Path, changes: AccountChanges) -> int:
     """`depin broker dynsec`: add or replace devices (`--cred`) and a service account in the dynamic
     security plugin's file, take out those named by `--remove`. Same password rules as `passwd`."""
-    creds = list(creds)
-    _check_account_args(creds, user, password_file, remove)
-    accounts, removed = update_dynsec_file(file, creds, user, password_file, rotate, remove)
+    accounts, removed = update_dynsec_file(file, changes)
     created = sum(a.created for a in accounts)
     print(
         f"{file}: {len(accounts)} client(s) written ({created} new password(s), "
@@ -394,19 +397,11 @@ def cmd_dynsec(
     return 0
 
 
-def update_dynsec_file(
-    file: Path,
-    creds: Sequence[Path],
-    user: str | None,
-    password_file: Path | None,
-    rotate: bool = False,
-    remove: Sequence[str] = (),
-) -> tuple[list[Account], int]:
-    """Write the devices of `creds` and the service account `user` into the dynamic security `file`
-    (created when absent), take out `remove`; return the accounts written and how many were removed.
-    Every credential file is read before any is written: a bad one stops the run with nothing changed."""
-    for name in remove:
-        check_username(name)
+def update_dynsec_file(file: Path, changes: AccountChanges) -> tuple[list[Account], int]:
+    """Write the devices and the service account of `changes` into the dynamic security `file`
+    (created when absent), take out its `remove`; return the accounts written and how many were
+    removed. Nothing is written when any input is bad (`AccountChanges.check`)."""
+    changes.check()
     text = _read(file, "dynamic security file")
     try:
         doc = json.loads(text) if text.strip() else None
@@ -414,22 +409,13 @@ def update_dynsec_file(
         raise BrokerAuthError(f"{file} is not JSON: {exc}") from None
     if doc is not None and not isinstance(doc, dict):
         raise BrokerAuthError(f"{file} is not a dynamic security file (a JSON object expected)")
-    adding = [load_identity(cred).hex_id for cred in creds] + ([user] if user is not None else [])
-    both = sorted(set(adding) & set(remove))
-    if both:
-        raise BrokerAuthError(f"{both[0]} is both added and removed")
-    if user is not None:
-        check_username(user)
-    accounts = [device_account(cred, rotate) for cred in creds]
-    services = []
-    if user is not None and password_file is not None:
-        services.append(service_account(user, password_file, rotate))
+    accounts, services = changes.device_accounts(), changes.service_accounts()
     present = {c.get("username") for c in (doc or {}).get("clients", [])}
     new = dynsec_update(
         doc,
         {a.username: dynsec_hash(a.password) for a in accounts},
         {a.username: dynsec_hash(a.password) for a in services},
-        remove,
+        changes.remove,
     )
     write_private(file, json.dumps(new, indent=2) + "\n")
-    return accounts + services, len(set(remove) & present)
+    return accounts + services, len(set(changes.remove) & present)

@@ -52,14 +52,12 @@ def _run(args: argparse.Namespace) -> int:
 def _broker(args: argparse.Namespace) -> int:
     from ingest import brokerauth
 
-    if args.broker_command == "dynsec":
-        return brokerauth.cmd_dynsec(
-            args.file, args.cred, args.user, args.password_file, args.rotate, args.remove
+    if args.broker_command in ("dynsec", "passwd"):
+        changes = brokerauth.AccountChanges(
+            tuple(args.cred), args.user, args.password_file, args.rotate, tuple(args.remove)
         )
-    if args.broker_command == "passwd":
-        return brokerauth.cmd_passwd(
-            args.file, args.cred, args.user, args.password_file, args.rotate, args.remove
-        )
+        command = brokerauth.cmd_dynsec if args.broker_command == "dynsec" else brokerauth.cmd_passwd
+        return command(args.file, changes)
     return brokerauth.cmd_acl(args.service_user, args.out)
 
 

@@ -24,6 +24,7 @@ from devices.protocol.topics import device_from_topic
 from ingest.core import plausibility, rules
 from ingest.core.geo import cells_for
 from ingest.core.ratelimit import RateLimit, packet_clock_ms
+from ingest.core.rejection_budget import UNSIGNED
 from ingest.core.state import PipelineState
 from ingest.core.verify import verify
 from ingest.model import AcceptedPacket, RejectedMessage
@@ -41,19 +42,10 @@ __all__ = [
 # Every reason `judge` can reject with. The store adds `replay` and `epoch_closed` (and counts
 # `duplicate`); the reading flags are rules.FLAG_NAMES. The README's table lists exactly these
 # (tests/unit/test_rules.py checks).
+# The unsigned ones (decided before the signature is known good) are the rejection budget's.
 REJECTION_REASONS: frozenset[Reason] = frozenset(
-    {
-        Reason.TOO_LARGE,
-        Reason.MALFORMED,
-        Reason.KID_MISMATCH,
-        Reason.UNKNOWN_DEVICE,
-        Reason.REVOKED_DEVICE,
-        Reason.BAD_SIGNATURE,
-        Reason.RATE_LIMITED,
-        Reason.BAD_VALUES,
-        Reason.CLOCK_SKEW,
-        Reason.TOO_LATE,
-    }
+    {Reason(r) for r in UNSIGNED}
+    | {Reason.RATE_LIMITED, Reason.BAD_VALUES, Reason.CLOCK_SKEW, Reason.TOO_LATE}
 )
 
 

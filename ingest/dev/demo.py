@@ -41,7 +41,7 @@ from ingest.adapters.db import dsn_with_database, embedded_postgres
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store.rows import EpochRow
 from ingest.api.shapes import hex0x
-from ingest.brokerauth import update_dynsec_file
+from ingest.brokerauth import AccountChanges, update_dynsec_file
 from ingest.core.schedule import epoch_bounds
 from ingest.dev.broker import BrokerInfo, SecuredFiles, start_broker
 from ingest.dev.chain import anvil_path, dev_accounts, start_anvil, start_eth_tester
@@ -94,7 +94,7 @@ def provision_logins(auth_dir: Path, identities: list[DeviceIdentity]) -> DemoLo
         creds.append(auth_dir / f"dev-{i}.json")
         save_identity(identity, creds[-1])
     dynsec, svc = auth_dir / "dynamic-security.json", auth_dir / "svc.pass"
-    accounts, _ = update_dynsec_file(dynsec, creds, SERVICE_USER, svc)
+    accounts, _ = update_dynsec_file(dynsec, AccountChanges(tuple(creds), SERVICE_USER, svc))
     devices = {
         a.username: BrokerLogin(a.username, a.password) for a in accounts if a.username != SERVICE_USER
     }
