@@ -34,6 +34,11 @@ READING_SELECT = (
     "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
 )
 RES_TTL_S = 10.0
+# One index probe per resolution (LATERAL … LIMIT 1: never flattened into a join over the whole table).
+RESOLUTIONS_SQL = """SELECT r FROM generate_series(0, 15) r, LATERAL (
+                         SELECT 1 FROM readings
+                         WHERE cell >= ((1::bigint << 59) | (r::bigint << 52))
+                           AND cell < ((1::bigint << 59) | ((r + 1)::bigint << 52)) LIMIT 1) probe"""
 BUCKETS = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
 _TS_MS = "floor(extract(epoch from ts) * 1000)::bigint"
 _FLAG_NAMES = (
@@ -58,6 +63,15 @@ NDJSON_COLUMN = (
 )
 
 
+CONDS = "%CONDS%"  # where a source built by QueryStore.where takes its conditions
+
+
+def from_where(source: str, conds: list[str]) -> str:
+    """`source WHERE conds`, or the conditions inside a source that takes them (a place's ranges)."""
+    where = " AND ".join(conds) or "true"
+    return source.replace(CONDS, where) if CONDS in source else f"{source} WHERE {where}"
+
+
 class AggregateRow(NamedTuple):
     cell: int | None  # the group's cell at the asked resolution (None: not grouped by cell)
     device_id: bytes | None  # None: not grouped by device
@@ -78,7 +92,7 @@ async def fetch_page(
     after: Position | None,
     max_bytes: int | None,
 ) -> ReadingPage:
-    """One page of `SELECT … FROM {source} WHERE {conds}` in (ts, device_id, seq, idx) order after
+    """One page of `SELECT … FROM from_where(source, conds)` in (ts, device_id, seq, idx) order after
     `after`, ending at `limit` rows or once the rows' estimated JSON size (vals, media uri and a fixed
     300 bytes per row) passes `max_bytes` — decided in SQL, so a page of large readings is cut short
     (at least one row, `next` set) instead of being built in memory whole."""
@@ -95,7 +109,7 @@ async def fetch_page(
         conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
     args.append(limit)
     page = (
-        f"SELECT {READING_SELECT} FROM {source} WHERE {' AND '.join(conds) or 'true'} "
+        f"SELECT {READING_SELECT} FROM {from_where(source, conds)} "
         f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
     )
     if max_bytes is None:
@@ -141,18 +155,17 @@ class QueryStore(PoolStore):
         [1<<59 | r<<52, 1<<59 | (r+1)<<52), so each is one index probe. Kept RES_TTL_S seconds."""
         at, res = self._res
         if time.monotonic() - at > RES_TTL_S:
-            rows = await self.pool.fetch(
-                """SELECT r FROM generate_series(0, 15) r WHERE EXISTS (
-                       SELECT 1 FROM readings
-                       WHERE cell >= ((1::bigint << 59) | (r::bigint << 52))
-                         AND cell < ((1::bigint << 59) | ((r + 1)::bigint << 52)))"""
-            )
+            rows = await self.pool.fetch(RESOLUTIONS_SQL)
             res = [r["r"] for r in rows]
             self._res = (time.monotonic(), res)
         return res
 
     async def where(self, f: ReadingFilter) -> tuple[str, list[str], list[Any]]:
-        """(FROM source, WHERE conditions, arguments) of the filter."""
+        """(source, conditions, arguments) of the filter; `from_where` makes them SQL.
+
+        A place is a LATERAL subquery per cell range (`OFFSET 0` keeps it one: the planner then can
+        only scan each range on its own, by the index, instead of joining the ranges with a whole
+        partition it misjudges the size of); the conditions go inside it."""
         args: list[Any] = [clamped_dt(f.start_ms), clamped_dt(f.end_ms)]
         conds = ["ts >= $1", "ts < $2"]
         source = "readings"
@@ -170,8 +183,9 @@ class QueryStore(PoolStore):
         n = len(args)
         args += [[r.lo for r in ranges], [r.hi for r in ranges], [r.exact for r in ranges]]
         source = (
-            f"readings JOIN unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bool[]) AS g(lo, hi, x) "
-            "ON cell BETWEEN g.lo AND g.hi"
+            f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bool[]) AS g(lo, hi, x) "
+            "CROSS JOIN LATERAL (SELECT * FROM readings "
+            f"WHERE cell BETWEEN g.lo AND g.hi AND {CONDS} OFFSET 0) r"
         )
         area = exact_area(f)
         if area is not None and any(r.exact for r in ranges):
@@ -202,7 +216,7 @@ class QueryStore(PoolStore):
         rows = await self.pool.fetch(
             f"SELECT {metering.cell7_sql('cell')} AS c, "
             f"{metering.epoch_sql('ts', genesis_ms, length_ms)} AS e, "
-            f"count(*) AS n FROM {source} WHERE {' AND '.join(conds)} GROUP BY 1, 2",
+            f"count(*) AS n FROM {from_where(source, conds)} GROUP BY 1, 2",
             *args,
         )
         return {(r["c"], r["e"]): r["n"] for r in rows}
@@ -225,8 +239,8 @@ class QueryStore(PoolStore):
             f"""SELECT {cell} AS cell, {device} AS device_id,
                        date_bin('{BUCKETS[bucket]}', ts, '1970-01-01T00:00:00Z') AS t,
                        count(*) AS n, min(v) AS lo, max(v) AS hi, avg(v) AS mean
-                FROM (SELECT cell, device_id, ts, (vals ->> ${n - 1})::float8 AS v FROM {source}
-                      WHERE {" AND ".join(conds)} AND jsonb_typeof(vals -> ${n - 1}) = 'number') s
+                FROM (SELECT cell, device_id, ts, (vals ->> ${n - 1})::float8 AS v
+                      FROM {from_where(source, [*conds, f"jsonb_typeof(vals -> ${n - 1}) = 'number'"])}) s
                 GROUP BY 1, 2, 3 ORDER BY 3, 1, 2 LIMIT ${n}""",
             *args,
         )
@@ -248,7 +262,7 @@ class QueryStore(PoolStore):
         source, conds, args = await self.where(f)
         columns = CSV_COLUMNS if fmt == "csv" else NDJSON_COLUMN
         return (
-            f"SELECT {columns} FROM {source} WHERE {' AND '.join(conds)} ORDER BY ts, device_id, seq, idx",
+            f"SELECT {columns} FROM {from_where(source, conds)} ORDER BY ts, device_id, seq, idx",
             args,
         )
 
