@@ -79,7 +79,8 @@ async def seed(dsn: str, devices: int, per_device: int, step_ms: int = 60_000) -
         )
         await conn.execute(
             """INSERT INTO readings (ts, device_id, seq, idx, lat, lon, cell, kind, vals)
-               SELECT to_timestamp(($6::bigint + g * $8::bigint) / 1000.0), d.id, g, 0, d.lat, d.lon, d.cell, d.kind,
+               SELECT to_timestamp(($6::bigint + g * $8::bigint) / 1000.0), d.id, g, 0, d.lat, d.lon, d.cell,
+                      d.kind,
                       jsonb_build_object('pm25', (g % 50) + 0.5, 'label', 'x')
                FROM unnest($1::bytea[], $2::float8[], $3::float8[], $4::bigint[], $5::text[])
                     AS d(id, lat, lon, cell, kind),
