@@ -285,7 +285,9 @@ def build_node(
 @asynccontextmanager
 async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
     """Run the API until the context exits; yields its base URL (port 0 → a free port)."""
-    runner = web.AppRunner(app, access_log=None)
+    # Request lines up to 32 KiB (aiohttp's default is 8 KiB): a `polygon=` of 2,000 characters may
+    # take 12 bytes a character once percent-encoded (README "Queries, aggregates, exports").
+    runner = web.AppRunner(app, access_log=None, max_line_size=32_768)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
