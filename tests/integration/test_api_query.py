@@ -400,8 +400,9 @@ async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> Non
 async def test_depin_run_exports_a_large_range_with_flat_memory(
     store: Store, pg_dsn: str, tmp_path: Path
 ) -> None:
-    """`depin run --parts api` as an OS process streams a 300k-row export (~75 MB of CSV) while its RSS
-    grows by far less than the export's size."""
+    """`depin run --parts api` as an OS process (settings from the environment) answers the query
+    endpoints and streams a 300k-row export (~56 MB of CSV) while its RSS grows by far less than the
+    export's size."""
     await seed(pg_dsn, 500, 600, step_ms=60_000)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
     env |= {"DEPIN_DATABASE_URL": pg_dsn, "PYTHONUNBUFFERED": "1"}
@@ -422,6 +423,24 @@ async def test_depin_run_exports_a_large_range_with_flat_memory(
             async with http.get(f"{proc.url}/v1/export", params={**params, "to": str(T0 + 60_000)}) as r:
                 assert r.status == 200
                 await r.read()
+            # the other query endpoints answer from the process too
+            page = {"bbox": BBOX, "kind": "air", "from": str(T0), "to": str(T0 + HOUR), "limit": "5"}
+            async with http.get(f"{proc.url}/v1/readings", params=page) as r:
+                body = await r.json()
+                assert r.status == 200 and len(body["readings"]) == 5 and body["next"], body
+            agg = {
+                "bbox": BBOX,
+                "res": "7",
+                "bucket": "hour",
+                "value": "pm25",
+                "from": str(T0),
+                "to": str(T0 + HOUR),
+            }
+            async with http.get(f"{proc.url}/v1/aggregates", params=agg) as r:
+                body = await r.json()
+                assert r.status == 200 and body["rows"] and all(x["count"] > 0 for x in body["rows"]), body
+            async with http.get(f"{proc.url}/v1/readings", params={**page, "colour": "red"}) as r:
+                assert r.status == 400
             base = rss_mb(pid)
             peak, size, lines = base, 0, 0
             started = time.monotonic()
