@@ -34,7 +34,7 @@ from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate,
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
-from ingest.api.query_common import EPOCH_CLOCK
+from ingest.api.auth import api_access
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
@@ -228,8 +228,8 @@ class Node:
 
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
-        app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
-        app[EPOCH_CLOCK] = (self.settings.epochs.genesis_ms, self.settings.epochs.length_ms)
+        store = self.api_store or ReadStore(self.store.pool)
+        app = create_app(store, self.ready, limits=limits, access=api_access(self.settings))
         app.middlewares.append(database_unavailable)
         return app
 
@@ -452,8 +452,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
         return {"parts": ["api"], "database": db_ok, "failing": failing, "ready": db_ok}
 
     async with open_stores(settings) as stores:
-        app = create_app(stores.api, ready, limits=stores.api_limits(settings))
-        app[EPOCH_CLOCK] = (settings.epochs.genesis_ms, settings.epochs.length_ms)
+        app = create_app(stores.api, ready, limits=stores.api_limits(settings), access=api_access(settings))
         app.middlewares.append(database_unavailable)
         async with serve_api(app, settings.api.host, settings.api.port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)

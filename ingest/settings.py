@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -138,6 +138,17 @@ class Environment(BaseSettings):
     # HMAC key that signs page cursors. Unset: a random key kept in the database (table api_secret),
     # shared by every API process on it and kept across restarts.
     api_cursor_secret: SecretStr | None = None
+    # API keys (README "API access"): `required` = data endpoints need `Authorization: Bearer <key>`;
+    # `off` = a request without a key is served (a key that is sent is still checked and metered).
+    api_keys: Literal["required", "off"] = "required"
+    # A key's rate limit unless it has its own (`depin api-key create --rate`): requests per second
+    # and burst, per API process (N API processes give a key N × this).
+    api_key_rate: float = Field(default=10.0, gt=0)
+    api_key_burst: float = Field(default=20.0, ge=1)
+    # Each API process caches a key lookup this long: a revoke takes effect within it.
+    api_key_cache_s: float = Field(default=5.0, ge=0)
+    # Origins that browsers may call the API from (comma list, `*` for any); empty = no CORS headers.
+    api_cors_origins: str = ""
 
     @field_validator("rewards_key_file", "rewards_key", mode="before")
     @classmethod
@@ -227,6 +238,11 @@ class ApiConfig:
     statement_timeout_ms: int
     busy_timeout_s: float
     cursor_secret: SecretStr | None  # None: the random key kept in the database (table api_secret)
+    keys: str  # "required" or "off"
+    key_rate: float
+    key_burst: float
+    key_cache_s: float
+    cors_origins: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +290,13 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
         chain=_group(ChainConfig, e, "chain_"),
         epochs=epochs,
         ready=_group(ReadyRules, e, "ready_"),
-        api=_group(ApiConfig, e, "api_"),
+        api=_group(ApiConfig, e, "api_", cors_origins=cors_origins(e.api_cors_origins)),
     )
+
+
+def cors_origins(raw: str) -> tuple[str, ...]:
+    """DEPIN_API_CORS_ORIGINS: "https://a.example, https://b.example" → both; "" → none."""
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
 def _group(cls: type[T], e: Environment, *prefixes: str, **values: Any) -> T:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures_chain import *  # noqa: F403
+from tests.fixtures_keys import *  # noqa: F403
 from tests.fixtures_mqtt import *  # noqa: F403
 from tests.fixtures_pg import *  # noqa: F403
 

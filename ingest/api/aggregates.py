@@ -11,12 +11,11 @@ import re
 
 from aiohttp import web
 
-from ingest.api.metering import charge
+from ingest.api.metering import EPOCH_GRID, charge
 from ingest.api.query_common import (
     QUERIES,
     bad_request,
     choice,
-    epoch_clock,
     json_response,
     query_params,
     time_range,
@@ -55,7 +54,7 @@ async def aggregates(request: web.Request) -> web.Response:
         raise bad_request(
             f"more than {MAX_GROUPS:,} groups: narrow the range (from/to) or use a coarser res or bucket"
         )
-    used = await store.usage(f, *epoch_clock(request))
+    used = await store.usage(f, *request.app[EPOCH_GRID])
     charge(request, {k: metering.aggregated_units(n) for k, n in used.items()})
     return json_response(
         {

@@ -26,9 +26,11 @@ from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.adapters.store import ReadStore
+from ingest.api.auth import ACCESS, ApiAccess, describe_access, install_access
 from ingest.api.buyers import add_query_routes
 from ingest.api.openapi import openapi_for
 from ingest.api.shapes import epoch_json, owner_proof_json, rejection_json, totals_json
+from ingest.api.usage import usage_view
 from ingest.core.storage_rules import INT64_MAX
 
 log = logging.getLogger(__name__)
@@ -207,7 +209,7 @@ async def metrics_view(_: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_for(request.app[LIMITS].max_rows))
+    return _json(describe_access(openapi_for(request.app[LIMITS].max_rows), request.app[ACCESS]))
 
 
 async def device_rejections(request: web.Request) -> web.Response:
@@ -250,14 +252,17 @@ def create_app(
     *,
     max_rows: int = 1000,
     limits: ApiLimits | None = None,
+    access: ApiAccess | None = None,
 ) -> web.Application:
-    """The API on `store` (a ReadStore on the API's own pool). `limits` default: ApiLimits(max_rows)."""
+    """The API on `store` (a ReadStore on the API's own pool). `limits` default: ApiLimits(max_rows).
+    `access`: keys, metering and CORS (ingest/api/auth.py; default: keys required)."""
     limits = limits or ApiLimits(max_rows=max_rows)
     app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors, db_slots])
     app[STORE] = store
     app[READY] = ready
     app[LIMITS] = limits
     app[SLOTS] = asyncio.Semaphore(limits.slots)
+    install_access(app, store.pool, access or ApiAccess())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
@@ -267,4 +272,5 @@ def create_app(
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
+    app.router.add_get("/v1/usage", usage_view)
     return app

@@ -15,8 +15,8 @@ import time
 
 from aiohttp import web
 
-from ingest.api.metering import charge
-from ingest.api.query_common import QUERIES, choice, epoch_clock, query_params, time_range, where_of
+from ingest.api.metering import EPOCH_GRID, record_usage
+from ingest.api.query_common import QUERIES, choice, query_params, time_range, where_of
 from ingest.core import metering
 from ingest.core.readfilter import FILTER_PARAMS
 
@@ -34,8 +34,9 @@ async def export(request: web.Request) -> web.StreamResponse:
     start, end = time_range(q, max_days=MAX_DAYS)
     f = where.between(start, end)
     store = request.app[QUERIES]
-    used = await store.usage(f, *epoch_clock(request))
-    charge(request, {k: n * metering.READING_UNITS for k, n in used.items()})
+    used = await store.usage(f, *request.app[EPOCH_GRID])
+    # Written before the first byte: a failed write is a 503, never an unpaid stream.
+    await record_usage(request, {k: n * metering.READING_UNITS for k, n in used.items()})
     response = web.StreamResponse(
         headers={
             "Content-Type": f"{CONTENT_TYPES[fmt]}; charset=utf-8",

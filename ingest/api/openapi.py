@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ingest.api.usage import PATHS as USAGE_PATHS
+
 INT64_MAX = 2**63 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 HEX64 = "^(0x)?[0-9a-fA-F]{64}$"
@@ -219,6 +221,7 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"schemas": SCHEMAS},
 }
+OPENAPI["paths"].update(USAGE_PATHS)
 
 
 def openapi_for(max_rows: int) -> dict[str, Any]:

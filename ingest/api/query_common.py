@@ -1,7 +1,7 @@
 """What the buyers' query handlers (readings.py, aggregates.py, export.py) share: their app keys, the
 query string as a checked dict (unknown or repeated parameters are a 400), the filter model
-(ingest/core/readfilter.py) with its errors as JSON 400s naming the parameter, and the epoch clock
-usage is metered with."""
+(ingest/core/readfilter.py) with its errors as JSON 400s naming the parameter. Usage is metered with
+the app's epoch numbering (ingest/api/metering.py `EPOCH_GRID`)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from ingest.core.readfilter import FilterError, Where, parse_range, parse_where,
 from ingest.core.storage_rules import MAX_TS_MS
 
 DAY_MS = 86_400_000
-# Until the keys branch puts the epoch clock on the app, `depin run` sets EPOCH_CLOCK from its settings
-# (DEPIN_EPOCH_GENESIS_MS, DEPIN_EPOCH_LENGTH_S); the defaults are those settings' defaults.
-DEFAULT_EPOCH_CLOCK = (1_767_225_600_000, DAY_MS)
 
 
 class QueryLimits(Protocol):
@@ -33,7 +30,6 @@ class QueryLimits(Protocol):
 
 QUERIES: web.AppKey[QueryStore] = web.AppKey("queries", QueryStore)
 QUERY_LIMITS: web.AppKey[QueryLimits] = web.AppKey("query_limits")
-EPOCH_CLOCK: web.AppKey[tuple[int, int]] = web.AppKey("epoch_clock")
 
 
 def bad_request(message: str) -> web.HTTPBadRequest:
@@ -89,8 +85,3 @@ def choice(q: dict[str, str], name: str, options: Iterable[str], default: str | 
     if value not in options:
         raise bad_request(f"{name} must be one of {', '.join(options)}")
     return value
-
-
-def epoch_clock(request: web.Request) -> tuple[int, int]:
-    """(genesis ms, epoch length ms) that usage is metered by."""
-    return request.app.get(EPOCH_CLOCK, DEFAULT_EPOCH_CLOCK)

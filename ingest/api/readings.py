@@ -19,19 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.api.metering import charge
+from ingest.api.metering import charge_readings
 from ingest.api.query_common import (
     QUERIES,
     QUERY_LIMITS,
     bad_request,
-    epoch_clock,
     json_response,
     query_params,
     time_range,
     where_of,
 )
 from ingest.api.shapes import reading_json
-from ingest.core import metering
 from ingest.core.readfilter import FILTER_PARAMS, Where
 from ingest.core.storage_rules import INT64_MAX, MAX_TS_MS, SMALLINT_MAX
 
@@ -135,7 +133,7 @@ async def readings(request: web.Request) -> web.Response:
     page = await request.app[QUERIES].readings(
         where.between(start, end), limit=limit, after=after, max_bytes=limits.max_page_bytes
     )
-    charge(request, metering.usage_of(((r.cell, r.ts_ms) for r in page.items), *epoch_clock(request)))
+    charge_readings(request, ((r.cell, r.ts_ms) for r in page.items))
     body: dict[str, Any] = {"readings": [reading_json(r) for r in page.items], "next": None}
     if page.next is not None:
         body["next"] = encode_cursor(

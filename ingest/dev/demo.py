@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -39,9 +40,11 @@ from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest.adapters.db import dsn_with_database, embedded_postgres
 from ingest.adapters.mqtt import MqttConfig
+from ingest.adapters.store.keys import KeyStore
 from ingest.adapters.store.rows import EpochRow
 from ingest.api.shapes import hex0x
 from ingest.brokerauth import AccountChanges, update_dynsec_file
+from ingest.core.apikeys import PUBLIC, access_rule
 from ingest.core.schedule import epoch_bounds
 from ingest.dev.broker import BrokerInfo, SecuredFiles, start_broker
 from ingest.dev.chain import anvil_path, dev_accounts, start_anvil, start_eth_tester
@@ -228,6 +231,9 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
         stores = await stack.enter_async_context(open_stores(settings))
         store = stores.ingest
         node = build_node(settings, store, w3, deployment, rewards=rewards_acct, stores=stores)
+        # A buyer's key (read, export) for the API's data endpoints: printed in the summary, written to
+        # current.env as DEPIN_API_KEY.
+        api_key, _ = await KeyStore(stores.api.pool).create("demo buyer", ("read", "export"))
         await node.follower.load()
         await node.follower.sync_once()
         say(f"registry mirror in sync: {len(node.mirror.devices)} devices at block {node.mirror.block}")
@@ -245,7 +251,9 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
         )
         say(f"API up at {api_url}")
         service_login = (SERVICE_USER, logins.service_password_file) if secured else None
-        env_file = write_env(run_dir, demo_env(run_dir, dsn, broker, rpc_url, operator, service_login))
+        env_file = write_env(
+            run_dir, demo_env(run_dir, dsn, broker, rpc_url, operator, service_login, api_key)
+        )
         say(f"settings for `depin` commands against this demo: . {env_file}")
 
         # One connection per device, each logged in as that device: on the secured broker a device may
@@ -314,8 +322,10 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             "example_device": device.device_id.hex(),
             "example_owner": owners[0].address,
             "env_file": str(env_file),
+            "api_key": api_key,
             "try": [
                 f"{api_url}/v1/readings?device={device.device_id.hex()}&limit=2",
+                f"{api_url}/v1/usage",
                 f"{api_url}/v1/devices/{device.device_id.hex()}/rejections",
                 f"{api_url}/v1/epochs/{epochs[-1].epoch}",
                 f"{api_url}/v1/owners/{owners[0].address}/proof",
@@ -431,6 +441,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"claim: {c['owner']} received {c['claimed']} (manifest cumulative {c['expected']})")
     print(f"a device: {s['example_device']} · an owner: {s['example_owner']}")
     print(f"API: {s['api']}  ({s['seconds']} s); try:")
+    print(f"buyer API key (scopes read,export; also DEPIN_API_KEY in the env file): {s['api_key']}")
+    header = f'-H "Authorization: Bearer {s["api_key"]}" '
     for url in s["try"]:
-        print(f"  curl -s '{url}'")
+        print(f"  curl -s {header if access_rule(urlsplit(url).path) != PUBLIC else ''}'{url}'")
     print(f"operator commands against this demo: . {s['env_file']} && depin device list")

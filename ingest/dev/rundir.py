@@ -115,10 +115,11 @@ def demo_env(
     rpc_url: str | None,
     operator: Any,
     service_login: tuple[str, Path] | None,
+    api_key: str | None = None,
 ) -> dict[str, str]:
     """The settings a shell needs to use this demo's parts (the operator key is anvil's public dev key;
     the broker login, (username, password file), is the service's account; None on an anonymous
-    broker)."""
+    broker). `api_key`: the demo buyer's key, as DEPIN_API_KEY (for curl; not a service setting)."""
     key_file = run_dir / "operator.key"
     key_file.write_text(operator.key.hex() + "\n")
     key_file.chmod(0o600)
@@ -133,6 +134,8 @@ def demo_env(
     if service_login is not None:
         env["DEPIN_MQTT_USERNAME"] = service_login[0]
         env["DEPIN_MQTT_PASSWORD_FILE"] = str(service_login[1])
+    if api_key is not None:
+        env["DEPIN_API_KEY"] = api_key
     if rpc_url is not None:  # the in-process EVM has no URL another process could reach
         env["DEPIN_CHAIN_RPC_URL"] = rpc_url
     return env

@@ -24,6 +24,7 @@ from ingest.adapters.store.rows import Totals
 from ingest.model import RejectedMessage
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
+from tests.fixtures_keys import bearer
 from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,7 @@ async def api(store: Store) -> AsyncIterator[tuple[str, list[bytes]]]:
         yield url, ids
 
 
-async def test_readings_by_device_paginate_exactly_once(api: tuple[str, list[bytes]]) -> None:
+async def test_readings_by_device_paginate_exactly_once(api: tuple[str, list[bytes]], api_key: str) -> None:
     url, ids = api
     seen: list[int] = []
     params: dict[str, str] = {
@@ -65,7 +66,7 @@ async def test_readings_by_device_paginate_exactly_once(api: tuple[str, list[byt
         "to": str(NOW),
         "limit": "7",
     }
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=bearer(api_key)) as http:
         while True:
             async with http.get(f"{url}/v1/readings", params=params) as r:
                 assert r.status == 200, await r.text()
@@ -78,11 +79,11 @@ async def test_readings_by_device_paginate_exactly_once(api: tuple[str, list[byt
     assert seen == list(range(1, 31))
 
 
-async def test_readings_by_cell(api: tuple[str, list[bytes]]) -> None:
+async def test_readings_by_cell(api: tuple[str, list[bytes]], api_key: str) -> None:
     url, ids = api
     cell = h3.latlng_to_cell(48.85, 13.4, 7)
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer(api_key)) as http,
         http.get(
             f"{url}/v1/readings", params={"cell": cell, "from": str(NOW - 120_000), "to": str(NOW)}
         ) as r,
@@ -111,9 +112,14 @@ async def test_readings_by_cell(api: tuple[str, list[bytes]]) -> None:
         "cell=8" + "f" * 14,  # hex, but not an H3 cell
     ],
 )
-async def test_bad_parameters_are_400_with_a_message(api: tuple[str, list[bytes]], query: str) -> None:
+async def test_bad_parameters_are_400_with_a_message(
+    api: tuple[str, list[bytes]], query: str, api_key: str
+) -> None:
     url, _ = api
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/readings?{query}") as r:
+    async with (
+        aiohttp.ClientSession(headers=bearer(api_key)) as http,
+        http.get(f"{url}/v1/readings?{query}") as r,
+    ):
         assert r.status == 400
         assert (await r.json())["error"]
 
@@ -131,7 +137,7 @@ async def test_unknown_epoch_and_owner_are_404(api: tuple[str, list[bytes]]) -> 
             assert (await r.json())["openapi"].startswith("3.")
 
 
-async def test_recent_readings_without_a_range_and_flags_by_name(store: Store) -> None:
+async def test_recent_readings_without_a_range_and_flags_by_name(store: Store, api_key: str) -> None:
     """`?device=ID` alone covers the last day; a flagged reading names its flags."""
     from ingest.api.app import create_app
 
@@ -150,7 +156,7 @@ async def test_recent_readings_without_a_range_and_flags_by_name(store: Store) -
     await store.write_batch(out.accepted, [])
     async with (
         serve_api(create_app(store, _ready), "127.0.0.1", 0) as url,
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer(api_key)) as http,
         http.get(f"{url}/v1/readings?device={ident.device_id.hex()}") as r,
     ):
         assert r.status == 200, await r.text()
@@ -175,10 +181,13 @@ def _forge(payload: list[Any]) -> str:
         [0, "ab" * 32, 1, 70000, 0, 10],
     ],
 )
-async def test_forged_cursors_are_400(api: tuple[str, list[bytes]], fields: list[Any]) -> None:
+async def test_forged_cursors_are_400(api: tuple[str, list[bytes]], fields: list[Any], api_key: str) -> None:
     url, ids = api
     query = {"device": ids[0].hex(), "cursor": _forge(fields)}
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/readings", params=query) as r:
+    async with (
+        aiohttp.ClientSession(headers=bearer(api_key)) as http,
+        http.get(f"{url}/v1/readings", params=query) as r,
+    ):
         assert r.status == 400, await r.text()
         assert "cursor" in (await r.json())["error"]
 
@@ -197,11 +206,11 @@ def test_cursor_fields_are_range_checked_even_when_signed() -> None:
         decode_cursor(key, encode_cursor(key, dev, None, (0, 40 * 86_400_000), (5, dev, 1, 0)), dev, None)
 
 
-async def test_a_cursor_is_bound_to_its_query(api: tuple[str, list[bytes]]) -> None:
+async def test_a_cursor_is_bound_to_its_query(api: tuple[str, list[bytes]], api_key: str) -> None:
     """Device A's cursor on device B's query, a tampered cursor, or another range: 400."""
     url, ids = api
     base = {"from": str(NOW - 120_000), "to": str(NOW), "limit": "5"}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=bearer(api_key)) as http:
         async with http.get(f"{url}/v1/readings", params={**base, "device": ids[0].hex()}) as r:
             cursor = (await r.json())["next"]
         assert cursor

@@ -40,7 +40,9 @@ async def _ready() -> dict[str, Any]:
 
 @pytest.fixture
 async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]:
-    """A station with a day of readings (a forged packet rejected), a closed epoch paying its owner."""
+    """A station with a day of readings (a forged packet rejected), a closed epoch paying its owner;
+    keys required (the test's schemathesis sends `api_key` on every request and checks that keyed
+    operations refuse requests without it: `ignored_auth`)."""
     now = time.time_ns() // 1_000_000
     ident = new_identity()
     registry = {ident.device_id: DeviceRecord(ident.device_id, ident.pubkey, OWNER, 2, 0, True)}
@@ -80,7 +82,9 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
         yield url, ident.device_id, limits.cursor_key
 
 
-async def test_schemathesis_all_checks_pass(api_with_data: tuple[str, bytes, bytes], tmp_path: Path) -> None:
+async def test_schemathesis_all_checks_pass(
+    api_with_data: tuple[str, bytes, bytes], api_key: str, tmp_path: Path
+) -> None:
     url, device, key = api_with_data
     env = {
         **os.environ,
@@ -96,6 +100,8 @@ async def test_schemathesis_all_checks_pass(api_with_data: tuple[str, bytes, byt
         f"{url}/openapi.json",
         "--checks",
         "all",
+        "--header",
+        f"Authorization: Bearer {api_key}",
         "--max-examples",
         os.environ.get("DEPIN_FUZZ_EXAMPLES", "25"),
         "--workers",

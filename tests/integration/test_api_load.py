@@ -33,6 +33,7 @@ from devices.protocol.topics import ack_topic
 from ingest.adapters.mqtt import drop_session
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.publish import publisher, unique_client_id
+from tests.fixtures_keys import bearer
 from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env
 
@@ -130,7 +131,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def api_load(
-    url: str, cell: str, devices: list[str], stop: asyncio.Event, clients: int, pid: int
+    url: str, cell: str, devices: list[str], stop: asyncio.Event, clients: int, pid: int, key: str
 ) -> dict:
     """`clients` concurrent loops on the heaviest queries; statuses, /readyz latencies, the serving
     process's largest RSS."""
@@ -145,7 +146,7 @@ async def api_load(
     ]
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=clients + 10)
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=clients + 10), headers=bearer(key)
     ) as http:
 
         async def client(k: int) -> None:
@@ -178,6 +179,7 @@ async def api_load(
 
 async def test_heavy_api_load_leaves_ingest_latency_within_target(
     store: Store,
+    api_key: str,
     pg_dsn: str,
     mosquitto: Any,
     anvil_url: str,
@@ -217,7 +219,9 @@ async def test_heavy_api_load_leaves_ingest_latency_within_target(
         for name, proc in (("API load, same process", worker), ("API load, API process", api_proc)):
             stop = asyncio.Event()
             assert proc.proc is not None
-            load = asyncio.create_task(api_load(proc.url, cell, devices, stop, CLIENTS, proc.proc.pid))
+            load = asyncio.create_task(
+                api_load(proc.url, cell, devices, stop, CLIENTS, proc.proc.pid, api_key)
+            )
             await asyncio.sleep(1.0)  # let the load build up
             lat, sent = await measure(mosquitto, fleet, SECONDS, RATE)
             stop.set()

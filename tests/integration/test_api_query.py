@@ -27,11 +27,12 @@ from aiohttp import web
 
 from ingest.adapters.store.queries import RESOLUTIONS_SQL, QueryStore
 from ingest.api.app import create_app
-from ingest.api.metering import charged
-from ingest.api.query_common import EPOCH_CLOCK
+from ingest.api.auth import ApiAccess
+from ingest.api.metering import EpochGrid, charged
 from ingest.core import h3cells, metering
 from ingest.core.readfilter import parse_polygon, parse_where
 from ingest.service import serve_api
+from tests.fixtures_keys import bearer
 from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess
 
@@ -121,8 +122,9 @@ async def api(store: Store, pg_dsn: str) -> AsyncIterator[tuple[str, list[Row], 
     async def ready() -> dict[str, Any]:
         return {"ready": True}
 
-    app = create_app(store, ready, max_rows=1000)
-    app[EPOCH_CLOCK] = CLOCK
+    # Keys off and no key sent: the request stays free, so what it was charged is still there for
+    # `record` to read (with a key the middleware writes and clears it; tests/integration/test_api_keys.py).
+    app = create_app(store, ready, max_rows=1000, access=ApiAccess(required=False, grid=EpochGrid(*CLOCK)))
     app.middlewares.insert(0, record)
     async with serve_api(app, "127.0.0.1", 0) as url:
         yield url, rows, charges
@@ -398,7 +400,7 @@ async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> Non
 
 
 async def test_depin_run_exports_a_large_range_with_flat_memory(
-    store: Store, pg_dsn: str, tmp_path: Path
+    store: Store, pg_dsn: str, tmp_path: Path, api_key: str
 ) -> None:
     """`depin run --parts api` as an OS process (settings from the environment) answers the query
     endpoints and streams a 300k-row export (~56 MB of CSV) while its RSS grows by far less than the
@@ -419,7 +421,8 @@ async def test_depin_run_exports_a_large_range_with_flat_memory(
             "to": str(T0 + 2 * 86_400_000),
             "format": "csv",
         }
-        async with aiohttp.ClientSession() as http:  # warm up: imports, pools, statement caches
+        # warm up: imports, pools, statement caches
+        async with aiohttp.ClientSession(headers=bearer(api_key)) as http:
             async with http.get(f"{proc.url}/v1/export", params={**params, "to": str(T0 + 60_000)}) as r:
                 assert r.status == 200
                 await r.read()

@@ -137,12 +137,18 @@ def test_readme_examples_run_as_written_against_the_demo(demo: Demo, tmp_path: P
 def test_the_summary_names_a_device_an_owner_and_urls_that_answer(demo: Demo) -> None:
     text = demo.output()
     assert re.search(r"a device: [0-9a-f]{64} · an owner: 0x[0-9a-fA-F]{40}", text), text
-    urls = re.findall(r"curl -s '(http://[^']+)'", text)
+    lines = re.findall(r"curl -s (?:-H \"(Authorization: Bearer dpk_[a-z2-7]{52})\" )?'(http://[^']+)'", text)
+    urls = [url for _, url in lines]
     assert len(urls) >= 5 and all(u.startswith(demo.api) for u in urls), urls
+    assert any(header for header, _ in lines), "no keyed example (the buyer's key) in the summary"
     env_file = demo.data_dir / "demo" / "current.env"
     assert f"# run {demo.run_dir}\n" in env_file.read_text()
-    for url in urls:
-        subprocess.run(["curl", "--fail-with-body", "-s", "-o", "/dev/null", url], check=True, timeout=30)
+    assert "export DEPIN_API_KEY=dpk_" in env_file.read_text()
+    for header, url in lines:
+        auth = ["-H", header] if header else []
+        subprocess.run(
+            ["curl", "--fail-with-body", "-s", "-o", "/dev/null", *auth, url], check=True, timeout=30
+        )
 
 
 def test_a_second_bounded_demo_runs_alongside_in_the_same_data_dir(demo: Demo, tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ SERVICE_EXTRA = {"DEPIN_LOG_FORMAT"}  # ingest/cli.py: text or json logs
 # Read by the operator CLI (devices/settings.py, docs/OPERATORS.md); not the service's, so not in the
 # service's example file.
 OPERATOR_ONLY = {"DEPIN_OPERATOR_KEY", "DEPIN_OPERATOR_KEY_FILE"}
+# A buyer's API key for curl, written by the demo into its env file (README "API access"); no setting.
+CLIENT_ONLY = {"DEPIN_API_KEY"}
 # Knobs of the test suite only; never in the example.
 TEST_ONLY = {
     "DEPIN_TEST_DATABASE_URL",  # an external PostgreSQL for the tests
@@ -97,7 +99,7 @@ def test_a_set_line_shows_the_default(name: str, value: str) -> None:
 
 
 def test_every_depin_variable_the_code_reads_is_accounted_for() -> None:
-    known = settings_names() | SERVICE_EXTRA | OPERATOR_ONLY | TEST_ONLY
+    known = settings_names() | SERVICE_EXTRA | OPERATOR_ONLY | TEST_ONLY | CLIENT_ONLY
     found: dict[str, str] = {}
     for folder in ("ingest", "devices", "simulator", "bench", "tests", "deploy"):
         for path in sorted((REPO / folder).rglob("*")):

@@ -1,0 +1,147 @@
+"""API keys and metered usage: tables `api_keys`, `usage`, `usage_daily` (migration 009). The API
+looks keys up and records usage on its own pool; `depin api-key …` creates, lists and revokes keys.
+Keys are stored as their sha256 only (ingest/core/apikeys.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from ingest.adapters.store.rows import PoolStore, dt_to_ms
+from ingest.core import apikeys
+from ingest.core.apikeys import KeyRecord
+
+_KEY_COLUMNS = "key_id, name, scopes, quota, rate, burst, created_at, revoked_at"
+_DAY0 = date(1970, 1, 1)
+
+
+class UsageRow(NamedTuple):
+    cell: int
+    epoch: int
+    units: int
+
+
+def _record(r: Any) -> KeyRecord:
+    return KeyRecord(
+        key_id=r["key_id"],
+        name=r["name"],
+        scopes=tuple(r["scopes"]),
+        quota=r["quota"],
+        rate=r["rate"],
+        burst=r["burst"],
+        created_ms=dt_to_ms(r["created_at"]),
+        revoked_ms=None if r["revoked_at"] is None else dt_to_ms(r["revoked_at"]),
+    )
+
+
+def _date(day: int) -> date:
+    return _DAY0 + timedelta(days=day)
+
+
+class KeyStore(PoolStore):
+    """Tables `api_keys`, `usage` and `usage_daily`."""
+
+    async def create(
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        quota: int | None = None,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: (the key, shown once; its stored record)."""
+        for _ in range(5):  # a 40-bit public id: a collision is rare, a retry cheap
+            key = apikeys.new_key()
+            try:
+                row = await self.pool.fetchrow(
+                    f"""INSERT INTO api_keys (key_id, key_sha256, name, scopes, quota, rate, burst)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_KEY_COLUMNS}""",
+                    apikeys.key_id(key),
+                    apikeys.digest(key),
+                    name,
+                    list(scopes),
+                    quota,
+                    rate,
+                    burst,
+                )
+            except asyncpg.UniqueViolationError:
+                continue
+            return key, _record(row)
+        raise RuntimeError("could not find a free key id in 5 tries")
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self.pool.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id")
+        return [_record(r) for r in rows]
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke a key (once: a second revoke keeps the first time); None if there is no such key."""
+        row = await self.pool.fetchrow(
+            f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1
+                RETURNING {_KEY_COLUMNS}""",
+            key_id,
+        )
+        return None if row is None else _record(row)
+
+    async def lookup(self, key_sha256: bytes, day: int) -> tuple[KeyRecord, int] | None:
+        """The key with this digest and its units used on UTC `day` (days since 1970), or None."""
+        row = await self.pool.fetchrow(
+            f"""SELECT {_KEY_COLUMNS},
+                       coalesce((SELECT units FROM usage_daily d WHERE d.key_id = k.key_id AND d.day = $2), 0)
+                       AS used
+                FROM api_keys k WHERE key_sha256 = $1""",
+            key_sha256,
+            _date(day),
+        )
+        return None if row is None else (_record(row), int(row["used"]))
+
+    async def record_usage(self, key_id: str, day: int, units: Mapping[tuple[int, int], int]) -> int:
+        """Add `units` ((cell, epoch) → units) to the key's usage and to its UTC `day`, in one
+        transaction; returns the day's total. Rows are written in (cell, epoch) order, so two requests
+        of one key never wait on each other's rows in opposite orders (no deadlock)."""
+        items = sorted((k, v) for k, v in units.items() if v > 0)
+        total = sum(v for _, v in items)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if items:
+                await conn.execute(
+                    """INSERT INTO usage (key_id, cell, epoch, units)
+                       SELECT $1, c, e, u
+                       FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS t(c, e, u)
+                       ON CONFLICT (key_id, cell, epoch)
+                       DO UPDATE SET units = usage.units + EXCLUDED.units""",
+                    key_id,
+                    [c for (c, _), _ in items],
+                    [e for (_, e), _ in items],
+                    [u for _, u in items],
+                )
+            used = await conn.fetchval(
+                """INSERT INTO usage_daily (key_id, day, units) VALUES ($1, $2, $3)
+                   ON CONFLICT (key_id, day) DO UPDATE SET units = usage_daily.units + EXCLUDED.units
+                   RETURNING units""",
+                key_id,
+                _date(day),
+                total,
+            )
+        return int(used)
+
+    async def usage(self, key_id: str, from_epoch: int, to_epoch: int, limit: int) -> list[UsageRow]:
+        """The key's units per (cell, epoch) with from_epoch <= epoch <= to_epoch, by epoch then cell;
+        at most `limit` rows."""
+        rows = await self.pool.fetch(
+            """SELECT cell, epoch, units FROM usage WHERE key_id = $1 AND epoch BETWEEN $2 AND $3
+               ORDER BY epoch, cell LIMIT $4""",
+            key_id,
+            from_epoch,
+            to_epoch,
+            limit,
+        )
+        return [UsageRow(r["cell"], r["epoch"], r["units"]) for r in rows]
+
+    async def used_on(self, key_id: str, day: int) -> int:
+        used = await self.pool.fetchval(
+            "SELECT units FROM usage_daily WHERE key_id = $1 AND day = $2", key_id, _date(day)
+        )
+        return int(used or 0)
