@@ -34,6 +34,7 @@ from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate,
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
+from ingest.api.map import configure as configure_map
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
@@ -229,6 +230,7 @@ class Node:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
         app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
         app.middlewares.append(database_unavailable)
+        configure_map(app, self.settings)
         return app
 
 
@@ -450,6 +452,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings))
         app.middlewares.append(database_unavailable)
+        configure_map(app, settings)
         async with serve_api(app, settings.api.host, settings.api.port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
             await stop.wait()

@@ -138,6 +138,10 @@ class Environment(BaseSettings):
     # HMAC key that signs page cursors. Unset: a random key kept in the database (table api_secret),
     # shared by every API process on it and kept across restarts.
     api_cursor_secret: SecretStr | None = None
+    # The coverage map at / (README "The coverage map"): a tile URL template ({z}/{x}/{y}) drawn under
+    # the hexagons, and its attribution; empty: a plain background, the browser asks no tile server.
+    map_tiles_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    map_tiles_attribution: str = Field(default="", max_length=500)
 
     @field_validator("rewards_key_file", "rewards_key", mode="before")
     @classmethod
@@ -227,6 +231,8 @@ class ApiConfig:
     statement_timeout_ms: int
     busy_timeout_s: float
     cursor_secret: SecretStr | None  # None: the random key kept in the database (table api_secret)
+    map_tiles_url: str = ""  # DEPIN_MAP_TILES_URL: empty = a plain background under the map
+    map_tiles_attribution: str = ""
 
 
 @dataclass(frozen=True, slots=True)

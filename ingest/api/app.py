@@ -32,6 +32,7 @@ from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.adapters.store import ReadStore
+from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
 from ingest.api.shapes import epoch_json, owner_proof_json, reading_json, rejection_json, totals_json
 from ingest.core.storage_rules import INT64_MAX, MAX_TS_MS, SMALLINT_MAX
@@ -388,4 +389,10 @@ def create_app(
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
+    from ingest.api.coverage import coverage, epochs_list  # here: ingest.api.coverage imports this module
+
+    app.router.add_get("/", map_page)
+    app.router.add_get("/static/{name}", map_static)
+    app.router.add_get("/v1/coverage", coverage)
+    app.router.add_get("/v1/epochs", epochs_list)
     return app

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ingest.api.map import OPENAPI_PATHS as MAP_PATHS
+
 INT64_MAX = 2**63 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 HEX64 = "^(0x)?[0-9a-fA-F]{64}$"
@@ -261,6 +263,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _resp("claim data", _ref("Proof")), "404": E404, **DB_ERRORS},
             }
         },
+        **MAP_PATHS,  # the coverage map: /, /static/{name}, /v1/coverage, /v1/epochs (ingest/api/map.py)
     },
     "components": {"schemas": SCHEMAS},
 }
