@@ -70,25 +70,20 @@ def epoch_json(e: EpochRow) -> dict[str, Any]:
     }
 
 
+def _span_fields(e: EpochSpan) -> dict[str, Any]:
+    return {"epoch": e.epoch, "start_ms": e.start_ms, "end_ms": e.end_ms, "status": e.status}
+
+
 def epoch_span_json(e: EpochSpan) -> dict[str, Any]:
     """An epoch as /v1/epochs lists it (`covered`: has it any covered cell)."""
-    return {
-        "epoch": e.epoch,
-        "start_ms": e.start_ms,
-        "end_ms": e.end_ms,
-        "status": e.status,
-        "covered": e.covered,
-    }
+    return {**_span_fields(e), "covered": e.covered}
 
 
 def coverage_json(e: EpochSpan, as_of_ms: int, page: CoveragePage) -> dict[str, Any]:
     """An epoch's coverage as a GeoJSON FeatureCollection; the epoch's fields are foreign members."""
     return {
         "type": "FeatureCollection",
-        "epoch": e.epoch,
-        "start_ms": e.start_ms,
-        "end_ms": e.end_ms,
-        "status": e.status,
+        **_span_fields(e),
         "as_of_ms": as_of_ms,
         "cells": page.total,
         "truncated": page.total > len(page.cells),

@@ -26,7 +26,9 @@ async function bundle() {
     write: false,
     logLevel: "warning",
   });
-  const files = { "index.html": fs.readFileSync(path.join(ROOT, "index.html")) };
+  // The page: whitespace between tags dropped (the layout does not depend on it).
+  const html = fs.readFileSync(path.join(ROOT, "index.html"), "utf8").replace(/>\s+</g, "><");
+  const files = { "index.html": Buffer.from(html.trim() + "\n") };
   for (const f of result.outputFiles) files[path.basename(f.path)] = Buffer.from(f.contents);
   return files;
 }
