@@ -9,6 +9,7 @@ cell P1 (5 + 3 readings), C in P2 (4), D in P3 (2); epoch 6 so far: A in P1 (3),
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import time
@@ -27,6 +28,7 @@ from devices.keys import DeviceIdentity, new_identity
 from devices.protocol.model import DeviceRecord, Reading
 from devices.protocol.topics import up_topic
 from devices.sdk import build_message
+from ingest.adapters.store.coverage import CoverageStore
 from ingest.api.app import create_app
 from ingest.api.map import MAP_CONFIG, MapConfig
 from ingest.core.coverage import cell_ring
@@ -179,6 +181,32 @@ async def test_coverage_of_the_open_epoch_so_far(api: str, seeded: Seeded) -> No
         assert c["freshness_ms"] == body["as_of_ms"] - c["newest_ms"] and 0 < c["freshness_ms"] < HOUR
     again = (await get(f"{api}/v1/coverage?epoch=6"))[2]
     assert props(again) == cells
+
+
+async def test_coverage_answers_are_shared_and_kept(
+    api: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many maps polling the open epoch cost one query per few seconds; a closed epoch's answer is
+    built once (it cannot change)."""
+    calls = {"open": 0, "closed": 0}
+    real_open, real_closed = CoverageStore.open_coverage, CoverageStore.closed_coverage
+
+    async def counted_open(self: CoverageStore, *args: Any) -> Any:
+        calls["open"] += 1
+        return await real_open(self, *args)
+
+    async def counted_closed(self: CoverageStore, *args: Any) -> Any:
+        calls["closed"] += 1
+        return await real_closed(self, *args)
+
+    monkeypatch.setattr(CoverageStore, "open_coverage", counted_open)
+    monkeypatch.setattr(CoverageStore, "closed_coverage", counted_closed)
+    answers = await asyncio.gather(*(get(f"{api}/v1/coverage?epoch=6") for _ in range(20)))
+    assert {a[0] for a in answers} == {200} and len({str(a[2]) for a in answers}) == 1
+    assert calls["open"] == 1
+    first = (await get(f"{api}/v1/coverage?epoch=5"))[2]
+    await store.pool.execute("DELETE FROM device_rewards WHERE epoch = 5")  # kept: not asked again
+    assert (await get(f"{api}/v1/coverage?epoch=5"))[2] == first and calls["closed"] == 1
 
 
 async def test_coverage_is_capped_most_read_first(api: str) -> None:
