@@ -184,3 +184,15 @@ def test_the_page_carries_its_settings_as_inert_json() -> None:
     )
     assert '"tilesUrl": "https://t.example/{z}/{x}/{y}.png"' in html
     assert "</script><b>" not in html and "\\u003c/script\\u003e\\u003cb\\u003e\\u0026" in html
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://tiles/{z}/{x}/{y}.png", "tiles.example/{z}/{x}/{y}.png", "http://a b"]
+)
+def test_a_tile_url_that_is_not_http_is_refused_at_start(url: str) -> None:
+    from devices.errors import SettingsError
+    from ingest.settings import read_environment
+
+    with pytest.raises(SettingsError, match="DEPIN_MAP_TILES_URL"):
+        read_environment(map_tiles_url=url)
+    assert read_environment(map_tiles_url="https://t.example/{z}/{x}/{y}.png").map_tiles_url
