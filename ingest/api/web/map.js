@@ -74,6 +74,12 @@ function makeScale(features, metric) {
   const log = metric !== "freshness";
   const f = (v) => (log ? Math.log10(1 + Math.max(0, v)) : v);
   if (hi === lo) return { metric, lo, hi, bin: () => PALETTE.length - 1, edges: [[lo, hi]], single: true };
+  if (metric === "readings" && hi - lo < PALETTE.length) {
+    // A few distinct counts: one colour (and legend row) each.
+    const bin = (v) => Math.round(((v - lo) / (hi - lo)) * (PALETTE.length - 1));
+    const edges = Array.from({ length: hi - lo + 1 }, (_, i) => [lo + i, lo + i]);
+    return { metric, lo, hi, bin, edges, single: false, discrete: true };
+  }
   const span = f(hi) - f(lo);
   const bin = (v) => {
     const t = (f(v) - f(lo)) / span;
@@ -142,6 +148,8 @@ function drawLegend() {
   const rows = [];
   if (scale && scale.single) {
     rows.push([PALETTE[PALETTE.length - 1], `${formatValue(state.metric, scale.lo)} (every cell)`]);
+  } else if (scale && scale.discrete) {
+    for (const [v] of scale.edges) rows.push([PALETTE[scale.bin(v)], formatValue(state.metric, v)]);
   } else if (scale) {
     const order = state.metric === "freshness" ? [...scale.edges.keys()].reverse() : [...scale.edges.keys()];
     for (const i of order) {
