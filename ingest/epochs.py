@@ -96,6 +96,7 @@ class Epochs:
         retry_max_s: float = 60.0,
         receipt_timeout_s: float = 120.0,
         receipt_poll_s: float = 1.0,
+        taken_confirm_s: float = 3.0,
     ) -> None:
         self.store = store
         self.chain: PublishChain | None = (
@@ -106,6 +107,7 @@ class Epochs:
         self.retry_max_s = retry_max_s
         self.receipt_timeout_s = receipt_timeout_s
         self.receipt_poll_s = receipt_poll_s
+        self.taken_confirm_s = taken_confirm_s
         # For readiness (ingest/core/readiness.py) and metrics: did the last attempt fail, with what,
         # and since when (monotonic) has the epoch to close or publish next been due.
         self.failing = False
@@ -276,14 +278,26 @@ class Epochs:
             if receipt is not None:
                 return receipt
             if nonce is not None and await chain.mined_nonce() > nonce:
-                # Ours may have been mined between the two reads: ask once more before giving up.
-                return await chain.receipt(tx_hash)
+                # Ours may have been mined between the two reads, and a node (anvil under load, an RPC
+                # behind a load balancer) can count a mined nonce before it serves the receipt: only a
+                # receipt still missing after `taken_confirm_s` means another tx used the nonce.
+                return await self._receipt_within(tx_hash, self.taken_confirm_s)
             if loop.time() >= deadline:
                 raise TimeoutError(
                     f"no receipt for publish tx 0x{tx_hash.hex()} (nonce {nonce}) after "
                     f"{self.receipt_timeout_s:g} s; rebroadcasting at the next attempt"
                 )
             await asyncio.sleep(self.receipt_poll_s)
+
+    async def _receipt_within(self, tx_hash: bytes, seconds: float) -> Any | None:
+        chain = self._chain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            receipt = await chain.receipt(tx_hash)
+            if receipt is not None or loop.time() >= deadline:
+                return receipt
+            await asyncio.sleep(min(self.receipt_poll_s, 0.25))
 
     async def _nonce_taken(self, epoch: int, tx_hash: bytes, nonce: int | None, again: bool) -> EpochRow:
         """The journaled tx can never be mined: another tx from this account used its nonce. Drop it

@@ -35,6 +35,7 @@ from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.api.map import configure as configure_map
+from ingest.api.query_common import EPOCH_CLOCK
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
@@ -229,6 +230,7 @@ class Node:
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
         app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
+        app[EPOCH_CLOCK] = (self.settings.epochs.genesis_ms, self.settings.epochs.length_ms)
         app.middlewares.append(database_unavailable)
         configure_map(app, self.settings)
         return app
@@ -285,7 +287,9 @@ def build_node(
 @asynccontextmanager
 async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
     """Run the API until the context exits; yields its base URL (port 0 → a free port)."""
-    runner = web.AppRunner(app, access_log=None)
+    # Request lines up to 32 KiB (aiohttp's default is 8 KiB): a `polygon=` of 2,000 characters may
+    # take 12 bytes a character once percent-encoded (README "Queries, aggregates, exports").
+    runner = web.AppRunner(app, access_log=None, max_line_size=32_768)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -451,6 +455,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
 
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings))
+        app[EPOCH_CLOCK] = (settings.epochs.genesis_ms, settings.epochs.length_ms)
         app.middlewares.append(database_unavailable)
         configure_map(app, settings)
         async with serve_api(app, settings.api.host, settings.api.port) as url:

@@ -5,37 +5,32 @@ one is a 400 with a message, never a 500 from the driver. Isolation from ingest 
 G34): the API asks its own ReadStore, on a pool of its own whose statements PostgreSQL cancels after
 DEPIN_API_STATEMENT_TIMEOUT_MS (→ 504); at most `slots` requests (the pool's size) query at once and
 each holds its slot until its answer is written, the others wait up to `busy_timeout_s` (→ 503); a
-page ends at `max_rows` rows or about `max_page_bytes` bytes. Page cursors are HMAC-signed and bound
-to their query (device or cell, time range).
+page ends at `max_rows` rows or about `max_page_bytes` bytes. The buyers' queries (readings, aggregates,
+export) are in their own modules (ingest/api/buyers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-import h3
 import orjson
 from aiohttp import web
 from eth_utils import to_checksum_address
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.adapters.store import ReadStore
+from ingest.api.buyers import add_query_routes
 from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
-from ingest.api.shapes import epoch_json, owner_proof_json, reading_json, rejection_json, totals_json
-from ingest.core.storage_rules import INT64_MAX, MAX_TS_MS, SMALLINT_MAX
+from ingest.api.shapes import epoch_json, owner_proof_json, rejection_json, totals_json
+from ingest.core.storage_rules import INT64_MAX
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +38,8 @@ STORE: web.AppKey[ReadStore] = web.AppKey("store", ReadStore)
 READY: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("ready")
 LIMITS: web.AppKey[ApiLimits] = web.AppKey("limits")
 SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
-MAX_RANGE_MS = 31 * 86_400_000
-DEFAULT_RANGE_MS = 86_400_000
 _INT_RE = re.compile(r"-?[0-9]{1,40}")
 _DEVICE_RE = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
-_CELL_RE = re.compile(r"[0-9a-fA-F]{15,16}")
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
@@ -123,15 +115,6 @@ def _device_id(raw: str) -> bytes:
     return bytes.fromhex(raw.removeprefix("0x"))
 
 
-def _cell(raw: str) -> int:
-    if not _CELL_RE.fullmatch(raw):
-        raise BadRequest("cell must be an H3 index in hex, e.g. 88283096cdfffff")
-    cell = int(raw, 16)
-    if not h3.is_valid_cell(h3.int_to_str(cell)):
-        raise BadRequest("cell is not a valid H3 cell index")
-    return cell
-
-
 def _address(raw: str) -> str:
     """0x + 40 hex digits; all lower or all upper case, or mixed case with a valid EIP-55 checksum."""
     if not _ADDRESS_RE.fullmatch(raw):
@@ -141,62 +124,6 @@ def _address(raw: str) -> str:
     if body != body.lower() and body != body.upper() and raw != checksummed:
         raise BadRequest(f"address has a bad EIP-55 checksum (mixed case): did you mean {checksummed}?")
     return checksummed
-
-
-# --- cursors ----------------------------------------------------------------------------------------
-
-
-def _query_key(device: bytes | None, cell: int | None) -> bytes:
-    return f"readings|{device.hex() if device else ''}|{'' if cell is None else format(cell, 'x')}".encode()
-
-
-def _mac(key: bytes, query: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, query + b"\n" + payload, hashlib.sha256).digest()[:16]
-
-
-def encode_cursor(
-    key: bytes, device: bytes | None, cell: int | None, rng: tuple[int, int], pos: tuple[int, bytes, int, int]
-) -> str:
-    """`next`: the last row's (ts, device, seq, idx) and the page's time range, HMAC-signed with the query."""
-    ts, dev, seq, idx = pos
-    payload = json.dumps([ts, bytes(dev).hex(), seq, idx, rng[0], rng[1]], separators=(",", ":")).encode()
-    mac = _mac(key, _query_key(device, cell), payload)
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + mac.hex()
-
-
-def decode_cursor(
-    key: bytes, raw: str, device: bytes | None, cell: int | None
-) -> tuple[tuple[int, int], tuple[int, bytes, int, int]]:
-    """((from, to), (ts, device, seq, idx)) of a cursor this API handed out for this same query."""
-    bad = BadRequest("cursor is not one this API handed out for this query (device/cell); start over")
-    if len(raw) > 512 or raw.count(".") != 1:
-        raise bad
-    body, mac_hex = raw.split(".")
-    try:
-        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        mac = bytes.fromhex(mac_hex)
-    except (ValueError, binascii.Error):
-        raise bad from None
-    if not hmac.compare_digest(mac, _mac(key, _query_key(device, cell), payload)):
-        raise bad
-    # Signed by us, but checked as if it were not: every field typed and in range.
-    try:
-        ts, dev_hex, seq, idx, start, end = json.loads(payload)
-    except (ValueError, TypeError):
-        raise bad from None
-    ints = (ts, seq, idx, start, end)
-    if not all(type(v) is int for v in ints) or not isinstance(dev_hex, str):
-        raise bad
-    if not (
-        0 <= ts <= MAX_TS_MS
-        and 0 <= seq <= INT64_MAX
-        and 0 <= idx <= SMALLINT_MAX
-        and 0 <= start < end <= MAX_TS_MS
-        and end - start <= MAX_RANGE_MS
-        and re.fullmatch(r"[0-9a-f]{64}", dev_hex)
-    ):
-        raise bad
-    return (start, end), (ts, bytes.fromhex(dev_hex), seq, idx)
 
 
 # --- middlewares --------------------------------------------------------------------------------------
@@ -284,54 +211,6 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_for(request.app[LIMITS].max_rows))
 
 
-async def readings(request: web.Request) -> web.Response:
-    """Readings of one device or one H3 cell in [from, to), cursor-paginated, oldest first.
-
-    `to` defaults to now (or `from` + 1 day) and `from` to one day before `to`, so `?device=ID` alone
-    shows the last day. With a cursor the range is the one of the first page (it is in the cursor).
-    """
-    q = request.query
-    device = _device_id(q["device"]) if "device" in q else None
-    cell = _cell(q["cell"]) if "cell" in q else None
-    if device is None and cell is None:
-        raise BadRequest("give device=<hex id> or cell=<h3 index>")
-    limits = request.app[LIMITS]
-    limit = _int_param(request, "limit", min(1000, limits.max_rows), lo=1, hi=limits.max_rows)
-    given_from = _int_param(request, "from", -1, lo=0, hi=MAX_TS_MS)
-    given_to = _int_param(request, "to", -1, lo=1, hi=MAX_TS_MS)
-    after = None
-    if "cursor" in q:
-        (start, end), after = decode_cursor(limits.cursor_key, q["cursor"], device, cell)
-        if given_from not in (-1, start) or given_to not in (-1, end):
-            raise BadRequest(f"cursor belongs to the range from={start} to={end}; drop from/to or use those")
-    else:
-        if given_to >= 0:
-            end = given_to
-        elif given_from >= 0:
-            end = min(given_from + DEFAULT_RANGE_MS, MAX_TS_MS)
-        else:
-            end = time.time_ns() // 1_000_000
-        start = given_from if given_from >= 0 else max(0, end - DEFAULT_RANGE_MS)
-        if end <= start or end - start > MAX_RANGE_MS:
-            raise BadRequest(
-                f"need from < to and a range of at most 31 days ({MAX_RANGE_MS} ms); "
-                f"got from={start} to={end}"
-            )
-    page = await request.app[STORE].readings(
-        device_id=device,
-        cell=cell,
-        start_ms=start,
-        end_ms=end,
-        limit=limit,
-        after=after,
-        max_bytes=limits.max_page_bytes,
-    )
-    body: dict[str, Any] = {"readings": [reading_json(r) for r in page.items], "next": None}
-    if page.next is not None:
-        body["next"] = encode_cursor(limits.cursor_key, device, cell, (start, end), page.next)
-    return _json(body)
-
-
 async def device_rejections(request: web.Request) -> web.Response:
     device = _device_id(request.match_info["device_id"])
     limit = _int_param(request, "limit", 100, lo=1, hi=1000)
@@ -384,7 +263,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/v1/readings", readings)
+    add_query_routes(app, store, limits)
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)

@@ -24,7 +24,8 @@ from aiohttp import web
 
 from ingest.adapters.store.coverage import CoverageStore
 from ingest.api.app import STORE, BadRequest, _dumps, _int_param, _not_found
-from ingest.api.map import MAX_EPOCHS, map_config
+from ingest.api.map import MAX_EPOCHS
+from ingest.api.query_common import epoch_clock
 from ingest.api.shapes import coverage_json, epoch_span_json
 from ingest.core.coverage import MAX_CELLS, as_of, coverage_source, current_epoch, epoch_list, open_span
 from ingest.core.storage_rules import INT64_MAX
@@ -80,17 +81,17 @@ def _now_ms() -> int:
 async def coverage(request: web.Request) -> web.Response:
     """The epoch's covered cells as a GeoJSON FeatureCollection (default: the open epoch so far)."""
     _only(request, "epoch", "limit")
-    config = map_config(request.app)
+    genesis, length = epoch_clock(request)
     limit = _int_param(request, "limit", MAX_CELLS, lo=1, hi=MAX_CELLS)
     now = _now_ms()
-    current = current_epoch(now, config.genesis_ms, config.length_ms)
+    current = current_epoch(now, genesis, length)
     epoch = _int_param(request, "epoch", current, lo=1, hi=INT64_MAX)
     store = CoverageStore(request.app[STORE].pool)
     stored = await store.stored_epoch(epoch)
-    source = coverage_source(epoch, stored is not None, now, config.genesis_ms, config.length_ms)
+    source = coverage_source(epoch, stored is not None, now, genesis, length)
     if source == "future":
         raise _not_found(f"epoch {epoch} has not started yet (the open epoch is {current})")
-    span = stored or open_span(epoch, config.genesis_ms, config.length_ms)
+    span = stored or open_span(epoch, genesis, length)
 
     async def build() -> bytes:
         at = as_of(source, span.end_ms, _now_ms())
@@ -109,7 +110,7 @@ async def coverage(request: web.Request) -> web.Response:
 async def epochs_list(request: web.Request) -> web.Response:
     """Epochs newest first: the open one, then the stored ones (`before`: below that number)."""
     _only(request, "limit", "before")
-    config = map_config(request.app)
+    genesis, length = epoch_clock(request)
     limit = _int_param(request, "limit", 100, lo=1, hi=MAX_EPOCHS)
     before = _int_param(request, "before", 0, lo=1, hi=INT64_MAX) or None
     now = _now_ms()
@@ -117,9 +118,9 @@ async def epochs_list(request: web.Request) -> web.Response:
     stored = await store.stored_epochs(limit, before)
     listed = [
         e if e.covered is not None else replace(e, covered=await store.any_readings(e.start_ms, e.end_ms))
-        for e in epoch_list(stored, now, config.genesis_ms, config.length_ms, limit, before)
+        for e in epoch_list(stored, now, genesis, length, limit, before)
     ]
-    current = current_epoch(now, config.genesis_ms, config.length_ms)
+    current = current_epoch(now, genesis, length)
     return web.Response(
         body=_dumps({"epochs": [epoch_span_json(e) for e in listed], "open": current}),
         content_type="application/json",

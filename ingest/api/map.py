@@ -31,11 +31,8 @@ _CONFIG_MARK = "{{MAP_CONFIG}}"
 
 @dataclass(frozen=True, slots=True)
 class MapConfig:
-    """What the map and the coverage endpoints need beyond the store: the epoch numbering (genesis,
-    length) and the optional tile layer."""
+    """The page's optional tile layer (the epoch numbering comes from query_common.EPOCH_CLOCK)."""
 
-    genesis_ms: int = 1_767_225_600_000  # the defaults of DEPIN_EPOCH_GENESIS_MS / _LENGTH_S
-    length_ms: int = 86_400_000
     tiles_url: str = ""
     tiles_attribution: str = ""
 
@@ -44,9 +41,8 @@ MAP_CONFIG: web.AppKey[MapConfig] = web.AppKey("map_config", MapConfig)
 
 
 def configure(app: web.Application, settings: Settings) -> None:
-    """Give the app the service's epoch numbering and tile layer (unset: MapConfig's defaults)."""
-    e, api = settings.epochs, settings.api
-    app[MAP_CONFIG] = MapConfig(e.genesis_ms, e.length_ms, api.map_tiles_url, api.map_tiles_attribution)
+    """Give the page the service's tile layer (unset: a plain background)."""
+    app[MAP_CONFIG] = MapConfig(settings.api.map_tiles_url, settings.api.map_tiles_attribution)
 
 
 def map_config(app: web.Application) -> MapConfig:

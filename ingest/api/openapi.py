@@ -1,9 +1,8 @@
 """OpenAPI 3 description of the HTTP API, served at /openapi.json.
 
 Precise enough for schemathesis `--checks all` (tests/integration/test_api_fuzz.py): every parameter
-with its type, pattern and range, every response with its schema. Two rules of GET /v1/readings cannot
-be written in OpenAPI 3.0 and are stated in its description: `device` or `cell` must be given, and
-`from` < `to` with at most 31 days between them.
+with its type, pattern and range, every response with its schema. The buyers' queries are described in
+ingest/api/query_doc.py (with the rules OpenAPI 3.0 cannot state, in their descriptions).
 """
 
 from __future__ import annotations
@@ -182,50 +181,6 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _resp("counts", _ref("Stats")), "503": E503, "504": E504},
             }
         },
-        "/v1/readings": {
-            "get": {
-                "summary": "readings of a device or an H3 cell in a time range, oldest first",
-                "description": (
-                    "Give `device` or `cell` (or both). `from` < `to`, at most 31 days apart (else 400). "
-                    "Defaults: `to` = now (or `from` + 1 day), `from` = `to` - 1 day. A page ends at "
-                    "`limit` rows or at about DEPIN_API_MAX_PAGE_BYTES; `next` is then a cursor: pass it "
-                    "back with the same device/cell (the range is inside it). A cursor from another "
-                    "query, or altered, is refused (400)."
-                ),
-                "parameters": [
-                    _q("device", "device id, 64 hex digits", {"type": "string", "pattern": HEX64}),
-                    _q(
-                        "cell",
-                        "H3 cell index in hex, e.g. 88283096cdfffff",
-                        {"type": "string", "format": "h3-cell", "pattern": "^[0-9a-fA-F]{15,16}$"},
-                    ),
-                    _q(
-                        "from",
-                        "start, ms since 1970 (inclusive)",
-                        {"type": "integer", "minimum": 0, "maximum": MAX_TS_MS},
-                    ),
-                    _q(
-                        "to",
-                        "end, ms since 1970 (exclusive)",
-                        {"type": "integer", "minimum": 1, "maximum": MAX_TS_MS},
-                    ),
-                    _q(
-                        "limit",
-                        "page size (default 1000, at most DEPIN_API_MAX_ROWS)",
-                        {"type": "integer", "minimum": 1, "maximum": 1000},
-                    ),
-                    _q(
-                        "cursor",
-                        "the `next` value of the previous page",
-                        {"type": "string", "format": "depin-cursor", "maxLength": 512},
-                    ),
-                ],
-                "responses": {
-                    "200": _resp('a page of readings (flags named: ["bad_values"])', _ref("ReadingsPage")),
-                    **DB_ERRORS,
-                },
-            }
-        },
         "/v1/devices/{device_id}/rejections": {
             "get": {
                 "summary": "recent rejected messages of a device, with reason codes",
@@ -271,7 +226,10 @@ OPENAPI: dict[str, Any] = {
 
 def openapi_for(max_rows: int) -> dict[str, Any]:
     """The description with this process's page-size limit (DEPIN_API_MAX_ROWS)."""
+    from ingest.api import query_doc  # it builds on this module
+
     doc = copy.deepcopy(OPENAPI)
+    doc["paths"].update(copy.deepcopy(query_doc.QUERY_PATHS))  # readings, aggregates, export
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows

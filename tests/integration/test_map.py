@@ -30,7 +30,7 @@ from devices.protocol.topics import up_topic
 from devices.sdk import build_message
 from ingest.adapters.store.coverage import CoverageStore
 from ingest.api.app import create_app
-from ingest.api.map import MAP_CONFIG, MapConfig
+from ingest.api.query_common import EPOCH_CLOCK
 from ingest.core.coverage import cell_ring
 from ingest.epochs import EpochConfig, Epochs
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
@@ -119,7 +119,7 @@ async def api(store: Store, seeded: Seeded) -> AsyncIterator[str]:
         return {"ready": True, "failing": []}
 
     app = create_app(store, ready)
-    app[MAP_CONFIG] = MapConfig(seeded.genesis_ms, seeded.length_ms)  # `depin run`: from its settings
+    app[EPOCH_CLOCK] = (seeded.genesis_ms, seeded.length_ms)  # `depin run`: from its settings
     async with serve_api(app, "127.0.0.1", 0) as url:
         yield url
 

@@ -168,13 +168,17 @@ def test_cell_feature() -> None:
     assert open_cell["reward"] is None and open_cell["freshness_ms"] is None
 
 
-def test_map_config_defaults_are_the_settings_defaults() -> None:
-    """An app nobody configured (tests' create_app) numbers epochs as `depin run` does by default."""
+def test_the_default_epoch_clock_and_tiles_are_the_settings_defaults() -> None:
+    """An app nobody configured (tests' create_app) numbers epochs as `depin run` does by default,
+    on a plain background."""
+    from ingest.api.query_common import DEFAULT_EPOCH_CLOCK
     from ingest.settings import Environment
 
     fields = Environment.model_fields
-    assert MapConfig().genesis_ms == fields["epoch_genesis_ms"].default
-    assert MapConfig().length_ms == fields["epoch_length_s"].default * 1000
+    assert DEFAULT_EPOCH_CLOCK == (
+        fields["epoch_genesis_ms"].default,
+        fields["epoch_length_s"].default * 1000,
+    )
     assert MapConfig().tiles_url == fields["map_tiles_url"].default == ""
 
 

@@ -110,6 +110,7 @@ class Chain:
     revert: bool = False
     mine: bool = True  # False: the node accepts a broadcast but never mines it
     crash_on: str | None = None  # "broadcast" or "receipt": the process dies there, once
+    receipt_lag: int = 0  # receipt reads that miss a mined tx (the nonce already counts it)
     stolen: bool = False  # another wallet takes each nonce right after we sign at it
     pending: dict[bytes, tuple[int, int, bytes]] = field(default_factory=dict)  # raw → (epoch, nonce, root)
 
@@ -146,6 +147,9 @@ class Chain:
 
     async def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
         self._crash("receipt")
+        if self.receipt_lag > 0 and tx_hash in self.mined:
+            self.receipt_lag -= 1  # the node counts the nonce as mined but has no receipt yet
+            return None
         return self.mined.get(tx_hash)
 
     async def mined_nonce(self) -> int:
@@ -174,7 +178,16 @@ def world(**chain: Any) -> tuple[Journal, Chain, list[str]]:
 
 def publisher(journal: Journal, chain: Chain | None) -> Epochs:
     """What a (re)started process builds on the same journal."""
-    return Epochs(cast(Any, journal), chain, CONFIG, receipt_timeout_s=0.05, receipt_poll_s=0.001)
+    return Epochs(
+        cast(Any, journal), chain, CONFIG, receipt_timeout_s=0.05, receipt_poll_s=0.001, taken_confirm_s=0.05
+    )
+
+
+async def test_a_receipt_that_lags_its_mined_nonce_is_waited_for_not_taken_for_a_lost_nonce() -> None:
+    journal, chain, log = world(receipt_lag=5)
+    row = await publisher(journal, chain).publish(1)
+    assert row.status == "published" and len(chain.broadcasts) == 1
+    assert not any(e.startswith("resync") for e in log) and log.count("sign nonce 0") == 1
 
 
 async def test_the_transaction_is_journaled_before_it_is_broadcast() -> None:

@@ -13,6 +13,7 @@ returned.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -222,14 +223,15 @@ class IngestStore(PoolStore):
             duplicates: list[tuple[bytes, int]] = []
             replays: list[AcceptedPacket] = []
             closed: list[AcceptedPacket] = []
-            # Each key's first copy (the one offered to the INSERT), then the batch's later copies.
-            copies = [(p, key in inserted) for key, p in first.items()] + [(p, False) for p in batch.repeats]
-            for p, inserted_here in copies:
+            # Each key's first copy not inserted here, then the batch's later copies. The inserted ones
+            # are STORED and skipped without a call: this loop must not allocate per packet (a tuple
+            # per packet here cost ~10 % of write_batch in garbage-collector passes).
+            for p in itertools.chain((p for key, p in first.items() if key not in inserted), batch.repeats):
                 key = (p.device_id, p.seq)
                 # What is stored under the key now: nothing if the seal refused it (every copy is then
                 # refused), another payload's digest, or else the digest of the key's first copy.
                 stored = None if key in sealed else other_digest.get(key, first[key].payload_digest)
-                outcome = packet_outcome(p.payload_digest, stored, inserted_here=inserted_here)
+                outcome = packet_outcome(p.payload_digest, stored)
                 if outcome is Outcome.DUPLICATE:
                     duplicates.append(key)
                 elif outcome is Outcome.REPLAY:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest.adapters.store.queries import fetch_page
 from ingest.adapters.store.rows import (
     DeviceReward,
     EpochRewards,
@@ -15,7 +16,6 @@ from ingest.adapters.store.rows import (
     PoolStore,
     Position,
     ReadingPage,
-    ReadingRow,
     RejectionRow,
     Totals,
     bytes_or_none,
@@ -23,12 +23,7 @@ from ingest.adapters.store.rows import (
     clamped_dt,
     dt_to_ms,
     fetch_epoch,
-    ms_to_dt,
     proof_from_db,
-)
-
-_READING_SELECT = (
-    "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
 )
 
 
@@ -55,8 +50,6 @@ class ReadStore(PoolStore):
         page of large readings is cut short (at least one row, `next` set) instead of being built in
         memory whole.
         """
-        if limit <= 0:
-            raise ValueError("limit must be positive")
         args: list[Any] = [clamped_dt(start_ms), clamped_dt(end_ms)]
         conds = ["ts >= $1", "ts < $2"]
         if device_id is not None:
@@ -65,48 +58,9 @@ class ReadStore(PoolStore):
         if cell is not None:
             args.append(cell_to_db(cell))
             conds.append(f"cell = ${len(args)}")
-        if after is not None:
-            a_ts, a_dev, a_seq, a_idx = after
-            n = len(args)
-            args += [ms_to_dt(a_ts), a_dev, a_seq, a_idx]
-            # The redundant `ts >= …` lets the planner use it as an index bound; the row comparison is
-            # the exact keyset condition.
-            conds.append(f"ts >= ${n + 1}")
-            conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
-        args.append(limit)
-        page = (
-            f"SELECT {_READING_SELECT} FROM readings WHERE {' AND '.join(conds)} "
-            f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
+        return await fetch_page(
+            self.pool, "readings", conds, args, limit=limit, after=after, max_bytes=max_bytes
         )
-        if max_bytes is None:
-            rows = await self.pool.fetch(page, *args)
-            cut = False
-        else:
-            args.append(max_bytes)
-            rows = await self.pool.fetch(
-                f"""SELECT * FROM (
-                        SELECT *, count(*) OVER () AS _n, row_number() OVER w AS _i,
-                               sum(300 + coalesce(octet_length(vals::text), 0)
-                                   + coalesce(octet_length(media_uri), 0)) OVER w AS _upto
-                        FROM ({page}) p
-                        WINDOW w AS (ORDER BY ts, device_id, seq, idx ROWS UNBOUNDED PRECEDING)) q
-                    WHERE _upto <= ${len(args)} OR _i = 1
-                    ORDER BY ts, device_id, seq, idx""",
-                *args,
-            )
-            cut = bool(rows) and len(rows) < rows[0]["_n"]
-        # The first columns are _READING_SELECT's, in ReadingRow's order (then the window's, if any);
-        # unpacking them beats 14 lookups by name on a page of thousands of rows.
-        n = len(ReadingRow._fields)
-        items = [
-            ReadingRow._make((dt_to_ms(ts), bytes(dev), *mid, bytes_or_none(sha), uri, flags))
-            for ts, dev, *mid, sha, uri, flags in (r[:n] for r in rows)
-        ]
-        nxt = None
-        if rows and (len(rows) == limit or cut):
-            last = rows[-1]
-            nxt = (dt_to_ms(last["ts"]), bytes(last["device_id"]), last["seq"], last["idx"])
-        return ReadingPage(items, nxt)
 
     async def recent_rejections(self, device_id: bytes | None = None, limit: int = 100) -> list[RejectionRow]:
         """Newest first; `device_id=None` lists all devices. `detail` and `topic` are cut at 1,000 and

@@ -1,0 +1,282 @@
+"""Buyers' queries (README "API"): a `ReadingFilter` (ingest/core/readfilter.py) as SQL, and what the
+API asks with it — pages of readings, aggregates per cell × time bucket, metered usage, streamed exports.
+
+A place (cell at any resolution, bbox, polygon) is a join with `unnest` of disjoint `cell` index ranges
+(`cell BETWEEN lo AND hi`, one index range scan each on readings_cell_ts), plus, for the ranges marked
+`exact`, the exact position test (a bbox's BETWEENs or depin_in_polygon, migration 011). A device is
+`device_id = …` (readings_key). The resolutions the data is stored at are asked of the readings
+themselves (one index probe per H3 resolution), kept for RES_TTL_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from ingest.adapters.store.rows import (
+    PoolStore,
+    Position,
+    ReadingPage,
+    ReadingRow,
+    bytes_or_none,
+    clamped_dt,
+    dt_to_ms,
+    ms_to_dt,
+)
+from ingest.core import h3cells, metering
+from ingest.core.readfilter import ReadingFilter, cell_ranges, exact_area
+from ingest.core.rules import FLAG_NAMES
+
+READING_SELECT = (
+    "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
+)
+RES_TTL_S = 10.0
+# One index probe per resolution (LATERAL … LIMIT 1: never flattened into a join over the whole table).
+RESOLUTIONS_SQL = """SELECT r FROM generate_series(0, 15) r, LATERAL (
+                         SELECT 1 FROM readings
+                         WHERE cell >= ((1::bigint << 59) | (r::bigint << 52))
+                           AND cell < ((1::bigint << 59) | ((r + 1)::bigint << 52)) LIMIT 1) probe"""
+BUCKETS = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
+_TS_MS = "floor(extract(epoch from ts) * 1000)::bigint"
+_FLAG_NAMES = (
+    "array_remove(ARRAY["
+    + ", ".join(
+        f"CASE WHEN flags & {bit} <> 0 THEN '{reason.value}' END" for bit, reason in FLAG_NAMES.items()
+    )
+    + "]::text[], NULL)"
+)
+# The export's columns, in order (README "Exports").
+CSV_COLUMNS = (
+    f"{_TS_MS} AS ts_ms, encode(device_id, 'hex') AS device_id, seq, idx, lat, lon, acc, alt, "
+    "to_hex(cell) AS cell, kind, vals::text AS vals, encode(media_sha256, 'hex') AS media_sha256, "
+    f"media_uri, array_to_string({_FLAG_NAMES}, '|') AS flags"
+)
+NDJSON_COLUMN = (
+    f"json_build_object('ts', {_TS_MS}, 'device_id', encode(device_id, 'hex'), 'seq', seq, 'idx', idx, "
+    "'lat', lat, 'lon', lon, 'acc', acc, 'alt', alt, 'cell', to_hex(cell), 'kind', kind, 'vals', vals, "
+    "'media', CASE WHEN media_sha256 IS NULL THEN NULL "
+    "ELSE json_build_object('sha256', encode(media_sha256, 'hex'), 'uri', media_uri) END, "
+    f"'flags', to_json({_FLAG_NAMES}))::text"
+)
+
+
+CONDS = "%CONDS%"  # where a source built by QueryStore.where takes its conditions
+
+
+def from_where(source: str, conds: list[str]) -> str:
+    """`source WHERE conds`, or the conditions inside a source that takes them (a place's ranges)."""
+    where = " AND ".join(conds) or "true"
+    return source.replace(CONDS, where) if CONDS in source else f"{source} WHERE {where}"
+
+
+class AggregateRow(NamedTuple):
+    cell: int | None  # the group's cell at the asked resolution (None: not grouped by cell)
+    device_id: bytes | None  # None: not grouped by device
+    bucket_ms: int
+    n: int  # readings whose value is a number
+    min: float
+    max: float
+    avg: float
+
+
+async def fetch_page(
+    db: asyncpg.Pool | asyncpg.Connection,
+    source: str,
+    conds: list[str],
+    args: list[Any],
+    *,
+    limit: int,
+    after: Position | None,
+    max_bytes: int | None,
+) -> ReadingPage:
+    """One page of `SELECT … FROM from_where(source, conds)` in (ts, device_id, seq, idx) order after
+    `after`, ending at `limit` rows or once the rows' estimated JSON size (vals, media uri and a fixed
+    300 bytes per row) passes `max_bytes` — decided in SQL, so a page of large readings is cut short
+    (at least one row, `next` set) instead of being built in memory whole."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    conds, args = list(conds), list(args)
+    if after is not None:
+        a_ts, a_dev, a_seq, a_idx = after
+        n = len(args)
+        args += [ms_to_dt(a_ts), a_dev, a_seq, a_idx]
+        # The redundant `ts >= …` lets the planner use it as an index bound; the row comparison is the
+        # exact keyset condition.
+        conds.append(f"ts >= ${n + 1}")
+        conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
+    args.append(limit)
+    page = (
+        f"SELECT {READING_SELECT} FROM {from_where(source, conds)} "
+        f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
+    )
+    if max_bytes is None:
+        rows = await db.fetch(page, *args)
+        cut = False
+    else:
+        args.append(max_bytes)
+        rows = await db.fetch(
+            f"""SELECT * FROM (
+                    SELECT *, count(*) OVER () AS _n, row_number() OVER w AS _i,
+                           sum(300 + coalesce(octet_length(vals::text), 0)
+                               + coalesce(octet_length(media_uri), 0)) OVER w AS _upto
+                    FROM ({page}) p
+                    WINDOW w AS (ORDER BY ts, device_id, seq, idx ROWS UNBOUNDED PRECEDING)) q
+                WHERE _upto <= ${len(args)} OR _i = 1
+                ORDER BY ts, device_id, seq, idx""",
+            *args,
+        )
+        cut = bool(rows) and len(rows) < rows[0]["_n"]
+    # The first columns are READING_SELECT's, in ReadingRow's order (then the window's, if any);
+    # unpacking them beats 14 lookups by name on a page of thousands of rows.
+    n = len(ReadingRow._fields)
+    items = [
+        ReadingRow._make((dt_to_ms(ts), bytes(dev), *mid, bytes_or_none(sha), uri, flags))
+        for ts, dev, *mid, sha, uri, flags in (r[:n] for r in rows)
+    ]
+    nxt = None
+    if rows and (len(rows) == limit or cut):
+        last = rows[-1]
+        nxt = (dt_to_ms(last["ts"]), bytes(last["device_id"]), last["seq"], last["idx"])
+    return ReadingPage(items, nxt)
+
+
+class QueryStore(PoolStore):
+    """The buyers' queries, on the API's pool. Read-only."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._res: tuple[float, list[int]] = (-1.0, [])
+
+    async def stored_resolutions(self) -> list[int]:
+        """The H3 resolutions readings are stored at: cells of resolution r are the index range
+        [1<<59 | r<<52, 1<<59 | (r+1)<<52), so each is one index probe. Kept RES_TTL_S seconds."""
+        at, res = self._res
+        if time.monotonic() - at > RES_TTL_S:
+            rows = await self.pool.fetch(RESOLUTIONS_SQL)
+            res = [r["r"] for r in rows]
+            self._res = (time.monotonic(), res)
+        return res
+
+    async def where(self, f: ReadingFilter) -> tuple[str, list[str], list[Any]]:
+        """(source, conditions, arguments) of the filter; `from_where` makes them SQL.
+
+        A place is a LATERAL subquery per cell range (`OFFSET 0` keeps it one: the planner then can
+        only scan each range on its own, by the index, instead of joining the ranges with a whole
+        partition it misjudges the size of); the conditions go inside it."""
+        args: list[Any] = [clamped_dt(f.start_ms), clamped_dt(f.end_ms)]
+        conds = ["ts >= $1", "ts < $2"]
+        source = "readings"
+        if f.device is not None:
+            args.append(f.device)
+            conds.append(f"device_id = ${len(args)}")
+        if f.kind is not None:
+            args.append(f.kind)
+            conds.append(f"kind = ${len(args)}")
+        if f.cell is None and f.area is None:
+            return source, conds, args
+        ranges = cell_ranges(f, await self.stored_resolutions())
+        if not ranges:
+            return source, [*conds, "false"], args
+        n = len(args)
+        args += [[r.lo for r in ranges], [r.hi for r in ranges], [r.exact for r in ranges]]
+        source = (
+            f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bool[]) AS g(lo, hi, x) "
+            "CROSS JOIN LATERAL (SELECT * FROM readings "
+            f"WHERE cell BETWEEN g.lo AND g.hi AND {CONDS} OFFSET 0) r"
+        )
+        area = exact_area(f)
+        if area is not None and any(r.exact for r in ranges):
+            n = len(args)
+            if area.shape == "bbox":
+                args += list(area.bbox)
+                test = f"lon BETWEEN ${n + 1} AND ${n + 3} AND lat BETWEEN ${n + 2} AND ${n + 4}"
+            else:
+                args += [list(col) for col in zip(*area.edges(), strict=True)]
+                test = f"depin_in_polygon(lon, lat, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
+            conds.append(f"(NOT g.x OR ({test}))")
+        return source, conds, args
+
+    async def readings(
+        self,
+        f: ReadingFilter,
+        *,
+        limit: int = 1000,
+        after: Position | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadingPage:
+        source, conds, args = await self.where(f)
+        return await fetch_page(self.pool, source, conds, args, limit=limit, after=after, max_bytes=max_bytes)
+
+    async def usage(self, f: ReadingFilter, genesis_ms: int, length_ms: int) -> dict[tuple[int, int], int]:
+        """Readings the filter matches per (res-7 metering cell, epoch): one GROUP BY, no rows fetched."""
+        source, conds, args = await self.where(f)
+        rows = await self.pool.fetch(
+            f"SELECT {metering.cell7_sql('cell')} AS c, "
+            f"{metering.epoch_sql('ts', genesis_ms, length_ms)} AS e, "
+            f"count(*) AS n FROM {from_where(source, conds)} GROUP BY 1, 2",
+            *args,
+        )
+        return {(r["c"], r["e"]): r["n"] for r in rows}
+
+    async def aggregates(
+        self, f: ReadingFilter, *, res: int | None, by_device: bool, bucket: str, value: str, max_rows: int
+    ) -> list[AggregateRow]:
+        """count/min/max/avg of the numeric `vals->value` per (cell at `res`) × (device) × bucket, oldest
+        bucket first; at most `max_rows` + 1 rows (the caller refuses more). A reading stored coarser
+        than `res` is grouped at its own cell."""
+        source, conds, args = await self.where(f)
+        cell = "NULL::bigint"
+        if res is not None:
+            at_res = f"((cell >> {h3cells.RES_SHIFT}) & 15) >= {res}"
+            cell = f"(CASE WHEN {at_res} THEN {h3cells.parent_sql('cell', res)} ELSE cell END)"
+        device = "device_id" if by_device else "NULL::bytea"
+        args += [value, max_rows + 1]
+        n = len(args)
+        rows = await self.pool.fetch(
+            f"""SELECT {cell} AS cell, {device} AS device_id,
+                       date_bin('{BUCKETS[bucket]}', ts, '1970-01-01T00:00:00Z') AS t,
+                       count(*) AS n, min(v) AS lo, max(v) AS hi, avg(v) AS mean
+                FROM (SELECT cell, device_id, ts, (vals ->> ${n - 1})::float8 AS v
+                      FROM {from_where(source, [*conds, f"jsonb_typeof(vals -> ${n - 1}) = 'number'"])}) s
+                GROUP BY 1, 2, 3 ORDER BY 3, 1, 2 LIMIT ${n}""",
+            *args,
+        )
+        return [
+            AggregateRow(
+                r["cell"],
+                bytes_or_none(r["device_id"]),
+                dt_to_ms(r["t"]),
+                r["n"],
+                r["lo"],
+                r["hi"],
+                r["mean"],
+            )
+            for r in rows
+        ]
+
+    async def export_sql(self, f: ReadingFilter, fmt: str) -> tuple[str, list[Any]]:
+        """The export's SELECT (CSV_COLUMNS or NDJSON_COLUMN), oldest first, and its arguments."""
+        source, conds, args = await self.where(f)
+        columns = CSV_COLUMNS if fmt == "csv" else NDJSON_COLUMN
+        return (
+            f"SELECT {columns} FROM {from_where(source, conds)} ORDER BY ts, device_id, seq, idx",
+            args,
+        )
+
+    async def export(
+        self, f: ReadingFilter, fmt: str, output: Callable[[bytes], Awaitable[None]], *, timeout_ms: int
+    ) -> None:
+        """Stream the filter's readings, oldest first, as CSV (header, CSV_COLUMNS) or NDJSON (one
+        reading per line, the shape of /v1/readings) into `output`, straight from a COPY: memory stays
+        at a chunk. NDJSON is a one-column COPY in CSV format with a quote and delimiter that JSON text
+        never holds raw (\\x01, \\x02), so each line is the JSON verbatim."""
+        sql, args = await self.export_sql(f, fmt)
+        options: dict[str, Any] = {"format": "csv", "header": True}
+        if fmt != "csv":
+            options = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            await conn.copy_from_query(sql, *args, output=output, **options)
