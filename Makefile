@@ -4,10 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := contracts/node_modules/.installed-stamp
+WEB_STAMP := ingest/api/web/node_modules/.installed-stamp
 MOSQUITTO := $(shell command -v mosquitto || ls /usr/sbin/mosquitto 2>/dev/null)
+CHROMIUM := $(shell ls /usr/bin/chromium 2>/dev/null)
 ARGS ?=
 
-.PHONY: demo test lint setup node mosquitto bench status-before
+.PHONY: demo test lint setup node web mosquitto chromium bench status-before
 
 setup: $(STAMP)
 
@@ -27,10 +29,24 @@ $(NODE_STAMP): contracts/package.json contracts/package-lock.json
 
 node: $(NODE_STAMP)
 
+# The map's bundle (ingest/api/static/, committed) is built from ingest/api/web/ with the pinned esbuild
+# and Leaflet: `make web` installs them, `node ingest/api/web/build.js` rebuilds, `--check` compares.
+$(WEB_STAMP): ingest/api/web/package.json ingest/api/web/package-lock.json
+	npm ci --prefix ingest/api/web --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
+
+web: $(WEB_STAMP)
+
 mosquitto:
 	@if [ -z "$(MOSQUITTO)" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q mosquitto; \
 	  else echo "Mosquitto is needed: sudo apt-get install mosquitto" >&2; exit 1; fi; fi
+
+# The map's browser test (tests/integration/test_map.py) drives Debian's chromium through Playwright.
+chromium:
+	@if [ -z "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "Chromium is needed: sudo apt-get install chromium" >&2; exit 1; fi; fi
 
 demo: $(STAMP)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory node; \
@@ -39,6 +55,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # The test command must leave the checkout's tracked files as it found them (npm, builds and tests
@@ -48,8 +65,9 @@ GIT_STATUS = (git status --porcelain --untracked-files=no 2>/dev/null || true)
 status-before:
 	@mkdir -p .depin && $(GIT_STATUS) > .depin/status-before
 
-test: status-before $(STAMP) node mosquitto lint
+test: status-before $(STAMP) node web mosquitto chromium lint
 	node contracts/build.js --check
+	node ingest/api/web/build.js --check
 	$(VENV)/bin/pytest -q -ra
 	@$(GIT_STATUS) > .depin/status-after
 	@cmp -s .depin/status-before .depin/status-after || \

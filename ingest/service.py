@@ -35,6 +35,7 @@ from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.api.auth import api_access
+from ingest.api.map import configure as configure_map
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
@@ -231,6 +232,7 @@ class Node:
         store = self.api_store or ReadStore(self.store.pool)
         app = create_app(store, self.ready, limits=limits, access=api_access(self.settings))
         app.middlewares.append(database_unavailable)
+        configure_map(app, self.settings)
         return app
 
 
@@ -454,6 +456,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings), access=api_access(settings))
         app.middlewares.append(database_unavailable)
+        configure_map(app, settings)
         async with serve_api(app, settings.api.host, settings.api.port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
             await stop.wait()

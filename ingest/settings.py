@@ -149,6 +149,10 @@ class Environment(BaseSettings):
     api_key_cache_s: float = Field(default=5.0, ge=0)
     # Origins that browsers may call the API from (comma list, `*` for any); empty = no CORS headers.
     api_cors_origins: str = ""
+    # The coverage map at / (README "The coverage map"): a tile URL template ({z}/{x}/{y}) drawn under
+    # the hexagons, and its attribution; empty: a plain background, the browser asks no tile server.
+    map_tiles_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    map_tiles_attribution: str = Field(default="", max_length=500)
 
     @field_validator("rewards_key_file", "rewards_key", mode="before")
     @classmethod
@@ -243,6 +247,8 @@ class ApiConfig:
     key_burst: float
     key_cache_s: float
     cors_origins: tuple[str, ...]
+    map_tiles_url: str = ""  # DEPIN_MAP_TILES_URL: empty = a plain background under the map
+    map_tiles_attribution: str = ""
 
 
 @dataclass(frozen=True, slots=True)

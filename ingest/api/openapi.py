@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ingest.api.map import OPENAPI_PATHS as MAP_PATHS
 from ingest.api.usage import PATHS as USAGE_PATHS
 
 INT64_MAX = 2**63 - 1
@@ -218,6 +219,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _resp("claim data", _ref("Proof")), "404": E404, **DB_ERRORS},
             }
         },
+        **MAP_PATHS,  # the coverage map: /, /static/{name}, /v1/coverage, /v1/epochs (ingest/api/map.py)
     },
     "components": {"schemas": SCHEMAS},
 }

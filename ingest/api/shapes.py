@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest.adapters.store.coverage import CellCoverage, CoveragePage
 from ingest.adapters.store.rows import EpochRow, OwnerReward, ReadingRow, RejectionRow, Totals
+from ingest.core.coverage import EpochSpan, cell_ring, freshness_ms
 from ingest.core.rules import flag_reasons
 
 
@@ -65,6 +67,46 @@ def epoch_json(e: EpochRow) -> dict[str, Any]:
         "block_number": e.block_number,
         "closed_ms": e.closed_ms,
         "published_ms": e.published_ms,
+    }
+
+
+def _span_fields(e: EpochSpan) -> dict[str, Any]:
+    return {"epoch": e.epoch, "start_ms": e.start_ms, "end_ms": e.end_ms, "status": e.status}
+
+
+def epoch_span_json(e: EpochSpan) -> dict[str, Any]:
+    """An epoch as /v1/epochs lists it (`covered`: has it any covered cell)."""
+    return {**_span_fields(e), "covered": e.covered}
+
+
+def coverage_json(e: EpochSpan, as_of_ms: int, page: CoveragePage) -> dict[str, Any]:
+    """An epoch's coverage as a GeoJSON FeatureCollection; the epoch's fields are foreign members."""
+    return {
+        "type": "FeatureCollection",
+        **_span_fields(e),
+        "as_of_ms": as_of_ms,
+        "cells": page.total,
+        "truncated": page.total > len(page.cells),
+        "features": [cell_feature(c, as_of_ms) for c in page.cells],
+    }
+
+
+def cell_feature(c: CellCoverage, as_of_ms: int) -> dict[str, Any]:
+    """One covered cell as a GeoJSON Feature: its hexagon ([lon, lat], closed ring) and coverage."""
+    cell = format(c.cell, "x")
+    return {
+        "type": "Feature",
+        "id": cell,
+        "geometry": {"type": "Polygon", "coordinates": [cell_ring(c.cell)]},
+        "properties": {
+            "cell": cell,
+            "devices": c.devices,
+            "device_ids": [d.hex() for d in c.device_ids],
+            "readings": c.readings,
+            "newest_ms": c.newest_ms,
+            "freshness_ms": freshness_ms(c.newest_ms, as_of_ms),
+            "reward": None if c.reward is None else str(c.reward),
+        },
     }
 
 
