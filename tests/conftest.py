@@ -23,7 +23,18 @@ from tests.fixtures_pg import *  # noqa: F403
 _HANG_DUMP_S = float(os.environ.get("DEPIN_TEST_HANG_DUMP_S", "240"))
 
 
-def _dump_stacks(name: str) -> None:
+def _dump_stacks(name: str, config: pytest.Config) -> None:
+    # Past pytest's output capture (which holds fd 2 while a test runs): the dump must reach the log
+    # of a run that never finishes.
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        _write_stacks(name)
+        return
+    with capman.global_and_fixture_disabled():
+        _write_stacks(name)
+
+
+def _write_stacks(name: str) -> None:
     out = sys.stderr
     print(f"\n=== {name} still running after {_HANG_DUMP_S:.0f} s: stacks ===", file=out)
     faulthandler.dump_traceback(file=out, all_threads=True)
@@ -44,7 +55,7 @@ def _dump_stacks(name: str) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     # Set-up, call and teardown: a fixture can hang as well as a test.
-    timer = threading.Timer(_HANG_DUMP_S, _dump_stacks, args=(item.nodeid,))
+    timer = threading.Timer(_HANG_DUMP_S, _dump_stacks, args=(item.nodeid, item.config))
     timer.daemon = True
     timer.start()
     try:
