@@ -34,6 +34,7 @@ from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate,
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
 from ingest.api.app import ApiLimits, create_app
+from ingest.api.devices import EPOCHS
 from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
@@ -124,9 +125,11 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             key = hashlib.sha256(settings.api.cursor_secret.get_secret_value().encode()).digest()
         else:
             key = await _stored_cursor_key(ingest)
-        yield Stores(
-            IngestStore(ingest), MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key
+        # The per-device counts are kept by epoch (device_epoch_counts, migration 010).
+        counting = IngestStore(
+            ingest, epoch_genesis_ms=settings.epochs.genesis_ms, epoch_length_ms=settings.epochs.length_ms
         )
+        yield Stores(counting, MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key)
 
 
 async def _stored_cursor_key(pool: Any) -> bytes:
@@ -228,6 +231,7 @@ class Node:
     def app(self) -> web.Application:
         limits = self.api_limits or ApiLimits(max_rows=self.settings.api.max_rows)
         app = create_app(self.api_store or ReadStore(self.store.pool), self.ready, limits=limits)
+        app[EPOCHS] = (self.settings.epochs.genesis_ms, self.settings.epochs.length_ms)
         app.middlewares.append(database_unavailable)
         return app
 
@@ -449,6 +453,7 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
 
     async with open_stores(settings) as stores:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings))
+        app[EPOCHS] = (settings.epochs.genesis_ms, settings.epochs.length_ms)
         app.middlewares.append(database_unavailable)
         async with serve_api(app, settings.api.host, settings.api.port) as url:
             log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)

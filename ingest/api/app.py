@@ -388,4 +388,7 @@ def create_app(
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
+    from ingest.api import devices  # lazy: it imports this module's helpers
+
+    devices.add_routes(app)  # /v1/packets/{device_id}/{seq}, /v1/devices/{device_id}, …/devices
     return app

@@ -269,6 +269,9 @@ OPENAPI: dict[str, Any] = {
 def openapi_for(max_rows: int) -> dict[str, Any]:
     """The description with this process's page-size limit (DEPIN_API_MAX_ROWS)."""
     doc = copy.deepcopy(OPENAPI)
+    from ingest.api import devices  # lazy: it imports this module
+
+    devices.merge_openapi(doc)
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows

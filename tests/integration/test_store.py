@@ -33,6 +33,7 @@ ALL_MIGRATIONS = [
     "006_hw_classes.sql",
     "007_rejections_retention.sql",
     "008_api_counters.sql",
+    "010_packet_envelopes.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -119,6 +120,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("006_hw_classes", "native"),
             ("007_rejections_retention", "native"),
             ("008_api_counters", "native"),
+            ("010_packet_envelopes", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
