@@ -23,7 +23,7 @@ CREATE TABLE device_epoch_counts (
     rejected  bigint      NOT NULL DEFAULT 0,  -- rejection rows recorded for its id (if registered)
     last_seen timestamptz,                     -- newest receipt of a stored packet
     PRIMARY KEY (device_id, epoch, shard)
-);
+) WITH (fillfactor = 50);  -- room on each page for HOT updates: a batch updates rows, never their key
 
 -- An owner's fleet page by page (GET /v1/owners/{address}/devices): keyset on device_id.
 CREATE INDEX devices_owner_device ON devices (owner, device_id);

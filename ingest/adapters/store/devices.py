@@ -116,7 +116,8 @@ class DeviceStore(PoolStore):
                 # receipt, so the scan ends a day after it even if some were deleted (retention).
                 rows = await conn.fetch(
                     f"""SELECT {_READING_SELECT} FROM readings
-                        WHERE device_id = $1 AND ts >= $3 AND ts <= $4::timestamptz + interval '1 day' AND seq = $2
+                        WHERE device_id = $1 AND seq = $2
+                          AND ts >= $3 AND ts <= $4::timestamptz + interval '1 day'
                         ORDER BY ts, idx LIMIT $5""",
                     device_id,
                     seq,
@@ -126,7 +127,7 @@ class DeviceStore(PoolStore):
                 )
         readings = sorted(
             (
-                ReadingRow(dt_to_ms(ts), bytes(dev), *mid, bytes_or_none(sha), uri, flags)
+                ReadingRow._make((dt_to_ms(ts), bytes(dev), *mid, bytes_or_none(sha), uri, flags))
                 for ts, dev, *mid, sha, uri, flags in rows
             ),
             key=lambda r: r.idx,
