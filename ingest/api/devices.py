@@ -1,4 +1,4 @@
-"""Provenance and owner views (docs/DESIGN.md §13): `GET /v1/packets/{device_id}/{seq}` (a packet's
+"""Provenance and owner views (docs/DESIGN.md §14): `GET /v1/packets/{device_id}/{seq}` (a packet's
 signed envelope and its readings: data, keyed and metered), `GET /v1/devices/{device_id}` and
 `GET /v1/owners/{address}/devices` (registry status, class, owner, asserted cell, last seen, per-epoch
 counts and quality: public, like the coverage summaries). Queries: `ingest.adapters.store.devices`;
