@@ -23,6 +23,7 @@ class AcceptedPacket:
     cells: tuple[int, ...]
     flags: tuple[int, ...]  # bit set per reading (see ingest.core.rules.FLAG_*), 0 = clean
     message_digest: bytes = b""  # sha256(raw message bytes): keys the rejection row if it is a replay
+    envelope: bytes = b""  # the raw message (signed COSE_Sign1) as received: kept as provenance
 
 
 @dataclass(frozen=True, slots=True)

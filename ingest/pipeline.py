@@ -139,6 +139,7 @@ def judge(
         cells=cells_for(((r.lat, r.lon) for r in packet.readings), hw.h3_res),
         flags=flags,
         message_digest=message_digest,
+        envelope=msg.payload,
     )
 
 

@@ -126,9 +126,11 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             key = hashlib.sha256(settings.api.cursor_secret.get_secret_value().encode()).digest()
         else:
             key = await _stored_cursor_key(ingest)
-        yield Stores(
-            IngestStore(ingest), MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key
+        # The per-device counts are kept by epoch (device_epoch_counts, migration 010).
+        counting = IngestStore(
+            ingest, epoch_genesis_ms=settings.epochs.genesis_ms, epoch_length_ms=settings.epochs.length_ms
         )
+        yield Stores(counting, MirrorStore(chain), EpochStore(chain), ReadStore(api), DbProbe(probe), key)
 
 
 async def _stored_cursor_key(pool: Any) -> bytes:

@@ -96,7 +96,7 @@ def map_case(context: Any, case: Any) -> Any:
     if meta is None or not meta.generation.mode.is_positive:
         return case
     path = case.operation.path
-    if path == "/v1/owners/{address}/proof":
+    if path in ("/v1/owners/{address}/proof", "/v1/owners/{address}/devices"):
         # The coverage phase draws from the pattern alone, ignoring the format: keep it to its format
         # (one case, or EIP-55 mixed case).
         address = (case.path_parameters or {}).get("address")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from devices.cli import contracts, device, hw
+from devices.cli import contracts, device, hw, verify
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,3 +20,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     contracts.add_commands(sub)
     device.add_commands(sub)
     hw.add_commands(sub)
+    verify.add_commands(sub)

@@ -40,8 +40,9 @@ Handler = Callable[[argparse.Namespace], int]
 # --------------------------------------------------------------------------------------------- options
 
 
-def chain_options() -> argparse.ArgumentParser:
-    """The connection options every `depin device …` and `depin hw …` command takes (argparse parent)."""
+def chain_options(*, signer: bool = True) -> argparse.ArgumentParser:
+    """The connection options every `depin device …` and `depin hw …` command takes (argparse parent);
+    `signer=False`: without --key-file, for a command that only reads the chain."""
     o = argparse.ArgumentParser(add_help=False)
     g = o.add_argument_group("chain connection")
     g.add_argument("--rpc-url", help="JSON-RPC URL (default DEPIN_CHAIN_RPC_URL, else http://127.0.0.1:8545)")
@@ -50,6 +51,8 @@ def chain_options() -> argparse.ArgumentParser:
         type=Path,
         help="deployment file (default DEPIN_DEPLOYMENT_FILE, else deployment.json)",
     )
+    if not signer:
+        return o
     g.add_argument(
         "--key-file",
         type=Path,

@@ -280,4 +280,7 @@ def create_app(
     app.router.add_get("/static/{name}", map_static)
     app.router.add_get("/v1/coverage", coverage)
     app.router.add_get("/v1/epochs", epochs_list)
+    from ingest.api import devices  # lazy: it imports this module's helpers
+
+    devices.add_routes(app)  # /v1/packets/{device_id}/{seq}, /v1/devices/{device_id}, …/devices
     return app

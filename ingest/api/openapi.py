@@ -232,6 +232,9 @@ def openapi_for(max_rows: int) -> dict[str, Any]:
 
     doc = copy.deepcopy(OPENAPI)
     doc["paths"].update(copy.deepcopy(query_doc.QUERY_PATHS))  # readings, aggregates, export
+    from ingest.api import devices  # lazy: it imports this module
+
+    devices.merge_openapi(doc)
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows

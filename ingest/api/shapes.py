@@ -7,9 +7,11 @@ decimal strings (they exceed JSON's safe integers), flags by name (README "Outco
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from ingest.adapters.store.coverage import CellCoverage, CoveragePage
+from ingest.adapters.store.devices import DeviceView, PacketRow
 from ingest.adapters.store.rows import EpochRow, OwnerReward, ReadingRow, RejectionRow, Totals
 from ingest.core.coverage import EpochSpan, cell_ring, freshness_ms
 from ingest.core.rules import flag_reasons
@@ -123,3 +125,47 @@ def owner_proof_json(epoch: int, account: str, r: OwnerReward) -> dict[str, Any]
 
 def totals_json(t: Totals) -> dict[str, Any]:
     return {"packets": t.packets, "readings": t.readings, "rejections": t.rejections}
+
+
+def packet_json(p: PacketRow) -> dict[str, Any]:
+    """A packet for provenance: `envelope` is base64 (padded) of the COSE_Sign1 bytes as received."""
+    return {
+        "device_id": p.device_id.hex(),
+        "seq": p.seq,
+        "kind": p.kind,
+        "received_ms": p.received_ms,
+        "payload_digest": p.payload_digest.hex(),
+        "envelope": None if p.envelope is None else base64.b64encode(p.envelope).decode(),
+        "readings": [reading_json(r) for r in p.readings],
+    }
+
+
+def _quality(readings: int, flagged: int) -> float | None:
+    return None if readings <= 0 else round((readings - flagged) / readings, 4)
+
+
+def device_view_json(v: DeviceView) -> dict[str, Any]:
+    readings = sum(e.readings for e in v.epochs)
+    status = "unregistered" if not v.registered else "active" if v.active else "revoked"
+    return {
+        "device_id": v.device_id.hex(),
+        "status": status,
+        "owner": v.owner,
+        "hw_class": v.hw_class,
+        "kind": v.kind,
+        "asserted_cell": None if v.asserted_cell is None else format(v.asserted_cell, "x"),
+        "registered_block": v.registered_block,
+        "last_seen_ms": v.last_seen_ms,
+        "quality": _quality(readings, sum(e.flagged for e in v.epochs)),
+        "epochs": [
+            {
+                "epoch": e.epoch,
+                "packets": e.packets,
+                "readings": e.readings,
+                "flagged": e.flagged,
+                "rejected": e.rejected,
+                "quality": _quality(e.readings, e.flagged),
+            }
+            for e in v.epochs
+        ],
+    }

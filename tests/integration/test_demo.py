@@ -134,6 +134,12 @@ def test_readme_examples_run_as_written_against_the_demo(demo: Demo, tmp_path: P
     _run_doc(REPO / "README.md", demo, tmp_path)
 
 
+def test_provenance_recipe_runs_as_written_against_the_demo(demo: Demo, tmp_path: Path) -> None:
+    """docs/PROVENANCE.md: a demo packet's envelope verified with pycose + PyNaCl, then by
+    `depin verify-export` against the demo's chain."""
+    _run_doc(REPO / "docs" / "PROVENANCE.md", demo, tmp_path)
+
+
 def test_the_summary_names_a_device_an_owner_and_urls_that_answer(demo: Demo) -> None:
     text = demo.output()
     assert re.search(r"a device: [0-9a-f]{64} · an owner: 0x[0-9a-fA-F]{40}", text), text

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 DOC_NODE = "http://127.0.0.1:48545"
 # Every document in docs/ with runnable examples, and what it runs against.
-RUNS_AGAINST = {"OPERATORS.md": "anvil"}
+RUNS_AGAINST = {"OPERATORS.md": "anvil", "PROVENANCE.md": "demo (test_demo.py)"}
 
 
 def test_every_doc_with_examples_is_run() -> None:

@@ -24,9 +24,12 @@ from typing import Any
 import asyncpg
 
 from devices.protocol.model import Reason
+from ingest.adapters.store.devices import add_device_counts
 from ingest.adapters.store.records import as_rejection, reading_records, sealed_detail, text
 from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, PoolStore, clamped_dt, ms_to_dt
+from ingest.core.device_counts import count_rejected, count_stored
 from ingest.core.media import MediaUse, first_uses
+from ingest.core.metering import epoch_sql
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.core.storage_rules import INT64_MAX, Outcome, packet_outcome, split_batch
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS _stage_packets (
     device_id bytea, seq bigint, payload_digest bytea, kind text, n_readings int,
-    received_at timestamptz, first_ts timestamptz) ON COMMIT DELETE ROWS;
+    received_at timestamptz, first_ts timestamptz, envelope bytea) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _stage_media (
     media_sha256 bytea, device_id bytea, ts timestamptz, seq bigint, idx smallint, reused boolean)
     ON COMMIT DELETE ROWS;
@@ -52,6 +55,7 @@ CREATE TEMP TABLE IF NOT EXISTS _stage_rejections (
 # INSERT): a statement's snapshot is taken before it waits for a lock.
 _BATCH_PRELUDE = _STAGING_DDL + f"SELECT pg_advisory_xact_lock_shared({SEAL_LOCK_KEY});\n"
 _PACKET_COLUMNS = ["device_id", "seq", "payload_digest", "kind", "n_readings", "received_at", "first_ts"]
+_PACKET_COLUMNS += ["envelope"]  # the signed message as received (migration 010: provenance)
 _REJECTION_COLUMNS = ["message_digest", "device_id", "seq", "reason", "detail", "topic", "received_at"]
 _READING_COLUMNS = [
     "ts",
@@ -92,10 +96,13 @@ class IngestStore(PoolStore):
         partition_days_back: int = 7,
         partition_days_ahead: int = 1,
         clock: Callable[[], float] = time.time,
+        epoch_genesis_ms: int = 1_767_225_600_000,
+        epoch_length_ms: int = 86_400_000,
     ) -> None:
         """`partition_days_back/ahead`: daily partitions are created on demand only for days in this
         window around now; readings outside it (rare: the pipeline rejects them) go to the DEFAULT
-        partition instead of creating a partition per arbitrary date."""
+        partition instead of creating a partition per arbitrary date. `epoch_genesis_ms/length_ms`:
+        the epochs (DEPIN_EPOCH_*) the per-device counts are kept by (`device_epoch_counts`)."""
         super().__init__(pool)
         self._days_back = partition_days_back
         self._days_ahead = partition_days_ahead
@@ -103,6 +110,7 @@ class IngestStore(PoolStore):
         self._native: bool | None = None  # None until probed: native partitions vs hypertable
         self._known_days: set[int] = set()  # days (ms // DAY_MS) whose partition is known to exist
         self._shard = random.randrange(64)  # its row in stats_counters (migrations/008_api_counters.sql)
+        self._epochs = (epoch_genesis_ms, epoch_length_ms)
 
     # --- write path -------------------------------------------------------------------------------
 
@@ -179,6 +187,7 @@ class IngestStore(PoolStore):
                             len(p.readings),
                             clamped_dt(p.received_ms),
                             ms_to_dt(min(r.ts_ms for r in p.readings)) if p.readings else None,
+                            p.envelope or None,  # the signed message as received (provenance)
                         )
                         for p in first.values()
                     ],
@@ -245,8 +254,11 @@ class IngestStore(PoolStore):
                 for p in replays
             ]
             to_reject += [as_rejection(p, Reason.EPOCH_CLOSED, sealed[(p.device_id, p.seq)]) for p in closed]
-            by_reason = await self._insert_rejections(conn, to_reject)
+            by_reason, by_device = await self._insert_rejections(conn, to_reject, self._epochs)
             n_rejections = sum(by_reason.values())
+            if inserted or by_device:
+                counts = count_stored((first[k] for k in sorted(inserted)), reused, *self._epochs)
+                await add_device_counts(conn, self._shard, count_rejected(by_device, counts))
             # Last statement of the batch: the counters row locks are held only until the commit.
             await self._count_stored(conn, len(inserted), n_readings, by_reason)
 
@@ -313,11 +325,12 @@ class IngestStore(PoolStore):
 
     @staticmethod
     async def _insert_rejections(
-        conn: asyncpg.Connection, rejections: Sequence[RejectedMessage]
-    ) -> dict[str, int]:
-        """Insert the rejections not recorded yet; returns how many were new, by reason."""
+        conn: asyncpg.Connection, rejections: Sequence[RejectedMessage], epochs: tuple[int, int]
+    ) -> tuple[dict[str, int], list[tuple[bytes | None, int, int]]]:
+        """Insert the rejections not recorded yet; returns how many were new, by reason, and by
+        (device, epoch of receipt) as (device_id, epoch, n) for the per-device counts."""
         if not rejections:
-            return {}
+            return {}, []
         seen: set[bytes] = set()
         records = []
         for r in rejections:
@@ -343,10 +356,17 @@ class IngestStore(PoolStore):
                     SELECT {", ".join(_REJECTION_COLUMNS)} FROM _stage_rejections
                     ORDER BY message_digest
                     ON CONFLICT (message_digest) DO NOTHING
-                    RETURNING reason)
-                SELECT reason, count(*) AS n FROM ins GROUP BY reason"""
+                    RETURNING reason, device_id, received_at)
+                SELECT reason, ins.device_id, {epoch_sql("received_at", *epochs)} AS epoch, count(*) AS n,
+                       d.device_id IS NOT NULL AS registered
+                FROM ins LEFT JOIN devices d ON d.device_id = ins.device_id GROUP BY 1, 2, 3, 5"""
         )
-        return {r["reason"]: r["n"] for r in rows}
+        by_reason: dict[str, int] = {}
+        for r in rows:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["n"]
+        # Only registered devices' rejections are counted per device: anyone can publish on any topic,
+        # and random ids must not grow `device_epoch_counts`.
+        return by_reason, [(bytes(r["device_id"]), r["epoch"], r["n"]) for r in rows if r["registered"]]
 
     async def _count_stored(
         self, conn: asyncpg.Connection, packets: int, readings: int, rejections: dict[str, int]
