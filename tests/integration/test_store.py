@@ -122,9 +122,9 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("006_hw_classes", "native"),
             ("007_rejections_retention", "native"),
             ("008_api_counters", "native"),
-    "009_api_keys.sql",
-    "010_packet_envelopes.sql",
-    "011_query_polygon.sql",
+            ("009_api_keys", "native"),
+            ("010_packet_envelopes", "native"),
+            ("011_query_polygon", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
