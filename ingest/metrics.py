@@ -26,6 +26,13 @@ REJECTIONS_PRUNED = Counter(
     "rejection rows deleted: `expired` past the retention, `trimmed` unsigned ones over a device's cap",
     ["why"],
 )
+# Readings partition upkeep (ingest/retention.py): created ahead of need, dropped past the retention.
+READINGS_PARTITIONS = Counter(
+    "depin_readings_partitions_total",
+    "readings partitions `created` ahead of time or `dropped` past DEPIN_READINGS_RETENTION_DAYS"
+    " (TimescaleDB: chunks)",
+    ["action"],
+)
 BATCH_SIZE = Histogram(
     "depin_batch_size", "messages per committed batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000)
 )

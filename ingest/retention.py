@@ -1,7 +1,10 @@
 """Rejection rows' retention, run by the `consume` part of `depin run`: every
 `DEPIN_REJECTIONS_PRUNE_INTERVAL_S`, delete the rows older than `DEPIN_REJECTIONS_RETENTION_DAYS` and
 each device's unsigned rows beyond its newest `DEPIN_REJECTIONS_UNSIGNED_KEEP` (in batches;
-`depin_rejections_pruned_total{why}`). With N workers each runs it; the DELETEs are idempotent."""
+`depin_rejections_pruned_total{why}`). The same task keeps the readings partitions
+(`maintain_partitions`): today's and the next `DEPIN_READINGS_PARTITIONS_AHEAD_DAYS` are created ahead,
+whole ones past `DEPIN_READINGS_RETENTION_DAYS` and sealed are dropped
+(`depin_readings_partitions_total{action}`). With N workers each runs it; every step is idempotent."""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from collections.abc import Callable
 
 from ingest import metrics
 from ingest.adapters.store import IngestStore
+from ingest.adapters.store.partitions import PartitionStore
+from ingest.core.partition_rules import days_ahead, drop_before_ms, droppable_days
 from ingest.core.rejection_budget import UNSIGNED
+from ingest.settings import ConsumerConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +34,53 @@ async def prune_once(
     return expired, trimmed
 
 
+async def maintain_partitions(
+    parts: PartitionStore, ahead_days: int, retention_days: int, now_ms: int
+) -> tuple[list[str], list[str]]:
+    """One pass: create the partitions ahead, drop the droppable ones; returns (created, dropped)."""
+    created: list[str] = []
+    dropped: list[str] = []
+    if await parts.native():
+        ahead = days_ahead(now_ms, ahead_days)
+        created = await parts.create_days(ahead[0], ahead[-1])
+        if retention_days > 0:
+            days = await parts.partition_days()
+            sealed = await parts.sealed_until_ms()
+            for day in droppable_days(days, now_ms, retention_days, sealed):
+                if await parts.drop_partition(days[day]):
+                    dropped.append(days[day])
+    else:  # TimescaleDB creates its chunks on insert; old ones go by the same rule
+        before = drop_before_ms(now_ms, retention_days, await parts.sealed_until_ms())
+        if before is not None:
+            dropped = await parts.drop_chunks_before(before)
+    metrics.READINGS_PARTITIONS.labels(action="created").inc(len(created))
+    metrics.READINGS_PARTITIONS.labels(action="dropped").inc(len(dropped))
+    if created:
+        log.info("created readings partitions ahead: %s", ", ".join(created))
+    for name in dropped:
+        log.info("dropped readings partition %s (past %d days' retention and sealed)", name, retention_days)
+    return created, dropped
+
+
 async def run_retention(
     store: IngestStore,
-    retention_ms: int,
-    unsigned_keep: int,
-    interval_s: float,
+    c: ConsumerConfig,
     clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
 ) -> None:
-    """Prune now and every `interval_s` until cancelled. A failure (the database away, a statement
-    timeout) is logged and retried next time: pruning late never loses data, stopping the part would."""
+    """Prune and keep the partitions now and every `DEPIN_REJECTIONS_PRUNE_INTERVAL_S` until cancelled.
+    A failure (the database away, a lock or statement timeout) is logged and retried next time: late
+    upkeep never loses data, stopping the part would. Each step fails alone: one does not starve the other."""
+    parts = PartitionStore(store.pool)
+    interval_s = c.rejections_prune_interval_s
     while True:
         try:
-            await prune_once(store, retention_ms, unsigned_keep, clock())
+            await prune_once(store, c.rejections_retention_ms, c.rejections_unsigned_keep, clock())
         except Exception as exc:
             log.warning("pruning rejections failed (%r); retrying in %.0f s", exc, interval_s)
+        try:
+            await maintain_partitions(
+                parts, c.readings_partitions_ahead_days, c.readings_retention_days, clock()
+            )
+        except Exception as exc:
+            log.warning("readings partition upkeep failed (%r); retrying in %.0f s", exc, interval_s)
         await asyncio.sleep(interval_s)

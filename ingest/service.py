@@ -409,9 +409,7 @@ def _consume(node: Node, store: IngestStore) -> dict[str, Part]:
     )
     return {
         "consumer": node.consumer.run,
-        "rejections-retention": lambda: run_retention(
-            store, c.rejections_retention_ms, c.rejections_unsigned_keep, c.rejections_prune_interval_s
-        ),
+        "rejections-retention": lambda: run_retention(store, c),
     }
 
 

@@ -83,6 +83,10 @@ class Environment(BaseSettings):
     rejections_retention_days: float = Field(default=7.0, gt=0)
     rejections_unsigned_keep: int = Field(default=50, ge=0)
     rejections_prune_interval_s: float = Field(default=60.0, gt=0)
+    # Readings partitions (README "Storage"), kept by the same task: the next days' partitions are
+    # created ahead; whole ones older than the retention (0 = forever) AND sealed are dropped.
+    readings_partitions_ahead_days: int = Field(default=2, ge=0, le=366)
+    readings_retention_days: int = Field(default=0, ge=0)
 
     # Wire limits (docs/DESIGN.md §3).
     max_message_bytes: int = 64 * 1024
@@ -217,6 +221,8 @@ class ConsumerConfig:
     rejections_retention_ms: int
     rejections_unsigned_keep: int
     rejections_prune_interval_s: float
+    readings_partitions_ahead_days: int
+    readings_retention_days: int
 
 
 @dataclass(frozen=True, slots=True)
