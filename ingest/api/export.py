@@ -3,7 +3,8 @@ streamed straight from a PostgreSQL COPY into the response: the process holds on
 whatever the size (the client's pace is the COPY's: aiohttp's write waits for the socket to drain).
 
 The usage is charged before the first byte, with one SQL GROUP BY over the same filter (readings per
-res-7 cell and epoch). Columns: ingest/adapters/store/queries.py CSV_COLUMNS (README "Exports"). An
+res-7 cell and epoch). Columns: ingest/adapters/store/queries.py CSV_COLUMNS (README "Exports"), plus
+`envelope` with include=envelope (DESIGN §14). An
 error after the first byte cannot become a status any more: the connection is then closed without
 the chunked stream's end, so a client sees a truncated transfer, never a short file that looks whole.
 """
@@ -17,11 +18,12 @@ from aiohttp import web
 
 from ingest.api.metering import EPOCH_GRID, record_usage
 from ingest.api.query_common import QUERIES, choice, query_params, time_range, where_of
+from ingest.api.readings import include_of
 from ingest.core import metering
 from ingest.core.readfilter import FILTER_PARAMS
 
 log = logging.getLogger(__name__)
-PARAMS = FILTER_PARAMS | {"from", "to", "format"}
+PARAMS = FILTER_PARAMS | {"from", "to", "format", "include"}
 MAX_DAYS = 366
 EXPORT_TIMEOUT_MS = 15 * 60_000  # the export's own statement timeout (the API pool's is for pages)
 CONTENT_TYPES = {"csv": "text/csv", "ndjson": "application/x-ndjson"}
@@ -31,6 +33,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     q = query_params(request, PARAMS)
     fmt = choice(q, "format", list(CONTENT_TYPES))
     where = where_of(q)
+    include = include_of(q)
     start, end = time_range(q, max_days=MAX_DAYS)
     f = where.between(start, end)
     store = request.app[QUERIES]
@@ -47,7 +50,9 @@ async def export(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     started = time.monotonic()
     try:
-        await store.export(f, fmt, response.write, timeout_ms=EXPORT_TIMEOUT_MS)
+        await store.export(
+            f, fmt, response.write, timeout_ms=EXPORT_TIMEOUT_MS, envelope="envelope" in include
+        )
     except Exception:
         log.warning(
             "export %s stopped after %.1f s; closing the connection",

@@ -84,7 +84,10 @@ SCHEMAS: dict[str, Any] = {
     ),
     "ReadingsPage": _obj(
         {
-            "readings": {"type": "array", "items": _ref("Reading")},
+            "readings": {
+                "type": "array",
+                "items": {"oneOf": [_ref("Reading"), _ref("ReadingWithEnvelope")]},
+            },
             "next": {**_NS, "description": "cursor of the next page; null on the last page"},
         }
     ),
@@ -142,6 +145,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["ready", "failing"],
     },
 }
+# With include=envelope (/v1/readings): a Reading plus its packet's signed envelope, base64 (null for a
+# packet stored before migration 010). Two exact shapes, so a page of either still validates strictly.
+SCHEMAS["ReadingWithEnvelope"] = _obj(
+    {**SCHEMAS["Reading"]["properties"], "envelope": {**_NS, "description": "base64 of the COSE_Sign1"}}
+)
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",

@@ -34,6 +34,14 @@ FILTER = [
 ]
 
 
+INCLUDE = _q(
+    "include",
+    "envelope: each reading also carries `envelope`, base64 (RFC 4648, padded) of its packet's signed "
+    "COSE_Sign1 message (null for a packet stored before envelopes were kept); docs/PROVENANCE.md",
+    {"type": "string", "enum": ["envelope"]},
+)
+
+
 def _range(days: int) -> list[dict[str, Any]]:
     return [
         _q(
@@ -90,6 +98,7 @@ QUERY_PATHS: dict[str, Any] = {
                     "the `next` value of the previous page",
                     {"type": "string", "format": "depin-cursor", "maxLength": 512},
                 ),
+                INCLUDE,
             ],
             "responses": {
                 "200": _resp('a page of readings (flags named: ["bad_values"])', _ref("ReadingsPage")),
@@ -151,13 +160,14 @@ QUERY_PATHS: dict[str, Any] = {
             "description": (
                 f"{_WHERE} Streamed from the database, oldest first. CSV columns: ts_ms, device_id, seq, "
                 "idx, lat, lon, acc, alt, cell, kind, vals (JSON), media_sha256, media_uri, flags (names "
-                "joined by |). NDJSON: one reading per line, as in /v1/readings. `from` < `to`, at most "
-                "366 days apart."
+                "joined by |), then envelope with include=envelope. NDJSON: one reading per line, as in "
+                "/v1/readings. `from` < `to`, at most 366 days apart."
             ),
             "parameters": [
                 *FILTER,
                 *_range(366),
                 _q("format", "csv or ndjson", {"type": "string", "enum": ["csv", "ndjson"]}, required=True),
+                INCLUDE,
             ],
             "responses": {
                 "200": {

@@ -30,12 +30,12 @@ from ingest.api.query_common import (
     where_of,
 )
 from ingest.api.shapes import reading_json
-from ingest.core.readfilter import FILTER_PARAMS, Where
+from ingest.core.readfilter import FILTER_PARAMS, FilterError, Where, parse_include
 from ingest.core.storage_rules import INT64_MAX, MAX_TS_MS, SMALLINT_MAX
 
 MAX_RANGE_DAYS = 31
 MAX_RANGE_MS = MAX_RANGE_DAYS * 86_400_000
-PARAMS = FILTER_PARAMS | {"from", "to", "limit", "cursor"}
+PARAMS = FILTER_PARAMS | {"from", "to", "limit", "cursor", "include"}
 
 
 def cursor_extra(where: Where) -> str:
@@ -104,6 +104,13 @@ def decode_cursor(
     return (start, end), (ts, bytes.fromhex(dev_hex), seq, idx)
 
 
+def include_of(q: dict[str, str]) -> frozenset[str]:
+    try:
+        return parse_include(q)
+    except FilterError as exc:
+        raise bad_request(str(exc)) from None
+
+
 def _limit(q: dict[str, str], max_rows: int) -> int:
     raw = q.get("limit", str(min(1000, max_rows)))
     if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= max_rows:
@@ -119,6 +126,7 @@ async def readings(request: web.Request) -> web.Response:
     """
     q = query_params(request, PARAMS)
     where = where_of(q)
+    include = include_of(q)
     limits = request.app[QUERY_LIMITS]
     limit = _limit(q, limits.max_rows)
     extra = cursor_extra(where)
@@ -134,7 +142,14 @@ async def readings(request: web.Request) -> web.Response:
         where.between(start, end), limit=limit, after=after, max_bytes=limits.max_page_bytes
     )
     charge_readings(request, ((r.cell, r.ts_ms) for r in page.items))
-    body: dict[str, Any] = {"readings": [reading_json(r) for r in page.items], "next": None}
+    items = [reading_json(r) for r in page.items]
+    if "envelope" in include:
+        # Looked up after the page is chosen: a cursor names the same rows with or without include.
+        found = await request.app[QUERIES].envelopes(sorted({(r.device_id, r.seq) for r in page.items}))
+        for item, r in zip(items, page.items, strict=True):
+            env = found.get((r.device_id, r.seq))
+            item["envelope"] = None if env is None else base64.b64encode(env).decode()
+    body: dict[str, Any] = {"readings": items, "next": None}
     if page.next is not None:
         body["next"] = encode_cursor(
             limits.cursor_key, where.device, where.cell, (start, end), page.next, extra

@@ -174,6 +174,17 @@ def parse_where(q: dict[str, str], *, need_place: bool = True) -> Where:
     return Where(device, cell, area, kind)
 
 
+INCLUDES = ("envelope",)  # extra columns a reading query or export can ask for (DESIGN §14)
+
+
+def parse_include(q: dict[str, str]) -> frozenset[str]:
+    """`include=envelope` (comma-separated names from INCLUDES); absent: nothing extra."""
+    names = [n for n in q.get("include", "").split(",") if n] if "include" in q else []
+    if "include" in q and (not names or any(n not in INCLUDES for n in names)):
+        raise FilterError("include", f"include must be a comma-separated list of: {', '.join(INCLUDES)}")
+    return frozenset(names)
+
+
 def parse_device(raw: str) -> bytes:
     if not _DEVICE_RE.fullmatch(raw):
         raise FilterError("device", "device id must be 64 hex characters")

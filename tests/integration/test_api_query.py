@@ -7,6 +7,7 @@ process whose RSS stays flat."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -216,6 +217,8 @@ async def test_a_cursor_is_bound_to_the_whole_filter(api: tuple[str, list[Row], 
         ("cell=88283096cdfffff&bbox=13,52,13.1,52.1", "bbox"),
         ("kind=air", "give device"),
         ("device=" + "ab" * 32 + "&kind=%00", "kind"),
+        ("device=" + "ab" * 32 + "&include=media", "include"),
+        ("device=" + "ab" * 32 + "&include=", "include"),
     ],
 )
 async def test_bad_input_is_a_json_400_naming_the_parameter(
@@ -314,6 +317,63 @@ async def test_exports_stream_the_same_readings(api: tuple[str, list[Row], Charg
             assert r.status == 400 and "366 days" in (await r.json())["error"]
 
 
+async def seed_packets(dsn: str, rows: list[Row]) -> dict[tuple[str, int], bytes | None]:
+    """A packet row for each seeded (device, seq): an envelope of 40-140 random bytes (longer than
+    encode's 76-character base64 lines), none for every seventh packet (stored before migration 010)."""
+    rnd = random.Random(11)
+    envelopes = {
+        (r.device, r.seq): None if i % 7 == 3 else rnd.randbytes(rnd.randint(40, 140))
+        for i, r in enumerate(rows)
+    }
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO packets (device_id, seq, payload_digest, kind, n_readings, received_at, envelope) "
+            "SELECT d, s, '\\x00', 'air', 1, now(), e FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) "
+            "AS k(d, s, e)",
+            [bytes.fromhex(d) for d, _ in envelopes],
+            [s for _, s in envelopes],
+            list(envelopes.values()),
+        )
+        await conn.execute("ANALYZE packets")
+    finally:
+        await conn.close()
+    return envelopes
+
+
+def b64(envelope: bytes | None) -> str | None:
+    return None if envelope is None else base64.b64encode(envelope).decode()
+
+
+async def test_include_envelope_carries_each_readings_packet_envelope(
+    api: tuple[str, list[Row], Charges], pg_dsn: str
+) -> None:
+    url, rows, _ = api
+    stored = await seed_packets(pg_dsn, rows)
+    base = {"polygon": json.dumps(POLY), "from": str(T0), "to": str(T0 + 86_400_000)}
+    async with aiohttp.ClientSession() as http:
+        plain = await all_pages(http, url, {**base, "limit": "97"})
+        assert plain and all("envelope" not in x for x in plain)
+        # The same pages (a cursor names the same rows), each reading with its packet's envelope.
+        enveloped = await all_pages(http, url, {**base, "limit": "97", "include": "envelope"})
+        assert [{k: v for k, v in x.items() if k != "envelope"} for x in enveloped] == plain
+        assert [x["envelope"] for x in enveloped] == [b64(stored[k]) for k in keys(plain)]
+        assert any(x["envelope"] is None for x in enveloped) and any(x["envelope"] for x in enveloped)
+        async with http.get(
+            f"{url}/v1/export", params={**base, "format": "ndjson", "include": "envelope"}
+        ) as r:
+            assert r.status == 200
+            assert [json.loads(line) for line in (await r.text()).splitlines()] == enveloped
+        async with http.get(f"{url}/v1/export", params={**base, "format": "csv", "include": "envelope"}) as r:
+            assert r.status == 200
+            table = list(csv.DictReader(io.StringIO(await r.text())))
+        assert list(table[0])[-2:] == ["flags", "envelope"]
+        assert [(x["device_id"], int(x["seq"])) for x in table] == keys(plain)
+        assert [x["envelope"] for x in table] == [b64(stored[k]) or "" for k in keys(plain)]
+        async with http.get(f"{url}/v1/export", params={**base, "format": "csv"}) as r:
+            assert "envelope" not in (await r.text()).splitlines()[0]
+
+
 async def test_the_sql_polygon_test_is_the_python_one(store: Store) -> None:
     rnd = random.Random(3)
     holed = dict(
@@ -362,6 +422,7 @@ def scans(node: dict[str, Any]) -> list[tuple[str, str]]:
 async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> None:
     """200k readings over ~3 days: no query shape reads a readings partition sequentially."""
     rows = await seed(pg_dsn, 1000, 200, step_ms=20 * 60_000)
+    await seed_packets(pg_dsn, rows)
     some = rows[0]
     day = (T0 + 86_400_000, T0 + 2 * 86_400_000)
     wheres = {
@@ -377,7 +438,7 @@ async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> Non
     queries = QueryStore(explaining)  # type: ignore[arg-type]
     full = {
         r["p"] for r in await store.pool.fetch("SELECT DISTINCT tableoid::regclass::text AS p FROM readings")
-    }
+    } | {"packets"}
 
     def seq_scans(plan: Any) -> list[str]:  # of a partition holding rows (an empty one costs nothing)
         return [rel for node, rel in scans(plan[0]["Plan"]) if node == "Seq Scan" and rel in full]
@@ -390,12 +451,16 @@ async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> Non
         await queries.readings(f, limit=1000, after=(day[0] + 3_600_000, b"\x00" * 32, 0, 0))
         await queries.usage(f, *CLOCK)
         await queries.aggregates(f, res=7, by_device=False, bucket="hour", value="pm25", max_rows=10_000)
+        for fmt in ("csv", "ndjson"):
+            sql, args = await queries.export_sql(f, fmt, envelope=True)
+            await explaining.fetch(sql, *args)
         sql, args = await queries.export_sql(f, "csv")
         await explaining.fetch(sql, *args)
+        await queries.envelopes([(bytes.fromhex(r.device), r.seq) for r in rows[:1000]])
         for sql, plan in explaining.plans:
             seq = seq_scans(plan)
             assert not seq, f"{name}: sequential scan of {seq} in\n{sql}\n{json.dumps(plan, indent=1)[:3000]}"
-        assert len(explaining.plans) == 5
+        assert len(explaining.plans) == 8
         explaining.plans.clear()
 
 

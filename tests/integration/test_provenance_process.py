@@ -1,7 +1,8 @@
 """Provenance end to end, as a buyer and an owner meet it: `depin run` as an OS process (settings from
-DEPIN_* only) on real PostgreSQL, Mosquitto and anvil keeps every packet's envelope; the buyer builds an
-export from GET /v1/packets/{device_id}/{seq} and checks it with `depin verify-export` (a process)
-against anvil's registry: a good file passes, a tampered value, a tampered signature, an unknown
+DEPIN_* only) on real PostgreSQL, Mosquitto and anvil keeps every packet's envelope (GET
+/v1/packets/{device_id}/{seq} serves the MQTT payload byte for byte); the buyer exports with
+GET /v1/export?include=envelope and checks the NDJSON and CSV files with `depin verify-export` (a
+process) against anvil's registry: both pass, and a tampered value, a tampered signature, an unknown
 device and a device revoked on chain each fail with their reason named. The owner's views count what
 each device sent per epoch and show the revocation."""
 
@@ -12,6 +13,7 @@ import base64
 import json
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,12 @@ async def _verify_export(path: Path, anvil_url: str, deployment: Path) -> tuple[
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+async def _get_text(url: str, key: str) -> str:
+    async with aiohttp.ClientSession(headers=bearer(key)) as http, http.get(url) as r:
+        assert r.status == 200, (url, r.status, await r.text())
+        return await r.text()
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -107,15 +115,33 @@ async def test_envelopes_kept_by_depin_run_verify_against_the_chain(
 
         await wait_for(stored, 20, "every packet stored and the forgery rejected")
 
-        # The buyer's export: each packet's readings as the API serves them, with its envelope.
-        rows: list[dict[str, Any]] = []
+        # Each packet as GET /v1/packets/{device_id}/{seq} serves it: the MQTT payload, byte for byte.
+        by_packet: list[dict[str, Any]] = []
         for (dev, seq), msg in sent.items():
             body = await _get(f"{proc.url}/v1/packets/{dev.hex()}/{seq}", api_key)  # keyed: scope read
-            assert base64.b64decode(body["envelope"]) == msg  # the MQTT payload, byte for byte
+            assert base64.b64decode(body["envelope"]) == msg
             assert len(body["readings"]) == 2
-            rows += [{**r, "envelope": body["envelope"]} for r in body["readings"]]
-        good = _write(tmp_path / "good.ndjson", rows)
+            by_packet += [{**r, "envelope": body["envelope"]} for r in body["readings"]]
+
+        # The buyer's export: /v1/export with include=envelope (keyed), NDJSON and CSV, one file each.
+        ndjson, csv_lines = "", []
+        for d in fleet:
+            query = f"device={d.device_id.hex()}&from={now - 60_000}&to={now + 3_600_000}&include=envelope"
+            ndjson += await _get_text(f"{proc.url}/v1/export?format=ndjson&{query}", api_key)
+            table = (await _get_text(f"{proc.url}/v1/export?format=csv&{query}", api_key)).splitlines()
+            csv_lines += table if not csv_lines else table[1:]  # one header
+        rows = [json.loads(line) for line in ndjson.splitlines()]
+        # Same readings, same envelopes (acc/alt are `real`: their JSON digits differ between the two).
+        key = itemgetter("device_id", "seq", "idx", "envelope")
+        assert sorted(map(key, rows)) == sorted(map(key, by_packet))
+        good = tmp_path / "good.ndjson"
+        good.write_text(ndjson)
         code, out = await _verify_export(good, anvil_url, dep_file)
+        assert code == 0 and f"rows {len(rows)} · packets {len(sent)} · verified {len(rows)}" in out, out
+        good_csv = tmp_path / "good.csv"
+        good_csv.write_text("\n".join(csv_lines) + "\n")
+        assert csv_lines[0].endswith(",envelope") and len(csv_lines) == len(rows) + 1
+        code, out = await _verify_export(good_csv, anvil_url, dep_file)
         assert code == 0 and f"rows {len(rows)} · packets {len(sent)} · verified {len(rows)}" in out, out
 
         # The owner's view: per-epoch counts, the forged message counted against device 0.

@@ -54,13 +54,31 @@ CSV_COLUMNS = (
     "to_hex(cell) AS cell, kind, vals::text AS vals, encode(media_sha256, 'hex') AS media_sha256, "
     f"media_uri, array_to_string({_FLAG_NAMES}, '|') AS flags"
 )
-NDJSON_COLUMN = (
-    f"json_build_object('ts', {_TS_MS}, 'device_id', encode(device_id, 'hex'), 'seq', seq, 'idx', idx, "
-    "'lat', lat, 'lon', lon, 'acc', acc, 'alt', alt, 'cell', to_hex(cell), 'kind', kind, 'vals', vals, "
-    "'media', CASE WHEN media_sha256 IS NULL THEN NULL "
-    "ELSE json_build_object('sha256', encode(media_sha256, 'hex'), 'uri', media_uri) END, "
-    f"'flags', to_json({_FLAG_NAMES}))::text"
+
+
+def _ndjson_column(extra: str = "") -> str:
+    return (
+        f"json_build_object('ts', {_TS_MS}, 'device_id', encode(device_id, 'hex'), 'seq', seq, 'idx', idx, "
+        "'lat', lat, 'lon', lon, 'acc', acc, 'alt', alt, 'cell', to_hex(cell), 'kind', kind, 'vals', vals, "
+        "'media', CASE WHEN media_sha256 IS NULL THEN NULL "
+        "ELSE json_build_object('sha256', encode(media_sha256, 'hex'), 'uri', media_uri) END, "
+        f"'flags', to_json({_FLAG_NAMES}){extra})::text"
+    )
+
+
+NDJSON_COLUMN = _ndjson_column()
+# include=envelope: the packet's signed envelope by its primary key, padded base64 on one line (encode
+# wraps at 76 characters). A scalar subquery, not a join the planner may turn into a hash join over a
+# scan of packets: each row is one index probe of packets_pkey. Needs the readings aliased `rd`.
+ENVELOPE_SQL = (
+    "replace(encode((SELECT p.envelope FROM packets p WHERE p.device_id = rd.device_id "
+    "AND p.seq = rd.seq), 'base64'), E'\\n', '')"
 )
+# A page's envelopes, looked up after the page is chosen (so include never changes a page's rows).
+ENVELOPES_SQL = """SELECT k.d AS device_id, k.s AS seq,
+                          (SELECT p.envelope FROM packets p
+                           WHERE p.device_id = k.d AND p.seq = k.s) AS envelope
+                   FROM unnest($1::bytea[], $2::bigint[]) AS k(d, s)"""
 
 
 CONDS = "%CONDS%"  # where a source built by QueryStore.where takes its conditions
@@ -257,23 +275,51 @@ class QueryStore(PoolStore):
             for r in rows
         ]
 
-    async def export_sql(self, f: ReadingFilter, fmt: str) -> tuple[str, list[Any]]:
-        """The export's SELECT (CSV_COLUMNS or NDJSON_COLUMN), oldest first, and its arguments."""
+    async def envelopes(self, keys: list[tuple[bytes, int]]) -> dict[tuple[bytes, int], bytes | None]:
+        """The signed envelopes of the packets `keys` (device_id, seq): one primary-key probe each."""
+        if not keys:
+            return {}
+        rows = await self.pool.fetch(ENVELOPES_SQL, [k[0] for k in keys], [k[1] for k in keys])
+        return {(bytes(r["device_id"]), r["seq"]): bytes_or_none(r["envelope"]) for r in rows}
+
+    async def export_sql(
+        self, f: ReadingFilter, fmt: str, *, envelope: bool = False
+    ) -> tuple[str, list[Any]]:
+        """The export's SELECT (CSV_COLUMNS or NDJSON_COLUMN, then `envelope` if asked), oldest first,
+        and its arguments."""
         source, conds, args = await self.where(f)
-        columns = CSV_COLUMNS if fmt == "csv" else NDJSON_COLUMN
+        if not envelope:
+            columns = CSV_COLUMNS if fmt == "csv" else NDJSON_COLUMN
+            return (
+                f"SELECT {columns} FROM {from_where(source, conds)} ORDER BY ts, device_id, seq, idx",
+                args,
+            )
+        columns = (
+            f"{CSV_COLUMNS}, {ENVELOPE_SQL} AS envelope"
+            if fmt == "csv"
+            else _ndjson_column(f", 'envelope', {ENVELOPE_SQL}")
+        )
+        # The filtered readings as one aliased row source, so the envelope lookup can name its columns.
         return (
-            f"SELECT {columns} FROM {from_where(source, conds)} ORDER BY ts, device_id, seq, idx",
+            f"SELECT {columns} FROM (SELECT * FROM {from_where(source, conds)}) rd "
+            "ORDER BY ts, device_id, seq, idx",
             args,
         )
 
     async def export(
-        self, f: ReadingFilter, fmt: str, output: Callable[[bytes], Awaitable[None]], *, timeout_ms: int
+        self,
+        f: ReadingFilter,
+        fmt: str,
+        output: Callable[[bytes], Awaitable[None]],
+        *,
+        timeout_ms: int,
+        envelope: bool = False,
     ) -> None:
         """Stream the filter's readings, oldest first, as CSV (header, CSV_COLUMNS) or NDJSON (one
         reading per line, the shape of /v1/readings) into `output`, straight from a COPY: memory stays
         at a chunk. NDJSON is a one-column COPY in CSV format with a quote and delimiter that JSON text
         never holds raw (\\x01, \\x02), so each line is the JSON verbatim."""
-        sql, args = await self.export_sql(f, fmt)
+        sql, args = await self.export_sql(f, fmt, envelope=envelope)
         options: dict[str, Any] = {"format": "csv", "header": True}
         if fmt != "csv":
             options = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
