@@ -30,7 +30,7 @@ from ingest.api.auth import ACCESS, ApiAccess, describe_access, install_access
 from ingest.api.buyers import add_query_routes
 from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
-from ingest.api.shapes import epoch_json, owner_proof_json, rejection_json, totals_json
+from ingest.api.shapes import epoch_summary_json, owner_proof_json, rejection_json, totals_json
 from ingest.api.usage import usage_view
 from ingest.core.storage_rules import INT64_MAX
 
@@ -222,10 +222,27 @@ async def device_rejections(request: web.Request) -> web.Response:
 
 async def epoch_view(request: web.Request) -> web.Response:
     epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
-    row = await request.app[STORE].get_epoch(epoch)
+    row = await request.app[STORE].epoch_summary(epoch)
     if row is None:
         raise _not_found(f"epoch {epoch} not closed yet")
-    return _json(epoch_json(row))
+    return _json(epoch_summary_json(row))
+
+
+async def epoch_manifest(request: web.Request) -> web.StreamResponse:
+    """The manifest as stored, streamed from Postgres: tens of MB at scale, never parsed here."""
+    epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+
+    async def write(chunk: bytes) -> None:
+        if not response.prepared:  # the first chunk: the epoch is stored (else COPY sends nothing)
+            await response.prepare(request)
+        await response.write(chunk)
+
+    await request.app[STORE].copy_manifest(epoch, write)
+    if not response.prepared:
+        raise _not_found(f"epoch {epoch} not closed yet")
+    await response.write_eof()
+    return response
 
 
 async def owner_proof(request: web.Request) -> web.Response:
@@ -272,6 +289,7 @@ def create_app(
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
+    app.router.add_get("/v1/epochs/{epoch}/manifest", epoch_manifest)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
     app.router.add_get("/v1/usage", usage_view)
     from ingest.api.coverage import coverage, epochs_list  # here: ingest.api.coverage imports this module

@@ -115,12 +115,40 @@ SCHEMAS: dict[str, Any] = {
             "unissued": _DEC,
             "root": _NS,
             "inputs_digest": _NS,
-            "manifest": {"type": "object"},
             "tx_hash": _NS,
             "block_number": _NI,
             "closed_ms": _I,
             "published_ms": _NI,
+            "params": {"type": "object", "description": "the reward parameters the epoch was scored with"},
+            "cells": {**_I, "description": "covered cells"},
+            "devices": {**_I, "description": "device rows (device, cell) in the manifest"},
+            "owners": {**_I, "description": "owners in the manifest"},
         }
+    ),
+    # As ingest/epochs.py writes it; extra keys allowed (older or newer manifests may add some).
+    "Manifest": _obj(
+        {
+            "epoch": _I,
+            "start_ms": _I,
+            "end_ms": _I,
+            "params": {"type": "object"},
+            "inputs_digest": _S,
+            "cells": _I,
+            "allocated": _DEC,
+            "unissued": _DEC,
+            "root": _S,
+            "devices": {
+                "type": "array",
+                "items": _obj(
+                    {"device_id": _S, "owner": _S, "cell": _S, "readings": _I, "amount": _DEC}, extra=True
+                ),
+            },
+            "owners": {
+                "type": "array",
+                "items": _obj({"owner": _S, "amount": _DEC, "cumulative": _DEC}, extra=True),
+            },
+        },
+        extra=True,
     ),
     "Proof": _obj(
         {
@@ -202,11 +230,20 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/epochs/{epoch}": {
             "get": {
-                "summary": "an epoch: root, publish tx, totals and the reward manifest",
+                "summary": "an epoch: root, publish tx, totals, params and counts (the lists: …/manifest)",
                 "parameters": [
                     _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
                 ],
                 "responses": {"200": _resp("the epoch", _ref("Epoch")), "404": E404, **DB_ERRORS},
+            }
+        },
+        "/v1/epochs/{epoch}/manifest": {
+            "get": {
+                "summary": "the epoch's reward manifest as stored: every device and owner amount (large)",
+                "parameters": [
+                    _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
+                ],
+                "responses": {"200": _resp("the manifest", _ref("Manifest")), "404": E404, **DB_ERRORS},
             }
         },
         "/v1/owners/{address}/proof": {

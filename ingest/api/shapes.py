@@ -12,7 +12,7 @@ from typing import Any
 
 from ingest.adapters.store.coverage import CellCoverage, CoveragePage
 from ingest.adapters.store.devices import DeviceView, PacketRow
-from ingest.adapters.store.rows import EpochRow, OwnerReward, ReadingRow, RejectionRow, Totals
+from ingest.adapters.store.rows import EpochRow, EpochSummary, OwnerReward, ReadingRow, RejectionRow, Totals
 from ingest.core.coverage import EpochSpan, cell_ring, freshness_ms
 from ingest.core.rules import flag_reasons
 
@@ -69,6 +69,21 @@ def epoch_json(e: EpochRow) -> dict[str, Any]:
         "block_number": e.block_number,
         "closed_ms": e.closed_ms,
         "published_ms": e.published_ms,
+    }
+
+
+def epoch_summary_json(s: EpochSummary) -> dict[str, Any]:
+    """GET /v1/epochs/{n}: the epoch without its manifest (served whole at /v1/epochs/{n}/manifest);
+    what the manifest's top level adds (params, covered cells) plus the lengths of its lists."""
+    e, head = s.row, s.row.manifest
+    body = epoch_json(e)
+    del body["manifest"]
+    return {
+        **body,
+        "params": head.get("params", {}),
+        "cells": head.get("cells", 0),
+        "devices": s.devices,
+        "owners": s.owners,
     }
 
 

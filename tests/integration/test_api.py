@@ -397,3 +397,53 @@ async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: 
         rows = (await r.json())["rejections"]
     assert [(len(x["topic"]), len(x["detail"])) for x in rows] == [(300, 1000)] * 3
     assert (await store.stats()).rejections == {"malformed": 3}
+
+
+async def test_epoch_summary_leaves_the_lists_in_postgres_and_manifest_streams_them(store: Store) -> None:
+    """GET /v1/epochs/{n} stays small however big the manifest (its lists are cut in SQL, their
+    lengths counted on device_rewards/owner_rewards); GET /v1/epochs/{n}/manifest gives the stored
+    manifest back exactly, strings with backslashes, quotes and newlines included."""
+    from ingest.adapters.store.rows import DeviceReward, OwnerReward
+    from ingest.api.app import create_app
+
+    n_devices, owner = 20_000, "0x" + "12" * 20
+    devices = [DeviceReward(i.to_bytes(32, "big"), owner, 0x871F1D489FFFFFF, 1, 1) for i in range(n_devices)]
+    manifest = {
+        "epoch": 3,
+        "params": {"emission": "20000", "note": 'a\\b "c"\n\t\u00e9'},  # COPY must not escape these
+        "cells": 1,
+        "root": "0x" + "01" * 32,
+        "devices": [
+            {
+                "device_id": d.device_id.hex(),
+                "owner": owner,
+                "cell": hex(d.cell),
+                "readings": 1,
+                "amount": "1",
+            }
+            for d in devices
+        ],
+        "owners": [{"owner": owner, "amount": str(n_devices), "cumulative": str(n_devices)}],
+    }
+    await store.save_epoch_result(
+        3, 1_000, 2_000, n_devices, n_devices, 0, b"\x01" * 32, b"\x02" * 32, manifest, devices,
+        [OwnerReward(owner, n_devices, n_devices, [])],
+    )  # fmt: skip
+    async with serve_api(create_app(store, _ready), "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/v1/epochs/3") as r:
+            assert r.status == 200
+            raw = await r.read()
+        summary = json.loads(raw)
+        assert len(raw) < 2_000  # the manifest is ~3 MB
+        assert "manifest" not in summary and "raw_tx" not in summary
+        assert (summary["cells"], summary["devices"], summary["owners"]) == (1, n_devices, 1)
+        assert summary["params"] == manifest["params"] and summary["allocated"] == str(n_devices)
+
+        async with http.get(f"{url}/v1/epochs/3/manifest") as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            assert await r.json() == manifest
+        for path in ("/v1/epochs/4", "/v1/epochs/4/manifest"):
+            async with http.get(f"{url}{path}") as r:
+                assert r.status == 404 and "not closed" in (await r.json())["error"]
+        async with http.get(f"{url}/v1/epochs/0/manifest") as r:
+            assert r.status == 400

@@ -73,7 +73,27 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
         0,
         b"\x11" * 32,
         b"\x22" * 32,
-        {"cells": 1, "devices": 1},
+        {  # as ingest/epochs.py writes it (GET /v1/epochs/1/manifest serves it, its schema checked)
+            "epoch": 1,
+            "start_ms": now - 86_400_000,
+            "end_ms": now,
+            "params": {"emission": str(10**22)},
+            "inputs_digest": "22" * 32,
+            "cells": 1,
+            "allocated": str(10**22),
+            "unissued": "0",
+            "root": "0x" + "11" * 32,
+            "devices": [
+                {
+                    "device_id": ident.device_id.hex(),
+                    "owner": OWNER,
+                    "cell": hex(0x872830828FFFFFF),
+                    "readings": 20,
+                    "amount": str(10**22),
+                }
+            ],
+            "owners": [{"owner": OWNER, "amount": str(10**22), "cumulative": str(10**22)}],
+        },
         [DeviceReward(ident.device_id, OWNER, 0x872830828FFFFFF, 20, 10**22)],
         [OwnerReward(OWNER, 10**22, 10**22, [])],
     )

@@ -34,6 +34,7 @@ def test_a_new_key_has_the_documented_format_and_an_id_prefix() -> None:
         ("/v1/coverage", PUBLIC),
         ("/v1/epochs", PUBLIC),
         ("/v1/epochs/{epoch}", PUBLIC),
+        ("/v1/epochs/{epoch}/manifest", PUBLIC),
         ("/v1/owners/{address}/proof", PUBLIC),
         ("/v1/owners/{address}/devices", PUBLIC),
         ("/v1/devices/{device_id}", PUBLIC),

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from ingest.adapters.store.rows import EpochRow, OwnerReward, ReadingRow, RejectionRow, Totals
-from ingest.api.shapes import epoch_json, owner_proof_json, reading_json, rejection_json, totals_json
+import dataclasses
+
+from ingest.adapters.store.rows import EpochRow, EpochSummary, OwnerReward, ReadingRow, RejectionRow, Totals
+from ingest.api.shapes import (
+    epoch_json,
+    epoch_summary_json,
+    owner_proof_json,
+    reading_json,
+    rejection_json,
+    totals_json,
+)
 from ingest.core.rules import FLAG_MEDIA_REUSE
 
 DEV = b"\xaa" * 32
@@ -79,6 +88,15 @@ def test_epoch_hides_the_journal_and_spells_amounts_as_strings() -> None:
     assert (out["emission"], out["allocated"], out["unissued"]) == (str(big), str(big - 1), "1")
     assert (out["root"], out["tx_hash"]) == ("0x" + "01" * 32, "0x" + "03" * 32)
     assert row.journal == (b"\xf8raw", b"\x03" * 32, 5)
+
+    # The summary (GET /v1/epochs/{n}): no manifest; its params, cells and list lengths instead.
+    head = dataclasses.replace(row, manifest={"cells": 1, "params": {"k": "10"}})
+    summary = epoch_summary_json(EpochSummary(head, devices=7, owners=3))
+    assert "manifest" not in summary and "raw_tx" not in summary
+    assert {k: summary[k] for k in ("params", "cells", "devices", "owners")} == {
+        "params": {"k": "10"}, "cells": 1, "devices": 7, "owners": 3
+    }  # fmt: skip
+    assert summary["root"] == out["root"] and summary["published_ms"] is None
 
 
 def test_owner_proof_and_totals() -> None:

@@ -5,6 +5,7 @@ rewards), on the API's own pool in production (docs/RELIABILITY.md G34). Rows ar
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.adapters.store.queries import fetch_page
@@ -12,6 +13,7 @@ from ingest.adapters.store.rows import (
     DeviceReward,
     EpochRewards,
     EpochRow,
+    EpochSummary,
     OwnerReward,
     PoolStore,
     Position,
@@ -22,9 +24,12 @@ from ingest.adapters.store.rows import (
     cell_to_db,
     clamped_dt,
     dt_to_ms,
+    epoch_row,
     fetch_epoch,
     proof_from_db,
 )
+
+MANIFEST_CHUNK = 256 * 1024  # bytes per row of the manifest stream
 
 
 class ReadStore(PoolStore):
@@ -106,6 +111,38 @@ class ReadStore(PoolStore):
 
     async def get_epoch(self, epoch: int) -> EpochRow | None:
         return await fetch_epoch(self.pool, epoch)
+
+    async def epoch_summary(self, epoch: int) -> EpochSummary | None:
+        """The epoch without its manifest's lists, picked in SQL: the lists (MBs at scale) never leave
+        the database. Their lengths come from device_rewards and owner_rewards (the same rows,
+        written in the same transaction), counted on their primary keys instead of parsing the lists."""
+        row = await self.pool.fetchrow(
+            """SELECT epoch, start_at, end_at, status, emission, allocated, unissued, root, inputs_digest,
+                      manifest - 'devices' - 'owners' AS manifest, tx_hash, raw_tx, tx_nonce,
+                      block_number, closed_at, published_at,
+                      (SELECT count(*) FROM device_rewards d WHERE d.epoch = e.epoch) AS devices,
+                      (SELECT count(*) FROM owner_rewards o WHERE o.epoch = e.epoch) AS owners
+               FROM epochs e WHERE epoch = $1""",
+            epoch,
+        )
+        return None if row is None else EpochSummary(epoch_row(row), row["devices"], row["owners"])
+
+    async def copy_manifest(self, epoch: int, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Hand the stored manifest (jsonb as text, UTF-8) to `write` in MANIFEST_CHUNK pieces, never
+        whole in this process; nothing is written when the epoch is not stored. Rendered once (the
+        CTE is materialized) and cut as bytea: substring on text walks UTF-8 from the start each
+        time, and one COPY row would arrive as one message of the whole manifest."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            async for row in conn.cursor(
+                """WITH m AS MATERIALIZED (
+                       SELECT convert_to(manifest::text, 'UTF8') AS b FROM epochs WHERE epoch = $1)
+                   SELECT substring(b FROM i FOR $2) AS chunk
+                   FROM m, generate_series(1, octet_length(b), $2) AS i ORDER BY i""",
+                epoch,
+                MANIFEST_CHUNK,
+                prefetch=4,
+            ):
+                await write(row["chunk"])
 
     async def last_epoch(self) -> int | None:
         value: int | None = await self.pool.fetchval("SELECT max(epoch) FROM epochs")

@@ -179,6 +179,15 @@ def epoch_row(r: asyncpg.Record) -> EpochRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class EpochSummary:
+    """A stored epoch without its manifest's per-device and per-owner lists (GET /v1/epochs/{n})."""
+
+    row: EpochRow  # manifest: the manifest's top level without `devices` and `owners`
+    devices: int  # device rows (device, cell) = len(manifest["devices"])
+    owners: int  # = len(manifest["owners"])
+
+
 async def fetch_epoch(db: asyncpg.Pool | asyncpg.Connection, epoch: int) -> EpochRow | None:
     """One epoch's row (the API serves it, the scheduler acts on it)."""
     row = await db.fetchrow("SELECT * FROM epochs WHERE epoch = $1", epoch)
