@@ -75,13 +75,12 @@ def epoch_json(e: EpochRow) -> dict[str, Any]:
 def epoch_summary_json(s: EpochSummary) -> dict[str, Any]:
     """GET /v1/epochs/{n}: the epoch without its manifest (served whole at /v1/epochs/{n}/manifest);
     what the manifest's top level adds (params, covered cells) plus the lengths of its lists."""
-    e, head = s.row, s.row.manifest
-    body = epoch_json(e)
+    body = epoch_json(s.row)
     del body["manifest"]
     return {
         **body,
-        "params": head.get("params", {}),
-        "cells": head.get("cells", 0),
+        "params": s.params,
+        "cells": s.cells,
         "devices": s.devices,
         "owners": s.owners,
     }

@@ -447,3 +447,78 @@ async def test_epoch_summary_leaves_the_lists_in_postgres_and_manifest_streams_t
                 assert r.status == 404 and "not closed" in (await r.json())["error"]
         async with http.get(f"{url}/v1/epochs/0/manifest") as r:
             assert r.status == 400
+
+
+# The summary's SQL before migration 012: cut the lists out of the manifest, count the reward rows.
+OLD_SUMMARY_SQL = """SELECT epoch, start_at, end_at, status, emission, allocated, unissued, root,
+       inputs_digest, manifest - 'devices' - 'owners' AS manifest, tx_hash, raw_tx, tx_nonce,
+       block_number, closed_at, published_at,
+       (SELECT count(*) FROM device_rewards d WHERE d.epoch = e.epoch) AS devices,
+       (SELECT count(*) FROM owner_rewards o WHERE o.epoch = e.epoch) AS owners
+FROM epochs e WHERE epoch = $1"""
+
+
+async def test_epoch_summary_sql_never_touches_the_manifest(store: Store) -> None:
+    """The summary selects small columns only: neither its statement nor its plan's output lists (EXPLAIN
+    VERBOSE) name `manifest`, and it answers what the manifest holds. With -s it prints the old and the
+    new statement's median time on a big manifest (DEPIN_SUMMARY_DEVICES rows, default 20k ≈ 3 MB)."""
+    import os
+    import statistics
+
+    from ingest.adapters.store.reads import EPOCH_SUMMARY_SQL
+    from ingest.adapters.store.rows import DeviceReward, OwnerReward
+
+    assert "manifest" not in EPOCH_SUMMARY_SQL
+    plan = "\n".join(r[0] for r in await store.pool.fetch("EXPLAIN VERBOSE " + EPOCH_SUMMARY_SQL, 3))
+    assert "manifest" not in plan and "rewards" not in plan, plan
+    assert "manifest" in "\n".join(
+        r[0] for r in await store.pool.fetch("EXPLAIN VERBOSE " + OLD_SUMMARY_SQL, 3)
+    )
+
+    n = int(os.environ.get("DEPIN_SUMMARY_DEVICES", "20000"))
+    owners = [f"0x{i:040x}" for i in range(1, 101)]
+    devices = [
+        DeviceReward(i.to_bytes(32, "big"), owners[i % 100], 0x871F1D489FFFFFF, 1, 1) for i in range(n)
+    ]
+    manifest = {
+        "epoch": 3,
+        "params": {"emission": str(n), "max_devices_per_cell": "16"},
+        "cells": 1,
+        "devices": [
+            {
+                "device_id": d.device_id.hex(),
+                "owner": d.owner,
+                "cell": hex(d.cell),
+                "readings": 1,
+                "amount": "1",
+            }
+            for d in devices
+        ],
+        "owners": [{"owner": o, "amount": "1", "cumulative": "1"} for o in owners],
+    }
+    await store.save_epoch_result(
+        3, 1_000, 2_000, n, n, 0, b"\x01" * 32, b"\x02" * 32, manifest, devices,
+        [OwnerReward(o, 1, 1, []) for o in owners],
+    )  # fmt: skip
+    summary = await ReadStore(store.pool).epoch_summary(3)
+    assert summary is not None and summary.row.manifest == {}
+    assert (summary.params, summary.cells, summary.devices, summary.owners) == (manifest["params"], 1, n, 100)
+    old = await store.pool.fetchrow(OLD_SUMMARY_SQL, 3)
+    assert old is not None and (old["manifest"]["params"], old["devices"], old["owners"]) == (
+        summary.params, summary.devices, summary.owners
+    )  # fmt: skip
+
+    size = await store.pool.fetchval("SELECT octet_length(manifest::text) FROM epochs WHERE epoch = 3")
+    timings = {}
+    for name, sql in (
+        ("before (manifest - lists, counts)", OLD_SUMMARY_SQL),
+        ("after (columns)", EPOCH_SUMMARY_SQL),
+    ):
+        runs = []
+        for _ in range(30):
+            t0 = time.perf_counter()
+            await store.pool.fetchrow(sql, 3)
+            runs.append((time.perf_counter() - t0) * 1000)
+        timings[name] = statistics.median(runs)
+    print(f"\nepoch summary, manifest {size / 1e6:.1f} MB ({n} devices): "
+          + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))  # fmt: skip

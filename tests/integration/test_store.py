@@ -36,6 +36,7 @@ ALL_MIGRATIONS = [
     "009_api_keys.sql",
     "010_packet_envelopes.sql",
     "011_query_polygon.sql",
+    "012_epoch_summary.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -125,9 +126,48 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("009_api_keys", "native"),
             ("010_packet_envelopes", "native"),
             ("011_query_polygon", "native"),
+            ("012_epoch_summary", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
+    finally:
+        await pool.close()
+
+
+async def test_migration_012_backfills_the_epoch_summary_columns(pg_dsn: str, tmp_path: Path) -> None:
+    """Epochs stored before 012 get params, cells and their list lengths from the manifest and the
+    reward tables; an epoch whose manifest lacks params/cells gets what the summary served ({} and 0)."""
+    from ingest.adapters.db import MIGRATIONS_DIR
+
+    for p in MIGRATIONS_DIR.glob("*.sql"):
+        if p.name < "012":
+            shutil.copy(p, tmp_path / p.name)
+    pool = await create_pool(pg_dsn)
+    try:
+        await migrate(pool, tmp_path)
+        manifest = {"params": {"emission": "5"}, "cells": 2, "devices": [{}, {}, {}], "owners": [{}, {}]}
+        for epoch, m in ((1, manifest), (2, {"epoch": 2})):
+            await pool.execute(
+                """INSERT INTO epochs (epoch, start_at, end_at, emission, allocated, unissued, root,
+                                       inputs_digest, manifest)
+                   VALUES ($1, $2, $3, 5, 5, 0, '\\x01', '\\x02', $4)""",
+                epoch,
+                ms_to_dt(epoch * 1_000),
+                ms_to_dt(epoch * 1_000 + 500),
+                m,
+            )
+        await pool.executemany(
+            """INSERT INTO device_rewards (epoch, device_id, owner, cell, readings, amount)
+               VALUES (1, $1, 'o', $2, 1, 1)""",
+            [(dev(i), CELL_A) for i in range(3)],
+        )
+        await pool.executemany(
+            "INSERT INTO owner_rewards (epoch, owner, amount, cumulative, proof) VALUES (1, $1, 1, 1, '[]')",
+            [("0xa",), ("0xb",)],
+        )
+        assert (await migrate(pool)).applied == ["012_epoch_summary.sql"]
+        rows = await pool.fetch("SELECT epoch, params, cells, devices, owners FROM epochs ORDER BY epoch")
+        assert [tuple(r) for r in rows] == [(1, {"emission": "5"}, 2, 3, 2), (2, {}, 0, 0, 0)]
     finally:
         await pool.close()
 

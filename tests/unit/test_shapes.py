@@ -90,8 +90,8 @@ def test_epoch_hides_the_journal_and_spells_amounts_as_strings() -> None:
     assert row.journal == (b"\xf8raw", b"\x03" * 32, 5)
 
     # The summary (GET /v1/epochs/{n}): no manifest; its params, cells and list lengths instead.
-    head = dataclasses.replace(row, manifest={"cells": 1, "params": {"k": "10"}})
-    summary = epoch_summary_json(EpochSummary(head, devices=7, owners=3))
+    head = dataclasses.replace(row, manifest={})
+    summary = epoch_summary_json(EpochSummary(head, params={"k": "10"}, cells=1, devices=7, owners=3))
     assert "manifest" not in summary and "raw_tx" not in summary
     assert {k: summary[k] for k in ("params", "cells", "devices", "owners")} == {
         "params": {"k": "10"}, "cells": 1, "devices": 7, "owners": 3

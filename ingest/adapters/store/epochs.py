@@ -68,7 +68,9 @@ class EpochStore(PoolStore):
         device_rewards: Sequence[DeviceReward],
         owner_rewards: Sequence[OwnerReward],
     ) -> EpochRow:
-        """Record a closed epoch and its rewards in one transaction; status 'closed'.
+        """Record a closed epoch and its rewards in one transaction; status 'closed'. The summary's
+        columns (params, cells, devices, owners: migration 012) are filled from the manifest's top
+        level and the reward lists, so GET /v1/epochs/{n} never reads the manifest.
 
         Idempotent: if the epoch is already stored, nothing is
         changed and the stored row is returned (compare it with what you computed).
@@ -77,8 +79,8 @@ class EpochStore(PoolStore):
             async with conn.transaction():
                 new = await conn.fetchval(
                     """INSERT INTO epochs (epoch, start_at, end_at, status, emission, allocated, unissued,
-                                           root, inputs_digest, manifest)
-                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9)
+                                           root, inputs_digest, manifest, params, cells, devices, owners)
+                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                        ON CONFLICT (epoch) DO NOTHING
                        RETURNING epoch""",
                     epoch,
@@ -90,6 +92,10 @@ class EpochStore(PoolStore):
                     root,
                     inputs_digest,
                     manifest,
+                    manifest.get("params", {}),
+                    manifest.get("cells", 0),
+                    len(device_rewards),
+                    len(owner_rewards),
                 )
                 if new is not None:
                     if device_rewards:

@@ -31,6 +31,12 @@ from ingest.adapters.store.rows import (
 
 MANIFEST_CHUNK = 256 * 1024  # bytes per row of the manifest stream
 
+# GET /v1/epochs/{n}: small columns only, never `manifest` (an empty dict stands in for it in the EpochRow).
+EPOCH_SUMMARY_SQL = """SELECT epoch, start_at, end_at, status, emission, allocated, unissued, root,
+       inputs_digest, tx_hash, raw_tx, tx_nonce, block_number, closed_at, published_at,
+       params, cells, devices, owners
+FROM epochs WHERE epoch = $1"""
+
 
 class ReadStore(PoolStore):
     """What the API reads. Nothing here writes."""
@@ -113,19 +119,15 @@ class ReadStore(PoolStore):
         return await fetch_epoch(self.pool, epoch)
 
     async def epoch_summary(self, epoch: int) -> EpochSummary | None:
-        """The epoch without its manifest's lists, picked in SQL: the lists (MBs at scale) never leave
-        the database. Their lengths come from device_rewards and owner_rewards (the same rows,
-        written in the same transaction), counted on their primary keys instead of parsing the lists."""
-        row = await self.pool.fetchrow(
-            """SELECT epoch, start_at, end_at, status, emission, allocated, unissued, root, inputs_digest,
-                      manifest - 'devices' - 'owners' AS manifest, tx_hash, raw_tx, tx_nonce,
-                      block_number, closed_at, published_at,
-                      (SELECT count(*) FROM device_rewards d WHERE d.epoch = e.epoch) AS devices,
-                      (SELECT count(*) FROM owner_rewards o WHERE o.epoch = e.epoch) AS owners
-               FROM epochs e WHERE epoch = $1""",
-            epoch,
+        """The epoch without its manifest, from small columns only: `manifest` is never selected (any
+        expression on it detoasts the whole jsonb, MBs at scale). params, cells and the lengths of the
+        manifest's lists are columns of their own (migration 012), written with the manifest."""
+        row = await self.pool.fetchrow(EPOCH_SUMMARY_SQL, epoch)
+        if row is None:
+            return None
+        return EpochSummary(
+            epoch_row(row, manifest={}), row["params"], row["cells"], row["devices"], row["owners"]
         )
-        return None if row is None else EpochSummary(epoch_row(row), row["devices"], row["owners"])
 
     async def copy_manifest(self, epoch: int, write: Callable[[bytes], Awaitable[None]]) -> None:
         """Hand the stored manifest (jsonb as text, UTF-8) to `write` in MANIFEST_CHUNK pieces, never

@@ -158,7 +158,8 @@ def bytes_or_none(b: bytes | None) -> bytes | None:
     return None if b is None else bytes(b)
 
 
-def epoch_row(r: asyncpg.Record) -> EpochRow:
+def epoch_row(r: asyncpg.Record, manifest: dict[str, Any] | None = None) -> EpochRow:
+    """`manifest`: stands in for a row that was read without its manifest column (the summary)."""
     return EpochRow(
         epoch=r["epoch"],
         start_ms=dt_to_ms(r["start_at"]),
@@ -169,7 +170,7 @@ def epoch_row(r: asyncpg.Record) -> EpochRow:
         unissued=int(r["unissued"]),
         root=bytes(r["root"]),
         inputs_digest=bytes(r["inputs_digest"]),
-        manifest=r["manifest"],
+        manifest=r["manifest"] if manifest is None else manifest,
         tx_hash=bytes_or_none(r["tx_hash"]),
         raw_tx=bytes_or_none(r["raw_tx"]),
         tx_nonce=r["tx_nonce"],
@@ -181,9 +182,11 @@ def epoch_row(r: asyncpg.Record) -> EpochRow:
 
 @dataclass(frozen=True, slots=True)
 class EpochSummary:
-    """A stored epoch without its manifest's per-device and per-owner lists (GET /v1/epochs/{n})."""
+    """A stored epoch without its manifest (GET /v1/epochs/{n}), read from columns only."""
 
-    row: EpochRow  # manifest: the manifest's top level without `devices` and `owners`
+    row: EpochRow  # manifest: {} (not read; served whole at /v1/epochs/{n}/manifest)
+    params: dict[str, Any]  # = manifest["params"]
+    cells: int  # = manifest["cells"]
     devices: int  # device rows (device, cell) = len(manifest["devices"])
     owners: int  # = len(manifest["owners"])
 
