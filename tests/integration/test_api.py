@@ -400,8 +400,8 @@ async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: 
 
 
 async def test_epoch_summary_leaves_the_lists_in_postgres_and_manifest_streams_them(store: Store) -> None:
-    """GET /v1/epochs/{n} stays small however big the manifest (its lists are cut in SQL, their
-    lengths counted on device_rewards/owner_rewards); GET /v1/epochs/{n}/manifest gives the stored
+    """GET /v1/epochs/{n} stays small however big the manifest (read from the summary columns filled by
+    save_epoch_result, the manifest never selected); GET /v1/epochs/{n}/manifest gives the stored
     manifest back exactly, strings with backslashes, quotes and newlines included."""
     from ingest.adapters.store.rows import DeviceReward, OwnerReward
     from ingest.api.app import create_app

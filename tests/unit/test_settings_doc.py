@@ -39,6 +39,7 @@ TEST_ONLY = {
     "DEPIN_API_LOAD_READINGS",  # test_api_load: sizes of the bigger run
     "DEPIN_API_LOAD_CLIENTS",
     "DEPIN_API_LOAD_SECONDS",
+    "DEPIN_SUMMARY_DEVICES",  # test_api: device rows of the epoch summary's before/after timing
 }
 
 
