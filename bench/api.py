@@ -1,0 +1,422 @@
+"""The buyers' API under load (issue 13, "Storage and speed").
+
+Seeds `--readings` readings of `--devices` stations spread over Berlin over one day (yesterday, UTC)
+with COPY into a fresh embedded PostgreSQL, starts `depin run --parts api` as an OS process (API keys
+required, one key without a rate limit) and measures, with 1 and 16 concurrent aiohttp clients for
+`--seconds` each: a res-7 cell + one-day page, a device + one-day page, a ~10 km² bbox over the day, an
+hourly aggregate at res 7 over a res-5 region, `/v1/stats`, `/v1/epochs`, `/v1/coverage` for the seeded
+day, then a whole-day CSV export of a res-7 cell (rows/s, bytes counted as streamed), the metering
+overhead (the cell query on a second process with DEPIN_API_KEYS=off and no key) and the readings'
+table and index sizes. Each figure is printed beside the issue's target with ✓/✗.
+
+    .venv/bin/python bench/api.py [--readings 1000000] [--devices 10000] [--seconds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import aiohttp
+import asyncpg
+import h3
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository, before bench/ (ingest.py)
+
+from ingest.adapters.db import create_pool, embedded_postgres, migrate  # noqa: E402
+from ingest.adapters.store.keys import KeyStore  # noqa: E402
+
+DAY_MS = 86_400_000
+CLIENTS = (1, 16)
+# Berlin: about 22 km × 22 km
+LAT, LON = (52.4, 52.6), (13.25, 13.55)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q))] if s else float("nan")
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Fleet:
+    """Stations: even ones `air` (cell at res 8), odd ones `weather` (res 9)."""
+
+    def __init__(self, devices: int, seed: int = 13) -> None:
+        rnd = random.Random(seed)
+        self.ids: list[bytes] = []
+        self.lats: list[float] = []
+        self.lons: list[float] = []
+        self.cells: list[int] = []
+        self.kinds: list[str] = []
+        for i in range(devices):
+            lat, lon = rnd.uniform(*LAT), rnd.uniform(*LON)
+            res = 8 if i % 2 == 0 else 9
+            self.ids.append(rnd.randbytes(32))
+            self.lats.append(lat)
+            self.lons.append(lon)
+            self.cells.append(h3.str_to_int(h3.latlng_to_cell(lat, lon, res)))
+            self.kinds.append("air" if res == 8 else "weather")
+
+
+async def seed(dsn: str, fleet: Fleet, readings: int, t0: int) -> None:
+    """`readings` readings over [t0, t0 + 1 day), round-robin over the fleet, by COPY in chunks."""
+    devices = len(fleet.ids)
+    per_device = max(1, readings // devices)
+    step = DAY_MS // per_device
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0) - interval '1 day', "
+            "now() + interval '1 day')",
+            t0,
+        )
+        columns = ("ts", "device_id", "seq", "idx", "lat", "lon", "acc", "cell", "kind", "vals")
+        chunk = 100_000
+        started = time.perf_counter()
+        done = 0
+        while done < readings:
+            n = min(chunk, readings - done)
+            rows = []
+            for i in range(done, done + n):
+                d, g = i % devices, i // devices
+                ts_ms = t0 + g * step + (d * 7919) % step
+                ts = datetime.fromtimestamp(ts_ms / 1000, UTC)
+                if fleet.kinds[d] == "air":
+                    vals = f'{{"pm25": {g % 50 + 0.5}, "pm10": {g % 80 + 1.5}}}'
+                else:
+                    vals = (
+                        f'{{"temperature_c": {10 + g % 15 + d % 7 * 0.1:.1f}, "humidity_pct": {40 + g % 50}}}'
+                    )
+                rows.append(
+                    (ts, fleet.ids[d], g + 1, 0, fleet.lats[d], fleet.lons[d], 3.5, fleet.cells[d],
+                     fleet.kinds[d], vals)
+                )  # fmt: skip
+            await conn.copy_records_to_table("readings", records=rows, columns=columns)
+            done += n
+            rate = done / (time.perf_counter() - started)
+            say(f"  seeded {done:>11,} / {readings:,} readings ({rate:,.0f}/s)")
+        say("  ANALYZE readings …")
+        await conn.execute("ANALYZE readings")
+    finally:
+        await conn.close()
+
+
+class Api:
+    """`depin run --parts api` as an OS process."""
+
+    def __init__(self, dsn: str, keys: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
+        env.update(
+            DEPIN_DATABASE_URL=dsn,
+            DEPIN_API_HOST="127.0.0.1",
+            DEPIN_API_PORT=str(self.port),
+            DEPIN_API_KEYS=keys,
+            PYTHONUNBUFFERED="1",
+        )
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest.cli", "run", "--parts", "api"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"API exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    async with http.get(f"{self.url}/healthz") as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"API did not answer in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(dsn: str, keys: str, log: Path) -> AsyncIterator[Api]:
+    api = Api(dsn, keys, log)
+    try:
+        await api.ready()
+        yield api
+    finally:
+        api.stop()
+
+
+Request = Callable[[aiohttp.ClientSession], Awaitable[int]]
+
+
+def getter(url: str, params: dict[str, str], headers: dict[str, str]) -> Request:
+    """A GET answering its status: 200, or 503 (the API busy: all its connections in use); else an error."""
+
+    async def go(http: aiohttp.ClientSession) -> int:
+        async with http.get(url, params=params, headers=headers) as r:
+            body = await r.read()
+            if r.status not in (200, 503):
+                raise RuntimeError(f"{url} {params}: {r.status} {body[:300]!r}")
+            return r.status
+
+    return go
+
+
+class Result(NamedTuple):
+    p50: float  # ms, of the 200 answers
+    p95: float
+    rps: float  # 200 answers per second
+    ok: int
+    busy: int  # 503 answers
+
+
+async def load(request: Request, clients: int, seconds: float) -> Result:
+    """`clients` loops sending `request` for `seconds`."""
+    times: list[float] = []
+    busy = 0
+    conn = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        await request(http)  # warm: a connection, the plan cache
+        end = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            nonlocal busy
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                if await request(http) == 200:
+                    times.append(time.perf_counter() - t)
+                else:
+                    busy += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return Result(pct(times, 0.5) * 1000, pct(times, 0.95) * 1000, len(times) / elapsed, len(times), busy)
+
+
+def line(label: str, clients: int, r: Result, target: str = "") -> None:
+    busy = f", {r.busy:,} × 503 busy" if r.busy else ""
+    say(
+        f"  {label:<38} {clients:>2} client{'s' if clients > 1 else ' '}  p50 {r.p50:8.1f} ms  "
+        f"p95 {r.p95:8.1f} ms  {r.rps:8,.0f} req/s  ({r.ok:,} answered{busy})"
+        + (f"  {target}" if target else "")
+    )
+
+
+async def export_rate(url: str, params: dict[str, str], headers: dict[str, str]) -> tuple[int, int, float]:
+    """(rows, bytes, seconds) of one streamed CSV export."""
+    rows = size = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+        started = time.perf_counter()
+        async with http.get(f"{url}/v1/export", params=params, headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"export: {r.status} {(await r.read())[:300]!r}")
+            async for chunk in r.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                rows += chunk.count(b"\n")
+        elapsed = time.perf_counter() - started
+    return rows - 1, size, elapsed  # less the header line
+
+
+async def sizes(pool: asyncpg.Pool) -> tuple[int, int, int]:
+    """(total, table, indexes) bytes over the readings partitions."""
+    r = await pool.fetchrow(
+        """SELECT sum(pg_total_relation_size(inhrelid))::bigint AS total,
+                  sum(pg_relation_size(inhrelid))::bigint AS heap,
+                  sum(pg_indexes_size(inhrelid))::bigint AS idx
+           FROM pg_inherits WHERE inhparent = 'readings'::regclass"""
+    )
+    return int(r["total"] or 0), int(r["heap"] or 0), int(r["idx"] or 0)
+
+
+async def main(args: argparse.Namespace) -> None:
+    today = time.time_ns() // 1_000_000 // DAY_MS * DAY_MS
+    t0 = today - DAY_MS  # yesterday, UTC
+    day = {"from": str(t0), "to": str(today)}
+    fleet = Fleet(args.devices)
+    # The busiest res-7 cell, a device in it, a ~10 km² box around it, its res-5 parent.
+    res7: dict[int, list[int]] = {}
+    for d, c in enumerate(fleet.cells):
+        res7.setdefault(h3.str_to_int(h3.cell_to_parent(h3.int_to_str(c), 7)), []).append(d)
+    cell7, members = max(res7.items(), key=lambda kv: len(kv[1]))
+    device = members[0]
+    lat, lon = h3.cell_to_latlng(h3.int_to_str(cell7))
+    half_lat, half_lon = 1.58 / 111.2, 1.58 / (111.2 * 0.6088)  # ~3.16 km square at 52.5° N
+    bbox = f"{lon - half_lon:.5f},{lat - half_lat:.5f},{lon + half_lon:.5f},{lat + half_lat:.5f}"
+    cell5 = h3.cell_to_parent(h3.int_to_str(cell7), 5)
+    with tempfile.TemporaryDirectory(prefix="depin-bench-api-") as tmp:
+        async with embedded_postgres(Path(tmp) / "pg") as dsn:
+            pool = await create_pool(dsn, min_size=1, max_size=2)
+            try:
+                await migrate(pool)
+                say(f"seeding {args.readings:,} readings from {args.devices:,} devices over one day (COPY) …")
+                started = time.perf_counter()
+                await seed(dsn, fleet, args.readings, t0)
+                say(f"  seeded in {time.perf_counter() - started:.1f} s")
+                key, _ = await KeyStore(pool).create("bench", ["read", "export"], rate=1e9, burst=1e9)
+                auth = {"Authorization": f"Bearer {key}"}
+                await measure(args, dsn, pool, auth, day, fleet, device, cell7, cell5, bbox, t0, Path(tmp))
+            finally:
+                await pool.close()
+
+
+async def measure(
+    args: argparse.Namespace,
+    dsn: str,
+    pool: asyncpg.Pool,
+    auth: dict[str, str],
+    day: dict[str, str],
+    fleet: Fleet,
+    device: int,
+    cell7: int,
+    cell5: str,
+    bbox: str,
+    t0: int,
+    tmp: Path,
+) -> None:
+    secs = args.seconds
+    page = {**day, "limit": str(args.limit)}
+    cell_params = {"cell": format(cell7, "x"), **page}
+    cell_big = {**cell_params, "limit": "1000"}
+    box = {"bbox": bbox, **page}
+    async with running(dsn, "required", tmp / "api.log") as api:
+        u = api.url
+        genesis = int(os.environ.get("DEPIN_EPOCH_GENESIS_MS", 1_767_225_600_000))
+        length = int(float(os.environ.get("DEPIN_EPOCH_LENGTH_S", 86_400)) * 1000)
+        epoch = (t0 - genesis) // length + 1
+        async with aiohttp.ClientSession() as http, http.get(f"{u}/v1/epochs", headers=auth) as resp:
+            listed = await resp.json() if resp.status == 200 else None
+        n = args.limit
+        shapes: list[tuple[str, Request, str, float | None]] = [
+            (f"cell (res 7) + one day, {n} rows", getter(f"{u}/v1/readings", cell_params, auth), "", 15),
+            ("cell (res 7) + one day, 1000 rows", getter(f"{u}/v1/readings", cell_big, auth), "", None),
+            (
+                f"device + one day, {args.limit} rows",
+                getter(f"{u}/v1/readings", {"device": fleet.ids[device].hex(), **page}, auth),
+                "",
+                None,
+            ),
+            (f"bbox ~10 km², one day, {n} rows", getter(f"{u}/v1/readings", box, auth), "p95<100 ms", 100),
+            (
+                "aggregate hour × res 7, res-5 region",
+                getter(
+                    f"{u}/v1/aggregates",
+                    {"cell": cell5, "res": "7", "bucket": "hour", "value": "pm25", **day},
+                    auth,
+                ),
+                "p95<200 ms",
+                200,
+            ),
+            ("/v1/stats", getter(f"{u}/v1/stats", {}, auth), "p95<10 ms", 10),
+            ("/v1/epochs (list)", getter(f"{u}/v1/epochs", {}, auth), "", None),
+            ("/v1/coverage (seeded day)", getter(f"{u}/v1/coverage", {"epoch": str(epoch)}, auth), "", None),
+        ]  # fmt: skip
+        say(f"\nqueries, {secs:g} s each (API {u}; /v1/epochs lists {json.dumps(listed)[:120]})")
+        for label, req, target, bound in shapes:
+            for clients in CLIENTS:
+                try:
+                    r = await load(req, clients, secs)
+                except RuntimeError as exc:
+                    say(f"  {label:<38} {clients:>2} clients  failed: {exc}")
+                    continue
+                verdict = ""
+                if bound is not None and clients == 16:
+                    ok = r.p95 < bound and r.busy == 0
+                    if label.startswith("cell") and bound == 15:
+                        ok = ok and r.rps >= 2000
+                        target = "p95 < 15 ms at ≥ 2,000 req/s"
+                    verdict = f"target {target} {mark(ok)}"
+                line(label, clients, r, verdict)
+        say("  /v1/epochs/{n} (an epoch summary, target < 10 ms): no closed epoch seeded — not measured")
+
+        rows, size, elapsed = await export_rate(u, {"cell": format(cell7, "x"), **day, "format": "csv"}, auth)
+        rate = rows / elapsed if elapsed else 0.0
+        say(
+            f"  {'export CSV, res-7 cell, whole day':<38} {rows:,} rows, {size / 1e6:.1f} MB "
+            f"in {elapsed:.2f} s: "
+            f"{rate:,.0f} rows/s  target ≥ 100 k rows/s {mark(rate >= 100_000)}"
+        )
+        keyed = await load(getter(f"{u}/v1/readings", cell_params, auth), 16, secs)
+    async with running(dsn, "off", tmp / "api-off.log") as off:
+        free = await load(getter(f"{off.url}/v1/readings", cell_params, {}), 16, secs)
+    say(f"\nmetering overhead (cell + one day, {args.limit} rows, 16 clients):")
+    line("with a key (DEPIN_API_KEYS=required)", 16, keyed)
+    line("no key (DEPIN_API_KEYS=off)", 16, free)
+    say(f"  overhead: p50 {keyed.p50 - free.p50:+.1f} ms, req/s {(keyed.rps / free.rps - 1) * 100:+.0f} %")
+
+    total, heap, idx = await sizes(pool)
+    share = idx / heap * 100 if heap else 0.0
+    say(
+        f"\nreadings: {total / 2**20:,.0f} MiB in all, table {heap / 2**20:,.0f} MiB, "
+        f"indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the table  target ≤ 40 % {mark(share <= 40)}"
+    )
+    per_index = await pool.fetch(
+        """SELECT regexp_replace(i.relname, '^readings_p[0-9_]+', '') AS name,
+                  sum(pg_relation_size(i.oid))::bigint AS size
+           FROM pg_inherits h JOIN pg_index x ON x.indrelid = h.inhrelid
+                JOIN pg_class i ON i.oid = x.indexrelid
+           WHERE h.inhparent = 'readings'::regclass GROUP BY 1 HAVING sum(pg_relation_size(i.oid)) > 0
+           ORDER BY 2 DESC"""
+    )
+    for r in per_index:
+        say(f"  index {r['name'] or '?':<30} {r['size'] / 2**20:8,.1f} MiB")
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readings", type=int, default=1_000_000)
+    ap.add_argument("--devices", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument(
+        "--limit", type=int, default=100, help="rows per page of the readings queries (default 100)"
+    )
+    ap.add_argument("--quick", action="store_true", help="50k readings from 2,000 devices, 1 s per measure")
+    a = ap.parse_args()
+    if a.quick:
+        a.readings, a.devices, a.seconds = 50_000, 2_000, 1.0
+    return a
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
