@@ -41,7 +41,7 @@ from nacl.signing import SigningKey
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate  # noqa: E402
+from ingest.adapters.db import create_pool, dsn_with_database, embedded_postgres, migrate, recreate_database  # noqa: E402
 from ingest.adapters.mqtt import MqttConfig, MqttSource, drop_session  # noqa: E402
 from ingest.adapters.store import IngestStore  # noqa: E402
 from ingest.consumer import Consumer  # noqa: E402
@@ -186,13 +186,7 @@ class TimedStore(IngestStore):
 
 
 async def fresh_store(admin_dsn: str, name: str) -> tuple[TimedStore, asyncpg.Pool]:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    pool = await create_pool(dsn_with_database(admin_dsn, name), max_size=4)
+    pool = await create_pool(await recreate_database(admin_dsn, name), max_size=4)
     await migrate(pool)
     store = TimedStore(pool)
     store.latencies_ms = []

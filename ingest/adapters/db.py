@@ -152,6 +152,18 @@ def dsn_with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+async def recreate_database(admin_dsn: str, name: str) -> str:
+    """Drop the database `name` on the server of `admin_dsn` (closing its sessions) and create it
+    empty; returns its DSN. For the demo and the benchmarks, whose data is new each run."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return dsn_with_database(admin_dsn, name)
+
+
 def redacted(dsn: str) -> str:
     """The DSN with its password replaced by `***`, for logs."""
     parts = urlsplit(dsn)

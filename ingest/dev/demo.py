@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
@@ -38,7 +37,7 @@ from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
-from ingest.adapters.db import dsn_with_database, embedded_postgres
+from ingest.adapters.db import embedded_postgres, recreate_database
 from ingest.adapters.mqtt import MqttConfig
 from ingest.adapters.store.keys import KeyStore
 from ingest.adapters.store.rows import EpochRow
@@ -133,13 +132,7 @@ async def _fresh_database(data_dir: Path, name: str) -> AsyncIterator[str]:
     """A fresh database on the run's embedded server: the demo's chain is new each run, so is its data
     (with `--data-dir` the server is reused, the database is not)."""
     async with embedded_postgres(data_dir / "pg") as admin_dsn:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        yield dsn_with_database(admin_dsn, name)
+        yield await recreate_database(admin_dsn, name)
 
 
 @asynccontextmanager
