@@ -37,6 +37,7 @@ ALL_MIGRATIONS = [
     "010_packet_envelopes.sql",
     "011_query_polygon.sql",
     "012_epoch_summary.sql",
+    "013_readings_blocks.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -127,6 +128,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("010_packet_envelopes", "native"),
             ("011_query_polygon", "native"),
             ("012_epoch_summary", "native"),
+            ("013_readings_blocks", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table
@@ -165,7 +167,7 @@ async def test_migration_012_backfills_the_epoch_summary_columns(pg_dsn: str, tm
             "INSERT INTO owner_rewards (epoch, owner, amount, cumulative, proof) VALUES (1, $1, 1, 1, '[]')",
             [("0xa",), ("0xb",)],
         )
-        assert (await migrate(pool)).applied == ["012_epoch_summary.sql"]
+        assert (await migrate(pool)).applied[0] == "012_epoch_summary.sql"
         rows = await pool.fetch("SELECT epoch, params, cells, devices, owners FROM epochs ORDER BY epoch")
         assert [tuple(r) for r in rows] == [(1, {"emission": "5"}, 2, 3, 2), (2, {}, 0, 0, 0)]
     finally:
