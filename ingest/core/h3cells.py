@@ -24,7 +24,7 @@ def res_of(cell: int) -> int:
     return (cell & RES_MASK) >> RES_SHIFT
 
 
-def _tail(res: int) -> int:
+def tail(res: int) -> int:
     """The bits of the digits after resolution `res`."""
     return (1 << (3 * (MAX_RES - res))) - 1
 
@@ -33,7 +33,7 @@ def parent(cell: int, res: int) -> int:
     """`h3.cell_to_parent` on the integer index (`res` ≤ the cell's resolution)."""
     if not 0 <= res <= res_of(cell):
         raise ValueError(f"resolution {res} is not coarser than the cell's {res_of(cell)}")
-    return (cell & ~RES_MASK & ~_tail(res)) | (res << RES_SHIFT) | _tail(res)
+    return (cell & ~RES_MASK & ~tail(res)) | (res << RES_SHIFT) | tail(res)
 
 
 def child_range(cell: int, res: int) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def child_range(cell: int, res: int) -> tuple[int, int]:
     if not own <= res <= MAX_RES:
         raise ValueError(f"resolution {res} is not finer than the cell's {own}")
     base = (cell & ~RES_MASK) | (res << RES_SHIFT)
-    free = _tail(own) & ~_tail(res)  # the digits own+1 … res: 0 in the smallest child, 6 in the largest
+    free = tail(own) & ~tail(res)  # the digits own+1 … res: 0 in the smallest child, 6 in the largest
     lo = base & ~free
     hi = lo | (free & _sixes(own, res))
     return lo, hi
@@ -61,5 +61,5 @@ def parent_sql(column: str, res: int) -> str:
     makes sure every cell in the column is at resolution ≥ `res`."""
     if not 0 <= res <= MAX_RES:
         raise ValueError(f"not an H3 resolution: {res}")
-    keep = ~RES_MASK & ~_tail(res) & 0x7FFF_FFFF_FFFF_FFFF
-    return f"(({column} & {keep}) | {(res << RES_SHIFT) | _tail(res)})"
+    keep = ~RES_MASK & ~tail(res) & 0x7FFF_FFFF_FFFF_FFFF
+    return f"(({column} & {keep}) | {(res << RES_SHIFT) | tail(res)})"

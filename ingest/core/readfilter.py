@@ -1,5 +1,5 @@
-"""Which readings a buyer asks for, pure: query parameters → a `ReadingFilter`, and a filter's place on
-the H3 grid → index ranges of the `cell` column (ingest/adapters/store/queries.py turns both into SQL).
+"""Which readings a buyer asks for, pure: query parameters → a `ReadingFilter`, and the H3 cover of an
+area (ingest/core/placescan.py turns a place into index scans, ingest/adapters/store/queries.py into SQL).
 
 One model serves GET /v1/readings, /v1/aggregates and /v1/export:
 
@@ -7,12 +7,10 @@ One model serves GET /v1/readings, /v1/aggregates and /v1/export:
   minLat,maxLon,maxLat` or `polygon=` (a GeoJSON Polygon, holes allowed, in the query string);
 - `kind=`; the time range `from`/`to` (ms; defaults and caps per endpoint).
 
-A place becomes `CellRange`s: for a cell at resolution R and a stored resolution s ≥ R, its children
-at s are one index range (h3cells.child_range); a stored resolution s < R (the query cell is finer than
-the data) takes the stored cell holding the query cell and its neighbours (H3 children stick out of
-their parent a little) and keeps the rows whose position lies in the query cell's hexagon. A bbox or
-polygon is covered with H3 cells (h3.polygon_to_cells, plus one ring of neighbours for the same reason),
-compacted, and every row found there is checked exactly against the shape's lat/lon.
+A cell's readings are those stored under it (any finer resolution) and, for data stored coarser than
+the cell, those whose position lies in its hexagon (`exact_area`). A bbox or polygon is covered with H3
+cells (h3.polygon_to_cells, plus one ring of neighbours: H3 children stick out of their parent a
+little), compacted, and every row found there is checked exactly against the shape's lat/lon.
 Every error is a `FilterError` naming the parameter.
 """
 
@@ -26,8 +24,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import h3
-
-from ingest.core import h3cells
 
 MAX_AREA_KM2 = 2_500.0
 MAX_POLYGON_VERTICES = 200
@@ -118,13 +114,6 @@ class ReadingFilter:
                 self.kind or "",
             ]
         )
-
-
-@dataclass(frozen=True, slots=True)
-class CellRange:
-    lo: int
-    hi: int
-    exact: bool  # rows found here must also pass the exact position test (`ReadingFilter.area`/cell hexagon)
 
 
 # --- parsing ----------------------------------------------------------------------------------------
@@ -288,16 +277,6 @@ def _int(raw: str, name: str, lo: int, hi: int) -> int:
 # --- the grid ---------------------------------------------------------------------------------------
 
 
-def cell_ranges(where: Where | ReadingFilter, stored_res: Sequence[int]) -> list[CellRange]:
-    """Disjoint index ranges of `cell` holding every reading of the filter's place, for data stored at
-    `stored_res`. Empty when the filter has no place (device only)."""
-    if where.cell is not None:
-        return _query_cell_ranges(where.cell, stored_res)
-    if where.area is not None:
-        return _area_ranges(where.area, stored_res)
-    return []
-
-
 def exact_area(where: Where | ReadingFilter) -> Area | None:
     """The shape rows in an `exact` range must lie in: the area, or a query cell's hexagon."""
     if where.area is not None:
@@ -309,18 +288,6 @@ def exact_area(where: Where | ReadingFilter) -> Area | None:
     return None
 
 
-def _query_cell_ranges(cell: int, stored_res: Sequence[int]) -> list[CellRange]:
-    own = h3cells.res_of(cell)
-    out: list[CellRange] = []
-    for s in sorted(set(stored_res)):
-        if s >= own:
-            out.append(CellRange(*h3cells.child_range(cell, s), exact=False))
-        else:  # the data is coarser than the query cell: its stored cell and neighbours, checked exactly
-            holder = h3.int_to_str(h3cells.parent(cell, s))
-            out += [CellRange(c, c, exact=True) for c in sorted(map(h3.str_to_int, h3.grid_disk(holder, 1)))]
-    return out
-
-
 def cover_res(km2: float, finest: int) -> int:
     """The finest resolution ≤ `finest` whose cells cover `km2` with at most MAX_COVER_CELLS of them."""
     res = finest
@@ -329,11 +296,10 @@ def cover_res(km2: float, finest: int) -> int:
     return res
 
 
-def _area_ranges(area: Area, stored_res: Sequence[int]) -> list[CellRange]:
-    stored = sorted(set(stored_res))
-    if not stored:
-        return []
-    res = cover_res(area.km2(), stored[0])
+def compact_cover(area: Area, res: int) -> list[int]:
+    """Cells at `res` or coarser (compacted) covering the area, with one ring of neighbours more: H3
+    children stick out of their parents a little, and a reading's cell at a finer resolution must lie
+    under the cover."""
     cover = _overlap(area.rings, res)
     if cover is None:  # a shape h3 refuses (self-crossing, degenerate): its extent's cells instead
         w, s, e, n = area.bbox
@@ -342,14 +308,7 @@ def _area_ranges(area: Area, stored_res: Sequence[int]) -> list[CellRange]:
         lon, lat = area.rings[0][0]
         cover = {h3.latlng_to_cell(lat, lon, res)}
     ringed = {n for c in cover for n in h3.grid_disk(c, 1)}
-    compact = [h3.str_to_int(c) for c in h3.compact_cells(list(ringed))]
-    out = [
-        CellRange(*h3cells.child_range(c, s), exact=True)
-        for s in stored
-        for c in compact
-        if h3cells.res_of(c) <= s
-    ]
-    return sorted(out, key=lambda r: r.lo)
+    return sorted(h3.str_to_int(c) for c in h3.compact_cells(list(ringed)))
 
 
 def _overlap(rings: Sequence[Ring], res: int) -> set[str] | None:

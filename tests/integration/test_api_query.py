@@ -400,14 +400,15 @@ async def test_the_sql_polygon_test_is_the_python_one(store: Store) -> None:
 class Explaining:
     """A pool stand-in that EXPLAINs the statements QueryStore sends instead of running them."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, options: str = "FORMAT JSON") -> None:
         self.pool = pool
+        self.options = options
         self.plans: list[tuple[str, Any]] = []
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        if "generate_series(0, 15)" in sql:
+        if sql == RESOLUTIONS_SQL:
             return list(await self.pool.fetch(sql, *args))
-        plan = await self.pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+        plan = await self.pool.fetchval(f"EXPLAIN ({self.options}) {sql}", *args)
         self.plans.append((sql, json.loads(plan) if isinstance(plan, str) else plan))
         return []
 
@@ -417,6 +418,14 @@ def scans(node: dict[str, Any]) -> list[tuple[str, str]]:
     for child in node.get("Plans", []):
         out += scans(child)
     return out
+
+
+def rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan's readings index scans returned (EXPLAIN ANALYZE: per loop × loops)."""
+    own = 0
+    if "Index" in node["Node Type"] and node.get("Index Name", "").startswith("readings"):
+        own = int(node["Actual Rows"] * node["Actual Loops"])
+    return own + sum(rows_read(child) for child in node.get("Plans", []))
 
 
 async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> None:
@@ -462,6 +471,50 @@ async def test_every_query_shape_uses_an_index(store: Store, pg_dsn: str) -> Non
             assert not seq, f"{name}: sequential scan of {seq} in\n{sql}\n{json.dumps(plan, indent=1)[:3000]}"
         assert len(explaining.plans) == 8
         explaining.plans.clear()
+
+
+async def test_a_page_reads_its_rows_not_the_whole_place(store: Store, pg_dsn: str) -> None:
+    """30,000 readings in one res-7 block: a page of 100 over the block (or its res-5 region) reads
+    about 100 index entries per block holding data (readings_block_ts in time order), where the old
+    readings_cell_ts plan sorted every row of the place before its LIMIT."""
+    rnd = random.Random(3)
+    center = h3.str_to_int(h3.latlng_to_cell(52.52, 13.40, 7))
+    lat0, lon0 = h3.cell_to_latlng(h3.int_to_str(center))
+    points = [(lat0 + rnd.uniform(-0.004, 0.004), lon0 + rnd.uniform(-0.006, 0.006)) for _ in range(200)]
+    cells = [h3.str_to_int(h3.latlng_to_cell(lat, lon, 9)) for lat, lon in points]
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0), to_timestamp($1 / 1000.0))",
+            T0,
+        )
+        await conn.execute(
+            """INSERT INTO readings (ts, device_id, seq, idx, lat, lon, cell, kind, vals)
+               SELECT to_timestamp(($5::bigint + g * 60000 + d.n * 250) / 1000.0), d.id, g, 0,
+                      d.lat, d.lon, d.cell, 'weather', '{}'
+               FROM unnest($1::bytea[], $2::float8[], $3::float8[], $4::bigint[]) WITH ORDINALITY
+                    AS d(id, lat, lon, cell, n),
+                    generate_series(0, 149) g""",
+            [i.to_bytes(32, "big") for i in range(200)],
+            [p[0] for p in points],
+            [p[1] for p in points],
+            cells,
+            T0,
+        )
+        await conn.execute("ANALYZE readings")
+    analyzing = Explaining(store.pool, "ANALYZE, FORMAT JSON")
+    queries = QueryStore(analyzing)  # type: ignore[arg-type]
+    blocks = len({h3cells.parent(c, 7) for c in cells})
+    for cell in (center, h3cells.parent(center, 5)):
+        res = h3cells.res_of(cell)
+        in_place = 150 * sum(1 for c in cells if h3cells.parent(c, res) == cell)
+        assert in_place >= 10_000
+        await queries.readings(
+            parse_where({"cell": format(cell, "x")}).between(T0, T0 + 86_400_000), limit=100
+        )
+        ((sql, plan),) = analyzing.plans
+        analyzing.plans.clear()
+        read = rows_read(plan[0]["Plan"])
+        assert 100 <= read <= blocks * 110, (format(cell, "x"), read, in_place, sql)
 
 
 async def test_depin_run_exports_a_large_range_with_flat_memory(

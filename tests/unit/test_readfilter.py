@@ -1,20 +1,17 @@
 """ingest/core/readfilter.py: query parameters → ReadingFilter (table tests: every bad input names its
-parameter), areas (size, exact test) and the H3 index ranges a place becomes, checked against h3."""
+parameter), areas (size, exact test)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import h3
 import pytest
 
-from ingest.core import h3cells
 from ingest.core.readfilter import (
     FILTER_PARAMS,
     MAX_AREA_KM2,
     FilterError,
-    cell_ranges,
     exact_area,
     parse_bbox,
     parse_polygon,
@@ -136,52 +133,15 @@ def test_area_cap_is_documented_value() -> None:
         parse_bbox(f"0,0,{side * 1.01:.6f},{side * 1.01:.6f}")
 
 
-def _in_ranges(cell: int, ranges: list) -> list:
-    return [r for r in ranges if r.lo <= cell <= r.hi]
-
-
-def test_a_parent_cell_holds_its_children_at_every_stored_resolution() -> None:
-    parent7 = h3.cell_to_parent(CELL9, 7)
-    where = parse_where({"cell": parent7})
-    ranges = cell_ranges(where, [7, 8, 9])
-    assert len(ranges) == 3 and not any(r.exact for r in ranges)
-    for res in (7, 8, 9):
-        for child in h3.cell_to_children(parent7, res):
-            assert len(_in_ranges(h3.str_to_int(child), ranges)) == 1
-    outside = h3.str_to_int(h3.grid_ring(CELL9, 3)[0])
-    assert not _in_ranges(outside, ranges) or h3.cell_to_parent(h3.int_to_str(outside), 7) == parent7
-
-
-def test_a_cell_finer_than_the_data_is_its_hexagon() -> None:
+def test_a_cells_exact_area_is_its_hexagon() -> None:
     fine = h3.latlng_to_cell(52.52, 13.4, 11)
-    where = parse_where({"cell": fine})
-    ranges = cell_ranges(where, [9])
-    holder = h3cells.parent(h3.str_to_int(fine), 9)
-    assert all(r.exact for r in ranges) and _in_ranges(holder, ranges)
-    hexagon = exact_area(where)
+    hexagon = exact_area(parse_where({"cell": fine}))
     assert hexagon is not None
     lat, lon = h3.cell_to_latlng(fine)
     assert hexagon.contains(lon, lat)
     lat2, lon2 = h3.cell_to_latlng(h3.grid_ring(fine, 2)[0])
     assert not hexagon.contains(lon2, lat2)
-
-
-def test_an_area_cover_finds_every_point_inside() -> None:
-    """Every point of a grid inside the bbox lies in a range holding its res-8 and res-9 cell."""
-    where = parse_where({"bbox": "13.3,52.45,13.45,52.55"})
-    ranges = cell_ranges(where, [8, 9])
-    assert all(r.exact for r in ranges)
-    assert all(a.hi < b.lo for a, b in itertools.pairwise(ranges))  # sorted and disjoint
-    for i in range(31):
-        for j in range(31):
-            lon, lat = 13.3 + 0.15 * i / 30, 52.45 + 0.1 * j / 30
-            for res in (8, 9):
-                assert _in_ranges(h3.str_to_int(h3.latlng_to_cell(lat, lon, res)), ranges), (lon, lat, res)
-
-
-def test_no_stored_resolution_no_ranges_and_device_only_none() -> None:
-    assert cell_ranges(parse_where({"bbox": "13,52,13.1,52.1"}), []) == []
-    assert cell_ranges(parse_where({"device": DEV}), [9]) == []
+    assert exact_area(parse_where({"device": DEV})) is None
 
 
 def test_binding_covers_every_filter_but_time() -> None:

@@ -38,7 +38,9 @@ WITH g AS (
     GROUP BY cell
     ORDER BY readings DESC, cell
     LIMIT $4)
-SELECT g.*, (SELECT max(ts) FROM readings r WHERE r.cell = g.cell AND r.ts >= $2 AND r.ts < $3) AS newest
+SELECT g.*, (SELECT max(ts) FROM readings r
+           WHERE depin_cell7(r.cell) = depin_cell7(g.cell) AND r.cell = g.cell
+             AND r.ts >= $2 AND r.ts < $3) AS newest
 FROM g ORDER BY readings DESC, cell"""
 
 _OPEN = f"""

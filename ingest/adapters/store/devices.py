@@ -2,8 +2,8 @@
 row with its per-epoch counts; an owner's fleet, page by page. And what a batch adds to those counts
 (`add_device_counts`, run by `IngestStore.write_batch` in the batch's transaction).
 
-Every query is bounded by an index: `packets` by its key, the packet's readings by `readings_key`
-(device, ts) from the packet's first reading, the counts by `device_epoch_counts`' key (device, epoch)
+Every query is bounded by an index: `packets` by its key, the packet's readings by `readings_device_ts`
+(device hash, ts) from the packet's first reading, the counts by `device_epoch_counts`' key (device, epoch)
 newest first, an owner's devices by `devices_owner_device` (owner, device_id) (migration 010).
 """
 
@@ -116,7 +116,8 @@ class DeviceStore(PoolStore):
                 # receipt, so the scan ends a day after it even if some were deleted (retention).
                 rows = await conn.fetch(
                     f"""SELECT {_READING_SELECT} FROM readings
-                        WHERE device_id = $1 AND seq = $2
+                        WHERE hashbyteaextended(device_id, 0) = hashbyteaextended($1::bytea, 0)
+                          AND device_id = $1 AND seq = $2
                           AND ts >= $3 AND ts <= $4::timestamptz + interval '1 day'
                         ORDER BY ts, idx LIMIT $5""",
                     device_id,

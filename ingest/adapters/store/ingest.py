@@ -314,7 +314,8 @@ class IngestStore(PoolStore):
                 f"""UPDATE readings r SET flags = r.flags | {FLAG_MEDIA_REUSE}
                     FROM unnest($1::bytea[], $2::timestamptz[], $3::bigint[], $4::smallint[])
                          AS f(device_id, ts, seq, idx)
-                    WHERE r.device_id = f.device_id AND r.ts = f.ts AND r.seq = f.seq AND r.idx = f.idx
+                    WHERE hashbyteaextended(r.device_id, 0) = hashbyteaextended(f.device_id, 0)
+                      AND r.device_id = f.device_id AND r.ts = f.ts AND r.seq = f.seq AND r.idx = f.idx
                       AND r.flags & {FLAG_MEDIA_REUSE} = 0""",
                 [r["device_id"] for r in rows],
                 [r["ts"] for r in rows],

@@ -1,11 +1,13 @@
 """Buyers' queries (README "API"): a `ReadingFilter` (ingest/core/readfilter.py) as SQL, and what the
 API asks with it — pages of readings, aggregates per cell × time bucket, metered usage, streamed exports.
 
-A place (cell at any resolution, bbox, polygon) is a join with `unnest` of disjoint `cell` index ranges
-(`cell BETWEEN lo AND hi`, one index range scan each on readings_cell_ts), plus, for the ranges marked
-`exact`, the exact position test (a bbox's BETWEENs or depin_in_polygon, migration 011). A device is
-`device_id = …` (readings_key). The resolutions the data is stored at are asked of the readings
-themselves (one index probe per H3 resolution), kept for RES_TTL_S.
+A place is a join with `unnest` of its block scans (ingest/core/placescan.py): one LATERAL scan of
+readings_block_ts (depin_cell7(cell), ts) per res-7 block, keeping the rows `BlockScan.holds` keeps
+(the same test in SQL, `PLACE_TEST`). A page asks each block for its first `limit` rows in time order
+and merges them, so it reads at most blocks × limit index entries, never every row of the place. A
+device is `hashbyteaextended(device_id, 0) = …` (readings_device_ts) and `device_id = …`; with a place
+too, the device's rows are tested against the scans. The resolutions the data is stored at (≤ 7; finer
+ones count as 7) are asked of the block index (one probe each), kept for RES_TTL_S.
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ from ingest.adapters.store.rows import (
     ms_to_dt,
 )
 from ingest.core import h3cells, metering
-from ingest.core.readfilter import ReadingFilter, cell_ranges, exact_area
+from ingest.core.placescan import BLOCK_RES, blocks_whole, needs_exact_test, place_scans, under_mask
+from ingest.core.readfilter import ReadingFilter, exact_area
 from ingest.core.rules import FLAG_NAMES
 
 READING_SELECT = (
     "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
 )
 RES_TTL_S = 10.0
-# One index probe per resolution (LATERAL … LIMIT 1: never flattened into a join over the whole table).
-RESOLUTIONS_SQL = """SELECT r FROM generate_series(0, 15) r, LATERAL (
+# One probe of the block index per resolution ≤ 7 (blocks of resolution r are the index range
+# [1<<59 | r<<52, 1<<59 | (r+1)<<52); LATERAL … LIMIT 1 is never flattened into a join over the table).
+RESOLUTIONS_SQL = f"""SELECT r FROM generate_series(0, {BLOCK_RES}) r, LATERAL (
                          SELECT 1 FROM readings
-                         WHERE cell >= ((1::bigint << 59) | (r::bigint << 52))
-                           AND cell < ((1::bigint << 59) | ((r + 1)::bigint << 52)) LIMIT 1) probe"""
+                         WHERE depin_cell7(cell) >= ((1::bigint << 59) | (r::bigint << 52))
+                           AND depin_cell7(cell) < ((1::bigint << 59) | ((r + 1)::bigint << 52))
+                         LIMIT 1) probe"""
 BUCKETS = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
 _TS_MS = "floor(extract(epoch from ts) * 1000)::bigint"
 _FLAG_NAMES = (
@@ -82,12 +87,30 @@ ENVELOPES_SQL = """SELECT k.d AS device_id, k.s AS seq,
 
 
 CONDS = "%CONDS%"  # where a source built by QueryStore.where takes its conditions
+INNER = "%INNER%"  # … and a page its per-block ORDER BY and LIMIT
+ORDER = "ts, device_id, seq, idx"
+_RES = "((cell >> 52) & 15)"
+# BlockScan.holds in SQL, on the scan's columns g.(root, mask, rres, x, cx); {test} is the exact
+# position test.
+PLACE_TEST = (
+    f"(({_RES} >= g.rres AND (cell & g.mask) = (g.root & g.mask) AND (NOT g.x OR {{test}}))"
+    f" OR (g.cx AND {_RES} < g.rres AND {{test}}))"
+)
 
 
-def from_where(source: str, conds: list[str]) -> str:
-    """`source WHERE conds`, or the conditions inside a source that takes them (a place's ranges)."""
+def device_sql(n: int) -> str:
+    """The condition `device_id = $n` as readings_device_ts (hashbyteaextended(device_id, 0), ts) serves
+    it: the hash picks the index entries, the id drops a hash collision's rows."""
+    return f"hashbyteaextended(device_id, 0) = hashbyteaextended(${n}::bytea, 0) AND device_id = ${n}"
+
+
+def from_where(source: str, conds: list[str], inner: str = "OFFSET 0") -> str:
+    """`source WHERE conds`, or the conditions inside a source that takes them (a place's scans), with
+    `inner` after them (`OFFSET 0` keeps each LATERAL scan a subquery of its own)."""
     where = " AND ".join(conds) or "true"
-    return source.replace(CONDS, where) if CONDS in source else f"{source} WHERE {where}"
+    if CONDS in source:
+        return source.replace(CONDS, where).replace(INNER, inner)
+    return f"{source} WHERE {where}"
 
 
 class AggregateRow(NamedTuple):
@@ -109,6 +132,7 @@ async def fetch_page(
     limit: int,
     after: Position | None,
     max_bytes: int | None,
+    ordered: bool = True,
 ) -> ReadingPage:
     """One page of `SELECT … FROM from_where(source, conds)` in (ts, device_id, seq, idx) order after
     `after`, ending at `limit` rows or once the rows' estimated JSON size (vals, media uri and a fixed
@@ -126,9 +150,11 @@ async def fetch_page(
         conds.append(f"ts >= ${n + 1}")
         conds.append(f"(ts, device_id, seq, idx) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
     args.append(limit)
+    # Each block scan (if the source has them) stops at the page's size too: at most blocks × limit rows
+    # reach the merge. Block ranges (a place coarser than res 3) are read whole and sorted.
+    inner = f"ORDER BY {ORDER} LIMIT ${len(args)}" if ordered else "OFFSET 0"
     page = (
-        f"SELECT {READING_SELECT} FROM {from_where(source, conds)} "
-        f"ORDER BY ts, device_id, seq, idx LIMIT ${len(args)}"
+        f"SELECT {READING_SELECT} FROM {from_where(source, conds, inner)} ORDER BY {ORDER} LIMIT ${len(args)}"
     )
     if max_bytes is None:
         rows = await db.fetch(page, *args)
@@ -169,8 +195,8 @@ class QueryStore(PoolStore):
         self._res: tuple[float, list[int]] = (-1.0, [])
 
     async def stored_resolutions(self) -> list[int]:
-        """The H3 resolutions readings are stored at: cells of resolution r are the index range
-        [1<<59 | r<<52, 1<<59 | (r+1)<<52), so each is one index probe. Kept RES_TTL_S seconds."""
+        """The H3 resolutions readings are stored at, those finer than 7 as 7 (they share the blocks):
+        one probe of the block index each (RESOLUTIONS_SQL). Kept RES_TTL_S seconds."""
         at, res = self._res
         if time.monotonic() - at > RES_TTL_S:
             rows = await self.pool.fetch(RESOLUTIONS_SQL)
@@ -178,35 +204,25 @@ class QueryStore(PoolStore):
             self._res = (time.monotonic(), res)
         return res
 
-    async def where(self, f: ReadingFilter) -> tuple[str, list[str], list[Any]]:
-        """(source, conditions, arguments) of the filter; `from_where` makes them SQL.
-
-        A place is a LATERAL subquery per cell range (`OFFSET 0` keeps it one: the planner then can
-        only scan each range on its own, by the index, instead of joining the ranges with a whole
-        partition it misjudges the size of); the conditions go inside it."""
+    async def where(self, f: ReadingFilter) -> tuple[str, list[str], list[Any], bool]:
+        """(source, conditions, arguments, ordered) of the filter; `from_where` makes them SQL.
+        `ordered`: every block scan reads one block, in time order (`fetch_page` then limits each)."""
         args: list[Any] = [clamped_dt(f.start_ms), clamped_dt(f.end_ms)]
         conds = ["ts >= $1", "ts < $2"]
-        source = "readings"
-        if f.device is not None:
-            args.append(f.device)
-            conds.append(f"device_id = ${len(args)}")
         if f.kind is not None:
             args.append(f.kind)
             conds.append(f"kind = ${len(args)}")
+        if f.device is not None:
+            args.append(f.device)
+            conds.append(device_sql(len(args)))
         if f.cell is None and f.area is None:
-            return source, conds, args
-        ranges = cell_ranges(f, await self.stored_resolutions())
-        if not ranges:
-            return source, [*conds, "false"], args
-        n = len(args)
-        args += [[r.lo for r in ranges], [r.hi for r in ranges], [r.exact for r in ranges]]
-        source = (
-            f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bool[]) AS g(lo, hi, x) "
-            "CROSS JOIN LATERAL (SELECT * FROM readings "
-            f"WHERE cell BETWEEN g.lo AND g.hi AND {CONDS} OFFSET 0) r"
-        )
+            return "readings", conds, args, True
+        scans = place_scans(f, await self.stored_resolutions())
+        if not scans:
+            return "readings", [*conds, "false"], args, True
+        test = "true"
         area = exact_area(f)
-        if area is not None and any(r.exact for r in ranges):
+        if area is not None and needs_exact_test(scans):
             n = len(args)
             if area.shape == "bbox":
                 args += list(area.bbox)
@@ -214,8 +230,34 @@ class QueryStore(PoolStore):
             else:
                 args += [list(col) for col in zip(*area.edges(), strict=True)]
                 test = f"depin_in_polygon(lon, lat, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
-            conds.append(f"(NOT g.x OR ({test}))")
-        return source, conds, args
+        n = len(args)
+        args += [
+            [s.lo for s in scans],
+            [s.hi for s in scans],
+            [s.root for s in scans],
+            [under_mask(s.root_res) for s in scans],
+            [s.root_res for s in scans],
+            [s.exact for s in scans],
+            [s.coarse for s in scans],
+        ]
+        scans_sql = (
+            f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bigint[], ${n + 4}::bigint[], "
+            f"${n + 5}::int[], ${n + 6}::bool[], ${n + 7}::bool[]) AS g(lo, hi, root, mask, rres, x, cx)"
+        )
+        place = PLACE_TEST.format(test=test)
+        if f.device is not None:  # the device's rows (its index), each tested against the scans
+            exists = (
+                f"EXISTS (SELECT 1 FROM {scans_sql} "
+                f"WHERE depin_cell7(cell) BETWEEN g.lo AND g.hi AND {place})"
+            )
+            return "readings", [*conds, exists], args, True
+        whole = blocks_whole(scans)
+        block = "depin_cell7(cell) = g.lo" if whole else "depin_cell7(cell) BETWEEN g.lo AND g.hi"
+        source = (
+            f"{scans_sql} CROSS JOIN LATERAL (SELECT * FROM readings "
+            f"WHERE {block} AND {place} AND {CONDS} {INNER}) r"
+        )
+        return source, conds, args, whole
 
     async def readings(
         self,
@@ -225,12 +267,14 @@ class QueryStore(PoolStore):
         after: Position | None = None,
         max_bytes: int | None = None,
     ) -> ReadingPage:
-        source, conds, args = await self.where(f)
-        return await fetch_page(self.pool, source, conds, args, limit=limit, after=after, max_bytes=max_bytes)
+        source, conds, args, ordered = await self.where(f)
+        return await fetch_page(
+            self.pool, source, conds, args, limit=limit, after=after, max_bytes=max_bytes, ordered=ordered
+        )
 
     async def usage(self, f: ReadingFilter, genesis_ms: int, length_ms: int) -> dict[tuple[int, int], int]:
         """Readings the filter matches per (res-7 metering cell, epoch): one GROUP BY, no rows fetched."""
-        source, conds, args = await self.where(f)
+        source, conds, args, _ = await self.where(f)
         rows = await self.pool.fetch(
             f"SELECT {metering.cell7_sql('cell')} AS c, "
             f"{metering.epoch_sql('ts', genesis_ms, length_ms)} AS e, "
@@ -245,7 +289,7 @@ class QueryStore(PoolStore):
         """count/min/max/avg of the numeric `vals->value` per (cell at `res`) × (device) × bucket, oldest
         bucket first; at most `max_rows` + 1 rows (the caller refuses more). A reading stored coarser
         than `res` is grouped at its own cell."""
-        source, conds, args = await self.where(f)
+        source, conds, args, _ = await self.where(f)
         cell = "NULL::bigint"
         if res is not None:
             at_res = f"((cell >> {h3cells.RES_SHIFT}) & 15) >= {res}"
@@ -287,7 +331,7 @@ class QueryStore(PoolStore):
     ) -> tuple[str, list[Any]]:
         """The export's SELECT (CSV_COLUMNS or NDJSON_COLUMN, then `envelope` if asked), oldest first,
         and its arguments."""
-        source, conds, args = await self.where(f)
+        source, conds, args, _ = await self.where(f)
         if not envelope:
             columns = CSV_COLUMNS if fmt == "csv" else NDJSON_COLUMN
             return (

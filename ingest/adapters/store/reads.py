@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ingest.adapters.store.queries import fetch_page
+from ingest.adapters.store.queries import device_sql, fetch_page
 from ingest.adapters.store.rows import (
     DeviceReward,
     EpochRewards,
@@ -65,10 +65,10 @@ class ReadStore(PoolStore):
         conds = ["ts >= $1", "ts < $2"]
         if device_id is not None:
             args.append(device_id)
-            conds.append(f"device_id = ${len(args)}")
-        if cell is not None:
+            conds.append(device_sql(len(args)))
+        if cell is not None:  # the cell's block in readings_block_ts, then the cell itself
             args.append(cell_to_db(cell))
-            conds.append(f"cell = ${len(args)}")
+            conds.append(f"depin_cell7(cell) = depin_cell7(${len(args)}::bigint) AND cell = ${len(args)}")
         return await fetch_page(
             self.pool, "readings", conds, args, limit=limit, after=after, max_bytes=max_bytes
         )
