@@ -123,7 +123,7 @@ async def seed(dsn: str, fleet: Fleet, readings: int, t0: int) -> None:
             rate = done / (time.perf_counter() - started)
             say(f"  seeded {done:>11,} / {readings:,} readings ({rate:,.0f}/s)")
         say("  ANALYZE readings …")
-        await conn.execute("ANALYZE readings")
+        await conn.execute("SELECT depin_note_resolutions(); ANALYZE readings")
     finally:
         await conn.close()
 

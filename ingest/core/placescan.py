@@ -2,36 +2,43 @@
 res-7 blocks of the readings_block_ts index to scan, and which rows of each belong to the place.
 
 A reading's block is `block_of(cell)`: its res-7 parent, or its own cell when it is stored coarser
-(migration 013 `depin_cell7`). One block's rows come out of the index in time order, so a page over a
-place is a merge of one short ordered scan per block (ingest/adapters/store/queries.py).
+(migration 013 `depin_cell7`). The index is (block, ts, cell): one block's rows come out in time order,
+so a page over a place merges one short ordered scan per block (ingest/adapters/store/queries.py),
+and a scan that wants only some cells of its block tests `cell = ANY(…)` on the index entries.
 
-Which rows of a block are in the place (`BlockScan.holds`, the same test in SQL):
+What a place holds, for readings stored at resolution s (the resolutions in `readings_resolutions`):
 
-- rows stored at the scan's `root` resolution or finer whose cell lies under `root` (the index
-  hierarchy: every child of a cell is in the cell, as `cell=` has always meant), and, when `exact`,
-  whose position also passes the exact test (a bbox or polygon);
-- when `coarse`, rows stored coarser than `root` whose position lies in the query cell's hexagon (data
-  coarser than the query: `h3cells` children stick out of their parent a little, so the cell holding
-  the query cell and its neighbours are scanned).
+- a cell Q at resolution R: if s ≥ R, the readings stored under Q (`cell=` follows the H3 hierarchy:
+  Q's whole blocks when R ≤ 7, else Q's children at s); if s < R (data coarser than the query), the
+  readings whose position lies in Q's hexagon, found in the res-s cell holding Q and its neighbours (H3
+  children stick out of their parent a little) — those cells are *edge* cells: their rows pass the
+  exact position test;
+- a bbox or polygon: the readings whose position lies inside, found in the res-s cells the shape
+  overlaps (h3, "overlap"); the cells entirely inside need no test, the others are edge cells. A shape
+  that would need more than MAX_CELLS cells at s is covered by whole blocks instead, every row tested.
 
-The stored resolutions the scans are built for are those the readings hold, with every resolution finer
-than 7 counted as 7 (they share their blocks). More than MAX_BLOCKS blocks (a place coarser than res 3)
-gives block *ranges* instead, which the SQL must sort (docs/DESIGN.md §8).
+`BlockScan.holds` is that rule for one stored reading; the SQL is the same test. More than MAX_BLOCKS
+blocks (a cell coarser than res 3) gives block *ranges*, which the SQL must sort (docs/DESIGN.md §8).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import h3
 
 from ingest.core import h3cells
-from ingest.core.readfilter import Area, ReadingFilter, Where, compact_cover, cover_res
+from ingest.core.readfilter import Area, ReadingFilter, Where, compact_cover, cover_res, overlap_cells
 
 BLOCK_RES = 7
 MAX_BLOCKS = 2_401  # 7**4: the res-7 blocks of a res-3 cell
-_INT64_MAX = (1 << 63) - 1
+MAX_CELLS = 20_000  # cells listed for one place (a cell's children, an area's cover at one resolution)
+
+
+class PlaceTooFine(ValueError):
+    """The place needs more than MAX_CELLS cells at a stored resolution (a cell far coarser than the
+    data under it, at resolutions finer than 7)."""
 
 
 def block_of(cell: int) -> int:
@@ -39,57 +46,72 @@ def block_of(cell: int) -> int:
     return h3cells.parent(cell, BLOCK_RES) if h3cells.res_of(cell) > BLOCK_RES else cell
 
 
-def under_mask(res: int) -> int:
-    """The bits two cells share when one lies under the other's ancestor at `res` (digits 1..res and
-    the base cell; not the resolution field)."""
-    return ~h3cells.RES_MASK & ~h3cells.tail(res) & _INT64_MAX
-
-
 @dataclass(frozen=True, slots=True)
 class BlockScan:
-    lo: int  # the block (depin_cell7 value) scanned; `hi` > `lo` only in the range fallback
+    lo: int  # the block scanned (a depin_cell7 value); `hi` > `lo` only for a block range
     hi: int
-    root: int
-    exact: bool
-    coarse: bool
-
-    @property
-    def root_res(self) -> int:
-        return h3cells.res_of(self.root)
+    cells: tuple[int, ...] | None  # None: every row of the block; else the rows stored at these cells
+    edge: frozenset[int]  # rows stored at these cells must pass the exact position test …
+    exact: bool  # … or, if set, every row must
 
     def holds(self, cell: int, inside: bool) -> bool:
         """Is a reading stored at `cell` in the place? `inside`: its position passes the exact test."""
         if not self.lo <= block_of(cell) <= self.hi:
             return False
-        res, mask = h3cells.res_of(cell), under_mask(self.root_res)
-        if res >= self.root_res and cell & mask == self.root & mask:
-            return inside or not self.exact
-        return self.coarse and res < self.root_res and inside
+        if self.cells is not None and cell not in self.cells:
+            return False
+        return inside or not (self.exact or cell in self.edge)
 
 
-def stored_blocks(stored_res: Sequence[int]) -> list[int]:
-    """The stored resolutions as the blocks see them: those finer than 7 count as 7."""
-    return sorted({min(s, BLOCK_RES) for s in stored_res})
+class _Blocks:
+    """The scans being built, one per block: whole blocks (None) or their listed cells."""
+
+    def __init__(self) -> None:
+        self.whole: dict[int, bool] = {}  # block → every row tested
+        self.ranges: list[BlockScan] = []
+        self.cells: dict[int, dict[int, bool]] = {}  # block → cell → edge
+
+    def add_whole(self, blocks: Iterable[int], *, exact: bool) -> None:
+        for b in blocks:
+            self.whole[b] = self.whole.get(b, False) or exact
+
+    def add_cells(self, cells: Iterable[int], *, edge: bool) -> None:
+        for c in cells:
+            listed = self.cells.setdefault(block_of(c), {})
+            listed[c] = listed.get(c, False) or edge
+
+    def scans(self) -> list[BlockScan]:
+        # A whole block holds its listed cells too (never both in practice: see `place_scans`).
+        out = [BlockScan(b, b, None, frozenset(), exact) for b, exact in self.whole.items()]
+        out += [
+            BlockScan(b, b, tuple(sorted(cells)), frozenset(c for c, e in cells.items() if e), False)
+            for b, cells in self.cells.items()
+            if b not in self.whole
+        ]
+        return sorted(self.ranges + out, key=lambda s: s.lo)
 
 
 def place_scans(where: Where | ReadingFilter, stored_res: Sequence[int]) -> list[BlockScan]:
     """The block scans holding every reading of the filter's place, for readings stored at
-    `stored_res`, sorted by block; empty when the filter has no place (device only)."""
-    stored = stored_blocks(stored_res)
+    `stored_res`, sorted by block; empty when the filter has no place (device only) or nothing is
+    stored. Raises PlaceTooFine."""
+    stored = sorted(set(stored_res))
+    blocks = _Blocks()
     if where.cell is not None:
-        scans = _cell_scans(where.cell, stored)
+        _cell_scans(where.cell, stored, blocks)
     elif where.area is not None:
-        scans = _area_scans(where.area, stored)
-    else:
-        return []
-    return sorted(scans, key=lambda s: (s.lo, s.root))
+        _area_scans(where.area, stored, blocks)
+    return blocks.scans()
 
 
-def needs_exact_test(scans: Sequence[BlockScan]) -> bool:
-    return any(s.exact or s.coarse for s in scans)
+def blocks_whole(scans: Sequence[BlockScan]) -> bool:
+    """Does every scan read one block (so the SQL can read each in time order)?"""
+    return all(s.lo == s.hi for s in scans)
 
 
 def _children(cell: int, res: int) -> list[int]:
+    if 7 ** (res - h3cells.res_of(cell)) > MAX_CELLS:
+        raise PlaceTooFine(f"{format(cell, 'x')} has too many cells at resolution {res} (> {MAX_CELLS:,})")
     if h3cells.res_of(cell) == res:
         return [cell]
     return [h3.str_to_int(c) for c in h3.cell_to_children(h3.int_to_str(cell), res)]
@@ -99,50 +121,43 @@ def _disk(cell: int) -> list[int]:
     return [h3.str_to_int(c) for c in h3.grid_disk(h3.int_to_str(cell), 1)]
 
 
-def _count(cell: int, res: int) -> int:
-    return 7 ** (res - h3cells.res_of(cell))  # pentagons have fewer: an upper bound is enough here
+def _whole_blocks(cell: int, res: int, blocks: _Blocks, *, exact: bool) -> None:
+    """Every block at `res` (≤ 7) under `cell`: one scan each, or one range when there are more than
+    MAX_BLOCKS (the children are one contiguous index range)."""
+    if 7 ** (res - h3cells.res_of(cell)) <= MAX_BLOCKS:
+        blocks.add_whole(_children(cell, res), exact=exact)
+    else:
+        lo, hi = h3cells.child_range(cell, res)
+        blocks.ranges.append(BlockScan(lo, hi, None, frozenset(), exact))
 
 
-def _whole(cell: int, res: int, *, exact: bool, budget: list[int]) -> list[BlockScan]:
-    """The blocks at `res` under `cell`, each scanned whole: one scan per block while the budget of
-    MAX_BLOCKS lasts, then one range (the children are one contiguous index range)."""
-    if budget[0] >= _count(cell, res):
-        blocks = _children(cell, res)
-        budget[0] -= len(blocks)
-        return [BlockScan(b, b, b, exact, False) for b in blocks]
-    lo, hi = h3cells.child_range(cell, res)
-    return [BlockScan(lo, hi, cell, exact, False)]
-
-
-def _cell_scans(cell: int, stored: list[int]) -> list[BlockScan]:
+def _cell_scans(cell: int, stored: list[int], blocks: _Blocks) -> None:
     own = h3cells.res_of(cell)
-    budget = [MAX_BLOCKS]
-    out: list[BlockScan] = []
     for s in stored:
-        if own <= s:  # stored at s (or finer than 7 when s is 7) under the cell: its blocks whole
-            out += _whole(cell, s, exact=False, budget=budget)
-        elif s < BLOCK_RES:  # stored coarser than the cell: the cell holding it and its neighbours
-            out += [BlockScan(c, c, c, True, False) for c in _disk(h3cells.parent(cell, s))]
-        else:  # stored at res ≥ 7 but the cell is finer than 7: its block (rows under it, and coarser
-            # rows by position) and the blocks around it (coarser rows by position)
-            out += [BlockScan(b, b, cell, False, True) for b in _disk(block_of(cell))]
-    return out
+        if s < own:  # stored coarser than the cell: the cell holding it and its neighbours, by position
+            holders = _disk(h3cells.parent(cell, s))
+            if s < BLOCK_RES:
+                blocks.add_whole(holders, exact=True)
+            else:
+                blocks.add_cells(holders, edge=True)
+        elif own <= BLOCK_RES:  # stored under the cell: its whole blocks at min(s, 7)
+            _whole_blocks(cell, min(s, BLOCK_RES), blocks, exact=False)
+        else:  # stored under a cell finer than 7: its children at s, in its one block
+            blocks.add_cells(_children(cell, s), edge=False)
 
 
-def _area_scans(area: Area, stored: list[int]) -> list[BlockScan]:
-    if not stored:
-        return []
-    budget = [MAX_BLOCKS]
-    cover = compact_cover(area, cover_res(area.km2(), stored[0]))
-    return [
-        scan
-        for c in cover
-        for s in stored
-        if h3cells.res_of(c) <= s
-        for scan in _whole(c, s, exact=True, budget=budget)
-    ]
-
-
-def blocks_whole(scans: Sequence[BlockScan]) -> bool:
-    """Does every scan read one block (so the SQL can read each in time order)?"""
-    return all(s.lo == s.hi for s in scans)
+def _area_scans(area: Area, stored: list[int], blocks: _Blocks) -> None:
+    km2 = area.km2()
+    for s in stored:
+        if km2 / h3.average_hexagon_area(s, "km^2") > MAX_CELLS / 2:  # too many cells: whole blocks
+            for c in compact_cover(area, cover_res(km2, min(s, BLOCK_RES))):
+                _whole_blocks(c, min(s, BLOCK_RES), blocks, exact=True)
+            continue
+        cover = overlap_cells(area, s)
+        inside = overlap_cells(area, s, contain="full")
+        if s < BLOCK_RES:
+            blocks.add_whole(inside, exact=False)
+            blocks.add_whole(cover - inside, exact=True)
+        else:
+            blocks.add_cells(inside, edge=False)
+            blocks.add_cells(cover - inside, edge=True)

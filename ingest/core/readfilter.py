@@ -300,21 +300,29 @@ def compact_cover(area: Area, res: int) -> list[int]:
     """Cells at `res` or coarser (compacted) covering the area, with one ring of neighbours more: H3
     children stick out of their parents a little, and a reading's cell at a finer resolution must lie
     under the cover."""
-    cover = _overlap(area.rings, res)
-    if cover is None:  # a shape h3 refuses (self-crossing, degenerate): its extent's cells instead
-        w, s, e, n = area.bbox
-        cover = _overlap((((w, s), (e, s), (e, n), (w, n), (w, s)),), res) or set()
-    if not cover:  # smaller than a cell: the cell holding its first vertex
-        lon, lat = area.rings[0][0]
-        cover = {h3.latlng_to_cell(lat, lon, res)}
-    ringed = {n for c in cover for n in h3.grid_disk(c, 1)}
+    ringed = {n for c in overlap_cells(area, res) for n in h3.grid_disk(h3.int_to_str(c), 1)}
     return sorted(h3.str_to_int(c) for c in h3.compact_cells(list(ringed)))
 
 
-def _overlap(rings: Sequence[Ring], res: int) -> set[str] | None:
-    """The cells at `res` that the shape overlaps; None when h3 refuses the shape."""
+def overlap_cells(area: Area, res: int, contain: str = "overlap") -> set[int]:
+    """The cells at `res` the area overlaps (`contain="full"`: lies entirely inside). A shape h3
+    refuses (self-crossing, degenerate) counts as its extent; an area smaller than a cell overlaps at
+    least the cell holding its first vertex."""
+    cells = _overlap(area.rings, res, contain)
+    if cells is None:
+        w, s, e, n = area.bbox
+        cells = _overlap((((w, s), (e, s), (e, n), (w, n), (w, s)),), res, contain) or set()
+    if not cells and contain == "overlap":
+        lon, lat = area.rings[0][0]
+        cells = {h3.latlng_to_cell(lat, lon, res)}
+    return {h3.str_to_int(c) for c in cells}
+
+
+def _overlap(rings: Sequence[Ring], res: int, contain: str = "overlap") -> set[str] | None:
+    """The cells at `res` the shape overlaps (or, `contain="full"`, holds entirely); None when h3
+    refuses the shape."""
     try:
         shape = h3.LatLngPoly(*[[(lat, lon) for lon, lat in ring[:-1]] for ring in rings])
-        return set(h3.h3shape_to_cells_experimental(shape, res, contain="overlap"))
+        return set(h3.h3shape_to_cells_experimental(shape, res, contain=contain))
     except (h3.H3BaseException, ValueError):
         return None

@@ -76,7 +76,7 @@ async def seed_history(dsn: str, cell: int, rows: int) -> None:
             rows,
             cell,
         )
-        await conn.execute("ANALYZE packets; ANALYZE readings")
+        await conn.execute("SELECT depin_note_resolutions(); ANALYZE packets; ANALYZE readings")
     finally:
         await conn.close()
 

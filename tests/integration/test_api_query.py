@@ -96,7 +96,7 @@ async def seed(dsn: str, devices: int, per_device: int, step_ms: int = 60_000) -
             per_device,
             step_ms,
         )
-        await conn.execute("ANALYZE readings")
+        await conn.execute("SELECT depin_note_resolutions(); ANALYZE readings")
     finally:
         await conn.close()
     return [
@@ -500,7 +500,7 @@ async def test_a_page_reads_its_rows_not_the_whole_place(store: Store, pg_dsn: s
             cells,
             T0,
         )
-        await conn.execute("ANALYZE readings")
+        await conn.execute("SELECT depin_note_resolutions(); ANALYZE readings")
     analyzing = Explaining(store.pool, "ANALYZE, FORMAT JSON")
     queries = QueryStore(analyzing)  # type: ignore[arg-type]
     blocks = len({h3cells.parent(c, 7) for c in cells})

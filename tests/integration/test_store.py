@@ -17,7 +17,9 @@ import pytest
 from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.store import ensure_partitions
+from ingest.adapters.store.ingest import IngestStore
 from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, DeviceReward, OwnerReward, Totals, ms_to_dt
+from ingest.core import h3cells
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, RejectedMessage
 from tests.fixtures_pg import Store
@@ -201,6 +203,19 @@ async def test_write_batch_stores_and_is_idempotent(store: Store) -> None:
     assert sorted(again.duplicates) == sorted((p.device_id, p.seq) for p in pkts)
     assert again.replays == []
     assert await store.counts() == Totals(3, 9, {"bad_signature": 1, "malformed": 1})
+
+
+async def test_a_batch_notes_each_new_stored_resolution(store: Store) -> None:
+    """The place queries scan the resolutions in readings_resolutions (migration 013): a batch adds
+    the ones it stores, a new writer process (another IngestStore) adds one it has not seen."""
+    cell8 = h3cells.parent(CELL_A, 8)
+    await store.write_batch([packet(dev(1), 1, cells=(CELL_A,) * 3)], [])
+    assert [r["res"] for r in await store.pool.fetch("SELECT res FROM readings_resolutions")] == [9]
+    await store.write_batch([packet(dev(1), 2, cells=(CELL_A, cell8, CELL_A))], [])
+    other = IngestStore(store.pool)
+    await other.write_batch([packet(dev(2), 1, cells=(cell8,) * 3)], [])
+    rows = await store.pool.fetch("SELECT res FROM readings_resolutions ORDER BY res")
+    assert [r["res"] for r in rows] == [8, 9]
 
 
 async def test_duplicate_vs_replay(store: Store) -> None:

@@ -7,13 +7,14 @@ or finer, and those stored coarser whose position lies in its hexagon; an area h
 
 from __future__ import annotations
 
+import json
 import random
 
 import h3
 import pytest
 
 from ingest.core import h3cells
-from ingest.core.placescan import MAX_BLOCKS, BlockScan, block_of, blocks_whole, place_scans
+from ingest.core.placescan import MAX_BLOCKS, BlockScan, PlaceTooFine, block_of, blocks_whole, place_scans
 from ingest.core.readfilter import exact_area, parse_where
 
 STORED = [5, 6, 7, 8, 9, 10]
@@ -48,12 +49,22 @@ def test_a_cell_holds_what_lies_under_it_and_coarser_data_in_its_hexagon(query_r
     assert found > 0
 
 
-def test_an_area_holds_exactly_the_points_inside_once() -> None:
-    where = parse_where({"bbox": "13.3,52.45,13.45,52.55"})
+CONCAVE = {  # a "C" with a hole: edges that cut through cells both ways
+    "type": "Polygon",
+    "coordinates": [
+        [[13.3, 52.45], [13.45, 52.45], [13.45, 52.48], [13.34, 52.48], [13.34, 52.52], [13.45, 52.52],
+         [13.45, 52.55], [13.3, 52.55], [13.3, 52.45]],
+        [[13.31, 52.46], [13.33, 52.46], [13.33, 52.47], [13.31, 52.46]],
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("query", [{"bbox": "13.3,52.45,13.45,52.55"}, {"polygon": json.dumps(CONCAVE)}])
+def test_an_area_holds_exactly_the_points_inside_once(query: dict[str, str]) -> None:
+    where = parse_where(query)
     area = where.area
     assert area is not None
     scans = place_scans(where, STORED)
-    assert all(s.exact for s in scans)
     for lat, lon in _points(4000, 1, spread=0.12):
         inside = area.contains(lon, lat)
         for s in STORED:
@@ -64,8 +75,24 @@ def test_an_area_holds_exactly_the_points_inside_once() -> None:
 def test_a_res7_cell_is_one_whole_block_per_stored_level() -> None:
     cell7 = h3.str_to_int(h3.latlng_to_cell(52.5, 13.4, 7))
     scans = place_scans(parse_where({"cell": format(cell7, "x")}), [8, 9])
-    assert scans == [BlockScan(cell7, cell7, cell7, False, False)]  # res 8 and 9 share the block
+    assert scans == [BlockScan(cell7, cell7, None, frozenset(), False)]  # res 8 and 9 share the block
     assert block_of(h3.str_to_int(h3.latlng_to_cell(52.5, 13.4, 9))) == cell7
+
+
+def test_a_small_area_lists_its_cells_and_tests_only_the_edge_ones() -> None:
+    where = parse_where({"bbox": "13.38,52.48,13.42,52.5"})
+    scans = place_scans(where, [9])
+    assert scans and all(s.cells for s in scans) and not any(s.exact for s in scans)
+    listed = [c for s in scans for c in s.cells or ()]
+    edge = [c for s in scans for c in s.edge]
+    assert 0 < len(edge) < len(listed)
+    assert len({block_of(c) for c in listed}) == len(scans)  # one scan per block
+
+
+def test_a_cell_far_coarser_than_fine_data_is_refused() -> None:
+    cell8 = h3.latlng_to_cell(52.5, 13.4, 8)
+    with pytest.raises(PlaceTooFine):
+        place_scans(parse_where({"cell": cell8}), [14])
 
 
 def test_a_region_scans_each_block_and_a_huge_one_falls_back_to_ranges() -> None:

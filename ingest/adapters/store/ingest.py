@@ -28,6 +28,7 @@ from ingest.adapters.store.devices import add_device_counts
 from ingest.adapters.store.records import as_rejection, reading_records, sealed_detail, text
 from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, PoolStore, clamped_dt, ms_to_dt
 from ingest.core.device_counts import count_rejected, count_stored
+from ingest.core.h3cells import RES_SHIFT
 from ingest.core.media import MediaUse, first_uses
 from ingest.core.metering import epoch_sql
 from ingest.core.rules import FLAG_MEDIA_REUSE
@@ -111,6 +112,7 @@ class IngestStore(PoolStore):
         self._known_days: set[int] = set()  # days (ms // DAY_MS) whose partition is known to exist
         self._shard = random.randrange(64)  # its row in stats_counters (migrations/008_api_counters.sql)
         self._epochs = (epoch_genesis_ms, epoch_length_ms)
+        self._resolutions: set[int] = set()  # H3 resolutions known to be in readings_resolutions
 
     # --- write path -------------------------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class IngestStore(PoolStore):
         sealed: dict[tuple[bytes, int], str] = {}  # key → rejection detail
         reused: set[bytes] = set()
         n_readings = 0
+        new_res: set[int] = set()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_BATCH_PRELUDE)
             if first:
@@ -227,6 +230,14 @@ class IngestStore(PoolStore):
                 readings = [rec for p in new_packets for rec in reading_records(p, reused)]
                 if readings:
                     await conn.copy_records_to_table("readings", columns=_READING_COLUMNS, records=readings)
+                    new_res = {cell >> RES_SHIFT & 15 for p in new_packets for cell in p.cells}
+                    new_res -= self._resolutions
+                    if new_res:  # the place queries scan only the resolutions listed there (migration 013)
+                        await conn.execute(
+                            "INSERT INTO readings_resolutions SELECT unnest($1::smallint[])"
+                            " ON CONFLICT DO NOTHING",
+                            sorted(new_res),
+                        )
                 n_readings = len(readings)
 
             duplicates: list[tuple[bytes, int]] = []
@@ -262,6 +273,8 @@ class IngestStore(PoolStore):
             # Last statement of the batch: the counters row locks are held only until the commit.
             await self._count_stored(conn, len(inserted), n_readings, by_reason)
 
+        if new_res:  # committed: not asked again by this process
+            self._resolutions |= new_res
         return BatchResult(
             stored=len(inserted),
             readings=n_readings,

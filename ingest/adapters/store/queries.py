@@ -2,12 +2,12 @@
 API asks with it — pages of readings, aggregates per cell × time bucket, metered usage, streamed exports.
 
 A place is a join with `unnest` of its block scans (ingest/core/placescan.py): one LATERAL scan of
-readings_block_ts (depin_cell7(cell), ts) per res-7 block, keeping the rows `BlockScan.holds` keeps
-(the same test in SQL, `PLACE_TEST`). A page asks each block for its first `limit` rows in time order
-and merges them, so it reads at most blocks × limit index entries, never every row of the place. A
-device is `hashbyteaextended(device_id, 0) = …` (readings_device_ts) and `device_id = …`; with a place
-too, the device's rows are tested against the scans. The resolutions the data is stored at (≤ 7; finer
-ones count as 7) are asked of the block index (one probe each), kept for RES_TTL_S.
+readings_block_ts (depin_cell7(cell), ts, cell) per res-7 block, keeping the rows `BlockScan.holds`
+keeps (the same test in SQL, `place_parts`). A page asks each block for its first `limit` rows in time
+order and merges them, so it reads at most blocks × limit rows, never every row of the place. A device
+is `hashbyteaextended(device_id, 0) = …` (readings_device_ts) and `device_id = …`; with a place too,
+the device's rows are tested against the scans. The resolutions the data is stored at come from
+`readings_resolutions`, kept for RES_TTL_S.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ingest.adapters.store.rows import (
     ms_to_dt,
 )
 from ingest.core import h3cells, metering
-from ingest.core.placescan import BLOCK_RES, blocks_whole, needs_exact_test, place_scans, under_mask
+from ingest.core.placescan import BlockScan, blocks_whole, place_scans
 from ingest.core.readfilter import ReadingFilter, exact_area
 from ingest.core.rules import FLAG_NAMES
 
@@ -37,13 +37,8 @@ READING_SELECT = (
     "ts, device_id, seq, idx, lat, lon, acc, alt, cell, kind, vals, media_sha256, media_uri, flags"
 )
 RES_TTL_S = 10.0
-# One probe of the block index per resolution ≤ 7 (blocks of resolution r are the index range
-# [1<<59 | r<<52, 1<<59 | (r+1)<<52); LATERAL … LIMIT 1 is never flattened into a join over the table).
-RESOLUTIONS_SQL = f"""SELECT r FROM generate_series(0, {BLOCK_RES}) r, LATERAL (
-                         SELECT 1 FROM readings
-                         WHERE depin_cell7(cell) >= ((1::bigint << 59) | (r::bigint << 52))
-                           AND depin_cell7(cell) < ((1::bigint << 59) | ((r + 1)::bigint << 52))
-                         LIMIT 1) probe"""
+# The resolutions readings are stored at (migration 013: the batch writer adds each new one).
+RESOLUTIONS_SQL = "SELECT res FROM readings_resolutions ORDER BY res"
 BUCKETS = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
 _TS_MS = "floor(extract(epoch from ts) * 1000)::bigint"
 _FLAG_NAMES = (
@@ -89,13 +84,6 @@ ENVELOPES_SQL = """SELECT k.d AS device_id, k.s AS seq,
 CONDS = "%CONDS%"  # where a source built by QueryStore.where takes its conditions
 INNER = "%INNER%"  # … and a page its per-block ORDER BY and LIMIT
 ORDER = "ts, device_id, seq, idx"
-_RES = "((cell >> 52) & 15)"
-# BlockScan.holds in SQL, on the scan's columns g.(root, mask, rres, x, cx); {test} is the exact
-# position test.
-PLACE_TEST = (
-    f"(({_RES} >= g.rres AND (cell & g.mask) = (g.root & g.mask) AND (NOT g.x OR {{test}}))"
-    f" OR (g.cx AND {_RES} < g.rres AND {{test}}))"
-)
 
 
 def device_sql(n: int) -> str:
@@ -111,6 +99,52 @@ def from_where(source: str, conds: list[str], inner: str = "OFFSET 0") -> str:
     if CONDS in source:
         return source.replace(CONDS, where).replace(INNER, inner)
     return f"{source} WHERE {where}"
+
+
+def place_parts(scans: list[BlockScan], args: list[Any], test: str) -> list[tuple[str, str, str]]:
+    """The scans as SQL, appending their arrays to `args`: per kind of scan (whole blocks, listed
+    cells) its row source `g`, the block condition on a reading and the row condition (`BlockScan.holds`
+    with `test` the exact position test). A listed scan's `cell = ANY(…)` is an index condition of
+    readings_block_ts (block, ts, cell): tested on the index entries, so only the rows of those cells
+    are read from the table."""
+    parts = []
+    whole = [s for s in scans if s.cells is None]
+    listed = [s for s in scans if s.cells is not None]
+    if whole:
+        n = len(args)
+        args += [[s.lo for s in whole], [s.hi for s in whole], [s.exact for s in whole]]
+        parts.append(
+            (
+                f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bool[]) AS g(lo, hi, x)",
+                # `=` when every scan is one block: the planner then reads it in (ts) order
+                "depin_cell7(cell) = g.lo"
+                if blocks_whole(whole)
+                else "depin_cell7(cell) BETWEEN g.lo AND g.hi",
+                f"(NOT g.x OR {test})",
+            )
+        )
+    if listed:
+        cells: list[int] = []
+        edge: list[int] = []
+        bounds = []
+        for s in listed:
+            assert s.cells is not None
+            i, ei = len(cells) + 1, len(edge) + 1
+            cells += s.cells
+            edge += sorted(s.edge)
+            bounds.append((s.lo, i, len(cells), ei, len(edge)))
+        n = len(args)
+        args += [cells, edge, *([b[k] for b in bounds] for k in range(5))]
+        parts.append(
+            (
+                f"unnest(${n + 3}::bigint[], ${n + 4}::int[], ${n + 5}::int[], ${n + 6}::int[], "
+                f"${n + 7}::int[]) AS g(lo, i, j, ei, ej)",
+                "depin_cell7(cell) = g.lo",
+                f"cell = ANY((${n + 1}::bigint[])[g.i:g.j])"
+                f" AND (cell <> ALL((${n + 2}::bigint[])[g.ei:g.ej]) OR {test})",
+            )
+        )
+    return parts
 
 
 class AggregateRow(NamedTuple):
@@ -195,12 +229,10 @@ class QueryStore(PoolStore):
         self._res: tuple[float, list[int]] = (-1.0, [])
 
     async def stored_resolutions(self) -> list[int]:
-        """The H3 resolutions readings are stored at, those finer than 7 as 7 (they share the blocks):
-        one probe of the block index each (RESOLUTIONS_SQL). Kept RES_TTL_S seconds."""
+        """The H3 resolutions readings are stored at (RESOLUTIONS_SQL), kept RES_TTL_S seconds."""
         at, res = self._res
         if time.monotonic() - at > RES_TTL_S:
-            rows = await self.pool.fetch(RESOLUTIONS_SQL)
-            res = [r["r"] for r in rows]
+            res = [r["res"] for r in await self.pool.fetch(RESOLUTIONS_SQL)]
             self._res = (time.monotonic(), res)
         return res
 
@@ -222,7 +254,7 @@ class QueryStore(PoolStore):
             return "readings", [*conds, "false"], args, True
         test = "true"
         area = exact_area(f)
-        if area is not None and needs_exact_test(scans):
+        if area is not None and any(s.exact or s.edge for s in scans):
             n = len(args)
             if area.shape == "bbox":
                 args += list(area.bbox)
@@ -230,34 +262,16 @@ class QueryStore(PoolStore):
             else:
                 args += [list(col) for col in zip(*area.edges(), strict=True)]
                 test = f"depin_in_polygon(lon, lat, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
-        n = len(args)
-        args += [
-            [s.lo for s in scans],
-            [s.hi for s in scans],
-            [s.root for s in scans],
-            [under_mask(s.root_res) for s in scans],
-            [s.root_res for s in scans],
-            [s.exact for s in scans],
-            [s.coarse for s in scans],
-        ]
-        scans_sql = (
-            f"unnest(${n + 1}::bigint[], ${n + 2}::bigint[], ${n + 3}::bigint[], ${n + 4}::bigint[], "
-            f"${n + 5}::int[], ${n + 6}::bool[], ${n + 7}::bool[]) AS g(lo, hi, root, mask, rres, x, cx)"
-        )
-        place = PLACE_TEST.format(test=test)
+        parts = place_parts(scans, args, test)
         if f.device is not None:  # the device's rows (its index), each tested against the scans
-            exists = (
-                f"EXISTS (SELECT 1 FROM {scans_sql} "
-                f"WHERE depin_cell7(cell) BETWEEN g.lo AND g.hi AND {place})"
-            )
-            return "readings", [*conds, exists], args, True
-        whole = blocks_whole(scans)
-        block = "depin_cell7(cell) = g.lo" if whole else "depin_cell7(cell) BETWEEN g.lo AND g.hi"
-        source = (
-            f"{scans_sql} CROSS JOIN LATERAL (SELECT * FROM readings "
-            f"WHERE {block} AND {place} AND {CONDS} {INNER}) r"
-        )
-        return source, conds, args, whole
+            exists = [f"EXISTS (SELECT 1 FROM {g} WHERE {block} AND {rows})" for g, block, rows in parts]
+            return "readings", [*conds, f"({' OR '.join(exists)})"], args, True
+        lateral = [
+            f"SELECT r.* FROM {g} CROSS JOIN LATERAL "
+            f"(SELECT * FROM readings WHERE {block} AND {rows} AND {CONDS} {INNER}) r"
+            for g, block, rows in parts
+        ]
+        return f"({' UNION ALL '.join(lateral)}) AS rd", conds, args, blocks_whole(scans)
 
     async def readings(
         self,
