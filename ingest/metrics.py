@@ -26,11 +26,11 @@ REJECTIONS_PRUNED = Counter(
     "rejection rows deleted: `expired` past the retention, `trimmed` unsigned ones over a device's cap",
     ["why"],
 )
-# Readings partition upkeep (ingest/retention.py): created ahead of need, dropped past the retention.
+# Readings partition upkeep (ingest/retention.py): created ahead of need, compacted, dropped past retention.
 READINGS_PARTITIONS = Counter(
     "depin_readings_partitions_total",
-    "readings partitions `created` ahead of time or `dropped` past DEPIN_READINGS_RETENTION_DAYS"
-    " (TimescaleDB: chunks)",
+    "readings partitions `created` ahead of time, `compacted` (indexes rebuilt once the day is over) or"
+    " `dropped` past DEPIN_READINGS_RETENTION_DAYS (TimescaleDB: chunks)",
     ["action"],
 )
 BATCH_SIZE = Histogram(

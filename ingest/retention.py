@@ -4,7 +4,9 @@ each device's unsigned rows beyond its newest `DEPIN_REJECTIONS_UNSIGNED_KEEP` (
 `depin_rejections_pruned_total{why}`). The same task keeps the readings partitions
 (`maintain_partitions`): today's and the next `DEPIN_READINGS_PARTITIONS_AHEAD_DAYS` are created ahead,
 whole ones past `DEPIN_READINGS_RETENTION_DAYS` and sealed are dropped
-(`depin_readings_partitions_total{action}`). With N workers each runs it; every step is idempotent."""
+and days over for `DEPIN_READINGS_COMPACT_AFTER_DAYS` get their indexes rebuilt packed, once
+(`compact_partitions`; `depin_readings_partitions_total{action}`). With N workers each runs it; every
+step is idempotent."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from ingest import metrics
 from ingest.adapters.store import IngestStore
 from ingest.adapters.store.partitions import PartitionStore
-from ingest.core.partition_rules import days_ahead, drop_before_ms, droppable_days
+from ingest.core.partition_rules import compactable_days, days_ahead, drop_before_ms, droppable_days
 from ingest.core.rejection_budget import UNSIGNED
 from ingest.settings import ConsumerConfig
 
@@ -62,6 +64,24 @@ async def maintain_partitions(
     return created, dropped
 
 
+async def compact_partitions(parts: PartitionStore, after_days: int, now_ms: int) -> list[str]:
+    """One pass: rebuild the indexes of each native partition over for `after_days` and not yet rebuilt
+    (docs/DESIGN.md §8: about a third smaller); returns the partitions rebuilt."""
+    if not await parts.native():
+        return []  # TimescaleDB compresses old chunks instead
+    days = await parts.partition_days()
+    done = await parts.compacted()
+    compacted: list[str] = []
+    for day in compactable_days(days, now_ms, after_days, (d for d, name in days.items() if name in done)):
+        started = time.monotonic()
+        if await parts.compact_partition(days[day]):
+            compacted.append(days[day])
+            metrics.READINGS_PARTITIONS.labels(action="compacted").inc()
+            took = time.monotonic() - started
+            log.info("rebuilt the indexes of readings partition %s in %.1f s", days[day], took)
+    return compacted
+
+
 async def run_retention(
     store: IngestStore,
     c: ConsumerConfig,
@@ -83,4 +103,8 @@ async def run_retention(
             )
         except Exception as exc:
             log.warning("readings partition upkeep failed (%r); retrying in %.0f s", exc, interval_s)
+        try:
+            await compact_partitions(parts, c.readings_compact_after_days, clock())
+        except Exception as exc:
+            log.warning("readings partition compaction failed (%r); retrying in %.0f s", exc, interval_s)
         await asyncio.sleep(interval_s)

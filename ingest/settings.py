@@ -87,6 +87,8 @@ class Environment(BaseSettings):
     # created ahead; whole ones older than the retention (0 = forever) AND sealed are dropped.
     readings_partitions_ahead_days: int = Field(default=2, ge=0, le=366)
     readings_retention_days: int = Field(default=0, ge=0)
+    # Days over for this many days get their partition's indexes rebuilt packed, once (0 = never).
+    readings_compact_after_days: int = Field(default=1, ge=0, le=366)
 
     # Wire limits (docs/DESIGN.md §3).
     max_message_bytes: int = 64 * 1024
@@ -223,6 +225,7 @@ class ConsumerConfig:
     rejections_prune_interval_s: float
     readings_partitions_ahead_days: int
     readings_retention_days: int
+    readings_compact_after_days: int
 
 
 @dataclass(frozen=True, slots=True)

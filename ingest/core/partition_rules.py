@@ -35,3 +35,15 @@ def droppable_days(
     if before is None:
         return []
     return sorted(d for d in set(days) if (d + 1) * DAY_MS <= before)
+
+
+def compactable_days(
+    days: Iterable[int], now_ms: int, after_days: int, compacted: Iterable[int]
+) -> list[int]:
+    """The days among `days` over for at least `after_days` whose partition's indexes were not rebuilt
+    yet, oldest first; `after_days` 0 turns compaction off. Waiting past the day leaves the late
+    readings (DEPIN_MAX_LATENESS_MS) time to arrive first."""
+    if after_days <= 0:
+        return []
+    done = set(compacted)
+    return sorted(d for d in set(days) if (d + 1 + after_days) * DAY_MS <= now_ms and d not in done)

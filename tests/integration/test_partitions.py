@@ -1,6 +1,7 @@
 """Readings partition upkeep on real PostgreSQL (native partitioning): one pass of the consume part's
-retention task creates the coming days' partitions, and drops an old one only when it is past
-DEPIN_READINGS_RETENTION_DAYS AND its epoch is sealed; `depin run` does it from its environment."""
+retention task creates the coming days' partitions, drops an old one only when it is past
+DEPIN_READINGS_RETENTION_DAYS AND its epoch is sealed, and rebuilds the indexes of days over for
+DEPIN_READINGS_COMPACT_AFTER_DAYS once; `depin run` does it from its environment."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from ingest.adapters.mqtt import drop_session
 from ingest.adapters.store.partitions import PartitionStore
-from ingest.retention import maintain_partitions
+from ingest.retention import compact_partitions, maintain_partitions
 from simulator.fleet import make_fleet
 from simulator.publish import unique_client_id
 from tests.fixtures_pg import Store
@@ -78,6 +79,52 @@ async def test_one_pass_creates_ahead_and_drops_only_past_retention_and_sealed(s
     )
 
 
+async def _index_bytes(store: Store, partition: str) -> int:
+    return int(
+        await store.pool.fetchval(
+            "SELECT sum(pg_relation_size(indexrelid)) FROM pg_index WHERE indrelid = $1::regclass", partition
+        )
+    )
+
+
+async def test_a_day_over_gets_its_indexes_rebuilt_packed_once(store: Store) -> None:
+    """Readings written in time order from many places leave the block index's pages half full; the
+    day's compaction rebuilds it smaller, once, and the rows are all still found through it."""
+    parts = PartitionStore(store.pool)
+    now = _now()
+    day = now // DAY_MS - 3
+    await parts.create_days(day, day + 1)
+    rnd = random.Random(4)
+    cells = [int(f"89{rnd.randrange(16**13):013x}", 16) & ~0xF for _ in range(500)]  # many blocks
+    await store.pool.execute(
+        """INSERT INTO readings (ts, device_id, seq, idx, lat, lon, cell, kind)
+           SELECT to_timestamp(($1::bigint + g * 1000) / 1000.0), int8send(g % 500), g, 0, 0, 0,
+                  ($2::bigint[])[1 + g % 500], 'gps'
+           FROM generate_series(0, 59999) g""",
+        day * DAY_MS,
+        cells,
+    )
+    before = await _index_bytes(store, _name(day))
+    assert await compact_partitions(parts, 0, now) == []  # 0: off
+    assert await compact_partitions(parts, 3, now) == []  # not over for 3 days yet
+    assert await compact_partitions(parts, 2, now) == [_name(day)]
+    compacted = await parts.compacted()
+    assert _name(day) in compacted and _name(day + 1) not in compacted
+    after = await _index_bytes(store, _name(day))
+    assert after < 0.8 * before, (before, after)
+    assert await compact_partitions(parts, 2, now) == []  # once
+    block = await store.pool.fetchval(
+        "SELECT count(*) FROM readings WHERE depin_cell7(cell) = depin_cell7($1) AND ts >= $2",
+        cells[7],
+        datetime.fromtimestamp(day * DAY_MS / 1000, UTC),
+    )
+    assert block == 120
+    await store.seal_epoch(1, now)
+    _, dropped = await maintain_partitions(parts, 0, 1, now)
+    assert dropped == [_name(day), _name(day + 1)]
+    assert await parts.compacted() == set()  # its record goes with the partition
+
+
 async def test_depin_run_keeps_partitions_from_its_environment(
     store: Store,
     pg_dsn: str,
@@ -109,6 +156,7 @@ async def test_depin_run_keeps_partitions_from_its_environment(
         rejections_prune_interval_s=0.5,
         readings_partitions_ahead_days=3,
         readings_retention_days=14,
+        readings_compact_after_days=1,
     )
     worker = ConsumerProcess(env, tmp_path / "worker.log")
     try:
@@ -120,6 +168,8 @@ async def test_depin_run_keeps_partitions_from_its_environment(
 
         m = await wait_for(upkept, 15, "the old partition dropped")
         assert m['depin_readings_partitions_total{action="created"}'] == 4
+        compacted = await wait_for(parts.compacted, 15, "the kept old day compacted")
+        assert compacted == {_name(today - 19)}
         assert set(await parts.partition_days()) == {today - 19, *range(today, today + 4)}
         assert f"dropped readings partition {_name(today - 20)}" in worker.log_tail(200)
         assert await worker.stop() == 0, worker.log_tail()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.core.partition_rules import DAY_MS, days_ahead, drop_before_ms, droppable_days
+from ingest.core.partition_rules import DAY_MS, compactable_days, days_ahead, drop_before_ms, droppable_days
 
 NOW = 20_000 * DAY_MS + 3_600_000  # day 20000, 01:00 UTC
 DAYS = [19_980, 19_989, 19_990, 19_992, 19_993, 19_999, 20_000, 20_001]
@@ -49,3 +49,13 @@ def test_drop_before_ms_is_the_earlier_bound(
     retention_days: int, sealed_until_ms: int | None, before: int | None
 ) -> None:
     assert drop_before_ms(NOW, retention_days, sealed_until_ms) == before
+
+
+def test_compactable_days_are_over_long_enough_and_not_done() -> None:
+    today = NOW // DAY_MS
+    days = [today - 3, today - 2, today - 1, today, today + 1]
+    assert compactable_days(days, NOW, 1, []) == [today - 3, today - 2]  # yesterday is over < 1 day
+    assert compactable_days(days, NOW, 1, [today - 3]) == [today - 2]
+    assert compactable_days(days, NOW, 3, []) == []
+    assert compactable_days(days, (today - 1) * DAY_MS, 0, []) == []  # 0 = never
+    assert compactable_days(days, today * DAY_MS, 1, []) == [today - 3, today - 2]  # day end exactly

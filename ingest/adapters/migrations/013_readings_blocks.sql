@@ -42,6 +42,14 @@ WHERE EXISTS (SELECT 1 FROM readings
               WHERE cell >= ((1::bigint << 59) | (r::bigint << 52))
                 AND cell < ((1::bigint << 59) | ((r + 1)::bigint << 52)));
 
+-- Daily partitions whose indexes the upkeep has rebuilt packed once the day was over
+-- (ingest/retention.py compact_partitions): index entries inserted in time order across many blocks
+-- and devices leave pages half full; a rebuild fills them (fillfactor 90), about a third smaller.
+CREATE TABLE readings_compactions (
+    partition    text        PRIMARY KEY,
+    compacted_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE INDEX readings_block_ts ON readings (depin_cell7(cell), ts, cell);
 CREATE INDEX readings_device_ts ON readings (hashbyteaextended(device_id, 0), ts);
 ALTER TABLE readings DROP CONSTRAINT readings_key;

@@ -1,5 +1,6 @@
 """Upkeep of the `readings` partitions, run by the consume part's retention task (ingest/retention.py):
-create the coming days' partitions before a batch needs them, and drop whole old partitions.
+create the coming days' partitions before a batch needs them, rebuild the indexes of days that are
+over packed (`compact_partition`), and drop whole old partitions.
 
 Native mode (migrations/002_readings.native.sql): a day's partition is `readings_pYYYYMMDD`; dropping
 one is a DROP TABLE (no DELETE, no vacuum debt). TimescaleDB mode (002_readings.timescale.sql): chunks
@@ -20,6 +21,7 @@ _PARTITIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('depin.readings.partit
 # DROP TABLE of a partition locks `readings` exclusively; while it waits, batches queue behind it, so
 # it gives up soon and the next pass tries again.
 _DROP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
+_COMPACT_LOCK = "hashtext('depin.readings.compact')"  # one rebuild at a time, across workers
 _DAY_NAME = re.compile(r"^readings_p(\d{4})(\d{2})(\d{2})$")
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 
@@ -73,7 +75,35 @@ class PartitionStore(PoolStore):
             if await conn.fetchval("SELECT to_regclass($1) IS NULL", name):
                 return False
             await conn.execute(f'DROP TABLE "{name}"')  # the name matched _DAY_NAME: no quoting issue
+            await conn.execute("DELETE FROM readings_compactions WHERE partition = $1", name)
             return True
+
+    async def compacted(self) -> set[str]:
+        """The partitions whose indexes were rebuilt packed (`compact_partition`)."""
+        return {r["partition"] for r in await self.pool.fetch("SELECT partition FROM readings_compactions")}
+
+    async def compact_partition(self, name: str) -> bool:
+        """Rebuild one native partition's indexes (REINDEX … CONCURRENTLY: reads and late writes go on
+        meanwhile) and record it; False if another worker holds the rebuild or already did this one."""
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(f"SELECT pg_try_advisory_lock({_COMPACT_LOCK})"):
+                return False
+            try:
+                done = await conn.fetchval(
+                    "SELECT to_regclass($1) IS NULL"
+                    " OR EXISTS (SELECT 1 FROM readings_compactions WHERE partition = $1)",
+                    name,
+                )
+                if done:
+                    return False
+                await conn.execute("SET statement_timeout = 0")  # a day of readings takes a while
+                await conn.execute(f'REINDEX TABLE CONCURRENTLY "{name}"')  # name matched _DAY_NAME
+                await conn.execute(
+                    "INSERT INTO readings_compactions (partition) VALUES ($1) ON CONFLICT DO NOTHING", name
+                )
+                return True
+            finally:
+                await conn.execute(f"RESET statement_timeout; SELECT pg_advisory_unlock({_COMPACT_LOCK})")
 
     async def drop_chunks_before(self, before_ms: int) -> list[str]:
         """TimescaleDB: drop the `readings` chunks wholly before `before_ms`; returns their names."""
