@@ -32,6 +32,7 @@ from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
 from ingest.api.shapes import epoch_summary_json, owner_proof_json, rejection_json, totals_json
 from ingest.api.usage import usage_view
+from ingest.core.readfilter import FilterError
 from ingest.core.storage_rules import INT64_MAX
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ async def json_errors(
         elif exc.status == 405:
             message = f"method {request.method} not allowed here; allowed: {exc.headers.get('Allow', '')}"
         return _error(exc.status, message, headers)
+    except FilterError as exc:  # found only against the data (placescan.PlaceTooFine)
+        return _error(400, str(exc))
     except asyncpg.QueryCanceledError:
         limits = request.app[LIMITS]
         return _error(

@@ -29,16 +29,24 @@ from dataclasses import dataclass
 import h3
 
 from ingest.core import h3cells
-from ingest.core.readfilter import Area, ReadingFilter, Where, compact_cover, cover_res, overlap_cells
+from ingest.core.readfilter import (
+    Area,
+    FilterError,
+    ReadingFilter,
+    Where,
+    compact_cover,
+    cover_res,
+    overlap_cells,
+)
 
 BLOCK_RES = 7
 MAX_BLOCKS = 2_401  # 7**4: the res-7 blocks of a res-3 cell
 MAX_CELLS = 20_000  # cells listed for one place (a cell's children, an area's cover at one resolution)
 
 
-class PlaceTooFine(ValueError):
-    """The place needs more than MAX_CELLS cells at a stored resolution (a cell far coarser than the
-    data under it, at resolutions finer than 7)."""
+class PlaceTooFine(FilterError):
+    """The place needs more than MAX_CELLS cells at a stored resolution (a cell finer than 7 over data
+    stored five or more resolutions finer still)."""
 
 
 def block_of(cell: int) -> int:
@@ -111,7 +119,11 @@ def blocks_whole(scans: Sequence[BlockScan]) -> bool:
 
 def _children(cell: int, res: int) -> list[int]:
     if 7 ** (res - h3cells.res_of(cell)) > MAX_CELLS:
-        raise PlaceTooFine(f"{format(cell, 'x')} has too many cells at resolution {res} (> {MAX_CELLS:,})")
+        raise PlaceTooFine(
+            "cell",
+            f"cell {format(cell, 'x')} holds more than {MAX_CELLS:,} cells at resolution {res}, where"
+            " readings are stored: ask for a smaller cell",
+        )
     if h3cells.res_of(cell) == res:
         return [cell]
     return [h3.str_to_int(c) for c in h3.cell_to_children(h3.int_to_str(cell), res)]

@@ -261,6 +261,11 @@ async def test_concurrent_writers_overlapping_batches(store: Store) -> None:
         assert sum(r.stored + len(r.duplicates) for r in results) == 2 * len(pkts)
     assert (await store.counts()).packets == len(pkts)
     assert (await store.counts()).readings == 2 * len(pkts)
+    # The rows themselves, each once: `packets` is what keeps readings unique (no unique key on them).
+    rows = await store.pool.fetchrow(
+        "SELECT count(*) AS n, count(DISTINCT (device_id, seq, idx)) AS distinct_n FROM readings"
+    )
+    assert (rows["n"], rows["distinct_n"]) == (2 * len(pkts), 2 * len(pkts))
 
 
 async def test_rejections_unique_per_message(store: Store) -> None:
