@@ -80,6 +80,7 @@ class EpochConfig:
     emission: int
     max_devices_per_cell: int = 10
     grace_ms: int = 5_000
+    rollup_interval_s: float = 10.0  # the epochs part also refreshes the hourly rollups (ingest/rollups.py)
 
 
 class Epochs:

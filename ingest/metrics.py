@@ -109,3 +109,19 @@ EPOCH_NONCE_TAKEN = Counter(
 API_DB_UNAVAILABLE = Counter(
     "depin_api_db_unavailable_total", "API requests answered 503 because the database was unavailable"
 )
+# Hourly rollups (ingest/rollups.py, run by the epochs part): hours recomputed, and how far behind.
+ROLLUP_HOURS_REFRESHED = Counter(
+    "depin_rollup_hours_refreshed_total",
+    "dirty hours recomputed into readings_hourly (`clean`: left clean; `redirtied`: a batch wrote the hour"
+    " meanwhile, it stays dirty)",
+    ["result"],
+)
+ROLLUP_DIRTY_HOURS = Gauge(
+    "depin_rollup_dirty_hours",
+    "hours whose rollups wait for a refresh (queries read them raw), open hour included",
+)
+ROLLUP_LAG_SECONDS = Gauge(
+    "depin_rollup_lag_seconds",
+    "longest an ended hour has been dirty (since it ended or was dirtied, whichever is later); 0: none",
+)
+ROLLUP_ERRORS = Counter("depin_rollup_errors_total", "failed refreshes of an hour or passes (retried)")

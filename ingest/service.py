@@ -33,6 +33,7 @@ from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
+from ingest.adapters.store.rollups import RollupStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.api.auth import api_access
 from ingest.api.map import configure as configure_map
@@ -45,6 +46,7 @@ from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
 from ingest.rewards_key import check_rewards_role, rewards_account
+from ingest.rollups import run_rollups
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -359,6 +361,9 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             tasks.update(_consume(node, stores.ingest))
         if "epochs" in parts:
             tasks["epochs"] = _epochs(node, rewards)
+            # On the epochs' pool: one connection per refresh, one hour at a time.
+            rollups = RollupStore(stores.epochs.pool)
+            tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)
         if "api" in parts:
             api = settings.api
             url = await stack.enter_async_context(serve_api(node.app(), api.host, api.port))

@@ -120,6 +120,8 @@ class Environment(BaseSettings):
     # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
+    # The epochs part also refreshes the hourly rollups behind /v1/aggregates this often (README "API").
+    rollup_interval_s: float = Field(default=10.0, gt=0)
 
     # Database connections: one asyncpg pool per part, so the API can never take ingest's connections
     # (README "Running the service"). The consumer commits one batch at a time (plus partition upkeep);

@@ -25,6 +25,8 @@ from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
 from devices.protocol.topics import ack_topic
+from ingest.adapters.store.rollups import mark_dirty
+from ingest.adapters.store.rows import ms_to_dt
 from simulator.fleet import make_fleet, next_message
 from simulator.publish import publish_raw, unique_client_id
 from tests.fixtures_pg import Store
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 LENGTH_S = 4
 GRACE_S = 1
+HOUR = 3_600_000
 LEAD_MS = 12_000  # genesis this far after the settings are written: the process starts meanwhile
 
 
@@ -79,7 +82,18 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
         epoch_length_s=LENGTH_S,
         epoch_grace_s=GRACE_S,
         ack_feedback=True,
+        rollup_interval_s=0.5,
     )
+    # A reading three hours old, its hour dirty as a batch leaves it: the epochs part rolls it up.
+    old_hour = (time.time_ns() // 1_000_000 // HOUR - 3) * HOUR
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO readings (ts, device_id, seq, idx, lat, lon, cell, kind, vals)
+               VALUES ($1, '\\x01', 1, 0, 52.5, 13.4, $2, 'air', '{"pm25": 7.5}')""",
+            ms_to_dt(old_hour + 60_000),
+            0x8928308280FFFFF,
+        )
+        await mark_dirty(conn, [old_hour])
     proc = ConsumerProcess(env, tmp_path / "depin-run.log", parts="consume,follow,epochs,api")
     try:
         await proc.start()
@@ -153,6 +167,15 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
         assert metrics["depin_epochs_published_total"] >= 2
         counts = await table_counts(pg_dsn)
         assert counts.packets == len(first) + len(second) and counts.rejections == {"epoch_closed": 1}
+
+        async def rolled_up() -> bool:
+            rows = await store.pool.fetch(
+                "SELECT n, total FROM readings_hourly WHERE hour = $1 AND name = 'pm25'", ms_to_dt(old_hour)
+            )
+            return [tuple(r) for r in rows] == [(1, 7.5)]
+
+        await wait_for(rolled_up, 10, "the old hour rolled up by the epochs part")
+        assert (await proc.metrics())['depin_rollup_hours_refreshed_total{result="clean"}'] >= 1
     finally:
         await proc.stop()
     log = proc.log_file.read_text()

@@ -26,11 +26,13 @@ import asyncpg
 from devices.protocol.model import Reason
 from ingest.adapters.store.devices import add_device_counts
 from ingest.adapters.store.records import as_rejection, reading_records, sealed_detail, text
+from ingest.adapters.store.rollups import mark_dirty
 from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, PoolStore, clamped_dt, ms_to_dt
 from ingest.core.device_counts import count_rejected, count_stored
 from ingest.core.h3cells import RES_SHIFT
 from ingest.core.media import MediaUse, first_uses
 from ingest.core.metering import epoch_sql
+from ingest.core.rollup_rules import hours_of
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.core.storage_rules import INT64_MAX, Outcome, packet_outcome, split_batch
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
@@ -175,6 +177,7 @@ class IngestStore(PoolStore):
         reused: set[bytes] = set()
         n_readings = 0
         new_res: set[int] = set()
+        hours: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_BATCH_PRELUDE)
             if first:
@@ -239,6 +242,7 @@ class IngestStore(PoolStore):
                             sorted(new_res),
                         )
                 n_readings = len(readings)
+                hours = hours_of(r.ts_ms for p in new_packets for r in p.readings)
 
             duplicates: list[tuple[bytes, int]] = []
             replays: list[AcceptedPacket] = []
@@ -270,6 +274,9 @@ class IngestStore(PoolStore):
             if inserted or by_device:
                 counts = count_stored((first[k] for k in sorted(inserted)), reused, *self._epochs)
                 await add_device_counts(conn, self._shard, count_rejected(by_device, counts))
+            # The hours whose rollups these readings change (migration 014). Late in the batch: every
+            # batch writing the current hour locks its row, until the commit.
+            await mark_dirty(conn, hours)
             # Last statement of the batch: the counters row locks are held only until the commit.
             await self._count_stored(conn, len(inserted), n_readings, by_reason)
 

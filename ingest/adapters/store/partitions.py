@@ -14,6 +14,7 @@ import re
 from datetime import date
 
 from ingest.adapters.store.ingest import ensure_partitions
+from ingest.adapters.store.rollups import dirty_before, forget_day
 from ingest.adapters.store.rows import DAY_MS, PoolStore, ms_to_dt
 
 # Same key as depin_ensure_readings_partitions(): creating and dropping never interleave.
@@ -76,6 +77,9 @@ class PartitionStore(PoolStore):
                 return False
             await conn.execute(f'DROP TABLE "{name}"')  # the name matched _DAY_NAME: no quoting issue
             await conn.execute("DELETE FROM readings_compactions WHERE partition = $1", name)
+            m = _DAY_NAME.match(name)
+            if m:  # its rollup rows go in the same transaction: a query never sees one without the other
+                await forget_day(conn, (date(*map(int, m.groups())).toordinal() - _EPOCH_DAY) * DAY_MS)
             return True
 
     async def compacted(self) -> set[str]:
@@ -112,4 +116,6 @@ class PartitionStore(PoolStore):
             rows = await conn.fetch(
                 "SELECT drop_chunks('readings', older_than => $1::timestamptz) AS name", ms_to_dt(before_ms)
             )
+            if rows:  # the hours before the cut are recomputed from what is left (rollups: untested here)
+                await dirty_before(conn, before_ms)
         return [str(r["name"]) for r in rows]

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from ingest.adapters.store import rollups
 from ingest.adapters.store.rows import (
     PoolStore,
     Position,
@@ -28,7 +29,7 @@ from ingest.adapters.store.rows import (
     dt_to_ms,
     ms_to_dt,
 )
-from ingest.core import h3cells, metering
+from ingest.core import h3cells, metering, rollup_rules
 from ingest.core.placescan import BlockScan, blocks_whole, place_scans
 from ingest.core.readfilter import ReadingFilter, exact_area
 from ingest.core.rules import FLAG_NAMES
@@ -288,6 +289,9 @@ class QueryStore(PoolStore):
 
     async def usage(self, f: ReadingFilter, genesis_ms: int, length_ms: int) -> dict[tuple[int, int], int]:
         """Readings the filter matches per (res-7 metering cell, epoch): one GROUP BY, no rows fetched."""
+        res = await self.stored_resolutions()
+        if rollup_rules.usage_eligible(f, genesis_ms=genesis_ms, length_ms=length_ms, stored_res=res):
+            return await rollups.usage(self.pool, f, genesis_ms, length_ms)
         source, conds, args, _ = await self.where(f)
         rows = await self.pool.fetch(
             f"SELECT {metering.cell7_sql('cell')} AS c, "
@@ -303,6 +307,12 @@ class QueryStore(PoolStore):
         """count/min/max/avg of the numeric `vals->value` per (cell at `res`) × (device) × bucket, oldest
         bucket first; at most `max_rows` + 1 rows (the caller refuses more). A reading stored coarser
         than `res` is grouped at its own cell."""
+        stored = await self.stored_resolutions()
+        if rollup_rules.aggregate_eligible(f, res=res, by_device=by_device, bucket=bucket, stored_res=stored):
+            rows = await rollups.aggregates(
+                self.pool, f, res=res, bucket=bucket, value=value, max_rows=max_rows
+            )
+            return [AggregateRow(*r) for r in rows]
         source, conds, args, _ = await self.where(f)
         cell = "NULL::bigint"
         if res is not None:
