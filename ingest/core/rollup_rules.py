@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from devices.protocol.model import Reading
 from ingest.core import h3cells
 from ingest.core.readfilter import ReadingFilter
 
@@ -27,9 +28,15 @@ def block_of(cell: int) -> int:
     return h3cells.parent(cell, BLOCK_RES) if h3cells.res_of(cell) > BLOCK_RES else cell
 
 
-def hours_of(ts_ms: Iterable[int]) -> list[int]:
-    """The distinct UTC hours (start, ms) holding these timestamps, oldest first."""
-    return sorted({t - t % HOUR_MS for t in ts_ms})
+def batch_hours(packets: Iterable[Sequence[Reading]]) -> list[int]:
+    """The distinct UTC hours (start, ms) a batch's packets (their readings) write, oldest first: from
+    each packet's first to its last reading (in time order: the decoder refuses others), so the work is
+    per packet, not per reading."""
+    spans = {(r[0].ts_ms // HOUR_MS, r[-1].ts_ms // HOUR_MS) for r in packets if r}
+    hours: set[int] = set()
+    for first, last in spans:
+        hours.update(range(first, last + 1))
+    return [h * HOUR_MS for h in sorted(hours)]
 
 
 def due_hours(dirty: Sequence[tuple[int, int]], now_ms: int, limit: int) -> list[tuple[int, int]]:

@@ -8,15 +8,16 @@ import random
 import h3
 import pytest
 
+from devices.protocol.model import Reading
 from ingest.core import h3cells
 from ingest.core.readfilter import parse_where
 from ingest.core.rollup_rules import (
     HOUR_MS,
     aggregate_eligible,
+    batch_hours,
     block_of,
     block_ranges,
     due_hours,
-    hours_of,
     usage_eligible,
 )
 
@@ -107,6 +108,10 @@ def test_due_hours_are_ended_newest_first_and_capped() -> None:
     assert due_hours([], now, 5) == []
 
 
-def test_hours_of() -> None:
-    assert hours_of([]) == []
-    assert hours_of([HOUR_MS + 1, 3 * HOUR_MS - 1, HOUR_MS, 7]) == [0, HOUR_MS, 2 * HOUR_MS]
+def test_batch_hours_span_each_packet_from_its_first_to_its_last_reading() -> None:
+    def pkt(*ts: int) -> tuple[Reading, ...]:
+        return tuple(Reading(t, 0.0, 0.0, {}) for t in ts)
+
+    assert batch_hours([]) == [] and batch_hours([pkt()]) == []
+    packets = [pkt(HOUR_MS + 1, HOUR_MS + 5), pkt(7, 9), pkt(2 * HOUR_MS - 1, 4 * HOUR_MS), pkt(HOUR_MS)]
+    assert batch_hours(packets) == [0, HOUR_MS, 2 * HOUR_MS, 3 * HOUR_MS, 4 * HOUR_MS]

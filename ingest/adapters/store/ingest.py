@@ -32,7 +32,7 @@ from ingest.core.device_counts import count_rejected, count_stored
 from ingest.core.h3cells import RES_SHIFT
 from ingest.core.media import MediaUse, first_uses
 from ingest.core.metering import epoch_sql
-from ingest.core.rollup_rules import hours_of
+from ingest.core.rollup_rules import batch_hours
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.core.storage_rules import INT64_MAX, Outcome, packet_outcome, split_batch
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
@@ -242,7 +242,7 @@ class IngestStore(PoolStore):
                             sorted(new_res),
                         )
                 n_readings = len(readings)
-                hours = hours_of(r.ts_ms for p in new_packets for r in p.readings)
+                hours = batch_hours(p.readings for p in new_packets)
 
             duplicates: list[tuple[bytes, int]] = []
             replays: list[AcceptedPacket] = []
