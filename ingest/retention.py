@@ -3,7 +3,7 @@
 each device's unsigned rows beyond its newest `DEPIN_REJECTIONS_UNSIGNED_KEEP` (in batches;
 `depin_rejections_pruned_total{why}`). The same task keeps the readings partitions
 (`maintain_partitions`): today's and the next `DEPIN_READINGS_PARTITIONS_AHEAD_DAYS` are created ahead,
-whole ones past `DEPIN_READINGS_RETENTION_DAYS` and sealed are dropped
+whole ones past `DEPIN_READINGS_RETENTION_DAYS` and sealed are dropped (with their hourly rollup rows),
 and days over for `DEPIN_READINGS_COMPACT_AFTER_DAYS` get their indexes rebuilt packed, once
 (`compact_partitions`; `depin_readings_partitions_total{action}`). With N workers each runs it; every
 step is idempotent."""
