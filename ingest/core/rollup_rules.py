@@ -2,8 +2,8 @@
 batch dirties, which dirty hours the refresher takes, when a query may be answered from the rollups,
 and the res-7 block ranges a place is.
 
-A reading's block is its res-7 parent cell, or its own cell when stored coarser (`block_of`, SQL
-`depin_cell7`). For res ≤ 7 the cell a reading is grouped at is a function of its block alone, and so is
+A reading's block is its res-7 parent cell, or its own cell when stored coarser (`placescan.block_of`,
+SQL `depin_cell7`). For res ≤ 7 the cell a reading is grouped at is a function of its block alone, and so is
 whether it lies in a query cell of res ≤ 7 — unless some data is stored coarser than that query cell
 (the raw path then tests positions against the hexagon, which blocks cannot): such queries stay raw.
 """
@@ -14,18 +14,13 @@ from collections.abc import Iterable, Sequence
 
 from devices.protocol.model import Reading
 from ingest.core import h3cells
+from ingest.core.placescan import BLOCK_RES
 from ingest.core.readfilter import ReadingFilter
 
 HOUR_MS = 3_600_000
-BLOCK_RES = 7
 ROLLUP_BUCKETS = frozenset({"hour", "day"})  # whole hours; minutes need the readings
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 COUNT_NAME = ""  # the rollup row counting every reading of (block, hour, kind): never a value name
-
-
-def block_of(cell: int) -> int:
-    """`depin_cell7` in Python: the res-7 parent, or the cell itself when it is not finer than res 7."""
-    return h3cells.parent(cell, BLOCK_RES) if h3cells.res_of(cell) > BLOCK_RES else cell
 
 
 def batch_hours(packets: Iterable[Sequence[Reading]]) -> list[int]:

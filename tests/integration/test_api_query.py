@@ -96,7 +96,10 @@ async def seed(dsn: str, devices: int, per_device: int, step_ms: int = 60_000) -
             per_device,
             step_ms,
         )
-        await conn.execute("SELECT depin_note_resolutions(); ANALYZE readings")
+        # Written around write_batch: list the resolutions and dirty the hours, as a bulk load must.
+        await conn.execute(
+            "SELECT depin_note_resolutions(); SELECT depin_mark_hours_dirty(); ANALYZE readings"
+        )
     finally:
         await conn.close()
     return [

@@ -15,7 +15,6 @@ from ingest.core.rollup_rules import (
     HOUR_MS,
     aggregate_eligible,
     batch_hours,
-    block_of,
     block_ranges,
     due_hours,
     usage_eligible,
@@ -91,12 +90,6 @@ def test_block_ranges_hold_exactly_the_blocks_inside_the_cell() -> None:
     assert block_ranges(None) == [(-(1 << 63), (1 << 63) - 1)]
     with pytest.raises(ValueError):
         block_ranges(CELL9)
-
-
-def test_block_of_is_depin_cell7() -> None:
-    assert block_of(CELL9) == CELL7
-    assert block_of(CELL7) == CELL7
-    assert block_of(CELL5) == CELL5
 
 
 def test_due_hours_are_ended_newest_first_and_capped() -> None:

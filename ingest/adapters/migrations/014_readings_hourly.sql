@@ -28,6 +28,14 @@ CREATE TABLE readings_hourly_dirty (
     since   timestamptz NOT NULL DEFAULT now()
 );
 
--- Readings stored before this migration have no rollup yet: their hours start dirty (one scan, once).
-INSERT INTO readings_hourly_dirty (hour)
-SELECT DISTINCT date_bin('1 hour', ts, '1970-01-01T00:00:00Z') FROM readings;
+-- Every hour holding readings dirty (one scan of the readings): for readings written around the
+-- batch writer (a bulk load, a restore), which the rollups would otherwise miss — like
+-- depin_note_resolutions() of migration 013. The refresher then recomputes those hours.
+CREATE FUNCTION depin_mark_hours_dirty() RETURNS void LANGUAGE sql AS $fn$
+    INSERT INTO readings_hourly_dirty (hour)
+    SELECT DISTINCT date_bin('1 hour', ts, '1970-01-01T00:00:00Z') FROM readings ORDER BY 1
+    ON CONFLICT (hour) DO UPDATE SET version = readings_hourly_dirty.version + 1
+$fn$;
+
+-- Readings stored before this migration have no rollup yet: their hours start dirty.
+SELECT depin_mark_hours_dirty();
