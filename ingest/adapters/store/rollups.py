@@ -23,7 +23,7 @@ from ingest.core.rollup_rules import COUNT_NAME, HOUR_MS, block_ranges
 REFRESH_LOCK_KEY = 0x6465_7069_6E5F_726F
 _BUCKETS = {"hour": "1 hour", "day": "1 day"}
 
-# Newest dirty hours first, bumped on conflict. Hours sorted: two batches lock shared rows in one order.
+# A batch's hours: a new dirty row, or its version bumped. Sorted: batches lock shared rows in one order.
 MARK_DIRTY_SQL = """INSERT INTO readings_hourly_dirty (hour)
                     SELECT h FROM unnest($1::timestamptz[]) AS u(h) ORDER BY h
                     ON CONFLICT (hour) DO UPDATE SET version = readings_hourly_dirty.version + 1"""
