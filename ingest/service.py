@@ -289,13 +289,16 @@ def build_node(
 
 
 @asynccontextmanager
-async def serve_api(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
-    """Run the API until the context exits; yields its base URL (port 0 → a free port)."""
+async def serve_api(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> AsyncIterator[str]:
+    """Run the API until the context exits; yields its base URL (port 0 → a free port). `reuse_port`
+    (DEPIN_API_REUSE_PORT): bind with SO_REUSEPORT, so other API processes may bind the same port."""
     # Request lines up to 32 KiB (aiohttp's default is 8 KiB): a `polygon=` of 2,000 characters may
     # take 12 bytes a character once percent-encoded (README "Queries, aggregates, exports").
     runner = web.AppRunner(app, access_log=None, max_line_size=32_768)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     await site.start()
     try:
         server = site._server  # aiohttp exposes the bound port only here (port 0 → chosen by the OS)
@@ -366,8 +369,11 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)
         if "api" in parts:
             api = settings.api
-            url = await stack.enter_async_context(serve_api(node.app(), api.host, api.port))
-            log.info("API listening on %s (try %s/readyz)", url, url)
+            url = await stack.enter_async_context(
+                serve_api(node.app(), api.host, api.port, reuse_port=api.reuse_port)
+            )
+            shared = " (port shared: SO_REUSEPORT)" if api.reuse_port else ""
+            log.info("API listening on %s%s (try %s/readyz)", url, shared, url)
         await _until_stopped(tasks, stop, node)
         log.info("stopped")
 
@@ -462,7 +468,13 @@ async def run_api_only(settings: Settings, stop: asyncio.Event) -> None:
         app = create_app(stores.api, ready, limits=stores.api_limits(settings), access=api_access(settings))
         app.middlewares.append(database_unavailable)
         configure_map(app, settings)
-        async with serve_api(app, settings.api.host, settings.api.port) as url:
-            log.info("API listening on %s (try %s/readyz); API only: no consumer, follower, epochs", url, url)
+        api = settings.api
+        async with serve_api(app, api.host, api.port, reuse_port=api.reuse_port) as url:
+            log.info(
+                "API listening on %s%s (try %s/readyz); API only: no consumer, follower, epochs",
+                url,
+                " (port shared: SO_REUSEPORT)" if api.reuse_port else "",
+                url,
+            )
             await stop.wait()
     log.info("stopped")

@@ -135,6 +135,9 @@ class Environment(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # Bind with SO_REUSEPORT so several `depin run --parts api` processes share api_port (the kernel
+    # spreads connections). Off by default: a second process on a taken port should fail to bind, not join.
+    api_reuse_port: bool = False
     api_max_rows: int = Field(default=1000, ge=1, le=100_000, description="largest page (limit)")
     # A page also ends once its readings' estimated JSON size passes this (next cursor set), so a
     # response holds at most about this many bytes whatever the readings carry.
@@ -260,6 +263,7 @@ class ApiConfig:
     cors_origins: tuple[str, ...]
     map_tiles_url: str = ""  # DEPIN_MAP_TILES_URL: empty = a plain background under the map
     map_tiles_attribution: str = ""
+    reuse_port: bool = False  # DEPIN_API_REUSE_PORT: SO_REUSEPORT, N API processes on one port
 
 
 @dataclass(frozen=True, slots=True)

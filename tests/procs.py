@@ -95,6 +95,9 @@ class ConsumerProcess:
     parts: str = "consume,api"
     # start() waits until the process is subscribed; False: until its API answers (no consume part)
     wait_for_mqtt: bool = True
+    # A fixed API port (0: a free one per start), e.g. one that several processes share
+    # (DEPIN_API_REUSE_PORT): then /metrics may be answered by another process on that port.
+    fixed_port: int = 0
 
     @property
     def url(self) -> str:
@@ -102,7 +105,7 @@ class ConsumerProcess:
 
     async def start(self, timeout: float = 60.0) -> None:
         for attempt in range(3):  # a free port can be taken between free_port() and the bind
-            self.api_port = free_port()
+            self.api_port = self.fixed_port or free_port()
             env = {**self.env, "DEPIN_API_HOST": "127.0.0.1", "DEPIN_API_PORT": str(self.api_port)}
             with self.log_file.open("ab") as log:
                 log.write(f"\n--- start {self.starts} (attempt {attempt}) ---\n".encode())
@@ -124,7 +127,7 @@ class ConsumerProcess:
                 )
                 return
             except _Exited:
-                if attempt == 2:
+                if attempt == 2 or self.fixed_port:
                     raise
         raise AssertionError("unreachable")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -200,7 +201,8 @@ async def db_slots(
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    # The pid tells apart the API processes that share one port (DEPIN_API_REUSE_PORT).
+    return _json({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

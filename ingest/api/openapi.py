@@ -185,8 +185,10 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "liveness",
-                "responses": {"200": _resp("alive", _obj({"status": {"type": "string", "enum": ["ok"]}}))},
+                "summary": "liveness; `pid` tells apart API processes sharing a port (DEPIN_API_REUSE_PORT)",
+                "responses": {
+                    "200": _resp("alive", _obj({"status": {"type": "string", "enum": ["ok"]}, "pid": _I}))
+                },
             }
         },
         "/readyz": {
