@@ -1,15 +1,20 @@
 """The buyers' API under load (issue 13, "Storage and speed").
 
 Seeds `--readings` readings of `--devices` stations spread over Berlin over one day (yesterday, UTC)
-with COPY into a fresh embedded PostgreSQL, starts `depin run --parts api` as an OS process (API keys
-required, one key without a rate limit) and measures, with 1 and 16 concurrent aiohttp clients for
-`--seconds` each: a res-7 cell + one-day page, a device + one-day page, a ~10 km² bbox over the day, an
-hourly aggregate at res 7 over a res-5 region, `/v1/stats`, `/v1/epochs`, `/v1/coverage` for the seeded
-day, then a whole-day CSV export of a res-7 cell (rows/s, bytes counted as streamed), the metering
-overhead (the cell query on a second process with DEPIN_API_KEYS=off and no key) and the readings'
-table and index sizes. Each figure is printed beside the issue's target with ✓/✗.
+with COPY into a fresh embedded PostgreSQL, registers the stations in the registry mirror and closes
+that day's epoch with the service's own closer (ingest/epochs.py: seal, score, manifest, rewards), starts
+`depin run --parts api` as an OS process (API keys required, one key without a rate limit) and
+measures, with 1 and 16 concurrent aiohttp clients for `--seconds` each: a res-7 cell + one-day page, a
+device + one-day page, a ~10 km² bbox over the day, an hourly aggregate at res 7 over a res-5 region
+over a week (the seeded day and the six before it, which hold no data), `/v1/stats`, the epoch summary
+`/v1/epochs/{n}` of the closed day, `/v1/epochs`, `/v1/coverage` of the closed day. With
+`--api-procs N` (N > 1) the 16-client rows are measured again with N API processes sharing the port
+(DEPIN_API_REUSE_PORT). Then a whole-day CSV export of a res-7 cell (rows/s, bytes counted as
+streamed), the metering overhead (the cell query on a second process with DEPIN_API_KEYS=off and no
+key) and the readings' table and index sizes. Each figure is printed beside the issue's target with ✓/✗.
 
-    .venv/bin/python bench/api.py [--readings 1000000] [--devices 10000] [--seconds 5] [--quick]
+    .venv/bin/python bench/api.py [--readings 1000000] [--devices 10000] [--seconds 5] [--api-procs N]
+                                  [--quick]
 """
 
 from __future__ import annotations
@@ -37,11 +42,17 @@ import h3
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository, before bench/ (ingest.py)
 
+from devices.protocol.model import DeviceRecord  # noqa: E402
 from ingest.adapters.db import create_pool, embedded_postgres, migrate  # noqa: E402
+from ingest.adapters.store import EpochStore, MirrorStore  # noqa: E402
 from ingest.adapters.store.keys import KeyStore  # noqa: E402
+from ingest.epochs import EpochConfig, Epochs  # noqa: E402
 
 DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
 CLIENTS = (1, 16)
+OWNERS = 500  # the fleet's owners, for a closed epoch's owner rewards and proofs
+HW_CLASS = {"weather": 2, "air": 3}  # the default hardware classes (README "Operators")
 # Berlin: about 22 km × 22 km
 LAT, LON = (52.4, 52.6), (13.25, 13.55)
 
@@ -92,10 +103,10 @@ async def seed(dsn: str, fleet: Fleet, readings: int, t0: int) -> None:
     step = DAY_MS // per_device
     conn = await asyncpg.connect(dsn)
     try:
+        # The week the aggregate spans has its daily partitions, empty but for the seeded day.
         await conn.execute(
-            "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0) - interval '1 day', "
-            "now() + interval '1 day')",
-            t0,
+            "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0), now() + interval '1 day')",
+            t0 + DAY_MS - WEEK_MS,
         )
         columns = ("ts", "device_id", "seq", "idx", "lat", "lon", "acc", "cell", "kind", "vals")
         chunk = 100_000
@@ -128,11 +139,36 @@ async def seed(dsn: str, fleet: Fleet, readings: int, t0: int) -> None:
         await conn.close()
 
 
-class Api:
-    """`depin run --parts api` as an OS process."""
+def epoch_grid() -> tuple[int, int]:
+    """(genesis_ms, length_ms) as `depin run` reads them, so the bench closes the API's epoch."""
+    genesis = int(os.environ.get("DEPIN_EPOCH_GENESIS_MS", 1_767_225_600_000))
+    return genesis, int(float(os.environ.get("DEPIN_EPOCH_LENGTH_S", 86_400)) * 1000)
 
-    def __init__(self, dsn: str, keys: str, log: Path) -> None:
-        self.port = free_port()
+
+async def close_epoch(pool: asyncpg.Pool, fleet: Fleet, epoch: int) -> None:
+    """The stations into the registry mirror (OWNERS owners), then `epoch` closed by the service's
+    closer: sealed, scored from the readings, rewards and manifest stored, summary columns filled."""
+    records = [
+        DeviceRecord(d, bytes(32), "0x" + f"{i % OWNERS + 1:040x}", HW_CLASS[kind], cell, True, 1)
+        for i, (d, kind, cell) in enumerate(zip(fleet.ids, fleet.kinds, fleet.cells, strict=True))
+    ]
+    await MirrorStore(pool).upsert_devices(records, 1)
+    genesis, length = epoch_grid()
+    started = time.perf_counter()
+    row = await Epochs(EpochStore(pool), None, EpochConfig(genesis, length, 10_000 * 10**18)).close(epoch)
+    summary = await pool.fetchrow("SELECT cells, devices, owners FROM epochs WHERE epoch = $1", epoch)
+    say(
+        f"  closed epoch {epoch} in {time.perf_counter() - started:.1f} s ({row.status}: "
+        f"{summary['cells']:,} cells, {summary['devices']:,} device rows, {summary['owners']:,} owners)"
+    )
+
+
+class Api:
+    """`depin run --parts api` as an OS process; `port` given: on that port (with `reuse`, beside
+    other API processes on it: DEPIN_API_REUSE_PORT)."""
+
+    def __init__(self, dsn: str, keys: str, log: Path, *, port: int = 0, reuse: bool = False) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
         env.update(
@@ -140,6 +176,7 @@ class Api:
             DEPIN_API_HOST="127.0.0.1",
             DEPIN_API_PORT=str(self.port),
             DEPIN_API_KEYS=keys,
+            DEPIN_API_REUSE_PORT="true" if reuse else "false",
             PYTHONUNBUFFERED="1",
         )
         self.log = log
@@ -155,16 +192,18 @@ class Api:
             )
 
     async def ready(self, timeout: float = 60.0) -> None:
+        """Until this process answers /healthz (its own pid: others may share the port)."""
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"API exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            # A new connection each time: the kernel may hand it to another process on the port.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
                 with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                     async with http.get(f"{self.url}/healthz") as r:
-                        if r.status == 200:
+                        if r.status == 200 and (await r.json()).get("pid") == self.proc.pid:
                             return
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         raise RuntimeError(f"API did not answer in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
@@ -178,13 +217,26 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running(dsn: str, keys: str, log: Path) -> AsyncIterator[Api]:
-    api = Api(dsn, keys, log)
+async def running(dsn: str, keys: str, log: Path, *, reuse: bool = False) -> AsyncIterator[Api]:
+    api = Api(dsn, keys, log, reuse=reuse)
     try:
         await api.ready()
         yield api
     finally:
         api.stop()
+
+
+@contextlib.asynccontextmanager
+async def joined(first: Api, dsn: str, n: int, log: Path) -> AsyncIterator[None]:
+    """`n` more API processes on `first`'s port (which must have been started with `reuse`)."""
+    more = [Api(dsn, "required", log, port=first.port, reuse=True) for _ in range(n)]
+    try:
+        for api in more:
+            await api.ready()
+        yield
+    finally:
+        for api in more:
+            api.stop()
 
 
 Request = Callable[[aiohttp.ClientSession], Awaitable[int]]
@@ -209,6 +261,7 @@ class Result(NamedTuple):
     rps: float  # 200 answers per second
     ok: int
     busy: int  # 503 answers
+    client_cpu: float  # CPU-seconds per second the load generator (this process) used meanwhile
 
 
 async def load(request: Request, clients: int, seconds: float) -> Result:
@@ -229,17 +282,20 @@ async def load(request: Request, clients: int, seconds: float) -> Result:
                 else:
                     busy += 1
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return Result(pct(times, 0.5) * 1000, pct(times, 0.95) * 1000, len(times) / elapsed, len(times), busy)
+        cpu = (time.process_time() - cpu) / elapsed
+    p50, p95 = pct(times, 0.5) * 1000, pct(times, 0.95) * 1000
+    return Result(p50, p95, len(times) / elapsed, len(times), busy, cpu)
 
 
-def line(label: str, clients: int, r: Result, target: str = "") -> None:
+def line(label: str, clients: int, r: Result, target: str = "", procs: int = 1) -> None:
     busy = f", {r.busy:,} × 503 busy" if r.busy else ""
+    who = f"{clients:>2} client{'s' if clients > 1 else ' '}" + (f" × {procs} API procs" if procs > 1 else "")
     say(
-        f"  {label:<38} {clients:>2} client{'s' if clients > 1 else ' '}  p50 {r.p50:8.1f} ms  "
-        f"p95 {r.p95:8.1f} ms  {r.rps:8,.0f} req/s  ({r.ok:,} answered{busy})"
+        f"  {label:<48} {who}  p50 {r.p50:8.1f} ms  "
+        f"p95 {r.p95:8.1f} ms  {r.rps:8,.0f} req/s  ({r.ok:,} answered{busy}; client {r.client_cpu:.2f} CPU)"
         + (f"  {target}" if target else "")
     )
 
@@ -294,6 +350,8 @@ async def main(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 await seed(dsn, fleet, args.readings, t0)
                 say(f"  seeded in {time.perf_counter() - started:.1f} s")
+                genesis, length = epoch_grid()
+                await close_epoch(pool, fleet, (t0 - genesis) // length + 1)
                 key, _ = await KeyStore(pool).create("bench", ["read", "export"], rate=1e9, burst=1e9)
                 auth = {"Authorization": f"Bearer {key}"}
                 await measure(args, dsn, pool, auth, day, fleet, device, cell7, cell5, bbox, t0, Path(tmp))
@@ -320,14 +378,16 @@ async def measure(
     cell_params = {"cell": format(cell7, "x"), **page}
     cell_big = {**cell_params, "limit": "1000"}
     box = {"bbox": bbox, **page}
-    async with running(dsn, "required", tmp / "api.log") as api:
+    week = {"from": str(int(day["to"]) - WEEK_MS), "to": day["to"]}
+    genesis, length = epoch_grid()
+    epoch = (t0 - genesis) // length + 1
+    procs = args.api_procs
+    async with running(dsn, "required", tmp / "api.log", reuse=procs > 1) as api:
         u = api.url
-        genesis = int(os.environ.get("DEPIN_EPOCH_GENESIS_MS", 1_767_225_600_000))
-        length = int(float(os.environ.get("DEPIN_EPOCH_LENGTH_S", 86_400)) * 1000)
-        epoch = (t0 - genesis) // length + 1
         async with aiohttp.ClientSession() as http, http.get(f"{u}/v1/epochs", headers=auth) as resp:
             listed = await resp.json() if resp.status == 200 else None
         n = args.limit
+        # (label, request, target, p95 bound in ms at 16 clients)
         shapes: list[tuple[str, Request, str, float | None]] = [
             (f"cell (res 7) + one day, {n} rows", getter(f"{u}/v1/readings", cell_params, auth), "", 15),
             ("cell (res 7) + one day, 1000 rows", getter(f"{u}/v1/readings", cell_big, auth), "", None),
@@ -339,41 +399,35 @@ async def measure(
             ),
             (f"bbox ~10 km², one day, {n} rows", getter(f"{u}/v1/readings", box, auth), "p95<100 ms", 100),
             (
-                "aggregate hour × res 7, res-5 region",
+                "aggregate hour × res 7, res-5, week (1 day data)",
                 getter(
                     f"{u}/v1/aggregates",
-                    {"cell": cell5, "res": "7", "bucket": "hour", "value": "pm25", **day},
+                    {"cell": cell5, "res": "7", "bucket": "hour", "value": "pm25", **week},
                     auth,
                 ),
                 "p95<200 ms",
                 200,
             ),
             ("/v1/stats", getter(f"{u}/v1/stats", {}, auth), "p95<10 ms", 10),
+            ("/v1/epochs/{n} (summary, closed day)", getter(f"{u}/v1/epochs/{epoch}", {}, auth), "p95<10 ms",
+             10),
             ("/v1/epochs (list)", getter(f"{u}/v1/epochs", {}, auth), "", None),
-            ("/v1/coverage (seeded day)", getter(f"{u}/v1/coverage", {"epoch": str(epoch)}, auth), "", None),
+            ("/v1/coverage (closed day)", getter(f"{u}/v1/coverage", {"epoch": str(epoch)}, auth), "", None),
         ]  # fmt: skip
         say(f"\nqueries, {secs:g} s each (API {u}; /v1/epochs lists {json.dumps(listed)[:120]})")
         for label, req, target, bound in shapes:
             for clients in CLIENTS:
-                try:
-                    r = await load(req, clients, secs)
-                except RuntimeError as exc:
-                    say(f"  {label:<38} {clients:>2} clients  failed: {exc}")
-                    continue
-                verdict = ""
-                if bound is not None and clients == 16:
-                    ok = r.p95 < bound and r.busy == 0
-                    if label.startswith("cell") and bound == 15:
-                        ok = ok and r.rps >= 2000
-                        target = "p95 < 15 ms at ≥ 2,000 req/s"
-                    verdict = f"target {target} {mark(ok)}"
-                line(label, clients, r, verdict)
-        say("  /v1/epochs/{n} (an epoch summary, target < 10 ms): no closed epoch seeded — not measured")
+                await measure_line(label, req, clients, secs, target, bound)
+        if procs > 1:
+            async with joined(api, dsn, procs - 1, tmp / "api-more.log"):
+                say(f"\n16 clients on {procs} API processes sharing port {api.port} (DEPIN_API_REUSE_PORT):")
+                for label, req, target, bound in shapes:
+                    await measure_line(label, req, 16, secs, target, bound, procs)
 
         rows, size, elapsed = await export_rate(u, {"cell": format(cell7, "x"), **day, "format": "csv"}, auth)
         rate = rows / elapsed if elapsed else 0.0
         say(
-            f"  {'export CSV, res-7 cell, whole day':<38} {rows:,} rows, {size / 1e6:.1f} MB "
+            f"  {'export CSV, res-7 cell, whole day':<48} {rows:,} rows, {size / 1e6:.1f} MB "
             f"in {elapsed:.2f} s: "
             f"{rate:,.0f} rows/s  target ≥ 100 k rows/s {mark(rate >= 100_000)}"
         )
@@ -403,6 +457,24 @@ async def measure(
         say(f"  index {r['name'] or '?':<30} {r['size'] / 2**20:8,.1f} MiB")
 
 
+async def measure_line(
+    label: str, req: Request, clients: int, secs: float, target: str, bound: float | None, procs: int = 1
+) -> None:
+    try:
+        r = await load(req, clients, secs)
+    except RuntimeError as exc:
+        say(f"  {label:<48} {clients:>2} clients  failed: {exc}")
+        return
+    verdict = ""
+    if bound is not None and clients == 16:
+        ok = r.p95 < bound and r.busy == 0
+        if label.startswith("cell") and bound == 15:
+            ok = ok and r.rps >= 2000
+            target = "p95 < 15 ms at ≥ 2,000 req/s"
+        verdict = f"target {target} {mark(ok)}"
+    line(label, clients, r, verdict, procs)
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readings", type=int, default=1_000_000)
@@ -410,6 +482,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument(
         "--limit", type=int, default=100, help="rows per page of the readings queries (default 100)"
+    )
+    ap.add_argument(
+        "--api-procs",
+        type=int,
+        default=1,
+        help="N > 1: the 16-client rows again with N API processes on one port (DEPIN_API_REUSE_PORT)",
     )
     ap.add_argument("--quick", action="store_true", help="50k readings from 2,000 devices, 1 s per measure")
     a = ap.parse_args()
