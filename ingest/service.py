@@ -113,6 +113,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             max_size=db.pool_api_size,
             statement_timeout_ms=api_timeout_ms,
             application_name="depin-api",
+            reset_session=False,  # a round trip per query saved: the API keeps no session state
         )
         stack.push_async_callback(api.close)
         probe = await create_pool(dsn, min_size=1, max_size=1, application_name="depin-probe")

@@ -195,8 +195,21 @@ def _jsonb_encode(value: Any) -> bytes:
     return b"\x01" + text
 
 
+# Integers of 19+ digits may lie beyond 64 bits, which orjson reads as floats (json keeps them exact).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
+    # orjson: a reading's `vals` in ~0.25 µs against ~1.6 µs with json, for every row of every page.
+    # Same values either way; json for what orjson reads differently (long integers) or refuses
+    # (1e400 → inf, a lone surrogate).
+    text = data[1:]
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _json_safe(value: Any) -> Any:
@@ -218,6 +231,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's `reset` that keeps the session as it is (asyncpg has rolled back an open transaction)."""
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -225,12 +242,17 @@ async def create_pool(
     max_size: int = 8,
     statement_timeout_ms: int | None = None,
     application_name: str | None = None,
+    reset_session: bool = True,
 ) -> asyncpg.Pool:
     """An asyncpg pool whose jsonb columns take and return Python objects (pass dicts, not JSON text).
 
     `statement_timeout_ms`: the server cancels any statement on these connections that runs longer
     (SQLSTATE 57014, asyncpg.QueryCanceledError); the API's pool uses it. `application_name` names the
-    pool's connections in pg_stat_activity (depin-ingest, depin-api, …).
+    pool's connections in pg_stat_activity (depin-ingest, depin-api, …). `reset_session=False`: a
+    released connection is not reset (asyncpg's `RESET ALL`, `CLOSE ALL`, `UNLISTEN *` and advisory
+    unlock: one more round trip per release), only rolled back if a transaction is open; for a pool
+    whose users leave no session state (the API's: `SET LOCAL` only, no advisory locks, cursors or
+    LISTEN).
     """
     server_settings: dict[str, str] = {}
     if statement_timeout_ms is not None:
@@ -243,6 +265,7 @@ async def create_pool(
         max_size=max_size,
         init=_init_connection,
         server_settings=server_settings or None,
+        reset=None if reset_session else _keep_session,
     )
     assert pool is not None
     async with pool.acquire() as conn:

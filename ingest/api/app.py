@@ -182,11 +182,14 @@ async def db_slots(
     if not request.path.startswith("/v1/"):
         return await handler(request)
     limits, slots = request.app[LIMITS], request.app[SLOTS]
-    try:
-        async with asyncio.timeout(limits.busy_timeout_s):
-            await slots.acquire()
-    except TimeoutError:
-        raise TimeoutError("no API slot free") from None
+    if not slots.locked():
+        await slots.acquire()  # a slot is free: taken at once, no timer to arm and cancel
+    else:
+        try:
+            async with asyncio.timeout(limits.busy_timeout_s):
+                await slots.acquire()
+        except TimeoutError:
+            raise TimeoutError("no API slot free") from None
     try:
         response = await handler(request)
         if isinstance(response, web.Response) and not response.prepared:

@@ -23,6 +23,7 @@ from aiohttp import web
 from ingest.adapters.store.keys import KeyStore
 from ingest.api import metering
 from ingest.api.metering import KEY_ID, EpochGrid
+from ingest.api.usage_batch import UsageBatcher
 from ingest.core import apikeys
 from ingest.core.apikeys import KeyRecord, Refusal
 
@@ -69,6 +70,10 @@ class Keys:
     _cache: dict[bytes, tuple[float, KeyRecord | None]] = field(default_factory=dict)
     _used: dict[str, tuple[int, int]] = field(default_factory=dict)  # key id → (UTC day, units)
     _buckets: dict[str, apikeys.Bucket] = field(default_factory=dict)
+    _usage: UsageBatcher = field(init=False)  # group commit of the usage writes (usage_batch.py)
+
+    def __post_init__(self) -> None:
+        self._usage = UsageBatcher(self.store.record_usage_batch)
 
     async def get(self, token: str) -> KeyRecord | None:
         digest = apikeys.digest(token)
@@ -105,7 +110,7 @@ class Keys:
 
     async def record(self, key_id: str, units: Mapping[tuple[int, int], int]) -> None:
         day = apikeys.utc_day(self.wall_ms())
-        self._note_used(key_id, day, await self.store.record_usage(key_id, day, units))
+        self._note_used(key_id, day, await self._usage.add(key_id, day, units))
 
 
 ACCESS: web.AppKey[ApiAccess] = web.AppKey("access", ApiAccess)

@@ -35,7 +35,7 @@ def reading_json(r: ReadingRow) -> dict[str, Any]:
         "kind": r.kind,
         "vals": r.vals,
         "media": None if r.media_sha256 is None else {"sha256": r.media_sha256.hex(), "uri": r.media_uri},
-        "flags": [reason.value for reason in flag_reasons(r.flags)],
+        "flags": [reason.value for reason in flag_reasons(r.flags)] if r.flags else [],
     }
 
 

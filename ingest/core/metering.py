@@ -35,8 +35,12 @@ def usage_of(
 ) -> Counter[tuple[int, int]]:
     """Units per (metered cell, epoch) for readings given as (cell, ts_ms) pairs, one unit each."""
     usage: Counter[tuple[int, int]] = Counter()
+    metered: dict[int, int] = {}  # a page holds few distinct cells: each one's parent computed once
     for cell, ts_ms in readings:
-        usage[(meter_cell(cell), epoch_of(ts_ms, genesis_ms, length_ms))] += READING_UNITS
+        at = metered.get(cell)
+        if at is None:
+            at = metered[cell] = meter_cell(cell)
+        usage[(at, epoch_of(ts_ms, genesis_ms, length_ms))] += READING_UNITS
     return usage
 
 

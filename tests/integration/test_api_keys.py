@@ -14,12 +14,12 @@ import h3
 import pytest
 from aiohttp import web
 
-from ingest.adapters.store.keys import KeyStore
+from ingest.adapters.store.keys import _RECORD_USAGE, KeyStore
 from ingest.adapters.store.rows import dt_to_ms, ms_to_dt
 from ingest.api.app import create_app
-from ingest.api.auth import ApiAccess
+from ingest.api.auth import ApiAccess, Keys
 from ingest.api.metering import EpochGrid, charge, record_usage
-from ingest.core import metering
+from ingest.core import apikeys, metering
 from ingest.service import serve_api
 from tests.fixtures_keys import bearer, seed_station
 from tests.fixtures_pg import Store
@@ -139,6 +139,55 @@ async def test_usage_is_written_per_cell_and_epoch_and_served(store: Store) -> N
             status, body, _ = await _get(f"{url}/v1/usage?{bad}", key)
             assert status == 400 and body["error"], bad
     assert await store.pool.fetchval("SELECT sum(units) FROM usage_daily") == sum(rows.values())
+
+
+class CountingKeyStore(KeyStore):
+    writes = 0
+
+    async def record_usage_batch(self, batch: Any) -> dict[tuple[str, int], int]:
+        self.writes += 1
+        return await super().record_usage_batch(batch)
+
+
+async def test_concurrent_usage_goes_out_in_shared_writes_and_adds_up(store: Store) -> None:
+    """Keys.record from many requests at once: fewer writes than requests (ingest/api/usage_batch.py),
+    every unit in `usage` and `usage_daily`, each caller's quota view the day's total after its write."""
+    keys = KeyStore(store.pool)
+    (_, a), (_, b) = await keys.create("a", ("read",)), await keys.create("b", ("read",))
+    counting = CountingKeyStore(store.pool)
+    process = Keys(counting, ApiAccess(grid=GRID))
+    day = apikeys.utc_day(process.wall_ms())
+    calls = [(a.key_id if i % 3 else b.key_id, {(0x872830828FFFFFF, 3): 2, (i % 4, 5): 1}) for i in range(20)]
+    await asyncio.gather(*(process.record(key_id, units) for key_id, units in calls))
+    assert 1 <= counting.writes < len(calls)
+    expected: dict[tuple[int, int], int] = {}
+    for key_id, units in calls:
+        if key_id == a.key_id:
+            for cell_epoch, n in units.items():
+                expected[cell_epoch] = expected.get(cell_epoch, 0) + n
+    assert await _usage_rows(store, a.key_id) == expected
+    for key_id in (a.key_id, b.key_id):
+        total = sum(sum(u.values()) for k, u in calls if k == key_id)
+        assert await keys.used_on(key_id, day) == total == process.used_today(key_id, day)
+
+
+async def test_one_statement_writes_usage_rows_before_daily_rows(store: Store) -> None:
+    """The batch's statement: several keys and days at once, exact totals; and `usage_daily` waits on an
+    InitPlan over the `usage` insert, the lock order that keeps concurrent writers from deadlocking."""
+    keys = KeyStore(store.pool)
+    (_, a), (_, b) = await keys.create("a", ("read",)), await keys.create("b", ("read",))
+    totals = await keys.record_usage_batch(
+        {(a.key_id, 100): {(7, 1): 2, (8, 1): 0}, (a.key_id, 101): {(7, 1): 3}, (b.key_id, 100): {(9, 2): 4}}
+    )
+    assert totals == {(a.key_id, 100): 2, (a.key_id, 101): 3, (b.key_id, 100): 4}
+    assert await _usage_rows(store, a.key_id) == {(7, 1): 5}  # a zero is not a row
+    assert await keys.record_usage_batch({(b.key_id, 100): {(9, 2): 1}}) == {(b.key_id, 100): 5}
+    assert await keys.record_usage_batch({}) == {}
+    plan = "\n".join(
+        r[0] for r in await store.pool.fetch("EXPLAIN " + _RECORD_USAGE, [], [], [], [], [], [], [])
+    )
+    # The daily rows pass a one-time filter on an InitPlan that scans the whole `usage` insert first.
+    assert "One-Time Filter" in plan and "InitPlan" in plan and "CTE Scan on u" in plan, plan
 
 
 async def test_quota_then_429_until_midnight(store: Store) -> None:

@@ -18,6 +18,21 @@ _KEY_COLUMNS = "key_id, name, scopes, quota, rate, burst, created_at, revoked_at
 _DAY0 = date(1970, 1, 1)
 
 
+# `u` inserts into usage in array order (sorted by the caller); the daily upsert waits for it: the
+# uncorrelated `(SELECT count(*) FROM u)` is an InitPlan, evaluated in full before its first row.
+_RECORD_USAGE = """
+WITH u AS (
+    INSERT INTO usage (key_id, cell, epoch, units)
+    SELECT k, c, e, n FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS t(k, c, e, n)
+    ON CONFLICT (key_id, cell, epoch) DO UPDATE SET units = usage.units + EXCLUDED.units
+    RETURNING 1)
+INSERT INTO usage_daily (key_id, day, units)
+SELECT k, d, n FROM unnest($5::text[], $6::date[], $7::bigint[]) AS t(k, d, n)
+WHERE (SELECT count(*) FROM u) >= 0
+ON CONFLICT (key_id, day) DO UPDATE SET units = usage_daily.units + EXCLUDED.units
+RETURNING key_id, day, units"""
+
+
 class UsageRow(NamedTuple):
     cell: int
     epoch: int
@@ -99,33 +114,36 @@ class KeyStore(PoolStore):
         return None if row is None else (_record(row), int(row["used"]))
 
     async def record_usage(self, key_id: str, day: int, units: Mapping[tuple[int, int], int]) -> int:
-        """Add `units` ((cell, epoch) → units) to the key's usage and to its UTC `day`, in one
-        transaction; returns the day's total. Rows are written in (cell, epoch) order, so two requests
-        of one key never wait on each other's rows in opposite orders (no deadlock)."""
-        items = sorted((k, v) for k, v in units.items() if v > 0)
-        total = sum(v for _, v in items)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if items:
-                await conn.execute(
-                    """INSERT INTO usage (key_id, cell, epoch, units)
-                       SELECT $1, c, e, u
-                       FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS t(c, e, u)
-                       ON CONFLICT (key_id, cell, epoch)
-                       DO UPDATE SET units = usage.units + EXCLUDED.units""",
-                    key_id,
-                    [c for (c, _), _ in items],
-                    [e for (_, e), _ in items],
-                    [u for _, u in items],
-                )
-            used = await conn.fetchval(
-                """INSERT INTO usage_daily (key_id, day, units) VALUES ($1, $2, $3)
-                   ON CONFLICT (key_id, day) DO UPDATE SET units = usage_daily.units + EXCLUDED.units
-                   RETURNING units""",
-                key_id,
-                _date(day),
-                total,
-            )
-        return int(used)
+        """Add `units` ((cell, epoch) → units) to the key's usage and to its UTC `day`; returns the
+        day's total (`record_usage_batch` for one key)."""
+        return (await self.record_usage_batch({(key_id, day): units}))[(key_id, day)]
+
+    async def record_usage_batch(
+        self, batch: Mapping[tuple[str, int], Mapping[tuple[int, int], int]]
+    ) -> dict[tuple[str, int], int]:
+        """Add each (key id, UTC day)'s units ((cell, epoch) → units) to `usage` and to `usage_daily`,
+        all in one statement (so one transaction, one round trip); returns each (key id, day)'s new
+        total. Rows are locked in (key, cell, epoch) order, every `usage` row before any `usage_daily`
+        row, so concurrent writers (other requests, other API processes) never wait on each other's
+        rows in opposite orders (no deadlock)."""
+        cells: dict[tuple[str, int, int], int] = {}
+        for (key_id, _), units in batch.items():
+            for (cell, epoch), n in units.items():
+                if n > 0:
+                    cells[(key_id, cell, epoch)] = cells.get((key_id, cell, epoch), 0) + n
+        rows = sorted(cells.items())
+        days = sorted((k, sum(n for n in units.values() if n > 0)) for k, units in batch.items())
+        done = await self.pool.fetch(
+            _RECORD_USAGE,
+            [k for (k, _, _), _ in rows],
+            [c for (_, c, _), _ in rows],
+            [e for (_, _, e), _ in rows],
+            [n for _, n in rows],
+            [k for (k, _), _ in days],
+            [_date(d) for (_, d), _ in days],
+            [n for _, n in days],
+        )
+        return {(r["key_id"], (r["day"] - _DAY0).days): int(r["units"]) for r in done}
 
     async def usage(self, key_id: str, from_epoch: int, to_epoch: int, limit: int) -> list[UsageRow]:
         """The key's units per (cell, epoch) with from_epoch <= epoch <= to_epoch, by epoch then cell;
