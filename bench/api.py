@@ -10,8 +10,9 @@ over a week (the seeded day and the six before it, which hold no data), `/v1/sta
 `/v1/epochs/{n}` of the closed day, `/v1/epochs`, `/v1/coverage` of the closed day. With
 `--api-procs N` (N > 1) the 16-client rows are measured again with N API processes sharing the port
 (DEPIN_API_REUSE_PORT). Then a whole-day CSV export of a res-7 cell (rows/s, bytes counted as
-streamed), the metering overhead (the cell query on a second process with DEPIN_API_KEYS=off and no
-key) and the readings' table and index sizes. Each figure is printed beside the issue's target with ✓/✗.
+streamed), the metering overhead (the cell and the device query on a second process with
+DEPIN_API_KEYS=off and no key) and the readings' table and index sizes. Each figure is printed beside
+the issue's target with ✓/✗, each load row with the CPU the load generator itself used.
 
     .venv/bin/python bench/api.py [--readings 1000000] [--devices 10000] [--seconds 5] [--api-procs N]
                                   [--quick]
@@ -431,13 +432,17 @@ async def measure(
             f"in {elapsed:.2f} s: "
             f"{rate:,.0f} rows/s  target ≥ 100 k rows/s {mark(rate >= 100_000)}"
         )
-        keyed = await load(getter(f"{u}/v1/readings", cell_params, auth), 16, secs)
+        # The cell page is PostgreSQL's work, the device page the API process's: metering shows there.
+        dev_params = {"device": fleet.ids[device].hex(), **page}
+        metered = (cell_params, dev_params)
+        keyed = [await load(getter(f"{u}/v1/readings", p, auth), 16, secs) for p in metered]
     async with running(dsn, "off", tmp / "api-off.log") as off:
-        free = await load(getter(f"{off.url}/v1/readings", cell_params, {}), 16, secs)
-    say(f"\nmetering overhead (cell + one day, {args.limit} rows, 16 clients):")
-    line("with a key (DEPIN_API_KEYS=required)", 16, keyed)
-    line("no key (DEPIN_API_KEYS=off)", 16, free)
-    say(f"  overhead: p50 {keyed.p50 - free.p50:+.1f} ms, req/s {(keyed.rps / free.rps - 1) * 100:+.0f} %")
+        free = [await load(getter(f"{off.url}/v1/readings", p, {}), 16, secs) for p in metered]
+    for what, k, f in zip(("cell", "device"), keyed, free, strict=True):
+        say(f"\nmetering overhead ({what} + one day, {args.limit} rows, 16 clients):")
+        line("with a key (DEPIN_API_KEYS=required)", 16, k)
+        line("no key (DEPIN_API_KEYS=off)", 16, f)
+        say(f"  overhead: p50 {k.p50 - f.p50:+.1f} ms, req/s {(k.rps / f.rps - 1) * 100:+.0f} %")
 
     total, heap, idx = await sizes(pool)
     share = idx / heap * 100 if heap else 0.0
