@@ -1,7 +1,8 @@
 """The buyers' API under load (issue 13, "Storage and speed").
 
 Seeds `--readings` readings of `--devices` stations spread over Berlin over one day (yesterday, UTC)
-with COPY into a fresh embedded PostgreSQL, registers the stations in the registry mirror and closes
+with COPY into a fresh embedded PostgreSQL (its hours rolled up by the service's refresher, as the
+`epochs` part keeps them), registers the stations in the registry mirror and closes
 that day's epoch with the service's own closer (ingest/epochs.py: seal, score, manifest, rewards), starts
 `depin run --parts api` as an OS process (API keys required, one key without a rate limit) and
 measures, with 1 and 16 concurrent aiohttp clients for `--seconds` each: a res-7 cell + one-day page, a
@@ -47,7 +48,9 @@ from devices.protocol.model import DeviceRecord  # noqa: E402
 from ingest.adapters.db import create_pool, embedded_postgres, migrate  # noqa: E402
 from ingest.adapters.store import EpochStore, MirrorStore  # noqa: E402
 from ingest.adapters.store.keys import KeyStore  # noqa: E402
+from ingest.adapters.store.rollups import RollupStore  # noqa: E402
 from ingest.epochs import EpochConfig, Epochs  # noqa: E402
+from ingest.rollups import refresh_once  # noqa: E402
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -135,9 +138,22 @@ async def seed(dsn: str, fleet: Fleet, readings: int, t0: int) -> None:
             rate = done / (time.perf_counter() - started)
             say(f"  seeded {done:>11,} / {readings:,} readings ({rate:,.0f}/s)")
         say("  ANALYZE readings …")
-        await conn.execute("SELECT depin_note_resolutions(); ANALYZE readings")
+        # A bulk load bypasses the batch writer: note its resolutions and dirty its hours (README
+        # "Hourly rollups"), then refresh them as the `epochs` part of `depin run` would within 10 s.
+        await conn.execute(
+            "SELECT depin_note_resolutions(); SELECT depin_mark_hours_dirty(); ANALYZE readings"
+        )
     finally:
         await conn.close()
+
+
+async def refresh_rollups(pool: asyncpg.Pool) -> None:
+    """The seeded day's hours rolled up by the service's refresher (ingest/rollups.py)."""
+    started, hours, more = time.perf_counter(), 0, True
+    while more:
+        cleaned, more = await refresh_once(RollupStore(pool), time.time_ns() // 1_000_000)
+        hours += cleaned
+    say(f"  rolled up {hours} hours in {time.perf_counter() - started:.1f} s")
 
 
 def epoch_grid() -> tuple[int, int]:
@@ -351,6 +367,7 @@ async def main(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 await seed(dsn, fleet, args.readings, t0)
                 say(f"  seeded in {time.perf_counter() - started:.1f} s")
+                await refresh_rollups(pool)
                 genesis, length = epoch_grid()
                 await close_epoch(pool, fleet, (t0 - genesis) // length + 1)
                 key, _ = await KeyStore(pool).create("bench", ["read", "export"], rate=1e9, burst=1e9)
@@ -388,6 +405,7 @@ async def measure(
         async with aiohttp.ClientSession() as http, http.get(f"{u}/v1/epochs", headers=auth) as resp:
             listed = await resp.json() if resp.status == 200 else None
         n = args.limit
+        agg = {"cell": cell5, "res": "7", "bucket": "hour", "value": "pm25", **week}
         # (label, request, target, p95 bound in ms at 16 clients)
         shapes: list[tuple[str, Request, str, float | None]] = [
             (f"cell (res 7) + one day, {n} rows", getter(f"{u}/v1/readings", cell_params, auth), "", 15),
@@ -401,11 +419,7 @@ async def measure(
             (f"bbox ~10 km², one day, {n} rows", getter(f"{u}/v1/readings", box, auth), "p95<100 ms", 100),
             (
                 "aggregate hour × res 7, res-5, week (1 day data)",
-                getter(
-                    f"{u}/v1/aggregates",
-                    {"cell": cell5, "res": "7", "bucket": "hour", "value": "pm25", **week},
-                    auth,
-                ),
+                getter(f"{u}/v1/aggregates", agg, auth),
                 "p95<200 ms",
                 200,
             ),
@@ -416,6 +430,13 @@ async def measure(
             ("/v1/coverage (closed day)", getter(f"{u}/v1/coverage", {"epoch": str(epoch)}, auth), "", None),
         ]  # fmt: skip
         say(f"\nqueries, {secs:g} s each (API {u}; /v1/epochs lists {json.dumps(listed)[:120]})")
+        async with (
+            aiohttp.ClientSession(headers=auth) as http,
+            http.get(f"{u}/v1/aggregates", params=agg) as r,
+        ):
+            rows = (await r.json())["rows"] if r.status == 200 else []
+        summarised = sum(x["count"] for x in rows)
+        say(f"  (the week's aggregate: {len(rows):,} rows summarising {summarised:,} readings)")
         for label, req, target, bound in shapes:
             for clients in CLIENTS:
                 await measure_line(label, req, clients, secs, target, bound)
