@@ -48,6 +48,7 @@ from devices.protocol.model import DeviceRecord  # noqa: E402
 from ingest.adapters.db import create_pool, embedded_postgres, migrate  # noqa: E402
 from ingest.adapters.store import EpochStore, MirrorStore  # noqa: E402
 from ingest.adapters.store.keys import KeyStore  # noqa: E402
+from ingest.adapters.store.partitions import PartitionStore  # noqa: E402
 from ingest.adapters.store.rollups import RollupStore  # noqa: E402
 from ingest.epochs import EpochConfig, Epochs  # noqa: E402
 from ingest.rollups import refresh_once  # noqa: E402
@@ -468,9 +469,26 @@ async def measure(
     total, heap, idx = await sizes(pool)
     share = idx / heap * 100 if heap else 0.0
     say(
-        f"\nreadings: {total / 2**20:,.0f} MiB in all, table {heap / 2**20:,.0f} MiB, "
-        f"indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the table  target ≤ 40 % {mark(share <= 40)}"
+        f"\nreadings as written: {total / 2**20:,.0f} MiB in all, table {heap / 2**20:,.0f} MiB, "
+        f"indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the table"
     )
+    await print_indexes(pool)
+    # What the partition upkeep does once the day has been over DEPIN_READINGS_COMPACT_AFTER_DAYS.
+    parts = PartitionStore(pool)
+    started = time.perf_counter()
+    for name in (await parts.partition_days()).values():
+        await parts.compact_partition(name)
+    took = time.perf_counter() - started
+    total, heap, idx = await sizes(pool)
+    share = idx / heap * 100 if heap else 0.0
+    say(
+        f"after the day's compaction ({took:.1f} s): indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the "
+        f"table  target ≤ 40 % {mark(share <= 40)}"
+    )
+    await print_indexes(pool)
+
+
+async def print_indexes(pool: asyncpg.Pool) -> None:
     per_index = await pool.fetch(
         """SELECT regexp_replace(i.relname, '^readings_p[0-9_]+', '') AS name,
                   sum(pg_relation_size(i.oid))::bigint AS size
