@@ -85,6 +85,9 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
     }
 
     /// @notice Epochs whose end has passed by this block's time: the highest number publishable now.
+    /// @dev Block time (Slither's low "timestamp" finding here, in publishEpoch, claimableRoot and _promote):
+    ///      a proposer can skew it by seconds, which moves an epoch's end or a window's by as much; epochs
+    ///      and windows are minutes to days, and the caps hold whatever the skew.
     function endedEpochs() public view returns (uint64) {
         uint256 nowMs = block.timestamp * 1000;
         if (nowMs < genesisMs) return 0;
@@ -118,8 +121,9 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
         pendingSince = uint64(block.timestamp);
         if (mintNow > 0) minted += mintNow;
         emit EpochPublished(epoch, root, total, mintNow);
-        if (mintNow > 0) IMintable(address(token)).mint(address(this), mintNow);
         if (challengeWindow == 0) _promote();
+        // The only external call, last (checks-effects-interactions): the token is ours, but still.
+        if (mintNow > 0) IMintable(address(token)).mint(address(this), mintNow);
     }
 
     /// @notice Drop the pending root before it becomes claimable; claims keep using the accepted one.
