@@ -64,9 +64,15 @@ class DistributorClient(ContractClient):
     async def latest_epoch(self) -> int:
         return int(await self._call(self.contract.functions.latestEpoch()))
 
-    async def claim(self, account: str, cumulative: int, proof: Sequence[bytes]) -> tuple[TxReceipt, int]:
+    async def claim(
+        self, account: str, cumulative: int, proof: Sequence[bytes]
+    ) -> tuple[TxReceipt | None, int]:
         """Claim for `account` (anyone may submit) against the claimable root (`claimable_root`): the
-        proof must come from that epoch's tree. Returns the receipt and the amount newly paid."""
+        proof must come from that epoch's tree. Returns the receipt and the amount newly paid; when
+        `cumulative` is already claimed nothing is sent (a claim would pay 0 and still cost gas):
+        (None, 0)."""
+        if await self.claimed(account) >= cumulative:
+            return None, 0
         fn = self.contract.functions.claim(to_checksum_address(account), cumulative, [b32(p) for p in proof])
         receipt = await self._signer().send(fn)
         paid = sum(

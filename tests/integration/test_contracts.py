@@ -356,19 +356,27 @@ async def test_claims_with_python_merkle_proofs(
     relayer = DistributorClient(w3, deployment, make_signer(accounts[9]))
     o = owners[2]
     rcpt, paid = await relayer.claim(o, epoch1[o], tree1.proof(o))
+    assert rcpt is not None
     print(f"\n[gas] claim (7 leaves, proof of {len(tree1.proof(o))}): {rcpt['gasUsed']}")
     assert 40_000 < rcpt["gasUsed"] < 120_000
     assert paid == epoch1[o] and await distributor.token_balance(o) == epoch1[o]
     assert await distributor.claimed(o) == epoch1[o]
 
-    _, paid = await relayer.claim(o, epoch1[o], tree1.proof(o))  # second claim: no revert, pays 0
-    assert paid == 0 and await distributor.token_balance(o) == epoch1[o]
+    # A second claim: the client sends nothing (it would pay 0 and burn gas)...
+    sent = await w3.eth.get_transaction_count(accounts[9].address)
+    again, paid = await relayer.claim(o, epoch1[o], tree1.proof(o))
+    assert again is None and paid == 0
+    assert await w3.eth.get_transaction_count(accounts[9].address) == sent
+    # ...and the contract, if sent one anyway, pays 0 without reverting.
+    rcpt = await make_signer(accounts[9]).send(relayer.contract.functions.claim(o, epoch1[o], tree1.proof(o)))
+    [event] = relayer.contract.events.Claimed().process_receipt(rcpt)
+    assert event["args"]["amount"] == 0 and await distributor.token_balance(o) == epoch1[o]
 
     with pytest.raises(ChainError) as err:  # inflated amount
         await relayer.claim(o, epoch1[o] + 1, tree1.proof(o))
     assert err.value.error_name == "InvalidProof"
     with pytest.raises(ChainError, match="InvalidProof"):  # someone else's proof
-        await relayer.claim(o, epoch1[o], tree1.proof(owners[3]))
+        await relayer.claim(owners[3], epoch1[owners[3]], tree1.proof(owners[4]))
 
     # Epoch 2: cumulative totals grow; claiming against it pays only the difference.
     epoch2 = {k: v + 5 * DPR for k, v in epoch1.items()}
@@ -381,7 +389,7 @@ async def test_claims_with_python_merkle_proofs(
     assert paid == 5 * DPR and await distributor.token_balance(o) == epoch2[o]
     # Claims are against the latest root only: an old proof no longer verifies.
     with pytest.raises(ChainError, match="InvalidProof"):
-        await relayer.claim(o, epoch1[o], tree1.proof(o))
+        await relayer.claim(owners[3], epoch1[owners[3]], tree1.proof(owners[3]))
 
     # Someone who never claimed epoch 1 collects both epochs in one claim.
     late = owners[4]
