@@ -18,6 +18,7 @@ from devices.chain.distributor import DistributorClient
 from devices.chain.signer import Signer
 from devices.errors import ChainError
 from ingest.core.merkle import CumulativeMerkleTree
+from ingest.rewards_key import schedule_mismatch
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +175,18 @@ async def test_admin_handover_is_two_steps_with_a_delay_and_the_token_is_capped(
         await signer.send(token.functions.mint(signer.address, cap + 1))
     with pytest.raises(ChainError, match="AccessControlInvalidDefaultAdmin"):
         await signer.deploy("RewardToken", "0x" + "00" * 20, 0, cap)
+
+
+async def test_the_service_names_a_schedule_that_differs_from_its_settings(
+    w3: AsyncWeb3[Any], signer: Signer
+) -> None:
+    d = DistributorClient(w3, await deploy(w3, signer), signer)
+    genesis = int(await d.contract.functions.genesisMs().call())
+    assert await schedule_mismatch(d, genesis, LENGTH_MS, E) is None
+    assert await schedule_mismatch(d, genesis, LENGTH_MS, E // 2) is None  # less than allowed: fine
+    line = await schedule_mismatch(d, genesis + 1, LENGTH_MS, 2 * E)
+    assert line == (
+        f"epochs from {genesis} ms every {LENGTH_MS} ms on chain, DEPIN_EPOCH_GENESIS_MS={genesis + 1} "
+        f"and DEPIN_EPOCH_LENGTH_S=60 here; at most {E} minted per epoch on chain, "
+        f"DEPIN_EPOCH_EMISSION={2 * E} here"
+    )
