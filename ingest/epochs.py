@@ -425,10 +425,9 @@ class Epochs:
         metrics.EPOCH_DUE_SECONDS.set(0 if self.due_since is None else time.monotonic() - self.due_since)
 
     def _set_failing(self, error: str | None) -> None:
-        error = error or self._refusal
-        self.failing = error is not None
+        self.failing = error is not None or self._refusal is not None
         metrics.EPOCH_FAILING.set(int(self.failing))
-        if error is not None:
+        if error is not None:  # a latched refusal keeps its own time as the last error's
             self.last_error = error
             metrics.EPOCH_LAST_ERROR.set(time.time())
 
