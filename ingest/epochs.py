@@ -65,6 +65,21 @@ class PublishRevertedError(EpochError, ChainError):
     """The publish transaction was mined and reverted; the next attempt signs a new one."""
 
 
+# The contract's refusals that no retry of the same epoch can get past (a stale or vetoed epoch number,
+# a cap, a missing role): the epoch is marked 'refused' and the scheduler moves on; the next epoch's
+# cumulative root carries its amounts. Others (EpochNotEnded, ChallengeWindowOpen) pass with time.
+REFUSALS = frozenset(
+    {
+        "EpochNotAfterLatest",
+        "CumulativeCapExceeded",
+        "EpochCapExceeded",
+        "TotalBelowAccepted",
+        "ERC20ExceededCap",
+        "AccessControlUnauthorizedAccount",
+    }
+)
+
+
 class NonceLostTwiceError(EpochError, ChainError):
     """A re-signed publish lost its nonce as well; the scheduler tries again later."""
 
@@ -115,6 +130,9 @@ class Epochs:
         self.last_error: str | None = None
         self.due_since: float | None = None
         self._due_epoch: int | None = None
+        # A refusal is not retried, so no failing attempt would show it: it stays reported as failing
+        # until an epoch is published again.
+        self._refusal: str | None = None
 
     def params(self) -> RewardParams:
         return RewardParams(
@@ -196,24 +214,32 @@ class Epochs:
         A journaled tx whose nonce another transaction used is dropped and re-signed (`_nonce_taken`)."""
         chain = self._chain()
         row = await self._row(epoch)
-        if row.status in ("published", "settled"):
+        if row.status in ("published", "settled", "refused"):
             return row
         root = row.root
         if root == ZERO_ROOT:
             # Nobody has ever earned: no tree to commit to (the contract refuses a zero root). An empty
             # epoch AFTER a paid one is not this case: its tree is the unchanged cumulative one, and it
-            # is published with the previous root and a total of 0 (the contract mints nothing).
+            # is published with the previous root and the same cumulative total (the contract mints
+            # nothing).
             await self.store.settle_without_tx(epoch)
             log.info("epoch %d settled without a transaction: nobody has earned yet", epoch)
             return await self._row(epoch)
         if chain.address is None:
             raise NoRewardsKeyError("no key holding REWARDS_ROLE configured (DEPIN_REWARDS_KEY_FILE)")
+        # The contract takes the cumulative total of the tree's leaves and mints the difference.
+        total = sum((await self.store.cumulative_by_owner(epoch + 1)).values())
         journal = row.journal
         if journal is None:
             adopted = await self._adopt_if_on_chain(epoch, root, row)
             if adopted is not None:
                 return adopted
-            journal = await chain.sign_publish(epoch, root, row.allocated)
+            try:  # the signer simulates first: a refusal is seen here, before a nonce is spent
+                journal = await chain.sign_publish(epoch, root, total)
+            except ChainError as exc:
+                if exc.error_name in REFUSALS:
+                    return await self._refused(epoch, exc)
+                raise
             await self.store.journal_tx(epoch, *journal)  # before it can reach the chain
         raw, tx_hash, nonce = journal
         taken = False
@@ -230,16 +256,37 @@ class Epochs:
             # Mined and reverted: its nonce is spent and it changed nothing, so the next attempt signs
             # a new transaction (rebroadcasting this one would only find the same revert).
             await self.store.clear_journal(epoch, tx_hash)
-            raise PublishRevertedError(f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}")
+            why = await chain.revert_reason(epoch, root, total)
+            if why is not None and why.error_name in REFUSALS:
+                return await self._refused(epoch, why)
+            raise PublishRevertedError(
+                f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}" + (f": {why}" if why else "")
+            )
         await self.store.mark_published(epoch, tx_hash, receipt["blockNumber"])
         metrics.EPOCHS_PUBLISHED.inc()
+        self._refusal = None
         log.info(
-            "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d",
+            "epoch %d published: root 0x%s, allocated %s, cumulative total %s, tx 0x%s, block %d",
             epoch,
             root.hex(),
             row.allocated,
+            total,
             tx_hash.hex(),
             receipt["blockNumber"],
+        )
+        return await self._row(epoch)
+
+    async def _refused(self, epoch: int, exc: ChainError) -> EpochRow:
+        """Mark the epoch 'refused' (journal cleared) and alert: retrying could never succeed."""
+        await self.store.mark_refused(epoch, str(exc)[:300])
+        metrics.EPOCHS_REFUSED.inc()
+        self._refusal = f"publishing epoch {epoch} refused: {exc}"[:300]
+        self._set_failing(self._refusal)
+        log.error(
+            "ALERT epoch %d: the contract refused its publish for good (%s); marked 'refused' and not "
+            "retried (the next epoch's cumulative root carries its amounts): an operator must look",
+            epoch,
+            exc,
         )
         return await self._row(epoch)
 
@@ -257,6 +304,7 @@ class Epochs:
             )
         tx_hash, block = await self._published_tx(epoch)
         await self.store.mark_published(epoch, tx_hash, block)
+        self._refusal = None
         log.info(
             "epoch %d published: root 0x%s, total %s, tx 0x%s, block %d (found on chain)",
             epoch,
@@ -377,9 +425,9 @@ class Epochs:
         metrics.EPOCH_DUE_SECONDS.set(0 if self.due_since is None else time.monotonic() - self.due_since)
 
     def _set_failing(self, error: str | None) -> None:
-        self.failing = error is not None
+        self.failing = error is not None or self._refusal is not None
         metrics.EPOCH_FAILING.set(int(self.failing))
-        if error is not None:
+        if error is not None:  # a latched refusal keeps its own time as the last error's
             self.last_error = error
             metrics.EPOCH_LAST_ERROR.set(time.time())
 

@@ -102,6 +102,10 @@ EPOCH_LAST_ERROR = Gauge(
 EPOCH_DUE_SECONDS = Gauge(
     "depin_epoch_due_seconds", "how long the epoch the scheduler must close or publish next has been due"
 )
+EPOCHS_REFUSED = Counter(
+    "depin_epochs_refused_total",
+    "epochs whose publish the contract refused for good (marked 'refused', not retried): alert on any",
+)
 EPOCH_NONCE_TAKEN = Counter(
     "depin_epoch_publish_nonce_taken_total",
     "journaled publish transactions whose nonce another transaction used (dropped and re-signed)",

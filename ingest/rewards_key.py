@@ -91,3 +91,29 @@ async def check_rewards_role(distributor: DistributorClient, account: LocalAccou
             f"{setting}: account {account.address} does not hold REWARDS_ROLE on the distributor "
             f"{distributor.contract.address}; grant it (grantRole) or configure the right key"
         )
+
+
+async def schedule_mismatch(
+    distributor: DistributorClient, genesis_ms: int, length_ms: int, emission: int
+) -> str | None:
+    """How the distributor's on-chain emission schedule disagrees with the service's epoch settings,
+    as one line; None when it agrees, or when the chain cannot be asked now. A different genesis or
+    length numbers epochs differently (publishes refused or early); a smaller on-chain emission caps
+    what an epoch may mint below what the service allocates."""
+    c = distributor.contract.functions
+    try:
+        g = int(await c.genesisMs().call())
+        n = int(await c.epochLengthMs().call())
+        e = int(await c.epochEmission().call())
+    except Exception as exc:
+        log.warning("could not read the distributor's emission schedule (%s); publishing will tell", exc)
+        return None
+    problems = []
+    if (g, n) != (genesis_ms, length_ms):
+        problems.append(
+            f"epochs from {g} ms every {n} ms on chain, DEPIN_EPOCH_GENESIS_MS={genesis_ms} and "
+            f"DEPIN_EPOCH_LENGTH_S={length_ms / 1000:g} here"
+        )
+    if e < emission:
+        problems.append(f"at most {e} minted per epoch on chain, DEPIN_EPOCH_EMISSION={emission} here")
+    return "; ".join(problems) or None

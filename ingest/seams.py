@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from devices.errors import ChainError
     from ingest.adapters.mqtt import Received
     from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
 
@@ -76,6 +77,11 @@ class PublishChain(Protocol):
     async def sign_publish(self, epoch: int, root: bytes, total: int) -> tuple[bytes, bytes, int]:
         """Sign `publishEpoch(epoch, root, total)` at the account's next nonce, sending nothing:
         (raw transaction, its hash, its nonce)."""
+        ...
+
+    async def revert_reason(self, epoch: int, root: bytes, total: int) -> ChainError | None:
+        """Why `publishEpoch(epoch, root, total)` reverts at the latest block, its custom error decoded
+        (`error_name`); None when it would not revert now (a mined revert that time has undone)."""
         ...
 
     async def broadcast(self, raw: bytes) -> None:

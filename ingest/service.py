@@ -45,7 +45,7 @@ from ingest.epochs import Epochs
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
-from ingest.rewards_key import check_rewards_role, rewards_account
+from ingest.rewards_key import check_rewards_role, rewards_account, schedule_mismatch
 from ingest.rollups import run_rollups
 from ingest.settings import Settings
 
@@ -357,6 +357,10 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         if rewards is not None:
             setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
             await check_rewards_role(node.distributor, rewards, setting)
+            e = settings.epochs
+            mismatch = await schedule_mismatch(node.distributor, e.genesis_ms, e.length_ms, e.emission)
+            if mismatch:  # a warning, not a stop: the contract refuses what does not fit, and alerts
+                log.warning("the distributor's emission schedule differs from the settings: %s", mismatch)
         await node.follower.load()
         tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:

@@ -13,11 +13,11 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain.deployment import Deployment, deploy_contracts
+from devices.chain.deployment import Deployment, Schedule, deploy_contracts
 from devices.chain.signer import Signer
 from ingest.dev.chain import anvil_path, dev_accounts, start_anvil
 
-__all__ = ["accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]
+__all__ = ["TEST_SCHEDULE", "accounts", "anvil_url", "deployer", "deployment", "make_signer", "signer", "w3"]
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,14 @@ def signer(make_signer: Callable[[LocalAccount], Signer], deployer: LocalAccount
     return make_signer(deployer)
 
 
+# Permissive for tests that are not about the schedule: 1-second epochs from 1970 (any epoch number a
+# test uses has ended), 10,000 tokens an epoch, no challenge window. tests/integration/test_guards.py
+# deploys its own tight schedules.
+TEST_SCHEDULE = Schedule(genesis_ms=0, epoch_length_ms=1_000, epoch_emission=10_000 * 10**18)
+
+
 @pytest.fixture
 async def deployment(w3: AsyncWeb3[Any], signer: Signer) -> Deployment:
-    """Fresh contracts for every test (~0.1 s on anvil): no state leaks between tests."""
-    return await deploy_contracts(w3, signer)
+    """Fresh contracts for every test (~0.1 s on anvil): no state leaks between tests. The deployer
+    also holds REWARDS_ROLE here, so tests publish with `signer` (deployments default to another key)."""
+    return await deploy_contracts(w3, signer, TEST_SCHEDULE, rewards_account=signer.address)

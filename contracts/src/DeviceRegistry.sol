@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {AccessControlDefaultAdminRules} from
+    "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 
 /// @title DeviceRegistry
 /// @notice device_id → {pubkey, owner, hwClass, assertedCell, status, registeredAt}. Every change emits an
 ///         event so the ingest service can mirror the registry by replaying logs from the deployment block.
-contract DeviceRegistry is AccessControl {
+contract DeviceRegistry is AccessControlDefaultAdminRules {
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
 
     uint8 public constant STATUS_NONE = 0;
@@ -61,9 +62,8 @@ contract DeviceRegistry is AccessControl {
     error MobileClassCell(uint16 hwClass);
     error InvalidCell(uint64 cell, uint8 h3Res);
 
-    constructor(address admin) {
-        if (admin == address(0)) revert ZeroAddress();
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    /// @dev The admin is handed over in two steps after `adminDelay` seconds (and never to address 0).
+    constructor(address admin, uint48 adminDelay) AccessControlDefaultAdminRules(adminDelay, admin) {
         _grantRole(OPERATOR_ROLE, admin);
         _setHwClass(1, "dashcam", 200, 9, true);
         _setHwClass(2, "weather", 0, 7, true);

@@ -15,6 +15,7 @@ CONTRACT_NAMES = ("DeviceRegistry", "RewardToken", "RewardDistributor")
 OPERATOR_ROLE = keccak(text="OPERATOR_ROLE")
 MINTER_ROLE = keccak(text="MINTER_ROLE")
 REWARDS_ROLE = keccak(text="REWARDS_ROLE")
+GUARDIAN_ROLE = keccak(text="GUARDIAN_ROLE")
 DEFAULT_ADMIN_ROLE = b"\x00" * 32
 
 

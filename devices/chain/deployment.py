@@ -10,8 +10,26 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
-from devices.chain.artifacts import MINTER_ROLE, REWARDS_ROLE
+from devices.chain.artifacts import GUARDIAN_ROLE, MINTER_ROLE, REWARDS_ROLE
 from devices.chain.signer import Signer
+from devices.errors import InputError
+
+TOKEN = 10**18
+ADMIN_DELAY_S = 2 * 86_400  # a stolen admin key must wait this long, in the open, to take the admin role
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """What the contracts enforce on chain, fixed at deploy: the service's epoch numbering (genesis and
+    length, so block time bounds the epoch a publish may name), the most one epoch may mint, the veto
+    window for a new root, the token's hard cap and the delay of an admin handover."""
+
+    genesis_ms: int
+    epoch_length_ms: int
+    epoch_emission: int
+    challenge_window_s: int = 0
+    supply_cap: int = 10**9 * TOKEN
+    admin_delay_s: int = ADMIN_DELAY_S
 
 
 @dataclass
@@ -42,17 +60,35 @@ class Deployment:
 
 
 async def deploy_contracts(
-    w3: AsyncWeb3[Any], signer: Signer, *, rewards_account: str | None = None
+    w3: AsyncWeb3[Any],
+    signer: Signer,
+    schedule: Schedule,
+    *,
+    rewards_account: str,
+    guardian: str | None = None,
 ) -> Deployment:
-    """Deploy registry, token and distributor with `signer` as admin; wire MINTER_ROLE and REWARDS_ROLE."""
+    """Deploy registry, token and distributor with `signer` as admin; MINTER_ROLE to the distributor,
+    REWARDS_ROLE to `rewards_account` (the service's hot key: pass another account than the deployer's),
+    GUARDIAN_ROLE (veto of a pending root) to `guardian`, by default the admin."""
     admin = signer.address
-    registry, r0 = await signer.deploy("DeviceRegistry", admin)
-    token, _ = await signer.deploy("RewardToken", admin)
-    distributor, _ = await signer.deploy("RewardDistributor", admin, token.address)
-    await signer.send(token.functions.grantRole(MINTER_ROLE, distributor.address))
-    await signer.send(
-        distributor.functions.grantRole(REWARDS_ROLE, to_checksum_address(rewards_account or admin))
+    if int(rewards_account, 16) == 0:
+        raise InputError("the rewards account must not be the zero address")
+    s = schedule
+    registry, r0 = await signer.deploy("DeviceRegistry", admin, s.admin_delay_s)
+    token, _ = await signer.deploy("RewardToken", admin, s.admin_delay_s, s.supply_cap)
+    distributor, _ = await signer.deploy(
+        "RewardDistributor",
+        admin,
+        s.admin_delay_s,
+        token.address,
+        s.genesis_ms,
+        s.epoch_length_ms,
+        s.epoch_emission,
+        s.challenge_window_s,
     )
+    await signer.send(token.functions.grantRole(MINTER_ROLE, distributor.address))
+    await signer.send(distributor.functions.grantRole(REWARDS_ROLE, to_checksum_address(rewards_account)))
+    await signer.send(distributor.functions.grantRole(GUARDIAN_ROLE, to_checksum_address(guardian or admin)))
     return Deployment(
         chain_id=await signer.chain_id(),
         registry=registry.address,

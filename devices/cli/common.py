@@ -17,7 +17,13 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import Web3Exception, Web3RPCError
 from web3.types import TxReceipt
 
-from devices.chain.artifacts import DEFAULT_ADMIN_ROLE, MINTER_ROLE, OPERATOR_ROLE, REWARDS_ROLE
+from devices.chain.artifacts import (
+    DEFAULT_ADMIN_ROLE,
+    GUARDIAN_ROLE,
+    MINTER_ROLE,
+    OPERATOR_ROLE,
+    REWARDS_ROLE,
+)
 from devices.chain.deployment import Deployment
 from devices.chain.registry import RegistryClient
 from devices.chain.signer import Signer
@@ -30,6 +36,7 @@ ROLE_NAMES = {
     OPERATOR_ROLE: "OPERATOR_ROLE",
     MINTER_ROLE: "MINTER_ROLE",
     REWARDS_ROLE: "REWARDS_ROLE",
+    GUARDIAN_ROLE: "GUARDIAN_ROLE",
     DEFAULT_ADMIN_ROLE: "DEFAULT_ADMIN_ROLE",
 }
 

@@ -33,6 +33,13 @@ class DistributorChain:
         raw, tx_hash, nonce = await self._signer().sign(self.client.publish_epoch_fn(epoch, root, total))
         return raw, tx_hash, nonce
 
+    async def revert_reason(self, epoch: int, root: bytes, total: int) -> ChainError | None:
+        try:
+            await self.client.check_publish(epoch, root, total)
+        except ChainError as exc:
+            return exc
+        return None
+
     async def broadcast(self, raw: bytes) -> None:
         await self._signer().broadcast(raw)
 

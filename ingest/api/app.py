@@ -254,7 +254,7 @@ async def epoch_manifest(request: web.Request) -> web.StreamResponse:
 
 
 async def owner_proof(request: web.Request) -> web.Response:
-    """What an owner needs to call RewardDistributor.claim(epoch, account, cumulative, proof)."""
+    """What an owner needs to call RewardDistributor.claim(account, cumulative, proof) (README Rewards)."""
     address = _address(request.match_info["address"])
     store = request.app[STORE]
     epoch = _int_param(request, "epoch", 0, lo=1, hi=INT64_MAX)

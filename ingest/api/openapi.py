@@ -259,7 +259,8 @@ OPENAPI: dict[str, Any] = {
                     ),
                     _q(
                         "epoch",
-                        "default: the latest closed epoch",
+                        "default: the latest closed epoch; a claim needs the proof of the epoch "
+                        "whose root is claimable on chain (RewardDistributor.claimableRoot)",
                         {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
                     ),
                 ],

@@ -127,7 +127,8 @@ def cell_feature(c: CellCoverage, as_of_ms: int) -> dict[str, Any]:
 
 
 def owner_proof_json(epoch: int, account: str, r: OwnerReward) -> dict[str, Any]:
-    """What an owner needs to call RewardDistributor.claim(epoch, account, cumulative, proof)."""
+    """What an owner needs to call RewardDistributor.claim(account, cumulative, proof); the proof is
+    valid against the epoch's root, so claim with the epoch the distributor's claimableRoot() names."""
     return {
         "epoch": epoch,
         "account": account,

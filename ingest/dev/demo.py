@@ -31,7 +31,7 @@ import aiohttp
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from devices.chain.deployment import deploy_contracts
+from devices.chain.deployment import Schedule, deploy_contracts
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
@@ -188,7 +188,14 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
         operator, rewards_acct = accounts[0], accounts[1]
         say(f"chain up: {chain_desc}")
         op_signer = Signer(w3, operator)
-        deployment = await deploy_contracts(w3, op_signer, rewards_account=rewards_acct.address)
+        # The contract numbers epochs like the service (genesis, length) and caps each epoch's mint.
+        genesis_ms = time.time_ns() // 1_000_000
+        schedule = Schedule(
+            genesis_ms=genesis_ms,
+            epoch_length_ms=int(opts.epoch_seconds * 1000),
+            epoch_emission=base.epoch_emission,
+        )
+        deployment = await deploy_contracts(w3, op_signer, schedule, rewards_account=rewards_acct.address)
         deployment.save(run_dir / "deployment.json")
         say(f"contracts deployed: registry {deployment.registry}, distributor {deployment.distributor}")
 
@@ -201,7 +208,6 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
         )
         say(f"registered {len(fleet)} devices on chain for {len(owners)} owners")
 
-        genesis_ms = time.time_ns() // 1_000_000
         mqtt = MqttConfig(
             host=broker.host,
             port=broker.port,
@@ -402,7 +408,6 @@ async def _claim_one(
     await Signer(w3, funder).send_value(owner.address, 10**17)  # gas money for the owner's claim
     client = DistributorClient(w3, deployment, Signer(w3, owner))
     _, paid = await client.claim(
-        epoch,
         owner.address,
         int(proof["cumulative"]),
         [bytes.fromhex(p.removeprefix("0x")) for p in proof["proof"]],

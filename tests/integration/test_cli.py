@@ -19,11 +19,13 @@ from typing import Any
 
 import h3
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from devices.chain.artifacts import OPERATOR_ROLE
+from devices.chain.artifacts import GUARDIAN_ROLE, OPERATOR_ROLE, REWARDS_ROLE
 from devices.chain.deployment import Deployment
+from devices.chain.distributor import DistributorClient
 from devices.chain.registry import RegistryClient
 from devices.keys import load_identity, new_identity
 from devices.protocol.model import DeviceRecord
@@ -155,6 +157,29 @@ async def test_contracts_deploy_writes_the_deployment_file(
     # the new file is immediately usable by the other commands
     hw = await cli.ok("hw", "list", "--deployment", str(out_file))
     assert "dashcam" in hw
+
+
+async def test_contracts_deploy_gives_rewards_role_to_a_new_key_not_the_deployer(
+    cli: Cli, w3: AsyncWeb3[Any], deployer: LocalAccount
+) -> None:
+    """The publishing key is hot (it lives on the service host): by default it is a fresh key written
+    beside the deployment file, never the deployer's admin key."""
+    out_file = cli.dir / "own" / "deployment.json"
+    out = await cli.ok("contracts", "deploy", "--out", str(out_file), "--challenge-window-s", "60")
+    key_file = out_file.parent / "rewards.key"
+    assert f"new rewards key written to {key_file}" in out
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    rewards = Account.from_key(key_file.read_text().strip()).address
+    assert rewards in out
+    dist = DistributorClient(w3, Deployment.load(out_file)).contract
+    assert await dist.functions.hasRole(REWARDS_ROLE, rewards).call()
+    assert not await dist.functions.hasRole(REWARDS_ROLE, deployer.address).call()
+    assert await dist.functions.hasRole(GUARDIAN_ROLE, deployer.address).call()
+    assert await dist.functions.challengeWindow().call() == 60
+    assert await dist.functions.defaultAdminDelay().call() == 2 * 86_400
+    # A second deploy beside it reuses the key (no second key to lose track of).
+    again = await cli.ok("contracts", "deploy", "--out", str(out_file), "--force")
+    assert "new rewards key" not in again and rewards in again
 
 
 async def test_contracts_deploy_refuses_to_overwrite_without_force(

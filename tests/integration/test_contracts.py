@@ -25,6 +25,7 @@ from devices.protocol.model import DeviceRecord
 from devices.protocol.registry_fold import HwClassInfo, apply_events, apply_hw_class_events
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.dev.chain import start_eth_tester
+from tests.fixtures_chain import TEST_SCHEDULE
 
 pytestmark = pytest.mark.integration
 
@@ -328,7 +329,8 @@ async def test_publish_epoch_exactly_once(distributor: DistributorClient, deploy
         await distributor.publish_epoch(1, b"\x22" * 32, 1)
     assert err.value.error_name == "EpochNotAfterLatest"
     assert err.value.error_args == (1, 1)
-    await distributor.publish_epoch(3, b"\x33" * 32, 0)  # gaps allowed (epochs without rewards)
+    # Gaps allowed (epochs without rewards); the total is cumulative: the same total mints nothing.
+    await distributor.publish_epoch(3, b"\x33" * 32, 1_000 * DPR)
     with pytest.raises(ChainError, match="EpochNotAfterLatest"):
         await distributor.publish_epoch(2, b"\x22" * 32, 1)  # but never backwards
     with pytest.raises(ChainError, match="ZeroRoot"):
@@ -353,44 +355,52 @@ async def test_claims_with_python_merkle_proofs(
     # A relayer (stranger) submits; tokens go to the owner.
     relayer = DistributorClient(w3, deployment, make_signer(accounts[9]))
     o = owners[2]
-    rcpt, paid = await relayer.claim(1, o, epoch1[o], tree1.proof(o))
+    rcpt, paid = await relayer.claim(o, epoch1[o], tree1.proof(o))
+    assert rcpt is not None
     print(f"\n[gas] claim (7 leaves, proof of {len(tree1.proof(o))}): {rcpt['gasUsed']}")
     assert 40_000 < rcpt["gasUsed"] < 120_000
     assert paid == epoch1[o] and await distributor.token_balance(o) == epoch1[o]
     assert await distributor.claimed(o) == epoch1[o]
 
-    _, paid = await relayer.claim(1, o, epoch1[o], tree1.proof(o))  # second claim: no revert, pays 0
-    assert paid == 0 and await distributor.token_balance(o) == epoch1[o]
+    # A second claim: the client sends nothing (it would pay 0 and burn gas)...
+    sent = await w3.eth.get_transaction_count(accounts[9].address)
+    again, paid = await relayer.claim(o, epoch1[o], tree1.proof(o))
+    assert again is None and paid == 0
+    assert await w3.eth.get_transaction_count(accounts[9].address) == sent
+    # ...and the contract, if sent one anyway, pays 0 without reverting.
+    rcpt = await make_signer(accounts[9]).send(relayer.contract.functions.claim(o, epoch1[o], tree1.proof(o)))
+    [event] = relayer.contract.events.Claimed().process_receipt(rcpt)
+    assert event["args"]["amount"] == 0 and await distributor.token_balance(o) == epoch1[o]
 
     with pytest.raises(ChainError) as err:  # inflated amount
-        await relayer.claim(1, o, epoch1[o] + 1, tree1.proof(o))
+        await relayer.claim(o, epoch1[o] + 1, tree1.proof(o))
     assert err.value.error_name == "InvalidProof"
     with pytest.raises(ChainError, match="InvalidProof"):  # someone else's proof
-        await relayer.claim(1, o, epoch1[o], tree1.proof(owners[3]))
-    with pytest.raises(ChainError, match="UnknownEpoch"):
-        await relayer.claim(2, o, epoch1[o], tree1.proof(o))
+        await relayer.claim(owners[3], epoch1[owners[3]], tree1.proof(owners[4]))
 
     # Epoch 2: cumulative totals grow; claiming against it pays only the difference.
     epoch2 = {k: v + 5 * DPR for k, v in epoch1.items()}
     epoch2[accounts[8].address] = 7 * DPR  # a new owner
     tree2 = CumulativeMerkleTree(list(epoch2.items()))
-    await distributor.publish_epoch(2, tree2.root, sum(epoch2.values()) - sum(epoch1.values()))
-    _, paid = await relayer.claim(2, o, epoch2[o], tree2.proof(o))
+    await distributor.publish_epoch(2, tree2.root, sum(epoch2.values()))  # the cumulative total
+    supply = await distributor.token.functions.totalSupply().call()
+    assert supply == sum(epoch2.values())  # only the difference was minted
+    _, paid = await relayer.claim(o, epoch2[o], tree2.proof(o))
     assert paid == 5 * DPR and await distributor.token_balance(o) == epoch2[o]
-    # An old epoch's smaller cumulative is harmless.
-    _, paid = await relayer.claim(1, o, epoch1[o], tree1.proof(o))
-    assert paid == 0
+    # Claims are against the latest root only: an old proof no longer verifies.
+    with pytest.raises(ChainError, match="InvalidProof"):
+        await relayer.claim(owners[3], epoch1[owners[3]], tree1.proof(owners[3]))
 
     # Someone who never claimed epoch 1 collects both epochs in one claim.
     late = owners[4]
     _, paid = await DistributorClient(w3, deployment, make_signer(accounts[5])).claim(
-        2, late, epoch2[late], tree2.proof(late)
+        late, epoch2[late], tree2.proof(late)
     )
     assert paid == epoch2[late]
 
     # Everyone claims: the distributor ends with exactly what is still owed.
     for acct, amount in epoch2.items():
-        await relayer.claim(2, acct, amount, tree2.proof(acct))
+        await relayer.claim(acct, amount, tree2.proof(acct))
     assert await distributor.token_balance(deployment.distributor) == 0
     assert sum([await distributor.token_balance(a) for a in epoch2]) == sum(epoch2.values())
 
@@ -401,7 +411,7 @@ async def test_single_owner_tree_claims_with_empty_proof(
     o = accounts[1].address
     tree = CumulativeMerkleTree([(o, 42)])
     await distributor.publish_epoch(1, tree.root, 42)
-    _, paid = await distributor.claim(1, o, 42, [])
+    _, paid = await distributor.claim(o, 42, [])
     assert paid == 42
 
 
@@ -416,12 +426,12 @@ async def test_crash_safe_publish_sign_then_broadcast(
     # A restart rebroadcasts the journaled bytes: idempotent even though the tx is already mined.
     assert await signer.broadcast(signed.raw_tx) == signed.tx_hash
     # A different tx signed with a nonce that is already used is reported, not silently dropped.
-    stale = await Signer(w3, signer.account).sign(distributor.publish_epoch_fn(5, b"\x66" * 32, 0))
-    await distributor.publish_epoch(2, b"\x55" * 32, 0)
+    stale = await Signer(w3, signer.account).sign(distributor.publish_epoch_fn(5, b"\x66" * 32, 10))
+    await distributor.publish_epoch(2, b"\x55" * 32, 10)
     with pytest.raises(NonceTooLowError):
         await signer.broadcast(stale.raw_tx)
     # The signer recovers its nonce for the next send.
-    await distributor.publish_epoch(3, b"\x77" * 32, 0)
+    await distributor.publish_epoch(3, b"\x77" * 32, 10)
     assert await distributor.latest_epoch() == 3
 
 
@@ -439,7 +449,7 @@ async def test_eth_tester_fallback_publish_and_claim() -> None:
     """The demo's no-Node path: same bytecode, same client code, in-process py-evm."""
     async with start_eth_tester() as (w3, accts):
         signer = Signer(w3, accts[0], poll_latency=0.01)
-        deployment = await deploy_contracts(w3, signer)
+        deployment = await deploy_contracts(w3, signer, TEST_SCHEDULE, rewards_account=signer.address)
         reg = RegistryClient(w3, deployment, signer)
         await reg.register(did("e"), pk("e"), accts[1].address, 1, 0)
         events = await reg.fetch_events(deployment.block, await w3.eth.block_number)
@@ -449,10 +459,10 @@ async def test_eth_tester_fallback_publish_and_claim() -> None:
         entries = [(accts[1].address, 3 * DPR), (accts[2].address, 4 * DPR)]
         tree = CumulativeMerkleTree(entries)
         await dist.publish_epoch(1, tree.root, 7 * DPR)
-        _, paid = await dist.claim(1, accts[1].address, 3 * DPR, tree.proof(accts[1].address))
+        _, paid = await dist.claim(accts[1].address, 3 * DPR, tree.proof(accts[1].address))
         assert paid == 3 * DPR and await dist.token_balance(accts[1].address) == 3 * DPR
         with pytest.raises(ChainError) as err:
             await dist.publish_epoch(1, tree.root, 1)
         assert err.value.error_name == "EpochNotAfterLatest"
         with pytest.raises(ChainError, match="InvalidProof"):
-            await dist.claim(1, accts[2].address, 5 * DPR, tree.proof(accts[2].address))
+            await dist.claim(accts[2].address, 5 * DPR, tree.proof(accts[2].address))

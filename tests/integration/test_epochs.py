@@ -26,6 +26,7 @@ from devices.chain.artifacts import REWARDS_ROLE
 from devices.chain.deployment import Deployment
 from devices.chain.distributor import DistributorClient
 from devices.chain.signer import Signer
+from devices.errors import ChainError
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.distributor import DistributorChain
@@ -198,15 +199,19 @@ async def test_fresh_database_starts_at_the_earliest_reading_and_closes_every_ep
     token_supply = await world.distributor.token.functions.totalSupply().call()
     assert token_supply == stored[7].allocated + stored[9].allocated
     assert await world.distributor.latest_epoch() == 10
-    # A claim against the empty epoch 8 pays the owner's cumulative amount of epoch 7.
+    # The empty epoch 8 carries the owner's cumulative amount of epoch 7.
     owner = accounts[2]
-    reward = await world.store.owner_reward(8, owner.address)
-    assert reward is not None and reward.amount == 0
+    reward8 = await world.store.owner_reward(8, owner.address)
+    assert reward8 is not None and reward8.amount == 0
     before7 = await world.store.owner_reward(7, owner.address)
-    assert before7 is not None and reward.cumulative == before7.cumulative > 0
+    assert before7 is not None and reward8.cumulative == before7.cumulative > 0
+    # Claims are against the latest root only (epoch 10's, the tree of 9): epoch 8's proof is stale.
     claimer = DistributorClient(world.w3, world.deployment, make_signer(owner))
-    proof = reward.proof
-    _, paid = await claimer.claim(8, owner.address, reward.cumulative, proof)
+    with pytest.raises(ChainError, match="InvalidProof"):
+        await claimer.claim(owner.address, reward8.cumulative, reward8.proof)
+    reward = await world.store.owner_reward(10, owner.address)
+    assert reward is not None and reward.cumulative > reward8.cumulative
+    _, paid = await claimer.claim(owner.address, reward.cumulative, reward.proof)
     assert paid == reward.cumulative
     # Closed in order, one INFO line per epoch closed and per epoch published.
     closes = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
@@ -263,7 +268,7 @@ async def test_nobody_earned_yet_settles_without_a_tx(world: World, store: Store
     await assert_on_chain(world, stored)
 
 
-async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
+async def test_failures_are_retried_never_skipped_and_refusals_are_marked_not_retried(
     world: World,
     accounts: list[LocalAccount],
     make_signer: Any,
@@ -288,23 +293,32 @@ async def test_failures_are_logged_with_the_epoch_and_retried_never_skipped(
     assert failures[0].exc_info and not failures[1].exc_info  # one traceback per streak
     assert {n: e.status for n, e in (await world.stored()).items()} == {1: "closed"}
 
-    # 2) The chain is back but the key lacks REWARDS_ROLE: publishEpoch reverts; still epoch 1, retried.
+    # 2) The chain is back but the key lacks REWARDS_ROLE: the contract refuses the publish for good
+    #    (AccessControlUnauthorizedAccount, seen at the estimate): each due epoch is marked 'refused'
+    #    with an alert instead of being retried forever, and nothing is sent.
     caplog.clear()
     stranger = accounts[7]
     epochs.chain = DistributorChain(DistributorClient(world.w3, world.deployment, make_signer(stranger)))
-    await clock.run_until(epochs, clock.now + 1_000 + 2_000)
-    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert failures and all("publishing epoch 1 failed" in m for m in failures)
-    assert await world.distributor.root_of(1) == b"\0" * 32
+    await clock.run_until(epochs, clock.now + 1_000)
+    stored = await world.stored()
+    assert {n: e.status for n, e in stored.items()} == {1: "refused", 2: "refused"}
+    assert stored[1].raw_tx is None and await world.distributor.root_of(1) == b"\0" * 32
+    messages = [r.getMessage() for r in caplog.records]
+    alerts = [m for m in messages if m.startswith("ALERT")]
+    assert [m.split()[2] for m in alerts] == ["1:", "2:"]
+    assert all("AccessControlUnauthorizedAccount" in m for m in alerts)
+    assert not any("failed" in m for m in messages)
 
-    # 3) The role is granted: epoch 1 then epoch 2 are published, each once, none skipped.
+    # 3) The role is granted: epoch 3's cumulative root pays what epochs 1 and 2 earned too.
     await world.distributor.signer.send(  # type: ignore[union-attr]
         world.distributor.contract.functions.grantRole(REWARDS_ROLE, stranger.address)
     )
-    await clock.run_until(epochs, clock.now + 1_000)  # epoch 3 is not due yet
+    await world.readings_in(3)
+    await clock.run_until(epochs, world.end(3) + GRACE)
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "published", 2: "published"}
-    await assert_on_chain(world, stored)
+    assert {n: e.status for n, e in stored.items()} == {1: "refused", 2: "refused", 3: "published"}
+    supply = await world.distributor.token.functions.totalSupply().call()
+    assert supply == sum(e.allocated for e in stored.values()) > stored[3].allocated
 
 
 async def test_the_scheduler_survives_a_database_error_before_any_epoch_is_known(
@@ -363,7 +377,7 @@ async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
     assert any("standing by" in m for m in messages)
 
 
-async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_signed(
+async def test_a_publish_found_on_chain_is_adopted_and_a_mined_refusal_is_marked(
     world: World, accounts: list[LocalAccount], make_signer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="ingest.epochs")
@@ -383,7 +397,7 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_sign
     raw, tx_hash, nonce = await signer.sign(call, gas=300_000)  # explicit gas: no estimate to refuse it
     await world.store.journal_tx(2, raw, tx_hash, nonce)
     other = DistributorClient(world.w3, world.deployment, make_signer(accounts[6]))
-    await other.publish_epoch(3, b"\x33" * 32, 0)
+    await other.publish_epoch(3, b"\x33" * 32, e1.allocated)  # the cumulative total so far
 
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(epochs, clock.now + 1_000 + 2_000)
@@ -391,13 +405,14 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_revert_is_re_sign
     manual_tx = bytes(receipt["transactionHash"])
     assert (stored[1].status, stored[1].tx_hash) == ("published", manual_tx)
     assert (await world.published_on_chain())[1] == 1  # adopted, not published twice
-    assert stored[2].status == "closed" and stored[2].raw_tx is None  # the reverted tx is forgotten
+    # The mined revert is decoded (replayed at the latest block): EpochNotAfterLatest can never pass,
+    # so epoch 2 is marked 'refused', its journal cleared, and it is not retried.
+    assert stored[2].status == "refused" and stored[2].raw_tx is None
     messages = [r.getMessage() for r in caplog.records]
     assert any("epoch 1 published: " in m and "(found on chain)" in m for m in messages)
-    failures = [m for m in messages if "failed" in m]
-    assert failures[0].startswith("publishing epoch 2 failed (attempt 1): publishEpoch(2) reverted in tx")
-    assert all(m.startswith("publishing epoch 2 failed") for m in failures)  # never skipped to 3
-    assert "EpochNotAfterLatest" in failures[1]  # re-signed: now refused at the estimate
+    assert not [m for m in messages if "failed" in m]
+    [alert] = [m for m in messages if m.startswith("ALERT")]
+    assert alert.startswith("ALERT epoch 2:") and "EpochNotAfterLatest(2, 3)" in alert
 
 
 async def test_without_a_rewards_key_epochs_are_closed_then_published_oldest_first_once_there_is_one(

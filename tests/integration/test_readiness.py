@@ -91,7 +91,9 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
             report = await wait_for(lambda: status(api, 200, []), 10, "the API-only process to be ready")
             assert report["parts"] == ["api"] and "mqtt" not in report and "chain_rpc" not in report
 
-            # 1) An epoch that cannot be published: the key lost REWARDS_ROLE after the start.
+            # 1) An epoch that cannot be published: the key lost REWARDS_ROLE after the start. The
+            #    contract's refusal is final for that epoch (marked 'refused', not retried): /readyz
+            #    keeps naming it until a later epoch is published.
             await signer.send(distributor.contract.functions.revokeRole(REWARDS_ROLE, rewards.address))
             now = time.time_ns() // 1_000_000
             await publish_resilient(
@@ -102,6 +104,7 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
             metrics = await svc.metrics()
             assert metrics["depin_epoch_publish_failing"] == 1.0
             assert time.time() - metrics["depin_epoch_last_error_timestamp_seconds"] < 30
+            assert metrics["depin_epochs_refused_total"] >= 1
             await signer.send(distributor.contract.functions.grantRole(REWARDS_ROLE, rewards.address))
             await wait_for(lambda: status(svc, 200, []), 30, "/readyz 200 once the role is back")
 

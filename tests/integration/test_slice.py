@@ -133,8 +133,8 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
     assert expected > 0 and int(proof["cumulative"]) == expected
     claimer = DistributorClient(w3, deployment, make_signer(owner))
     before = await claimer.token_balance(owner.address)
-    _, paid = await claimer.claim(1, owner.address, expected, [bytes.fromhex(p[2:]) for p in proof["proof"]])
+    _, paid = await claimer.claim(owner.address, expected, [bytes.fromhex(p[2:]) for p in proof["proof"]])
     assert paid == expected
     assert await claimer.token_balance(owner.address) - before == expected
-    _, again = await claimer.claim(1, owner.address, expected, [bytes.fromhex(p[2:]) for p in proof["proof"]])
+    _, again = await claimer.claim(owner.address, expected, [bytes.fromhex(p[2:]) for p in proof["proof"]])
     assert again == 0

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from devices.errors import DepinError, NonceTooLowError
+from devices.errors import ChainError, DepinError, NonceTooLowError
 from ingest.adapters.store.rows import EpochRow
 from ingest.epochs import (
     EpochConfig,
@@ -88,6 +88,15 @@ class Journal:
         self._update(epoch, status="published", tx_hash=tx_hash, block_number=block)
         return True
 
+    async def mark_refused(self, epoch: int, reason: str) -> bool:
+        self.log.append(f"refused: {reason}")
+        self._update(epoch, status="refused", raw_tx=None, tx_hash=None, tx_nonce=None)
+        return True
+
+    async def cumulative_by_owner(self, before_epoch: int) -> dict[str, int]:
+        # One owner holding everything allocated so far: the cumulative total is their sum.
+        return {"0xOwner": sum(r.allocated for n, r in self.rows.items() if n < before_epoch)}
+
     async def settle_without_tx(self, epoch: int) -> bool:
         self.log.append("settled")
         self._update(epoch, status="settled")
@@ -108,16 +117,25 @@ class Chain:
     broadcasts: list[bytes] = field(default_factory=list)
     block: int = 100
     revert: bool = False
+    refuse: str | None = None  # the contract's error for every publish (seen at the estimate and replay)
+    refuse_at_sign: bool = True  # False: the estimate passed, the mined tx reverts with `refuse`
     mine: bool = True  # False: the node accepts a broadcast but never mines it
     crash_on: str | None = None  # "broadcast" or "receipt": the process dies there, once
     receipt_lag: int = 0  # receipt reads that miss a mined tx (the nonce already counts it)
     stolen: bool = False  # another wallet takes each nonce right after we sign at it
     pending: dict[bytes, tuple[int, int, bytes]] = field(default_factory=dict)  # raw → (epoch, nonce, root)
+    totals: list[int] = field(default_factory=list)  # the total of each publish signed
+
+    async def revert_reason(self, epoch: int, root: bytes, total: int) -> ChainError | None:
+        return ChainError(f"{self.refuse}(...)", error_name=self.refuse) if self.refuse else None
 
     async def root_of(self, epoch: int) -> bytes:
         return self.roots.get(epoch, b"\x00" * 32)
 
     async def sign_publish(self, epoch: int, root: bytes, total: int) -> tuple[bytes, bytes, int]:
+        self.totals.append(total)
+        if self.refuse and self.refuse_at_sign:
+            raise ChainError(f"publishEpoch reverted: {self.refuse}(...)", error_name=self.refuse)
         nonce, self.next_nonce = self.next_nonce, self.next_nonce + 1
         raw = b"publishEpoch(%d,%s,%d) nonce %d" % (epoch, root.hex().encode(), total, nonce)
         self.pending[raw] = (epoch, nonce, root)
@@ -139,7 +157,7 @@ class Chain:
         if self.mine:
             self.used_nonces.add(nonce)
             self.block += 1
-            status = 0 if self.revert or epoch in self.roots else 1
+            status = 0 if self.revert or self.refuse or epoch in self.roots else 1
             if status:
                 self.roots[epoch] = root
                 self.events[epoch] = (tx_hash, self.block)
@@ -316,3 +334,40 @@ async def test_what_cannot_be_published_is_a_depin_error() -> None:
     for error in (NoRewardsKeyError, NoChainError, EpochNotClosedError, RootMismatchError):
         assert issubclass(error, DepinError)
     assert not publisher(journal, chain).can_publish and publisher(journal, Chain([])).can_publish
+
+
+async def test_the_publish_carries_the_cumulative_total() -> None:
+    journal, chain, _ = world()
+    journal.closed(2, allocated=300)
+    await publisher(journal, chain).publish(1)
+    await publisher(journal, chain).publish(2)
+    assert chain.totals == [500, 800]  # the contract mints only the difference
+
+
+@pytest.mark.parametrize("at_sign", [True, False])
+async def test_a_refusal_marks_the_epoch_refused_and_is_not_retried(at_sign: bool) -> None:
+    """Refused at the estimate (no nonce spent) or mined and reverted (the replay names the error):
+    either way the epoch is final as 'refused', the journal is empty, and a second call sends nothing."""
+    journal, chain, log = world(refuse="EpochNotAfterLatest", refuse_at_sign=at_sign)
+    epochs = publisher(journal, chain)
+    row = await epochs.publish(1)
+    assert row.status == "refused" and row.raw_tx is None
+    assert epochs.failing and "publishing epoch 1 refused" in (epochs.last_error or "")
+    assert log[-1].startswith("refused: ") and "EpochNotAfterLatest" in log[-1]
+    sent = len(chain.broadcasts)
+    assert sent == (0 if at_sign else 1)
+    assert (await publisher(journal, chain).publish(1)).status == "refused"
+    assert len(chain.broadcasts) == sent
+    # Reported as failing (readiness) until a later epoch is published.
+    chain.refuse = None
+    journal.closed(2)
+    assert (await epochs.publish(2)).status == "published"
+    epochs._set_failing(None)  # what the scheduler does after a successful step
+    assert not epochs.failing
+
+
+async def test_a_refusal_that_time_lifts_is_an_error_for_the_scheduler_to_retry() -> None:
+    journal, chain, _ = world(refuse="ChallengeWindowOpen")
+    with pytest.raises(ChainError, match="ChallengeWindowOpen"):
+        await publisher(journal, chain).publish(1)
+    assert journal.rows[1].status == "closed"

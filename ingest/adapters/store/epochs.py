@@ -216,6 +216,17 @@ class EpochStore(PoolStore):
         )
         return status == "UPDATE 1"
 
+    async def mark_refused(self, epoch: int, reason: str) -> bool:
+        """The contract refused the epoch's publish for good: final, journal cleared, never retried."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET status = 'refused', refused = $2, raw_tx = NULL, tx_hash = NULL,
+                   tx_nonce = NULL
+               WHERE epoch = $1 AND status = 'closed'""",
+            epoch,
+            reason,
+        )
+        return status == "UPDATE 1"
+
     async def settle_without_tx(self, epoch: int) -> bool:
         """An epoch that commits to nothing (nobody has ever earned) is final without a transaction."""
         status = await self.pool.execute(

@@ -127,7 +127,8 @@ class EpochRewards:
 
 @dataclass(frozen=True, slots=True)
 class EpochRow:
-    """A closed epoch, its publish journal and where it stands ('closed', 'published', 'settled')."""
+    """A closed epoch, its publish journal and where it stands ('closed', 'published', 'settled',
+    'refused')."""
 
     epoch: int
     start_ms: int
