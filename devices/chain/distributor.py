@@ -81,6 +81,11 @@ class DistributorClient(ContractClient):
         )
         return receipt, paid
 
+    async def transfer(self, to: str, amount: int) -> TxReceipt:
+        """Send `amount` reward tokens from the signer to `to`."""
+        fn = self.token.functions.transfer(to_checksum_address(to), amount)
+        return await self._signer().send(fn)
+
     async def claimed(self, account: str) -> int:
         return int(await self._call(self.contract.functions.claimed(to_checksum_address(account))))
 

@@ -35,6 +35,7 @@ from devices.chain.deployment import Schedule, deploy_contracts
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
+from devices.claims import api_proofs, claim_rewards
 from devices.keys import DeviceIdentity, new_identity, save_identity
 from devices.sdk import BrokerLogin
 from ingest.adapters.db import embedded_postgres, recreate_database
@@ -397,28 +398,20 @@ async def _published(node: Any, epoch: int, tasks: list[asyncio.Task[None]], tim
 async def _claim_one(
     w3: AsyncWeb3, deployment: Any, api_url: str, owners: list[Any], epoch: int, funder: Any
 ) -> dict[str, Any]:
-    """The first owner fetches its proof from the API and claims on chain with its own key."""
+    """The first owner claims as `depin claim` does (devices/claims.py): its proof from the API for
+    the claimable root, then a claim signed with its own key."""
     owner = owners[0]
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{api_url}/v1/owners/{owner.address}/proof", params={"epoch": str(epoch)}) as resp,
-    ):
-        resp.raise_for_status()
-        proof = await resp.json()
     await Signer(w3, funder).send_value(owner.address, 10**17)  # gas money for the owner's claim
     client = DistributorClient(w3, deployment, Signer(w3, owner))
-    _, paid = await client.claim(
-        owner.address,
-        int(proof["cumulative"]),
-        [bytes.fromhex(p.removeprefix("0x")) for p in proof["proof"]],
-    )
+    async with aiohttp.ClientSession() as http:
+        result = await claim_rewards(client, owner.address, api_proofs(api_url, http))
     balance = await client.token_balance(owner.address)
-    say(f"owner {owner.address} claimed {paid} base units (balance {balance})")
+    say(f"owner {owner.address} claimed {result.paid} base units (balance {balance})")
     return {
         "owner": owner.address,
-        "epoch": epoch,
-        "claimed": str(paid),
-        "expected": proof["cumulative"],
+        "epoch": result.epoch or epoch,
+        "claimed": str(result.paid),
+        "expected": str(result.cumulative),
         "balance": str(balance),
     }
 
