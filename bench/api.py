@@ -466,24 +466,24 @@ async def measure(
         line("no key (DEPIN_API_KEYS=off)", 16, f)
         say(f"  overhead: p50 {k.p50 - f.p50:+.1f} ms, req/s {(k.rps / f.rps - 1) * 100:+.0f} %")
 
-    total, heap, idx = await sizes(pool)
-    share = idx / heap * 100 if heap else 0.0
-    say(
-        f"\nreadings as written: {total / 2**20:,.0f} MiB in all, table {heap / 2**20:,.0f} MiB, "
-        f"indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the table"
-    )
-    await print_indexes(pool)
+    await report_sizes(pool, "\nreadings as written")
     # What the partition upkeep does once the day has been over DEPIN_READINGS_COMPACT_AFTER_DAYS.
     parts = PartitionStore(pool)
     started = time.perf_counter()
     for name in (await parts.partition_days()).values():
         await parts.compact_partition(name)
-    took = time.perf_counter() - started
+    await report_sizes(
+        pool, f"after the day's compaction ({time.perf_counter() - started:.1f} s)", target=True
+    )
+
+
+async def report_sizes(pool: asyncpg.Pool, label: str, *, target: bool = False) -> None:
     total, heap, idx = await sizes(pool)
     share = idx / heap * 100 if heap else 0.0
+    check = f"  target ≤ 40 % {mark(share <= 40)}" if target else ""
     say(
-        f"after the day's compaction ({took:.1f} s): indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the "
-        f"table  target ≤ 40 % {mark(share <= 40)}"
+        f"{label}: {total / 2**20:,.0f} MiB in all, table {heap / 2**20:,.0f} MiB, "
+        f"indexes {idx / 2**20:,.0f} MiB = {share:.0f} % of the table{check}"
     )
     await print_indexes(pool)
 
