@@ -41,6 +41,7 @@ ALL_MIGRATIONS = [
     "012_epoch_summary.sql",
     "013_readings_blocks.sql",
     "014_readings_hourly.sql",
+    "015_scoring.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -133,6 +134,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("012_epoch_summary", "native"),
             ("013_readings_blocks", "native"),
             ("014_readings_hourly", "native"),
+            ("015_scoring", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table

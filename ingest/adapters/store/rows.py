@@ -110,6 +110,23 @@ class DeviceReward(NamedTuple):
     cell: int
     readings: int
     amount: int
+    flagged: int = 0
+    quality: int = 0  # the slot's, bps
+    rank: int = 0  # 1 = best earner in the cell; 0 = did not earn
+
+
+class CellReward(NamedTuple):
+    """A covered cell's weight factors (bps) and share (ingest/core/rewards.py CellResult)."""
+
+    cell: int
+    base: int
+    boost: int
+    freshness: int
+    demand: int
+    weight: int
+    share: int
+    depth: int
+    paid: int
 
 
 class OwnerReward(NamedTuple):
