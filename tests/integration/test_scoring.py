@@ -5,19 +5,29 @@ naming the first difference after a reading or the manifest is tampered with."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
+import json
 import time
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import h3
 import pytest
 
 from devices.protocol.model import DeviceRecord, Reading
+from ingest.api.app import create_app
+from ingest.api.auth import ApiAccess
+from ingest.api.metering import EpochGrid
+from ingest.cli import main
 from ingest.core import boosts as bst
 from ingest.core.metering import meter_cell
 from ingest.epochs import EpochConfig, Epochs
 from ingest.model import AcceptedPacket
 from ingest.scoring import verify_epoch
+from ingest.service import serve_api
 from tests.fixtures_pg import Store
 
 pytestmark = pytest.mark.integration
@@ -143,3 +153,62 @@ async def test_factors_manifest_and_verify(store: Store) -> None:
 
 async def _start(store: Store, epoch: int) -> object:
     return await store.pool.fetchval("SELECT start_at FROM epochs WHERE epoch = $1", epoch)
+
+
+async def test_cli_boost_verify_explain_and_the_device_endpoint(
+    store: Store,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key_file = tmp_path / "operator.key"
+    key_file.write_text(OPERATOR_KEY + "\n")
+    monkeypatch.setenv("DEPIN_DATABASE_URL", pg_dsn)
+    monkeypatch.setenv("DEPIN_OPERATOR_KEY_FILE", str(key_file))
+    epochs, _ = await seed(store)
+    code = await asyncio.to_thread(
+        main, ["boost", "set", hex(CELLS[2])[2:], "1.5", "--from", "2", "--to", "2"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"cell {hex(CELLS[2])} × 1.5 for epochs 2..2" in out and "not in DEPIN_BOOST_SIGNERS" in out
+    await epochs.close(1)
+    second = await epochs.close(2)
+    by_cell = {int(c["cell"], 16): c for c in second.manifest["cell_factors"]}
+    assert by_cell[CELLS[2]]["boost"] == 15_000  # signed by the operator key the closer trusts
+
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 0
+    assert "epoch 2 verified" in capsys.readouterr().out
+
+    assert await asyncio.to_thread(main, ["epoch", "explain", "2", "--device", dev(2).hex(), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cells"][0]["factors"] == {
+        "base": 10_000,
+        "boost": 15_000,
+        "freshness": 10_000,
+        "demand": 10_000,
+    }
+    assert doc["cells"][0]["rank"] == 1 and doc["amount"] == next(
+        d["amount"] for d in second.manifest["devices"] if d["device_id"] == dev(2).hex()
+    )
+    assert await asyncio.to_thread(main, ["epoch", "explain", "2", "--device", dev(2).hex()]) == 0
+    assert "1.5" in capsys.readouterr().out
+
+    async def ready() -> dict[str, Any]:
+        return {"ready": True, "failing": []}
+
+    app = create_app(store, ready, access=ApiAccess(grid=EpochGrid(epochs.config.genesis_ms, L)))
+    async with serve_api(app, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/v1/epochs/2/devices/{dev(2).hex()}") as r:
+            assert r.status == 200 and await r.json() == doc  # public, the same as explain --json
+        async with http.get(f"{url}/v1/epochs/2/devices/{'00' * 32}") as r:
+            assert r.status == 404
+        async with http.get(f"{url}/v1/epochs/9/devices/{dev(2).hex()}") as r:
+            assert r.status == 404 and "not closed" in (await r.json())["error"]
+
+    # a reading deleted after the close: verify exits 1 and names the first difference
+    await store.pool.execute("DELETE FROM readings WHERE device_id = $1", dev(2))
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2 does not verify: the stored data gives another result" in err, err

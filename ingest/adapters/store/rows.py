@@ -136,6 +136,13 @@ class OwnerReward(NamedTuple):
     proof: list[bytes]  # sibling hashes of the owner's leaf in the epoch's cumulative Merkle tree
 
 
+class DeviceCell(NamedTuple):
+    """A device's coverage of one cell in a closed epoch, and why it earned what it did."""
+
+    device: DeviceReward
+    factors: CellReward | None  # None: an epoch closed before migration 015 kept no factors
+
+
 @dataclass(frozen=True, slots=True)
 class EpochRewards:
     devices: list[DeviceReward]
