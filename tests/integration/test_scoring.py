@@ -16,7 +16,11 @@ from typing import Any
 import aiohttp
 import h3
 import pytest
+from web3 import AsyncWeb3
 
+from devices.chain.deployment import Deployment
+from devices.chain.distributor import DistributorClient
+from devices.chain.signer import Signer
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.api.app import create_app
 from ingest.api.auth import ApiAccess
@@ -212,3 +216,29 @@ async def test_cli_boost_verify_explain_and_the_device_endpoint(
     assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
     err = capsys.readouterr().err
     assert "epoch 2 does not verify: the stored data gives another result" in err, err
+
+
+async def test_verify_compares_the_root_on_chain(
+    store: Store,
+    pg_dsn: str,
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    signer: Signer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deployment_file = tmp_path / "deployment.json"
+    deployment.save(deployment_file)
+    monkeypatch.setenv("DEPIN_DATABASE_URL", pg_dsn)
+    monkeypatch.setenv("DEPIN_DEPLOYMENT_FILE", str(deployment_file))
+    monkeypatch.setenv("DEPIN_CHAIN_RPC_URL", w3.provider.endpoint_uri)
+    seeded, _ = await seed(store)
+    epochs = Epochs(store, DistributorClient(w3, deployment, signer), seeded.config)
+    await epochs.close(1)
+    assert (await epochs.publish(1)).status == "published"
+    await epochs.close(2)  # closed, not published: no root on chain yet
+    assert await asyncio.to_thread(main, ["epoch", "verify", "1"]) == 0
+    assert "and the root on chain agree" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2"]) == 1
+    assert f"root on chain 0x{'00' * 32}" in capsys.readouterr().err
