@@ -46,11 +46,11 @@ async def main(args: argparse.Namespace) -> None:
 
     say(f"ingest from {sys.modules['ingest'].__file__}")
     rnd = random.Random(14)
-    # a pool of distinct resolution-9 cells around Berlin
+    # a pool of distinct resolution-9 cells around Berlin (~150 k in the box)
     pool_cells: list[int] = []
     seen: set[int] = set()
     while len(pool_cells) < args.cells:
-        c = h3.str_to_int(h3.latlng_to_cell(rnd.uniform(52.3, 52.7), rnd.uniform(13.1, 13.7), 9))
+        c = h3.str_to_int(h3.latlng_to_cell(rnd.uniform(52.0, 53.0), rnd.uniform(12.5, 14.5), 9))
         if c not in seen:
             seen.add(c)
             pool_cells.append(c)
