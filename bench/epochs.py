@@ -96,6 +96,19 @@ async def main(args: argparse.Namespace) -> None:
             say(f"coverage SQL: {time.perf_counter() - t:.2f} s, {len(coverage):,} (device, cell) rows")
             del coverage
             epochs = Epochs(store, None, EpochConfig(genesis, length, 10_000 * 10**18))
+            try:  # the scoring part alone, where the checkout has it (not saved)
+                from ingest.scoring import gather, score_epoch
+            except ImportError:
+                pass
+            else:
+                t = time.perf_counter()
+                await gather(store, epochs.config, 10)
+                say(f"gather (coverage SQL, last paid, usage, boosts): {time.perf_counter() - t:.2f} s")
+                t = time.perf_counter()
+                await score_epoch(store, epochs.config, 10)
+                say(
+                    f"score_epoch (gather, split, tree, manifest; not saved): {time.perf_counter() - t:.2f} s"
+                )
             t = time.perf_counter()
             row = await epochs.close(10)
             took = time.perf_counter() - t

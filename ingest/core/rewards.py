@@ -248,6 +248,10 @@ class Slot:
 
 def cell_slots(rows: Sequence[CoverageRow], params: RewardParams) -> list[Slot]:
     """One cell's slots, best first: higher quality, older registration, then the key."""
+    if len(rows) == 1:  # most cells at scale: no grouping, no sort
+        r = rows[0]
+        key = r.owner if params.one_per_owner_per_cell else r.device_id.hex()
+        return [Slot(key, (r,), r.readings, r.flagged, quality_bps(r.readings, r.flagged), r.registered_block)]
     groups: dict[str, list[CoverageRow]] = {}
     for row in rows:
         key = row.owner if params.one_per_owner_per_cell else row.device_id.hex()
@@ -322,7 +326,9 @@ def split_epoch(
         depth = depth_bps(earners, params)
         paid = share * depth // BPS
         slot_amounts = [0] * len(earners)
-        if paid > 0:
+        if paid > 0 and len(earners) == 1:
+            slot_amounts = [paid]
+        elif paid > 0:
             # earners are in rank order, so the index is the rank-order tie-break
             slot_amounts = largest_remainder(
                 paid, [s.weight(params.reading_cap) for s in earners], lambda i: i
@@ -331,9 +337,12 @@ def split_epoch(
         for slot in slots:
             rank = ranks.get(slot.key, 0)
             amount = slot_amounts[rank - 1] if rank else 0
-            per_device = [0] * len(slot.rows)
-            if amount:
+            if len(slot.rows) == 1:  # the common case, and the hot loop at scale
+                per_device = [amount]
+            elif amount:
                 per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
+            else:
+                per_device = [0] * len(slot.rows)
             for row, a in zip(slot.rows, per_device, strict=True):
                 amounts[(cell, row.device_id)] = (a, slot.quality, rank)
         f = factors[cell]
