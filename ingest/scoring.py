@@ -8,9 +8,11 @@ the manifest alone (`recompute_from_manifest`), and from the database (`score_ep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,7 +139,25 @@ async def score_epoch(store: ScoringStore, config: ScoringConfig, epoch: int) ->
     return build(inputs, config, epoch, previous)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The split allocates ~10 objects per (device, cell) and creates no cycles; the cyclic collector
+    scanning the growing heap meanwhile took a third of the time (50 k rows: 1.39 → 0.93 s)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
+    with _gc_paused():
+        return _build(inputs, config, epoch, previous)
+
+
+def _build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
     start_ms, end_ms = epoch_bounds(epoch, config.genesis_ms, config.length_ms)
     params, split, digest = split_inputs(inputs, config, epoch)
     totals = cumulative(previous, split.owner_amounts)
