@@ -251,7 +251,9 @@ def cell_slots(rows: Sequence[CoverageRow], params: RewardParams) -> list[Slot]:
     if len(rows) == 1:  # most cells at scale: no grouping, no sort
         r = rows[0]
         key = r.owner if params.one_per_owner_per_cell else r.device_id.hex()
-        return [Slot(key, (r,), r.readings, r.flagged, quality_bps(r.readings, r.flagged), r.registered_block)]
+        return [
+            Slot(key, (r,), r.readings, r.flagged, quality_bps(r.readings, r.flagged), r.registered_block)
+        ]
     groups: dict[str, list[CoverageRow]] = {}
     for row in rows:
         key = row.owner if params.one_per_owner_per_cell else row.device_id.hex()
