@@ -294,7 +294,8 @@ async def test_migration_014_marks_the_hours_of_stored_readings_dirty(pg_dsn: st
                VALUES (to_timestamp($1 / 1000.0), '\\x01', $2, 0, 0, 0, 1, 'air', '{}')""",
             [(T0 + 5, 1), (T0 + HOUR - 1, 2), (T0 + 3 * HOUR, 3)],
         )
-        assert (await migrate(pool)).applied == ["014_readings_hourly.sql"]
+        # 014 first; later migrations (015 …) follow it
+        assert (await migrate(pool)).applied[:1] == ["014_readings_hourly.sql"]
         assert sorted(h for h, _ in await RollupStore(pool).dirty()) == [T0, T0 + 3 * HOUR]
     finally:
         await pool.close()
