@@ -12,6 +12,7 @@ from devices.cli import add_commands as add_device_commands
 from devices.errors import DepinError
 from ingest.keys_cli import add_commands as add_key_commands
 from ingest.logs import FORMATS, configure
+from ingest.score_cli import add_commands as add_score_commands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_commands(sub)  # contracts, device, hw: devices/cli/
     _add_broker_commands(sub)
     add_key_commands(sub)  # api-key: ingest/keys_cli.py
+    add_score_commands(sub)  # boost, epoch: ingest/score_cli.py
     return p
 
 
@@ -170,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command_name(args: argparse.Namespace) -> str:
     words = ["depin", args.command]
-    for attr in ("contracts_command", "device_command", "hw_command", "broker_command", "key_command"):
+    for attr in (
+        "contracts_command",
+        "device_command",
+        "hw_command",
+        "broker_command",
+        "key_command",
+        "boost_command",
+        "epoch_command",
+    ):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))
     return " ".join(words)

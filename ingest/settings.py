@@ -117,6 +117,17 @@ class Environment(BaseSettings):
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN
     max_devices_per_cell: int = 10
+    # Scoring (README "Rewards", ingest/scoring.py): readings beyond the cap add nothing; a cell pays
+    # its whole share once its earners have this many quality-weighted clean readings; a cell that paid
+    # in epoch n weighs 1/refill in n+1 and refills linearly; buyers' usage of the last D epochs raises a
+    # cell's weight by units / demand_units, up to the cap; boosts count only if signed by one of these.
+    reading_cap: int = Field(default=1000, ge=1)
+    cell_readings_target: int = Field(default=10, ge=1)
+    refill_epochs: int = Field(default=7, ge=1)
+    demand_epochs: int = Field(default=7, ge=1)
+    demand_units: int = Field(default=1000, ge=1)
+    demand_cap_bps: int = Field(default=30_000, ge=10_000)
+    boost_signers: str = ""  # comma list of operator addresses
     # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
@@ -303,6 +314,7 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
         "epoch_",
         length_ms=int(e.epoch_length_s * 1000),
         grace_ms=int(e.epoch_grace_s * 1000),
+        boost_signers=tuple(a.strip() for a in e.boost_signers.split(",") if a.strip()),
     )
     return Settings(
         database=_group(DatabaseConfig, e, "database_", "db_"),

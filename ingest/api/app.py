@@ -31,7 +31,13 @@ from ingest.api.auth import ACCESS, ApiAccess, describe_access, install_access
 from ingest.api.buyers import add_query_routes
 from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
-from ingest.api.shapes import epoch_summary_json, owner_proof_json, rejection_json, totals_json
+from ingest.api.shapes import (
+    device_epoch_json,
+    epoch_summary_json,
+    owner_proof_json,
+    rejection_json,
+    totals_json,
+)
 from ingest.api.usage import usage_view
 from ingest.core.readfilter import FilterError
 from ingest.core.storage_rules import INT64_MAX
@@ -253,6 +259,19 @@ async def epoch_manifest(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def epoch_device(request: web.Request) -> web.Response:
+    """Why a device earned what it did in an epoch (public, as the manifest is)."""
+    epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
+    device = _device_id(request.match_info["device_id"])
+    store = request.app[STORE]
+    cells = await store.device_epoch(epoch, device)
+    if not cells:
+        if await store.epoch_summary(epoch) is None:
+            raise _not_found(f"epoch {epoch} not closed yet")
+        raise _not_found(f"device {device.hex()} covered no cell in epoch {epoch}")
+    return _json(device_epoch_json(epoch, device, cells))
+
+
 async def owner_proof(request: web.Request) -> web.Response:
     """What an owner needs to call RewardDistributor.claim(account, cumulative, proof) (README Rewards)."""
     address = _address(request.match_info["address"])
@@ -298,6 +317,7 @@ def create_app(
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
     app.router.add_get("/v1/epochs/{epoch}/manifest", epoch_manifest)
+    app.router.add_get("/v1/epochs/{epoch}/devices/{device_id}", epoch_device)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
     app.router.add_get("/v1/usage", usage_view)
     from ingest.api.coverage import coverage, epochs_list  # here: ingest.api.coverage imports this module

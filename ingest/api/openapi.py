@@ -51,6 +51,12 @@ def _obj(props: dict[str, Any], *, extra: bool = False) -> dict[str, Any]:
     }
 
 
+def _optional(props: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    obj = _obj(props, extra=True)
+    obj["required"] = [p for p in props if p not in optional]
+    return obj
+
+
 _S = {"type": "string"}
 _I = {"type": "integer"}
 _NS = {"type": "string", "nullable": True}
@@ -150,6 +156,33 @@ SCHEMAS: dict[str, Any] = {
         },
         extra=True,
     ),
+    "DeviceEpoch": _obj(
+        {
+            "epoch": _I,
+            "device_id": _S,
+            "owner": _S,
+            "amount": _DEC,
+            "cells": {
+                "type": "array",
+                "items": _optional(
+                    {
+                        "cell": _S,
+                        "readings": _I,
+                        "flagged": _I,
+                        "quality": _I,
+                        "rank": _I,
+                        "amount": _DEC,
+                        "factors": {"type": "object", "additionalProperties": _I},
+                        "weight": _I,
+                        "cell_share": _DEC,
+                        "depth": _I,
+                        "cell_paid": _DEC,
+                    },
+                    ("factors", "weight", "cell_share", "depth", "cell_paid"),  # absent before migration 016
+                ),
+            },
+        }
+    ),
     "Proof": _obj(
         {
             "epoch": _I,
@@ -246,6 +279,21 @@ OPENAPI: dict[str, Any] = {
                     _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
                 ],
                 "responses": {"200": _resp("the manifest", _ref("Manifest")), "404": E404, **DB_ERRORS},
+            }
+        },
+        "/v1/epochs/{epoch}/devices/{device_id}": {
+            "get": {
+                "summary": "why a device earned what it did: per cell the weight factors, share, depth, "
+                "the device's quality and rank, its amount (public, like the manifest)",
+                "parameters": [
+                    _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX}),
+                    _p("device_id", "64 hex digits", {"type": "string", "pattern": HEX64}),
+                ],
+                "responses": {
+                    "200": _resp("the device's epoch", _ref("DeviceEpoch")),
+                    "404": E404,
+                    **DB_ERRORS,
+                },
             }
         },
         "/v1/owners/{address}/proof": {

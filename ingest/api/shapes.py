@@ -12,7 +12,15 @@ from typing import Any
 
 from ingest.adapters.store.coverage import CellCoverage, CoveragePage
 from ingest.adapters.store.devices import DeviceView, PacketRow
-from ingest.adapters.store.rows import EpochRow, EpochSummary, OwnerReward, ReadingRow, RejectionRow, Totals
+from ingest.adapters.store.rows import (
+    DeviceCell,
+    EpochRow,
+    EpochSummary,
+    OwnerReward,
+    ReadingRow,
+    RejectionRow,
+    Totals,
+)
 from ingest.core.coverage import EpochSpan, cell_ring, freshness_ms
 from ingest.core.rules import flag_reasons
 
@@ -183,4 +191,36 @@ def device_view_json(v: DeviceView) -> dict[str, Any]:
             }
             for e in v.epochs
         ],
+    }
+
+
+def device_epoch_json(epoch: int, device_id: bytes, cells: list[DeviceCell]) -> dict[str, Any]:
+    """GET /v1/epochs/{n}/devices/{id} and `depin epoch explain`: per cell the weight factors (bps),
+    the cell's share, its depth and what it paid, the device's slot quality and rank (0: not an
+    earner) and its amount; then the device's total. Amounts are decimal strings (uint256)."""
+    out = []
+    for device, f in cells:
+        cell: dict[str, Any] = {
+            "cell": hex(device.cell),
+            "readings": device.readings,
+            "flagged": device.flagged,
+            "quality": device.quality,
+            "rank": device.rank,
+            "amount": str(device.amount),
+        }
+        if f is not None:
+            cell["factors"] = {"base": f.base, "boost": f.boost, "freshness": f.freshness, "demand": f.demand}
+            cell |= {
+                "weight": f.weight,
+                "cell_share": str(f.share),
+                "depth": f.depth,
+                "cell_paid": str(f.paid),
+            }
+        out.append(cell)
+    return {
+        "epoch": epoch,
+        "device_id": device_id.hex(),
+        "owner": cells[0].device.owner if cells else None,
+        "amount": str(sum(c.device.amount for c in cells)),
+        "cells": out,
     }

@@ -7,8 +7,10 @@ The split is published on chain and must be recomputable by anyone from the stor
 - whatever coverage did not earn is reported as `unissued`, never dropped silently.
 
 Rules (docs/DESIGN.md §6, docs/RELIABILITY.md D20): the emission splits across covered cells in proportion to
-cell weight; inside a cell at most K devices earn and at most one per owner (the Sybil caps), ranked by
-quality then registration age; shares are proportional to quality × min(readings, cap).
+cell weight (base × boost × freshness × demand); inside a cell an owner's devices are pooled into one
+slot (one per owner, the Sybil cap), at most K slots earn, ranked by quality then registration age;
+shares are proportional to quality × min(clean readings, cap), quality being the slot's clean share in
+the cell; a cell whose earners read less than a target pays that fraction of its share.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from ingest.core.geo import BPS
+from ingest.core.geo import BPS, cell_weight_bps
 from ingest.model import CoverageRow
 
-DIGEST_DOMAIN = "depin-ingest/epoch-inputs/v1"
+DIGEST_DOMAIN = "depin-ingest/epoch-inputs/v2"
+# Every covered cell starts at 1.0; the other factors move it.
+BASE_BPS = BPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +36,10 @@ class RewardParams:
     max_devices_per_cell: int = 10  # K: WeatherXM's cell cap
     one_per_owner_per_cell: bool = True  # Sybil rule: an owner's extra devices in a cell earn nothing
     reading_cap: int = 1000  # readings beyond this per device per cell add nothing (no spam premium)
-    refill_epochs: int = 7  # freshness refill period; used by whoever computes cell weights
+    refill_epochs: int = 7  # freshness refill period (ingest/core/cellweights.py)
+    # Quality-weighted clean readings a cell's earners need for the cell to pay its whole share
+    # (1: any clean reading does); below it the cell pays that fraction, the rest is unissued.
+    cell_readings_target: int = 1
 
     def __post_init__(self) -> None:
         if self.emission < 0:
@@ -43,6 +50,8 @@ class RewardParams:
             raise ValueError(f"reading_cap must be >= 1, got {self.reading_cap}")
         if self.refill_epochs < 1:
             raise ValueError(f"refill_epochs must be >= 1, got {self.refill_epochs}")
+        if self.cell_readings_target < 1:
+            raise ValueError(f"cell_readings_target must be >= 1, got {self.cell_readings_target}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +89,46 @@ def emission_for_epoch(schedule: EmissionSchedule, epoch: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class CellFactors:
+    """A cell's weight factors besides its base, in bps (ingest/core/cellweights.py computes them):
+    the operator's boost, freshness (0 right after coverage, refilling) and buyers' demand (≥ 1.0)."""
+
+    boost: int = BPS
+    freshness: int = BPS
+    demand: int = BPS
+
+
+@dataclass(frozen=True, slots=True)
+class CellResult:
+    """One covered cell in the split: its factors, weight (bps), its share of the emission, how much
+    of that share coverage depth let its earners take (`depth` bps), and what they were paid."""
+
+    cell: int
+    base: int
+    boost: int
+    freshness: int
+    demand: int
+    weight: int
+    share: int
+    depth: int
+    paid: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceAmount:
-    """What one device earned for its coverage of one cell (a mobile device may appear once per cell)."""
+    """What one device earned for its coverage of one cell (a mobile device may appear once per cell).
+
+    `quality` and `rank` are those of the device's slot in the cell (its owner's, under one per
+    owner): rank 1 is the best earner, 0 means the slot did not earn."""
 
     device_id: bytes
     owner: str
     cell: int
     readings: int
     amount: int
+    flagged: int = 0
+    quality: int = 0
+    rank: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +137,10 @@ class EpochSplit:
 
     `device_amounts` lists every (device, cell) in the input, including those that earned 0, sorted by
     (cell, device_id), so the manifest shows who was covered but not paid. `owner_amounts` holds only
-    owners with a positive amount. `cells` counts distinct covered cells (cells with any row).
-    Invariants: Σ device amounts == Σ owner amounts == allocated; allocated + unissued == emission.
+    owners with a positive amount. `cells` counts distinct covered cells (cells with any row);
+    `cell_results` gives each one's factors and share, ascending by cell.
+    Invariants: Σ device amounts == Σ owner amounts == Σ cell paid == allocated;
+    allocated + unissued == emission.
     """
 
     device_amounts: list[DeviceAmount]
@@ -105,6 +148,7 @@ class EpochSplit:
     allocated: int
     unissued: int
     cells: int
+    cell_results: list[CellResult] = field(default_factory=list)
 
 
 def largest_remainder(total: int, weights: Sequence[int], tie_key: Callable[[int], object]) -> list[int]:
@@ -179,128 +223,147 @@ def _check_device_metadata(rows: Iterable[CoverageRow]) -> None:
             raise ValueError(f"owner {row.owner} appears in two spellings")
 
 
-def default_quality(rows: Iterable[CoverageRow]) -> dict[bytes, int]:
-    """Each device's epoch quality in bps from its flagged share, over all its cells.
+def quality_bps(clean: int, flagged: int) -> int:
+    """The share of clean readings, in bps (0 with no readings)."""
+    total = clean + flagged
+    return BPS * clean // total if total else 0
 
-    quality = 10000 × clean / (clean + flagged): the share of clean readings. Computed per device (not
-    per cell) because quality is a property of the device in the epoch: a dashcam that teleports in
-    one cell is not trusted in the next. A device with no readings at all has quality 0.
-    """
-    clean: dict[bytes, int] = {}
-    total: dict[bytes, int] = {}
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Who competes for a cell's share: an owner's devices in the cell pooled (one per owner), or one
+    device (rule off). Pooling is what makes splitting readings over devices pointless: the slot's
+    counts, quality and weight are the same however an owner spreads them."""
+
+    key: str  # the owner, or the device id's hex with the rule off: the last, total tie-break
+    rows: tuple[CoverageRow, ...]
+    clean: int
+    flagged: int
+    quality: int
+    registered_block: int  # the oldest registration among the slot's devices
+
+    def weight(self, reading_cap: int) -> int:
+        return self.quality * min(self.clean, reading_cap)
+
+
+def cell_slots(rows: Sequence[CoverageRow], params: RewardParams) -> list[Slot]:
+    """One cell's slots, best first: higher quality, older registration, then the key."""
+    if len(rows) == 1:  # most cells at scale: no grouping, no sort
+        r = rows[0]
+        key = r.owner if params.one_per_owner_per_cell else r.device_id.hex()
+        return [
+            Slot(key, (r,), r.readings, r.flagged, quality_bps(r.readings, r.flagged), r.registered_block)
+        ]
+    groups: dict[str, list[CoverageRow]] = {}
     for row in rows:
-        clean[row.device_id] = clean.get(row.device_id, 0) + row.readings
-        total[row.device_id] = total.get(row.device_id, 0) + row.readings + row.flagged
-    return {d: (BPS * clean[d] // total[d] if total[d] else 0) for d in clean}
+        key = row.owner if params.one_per_owner_per_cell else row.device_id.hex()
+        groups.setdefault(key, []).append(row)
+    slots = []
+    for key, group in groups.items():
+        clean = sum(r.readings for r in group)
+        flagged = sum(r.flagged for r in group)
+        block = min(r.registered_block for r in group)
+        rows_sorted = tuple(sorted(group, key=lambda r: r.device_id))
+        slots.append(Slot(key, rows_sorted, clean, flagged, quality_bps(clean, flagged), block))
+    return sorted(slots, key=lambda s: (-s.quality, s.registered_block, s.key))
 
 
-def _effective_inputs(
-    merged: Mapping[tuple[int, bytes], CoverageRow],
-    cell_weights: Mapping[int, int] | None,
-    device_quality: Mapping[bytes, int] | None,
-) -> tuple[dict[int, int], dict[bytes, int]]:
-    """The cell weights and device qualities the split actually uses, with defaults filled in.
-
-    A cell missing from `cell_weights` weighs 10000; a device missing from `device_quality` gets its
-    flagged-share default. Shared by split_epoch and inputs_digest so the digest commits to exactly
-    what was computed with.
-    """
-    weights = {}
-    for cell in sorted({c for c, _ in merged}):
-        w = BPS if cell_weights is None else cell_weights.get(cell, BPS)
-        if w < 0:
-            raise ValueError(f"cell {cell} has negative weight {w}")
-        weights[cell] = w
-    quality = default_quality(merged.values())
-    if device_quality is not None:
-        for device_id in quality:
-            if device_id in device_quality:
-                quality[device_id] = device_quality[device_id]
-    for device_id, q in quality.items():
-        if not 0 <= q <= BPS:
-            raise ValueError(f"device {device_id.hex()} quality {q} outside 0..{BPS}")
-    return weights, dict(sorted(quality.items()))
+def select_earners(slots: Sequence[Slot], params: RewardParams) -> list[Slot]:
+    """The slots of one cell that earn (`slots` best first, as cell_slots gives them): the top K of
+    those with clean readings. Slots without any are dropped before ranking, so they take none of the
+    K: otherwise an owner could park junk devices in a cell to push out honest stations."""
+    return [s for s in slots if s.clean > 0][: params.max_devices_per_cell]
 
 
-def _rank_key(row: CoverageRow, quality: Mapping[bytes, int]) -> tuple[int, int, bytes]:
-    """Better first: higher quality, then older registration (lower block), then device_id bytes.
+def depth_bps(earners: Sequence[Slot], params: RewardParams) -> int:
+    """How much of its share a cell pays, in bps: the earners' quality-weighted capped readings against
+    `cell_readings_target`. Below the target the rest of the share is unissued, so a single reading
+    does not take the share a day of readings earns; at or above it the whole share is paid."""
+    target = params.cell_readings_target * BPS
+    got = sum(s.weight(params.reading_cap) for s in earners)
+    return min(got, target) * BPS // target
 
-    The last key only exists to make the order total; it favours no one in particular.
-    """
-    return (-quality[row.device_id], row.registered_block, row.device_id)
 
-
-def select_earners(
-    rows: Sequence[CoverageRow], quality: Mapping[bytes, int], params: RewardParams
-) -> list[CoverageRow]:
-    """The rows of one cell that earn, best first: one per owner (if enabled), then the top K.
-
-    Rows that cannot earn (quality 0 or no clean readings) are dropped before ranking, so they take
-    neither an owner's slot nor one of the K: otherwise an owner could park zero-reading devices in a
-    cell to push out honest stations.
-    """
-    eligible = sorted(
-        (r for r in rows if quality[r.device_id] > 0 and r.readings > 0), key=lambda r: _rank_key(r, quality)
-    )
-    if params.one_per_owner_per_cell:
-        owners: set[str] = set()
-        best: list[CoverageRow] = []
-        for row in eligible:  # sorted best first, so the first row per owner is that owner's best
-            if row.owner not in owners:
-                owners.add(row.owner)
-                best.append(row)
-        eligible = best
-    return eligible[: params.max_devices_per_cell]
+def _cell_factors(cells: Iterable[int], factors: Mapping[int, CellFactors] | None) -> dict[int, CellFactors]:
+    out = {}
+    for cell in cells:
+        f = CellFactors() if factors is None else factors.get(cell, CellFactors())
+        if min(f.boost, f.freshness, f.demand) < 0:
+            raise ValueError(f"cell {cell} has a negative factor {f}")
+        out[cell] = f
+    return out
 
 
 def split_epoch(
     rows: Sequence[CoverageRow],
     params: RewardParams,
     *,
-    cell_weights: Mapping[int, int] | None = None,
-    device_quality: Mapping[bytes, int] | None = None,
+    cell_factors: Mapping[int, CellFactors] | None = None,
 ) -> EpochSplit:
     """Split `params.emission` over the epoch's coverage rows. See the module docstring for the rules.
 
-    `cell_weights` (bps; missing cells 10000) and `device_quality` (bps 0..10000; missing devices get
-    10000 × clean / (clean + flagged)) come from geo.cell_weight_bps and the plausibility rules.
-    Level 1: the emission splits over every covered cell by weight (ties: lower cell id first). A cell
-    with no earning device keeps its share out of `allocated`: it is unissued, visibly. Level 2: a
-    cell's share splits over its earners by quality × min(readings, cap) (ties: rank order).
-    The result does not depend on the order of `rows`.
+    Level 1: the emission splits over every covered cell by weight = base × boost × freshness ×
+    demand (`cell_factors`, missing: all 1.0; ties: lower cell id first). Level 2: a cell pays
+    share × depth to its earners (the top K slots) ∝ quality × min(clean readings, cap) (ties: rank
+    order); the rest of the share, and the share of a cell with no earner, is unissued. A slot's amount
+    goes to its devices ∝ their clean readings (ties: lower device id). The result does not depend on
+    the order of `rows`.
     """
     merged = _merge_rows(rows)
-    weights, quality = _effective_inputs(merged, cell_weights, device_quality)
-    by_cell: dict[int, list[CoverageRow]] = {cell: [] for cell in weights}
+    by_cell: dict[int, list[CoverageRow]] = {}
     for (cell, _), row in sorted(merged.items()):
-        by_cell[cell].append(row)
+        by_cell.setdefault(cell, []).append(row)
+    factors = _cell_factors(by_cell, cell_factors)
+    cell_ids = list(by_cell)  # ascending
+    weights = [cell_weight_bps(BASE_BPS, f.boost, f.freshness, f.demand) for f in factors.values()]
+    shares = [0] * len(cell_ids)
+    if params.emission > 0 and sum(weights) > 0:
+        shares = largest_remainder(params.emission, weights, lambda i: cell_ids[i])
 
-    amounts: dict[tuple[int, bytes], int] = dict.fromkeys(merged, 0)
-    cell_ids = list(weights)  # ascending
-    if params.emission > 0 and sum(weights.values()) > 0:
-        cell_weights_list = [weights[c] for c in cell_ids]
-        cell_shares = largest_remainder(params.emission, cell_weights_list, lambda i: cell_ids[i])
-        for cell, share in zip(cell_ids, cell_shares, strict=True):
-            earners = select_earners(by_cell[cell], quality, params)
-            if share == 0 or not earners:
-                continue  # the share (if any) stays unissued
-            device_weights = [quality[r.device_id] * min(r.readings, params.reading_cap) for r in earners]
+    amounts: dict[tuple[int, bytes], tuple[int, int, int]] = {}  # amount, quality, rank
+    results = []
+    for cell, weight, share in zip(cell_ids, weights, shares, strict=True):
+        slots = cell_slots(by_cell[cell], params)
+        earners = select_earners(slots, params)
+        depth = depth_bps(earners, params)
+        paid = share * depth // BPS
+        slot_amounts = [0] * len(earners)
+        if paid > 0 and len(earners) == 1:
+            slot_amounts = [paid]
+        elif paid > 0:
             # earners are in rank order, so the index is the rank-order tie-break
-            device_shares = largest_remainder(share, device_weights, lambda i: i)
-            for row, amount in zip(earners, device_shares, strict=True):
-                amounts[(cell, row.device_id)] = amount
+            slot_amounts = largest_remainder(
+                paid, [s.weight(params.reading_cap) for s in earners], lambda i: i
+            )
+        ranks = {s.key: i + 1 for i, s in enumerate(earners)}
+        for slot in slots:
+            rank = ranks.get(slot.key, 0)
+            amount = slot_amounts[rank - 1] if rank else 0
+            if len(slot.rows) == 1:  # the common case, and the hot loop at scale
+                per_device = [amount]
+            elif amount:
+                per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
+            else:
+                per_device = [0] * len(slot.rows)
+            for row, a in zip(slot.rows, per_device, strict=True):
+                amounts[(cell, row.device_id)] = (a, slot.quality, rank)
+        f = factors[cell]
+        results.append(CellResult(cell, BASE_BPS, f.boost, f.freshness, f.demand, weight, share, depth, paid))
 
-    device_amounts = [
-        DeviceAmount(row.device_id, row.owner, row.cell, row.readings, amounts[key])
-        for key, row in sorted(merged.items())
-    ]
-    allocated = sum(amounts.values())
+    device_amounts = []
+    for key, row in sorted(merged.items()):
+        amount, quality, rank = amounts[key]
+        device_amounts.append(
+            DeviceAmount(row.device_id, row.owner, row.cell, row.readings, amount, row.flagged, quality, rank)
+        )
+    allocated = sum(d.amount for d in device_amounts)
     return EpochSplit(
         device_amounts=device_amounts,
         owner_amounts=rollup_owners(device_amounts),
         allocated=allocated,
         unissued=params.emission - allocated,
-        cells=len(weights),
+        cells=len(cell_ids),
+        cell_results=results,
     )
 
 
@@ -340,20 +403,17 @@ def cumulative(previous: Mapping[str, int], this_epoch: Mapping[str, int]) -> di
 def inputs_digest(
     rows: Sequence[CoverageRow],
     params: RewardParams,
-    cell_weights: Mapping[int, int] | None,
+    cell_factors: Mapping[int, CellFactors] | None,
     epoch: int,
-    *,
-    device_quality: Mapping[bytes, int] | None = None,
 ) -> bytes:
     """sha256 of a canonical encoding of everything split_epoch's result depends on, plus the epoch.
 
-    Encodes the *effective* inputs (rows merged and sorted, defaults filled in, weights only for covered
-    cells) as sorted-key compact JSON, so equal computations give equal digests regardless of row
-    order or whether a default was passed explicitly. Pass the same `device_quality` as to split_epoch:
-    it changes the result, so it must change the digest.
+    Encodes the *effective* inputs (rows merged and sorted, factors only for covered cells with the
+    defaults filled in) as sorted-key compact JSON, so equal computations give equal digests
+    regardless of row order or whether a default was passed explicitly.
     """
     merged = _merge_rows(rows)
-    weights, quality = _effective_inputs(merged, cell_weights, device_quality)
+    factors = _cell_factors(sorted({c for c, _ in merged}), cell_factors)
     doc = {
         "domain": DIGEST_DOMAIN,
         "epoch": epoch,
@@ -362,8 +422,7 @@ def inputs_digest(
             [r.cell, r.device_id.hex(), r.owner, r.hw_class, r.readings, r.flagged, r.registered_block]
             for _, r in sorted(merged.items())
         ],
-        "cell_weights": [[cell, w] for cell, w in weights.items()],
-        "device_quality": [[d.hex(), q] for d, q in quality.items()],
+        "cell_factors": [[cell, f.boost, f.freshness, f.demand] for cell, f in factors.items()],
     }
     encoded = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(encoded.encode("ascii")).digest()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ingest.core.geo import BPS
 from ingest.core.rewards import (
+    CellFactors,
     DeviceAmount,
     EpochSplit,
     FixedEmission,
@@ -137,12 +138,16 @@ def test_single_device_takes_whole_emission() -> None:
     split = split_epoch([row(1, 1)], RewardParams(emission=1_000))
     assert split.allocated == 1_000 and split.unissued == 0 and split.cells == 1
     assert split.owner_amounts == {owner(1): 1_000}
-    assert split.device_amounts == [DeviceAmount(dev(1), owner(1), CELL_A, 100, 1_000)]
+    assert split.device_amounts == [DeviceAmount(dev(1), owner(1), CELL_A, 100, 1_000, 0, BPS, 1)]
 
 
 def test_cells_split_by_weight() -> None:
     rows = [row(1, 1, CELL_A), row(2, 2, CELL_B, readings=5)]
-    split = split_epoch(rows, RewardParams(emission=1_000), cell_weights={CELL_A: 30_000, CELL_B: 10_000})
+    split = split_epoch(
+        rows,
+        RewardParams(emission=1_000),
+        cell_factors={CELL_A: CellFactors(boost=30_000), CELL_B: CellFactors(boost=10_000)},
+    )
     assert earned(split, 1, CELL_A) == 750
     assert earned(split, 2, CELL_B) == 250
 
@@ -156,18 +161,20 @@ def test_cell_tie_break_lower_cell_id_gets_the_odd_unit() -> None:
 
 def test_missing_cell_weight_defaults_to_base() -> None:
     rows = [row(1, 1, CELL_A), row(2, 2, CELL_B)]
-    split = split_epoch(rows, RewardParams(emission=300), cell_weights={CELL_A: 2 * BPS})
+    split = split_epoch(rows, RewardParams(emission=300), cell_factors={CELL_A: CellFactors(boost=2 * BPS)})
     assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (200, 100)
 
 
 def test_zero_weight_cell_earns_nothing() -> None:
     rows = [row(1, 1, CELL_A), row(2, 2, CELL_B)]
-    split = split_epoch(rows, RewardParams(emission=1_000), cell_weights={CELL_A: 0})
+    split = split_epoch(rows, RewardParams(emission=1_000), cell_factors={CELL_A: CellFactors(boost=0)})
     assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (0, 1_000)
 
 
 def test_all_cells_zero_weight_everything_unissued() -> None:
-    split = split_epoch([row(1, 1)], RewardParams(emission=1_000), cell_weights={CELL_A: 0})
+    split = split_epoch(
+        [row(1, 1)], RewardParams(emission=1_000), cell_factors={CELL_A: CellFactors(boost=0)}
+    )
     assert (split.allocated, split.unissued, split.cells) == (0, 1_000, 1)
 
 
@@ -182,7 +189,7 @@ def test_cell_with_no_earner_leaves_its_share_unissued() -> None:
 
 def test_negative_cell_weight_rejected() -> None:
     with pytest.raises(ValueError):
-        split_epoch([row(1, 1)], RewardParams(emission=1), cell_weights={CELL_A: -1})
+        split_epoch([row(1, 1)], RewardParams(emission=1), cell_factors={CELL_A: CellFactors(boost=-1)})
 
 
 # ---------------------------------------------------------------- split: devices in a cell
@@ -206,22 +213,25 @@ def test_cap_k_smaller() -> None:
     assert [earned(split, d) for d in range(1, 6)] == [300, 300, 300, 0, 0]
 
 
-def test_one_per_owner_best_by_quality() -> None:
+def test_one_per_owner_pools_the_owners_devices() -> None:
     rows = [
-        row(1, 7, readings=500, flagged=500),  # owner 7, quality 5000, many readings
-        row(2, 7, readings=10),  # owner 7, quality 10000 → owner 7's pick
-        row(3, 8, readings=10),
+        row(1, 7, readings=60, flagged=10),  # owner 7: two devices, one slot with 90 clean of 100
+        row(2, 7, readings=30, flagged=0),
+        row(3, 8, readings=90, flagged=10),  # owner 8: the same counts on one device
     ]
     split = split_epoch(rows, RewardParams(emission=1_000))
-    assert (earned(split, 1), earned(split, 2), earned(split, 3)) == (0, 500, 500)
+    # equal slots, 500 each; owner 7's 500 goes to its devices ∝ clean readings (60:30)
+    assert (earned(split, 1), earned(split, 2), earned(split, 3)) == (333, 167, 500)
     assert split.owner_amounts == {owner(7): 500, owner(8): 500}
+    by_device = {a.device_id: a for a in split.device_amounts}
+    assert by_device[dev(1)].quality == by_device[dev(2)].quality == 9_000
 
 
-def test_one_per_owner_tie_older_registration_then_device_id() -> None:
-    rows = [row(5, 7, block=20), row(4, 7, block=10), row(3, 7, block=10)]
-    split = split_epoch(rows, RewardParams(emission=1_000))
-    # blocks 10 beat 20; between devices 3 and 4 (both block 10) the lower device_id wins
-    assert (earned(split, 3), earned(split, 4), earned(split, 5)) == (1_000, 0, 0)
+def test_slot_rank_uses_the_owners_oldest_registration() -> None:
+    rows = [row(5, 7, block=20), row(4, 7, block=10), row(6, 8, block=15)]
+    split = split_epoch(rows, RewardParams(emission=1_000, max_devices_per_cell=1))
+    # owner 7's slot is registered at block 10 (its oldest device), before owner 8's 15
+    assert (earned(split, 4), earned(split, 5), earned(split, 6)) == (500, 500, 0)
 
 
 def test_one_per_owner_is_per_cell() -> None:
@@ -237,10 +247,10 @@ def test_one_per_owner_can_be_disabled() -> None:
 
 
 def test_one_per_owner_applied_before_cap_k() -> None:
-    # owner 1's three devices rank best but only one may earn, so K=2 leaves room for owner 2
+    # owner 1's three devices are one slot, so K=2 leaves room for owner 2; the slot weighs 300 readings
     rows = [row(1, 1, block=1), row(2, 1, block=2), row(3, 1, block=3), row(4, 2, block=9)]
     split = split_epoch(rows, RewardParams(emission=100, max_devices_per_cell=2))
-    assert [earned(split, d) for d in (1, 2, 3, 4)] == [50, 0, 0, 50]
+    assert [earned(split, d) for d in (1, 2, 3, 4)] == [25, 25, 25, 25]
 
 
 def test_flagged_share_lowers_quality_and_share() -> None:
@@ -250,11 +260,12 @@ def test_flagged_share_lowers_quality_and_share() -> None:
     assert (earned(split, 1), earned(split, 2)) == (800, 200)
 
 
-def test_quality_is_per_device_across_cells() -> None:
-    # device 2 is clean in CELL_A but its flagged readings in CELL_B halve its quality everywhere
-    rows = [row(1, 1, CELL_A), row(2, 2, CELL_A), row(2, 2, CELL_B, readings=0, flagged=100)]
-    split = split_epoch(rows, RewardParams(emission=1_000), cell_weights={CELL_B: 0})
-    assert (earned(split, 1, CELL_A), earned(split, 2, CELL_A)) == (667, 333)
+def test_quality_is_per_cell() -> None:
+    # device 2's flagged readings in CELL_B lower its quality there only (pooling per cell is what
+    # makes moving flagged readings onto another device pointless)
+    rows = [row(1, 1, CELL_A), row(2, 2, CELL_A), row(2, 2, CELL_B, readings=50, flagged=50)]
+    split = split_epoch(rows, RewardParams(emission=1_000), cell_factors={CELL_B: CellFactors(boost=0)})
+    assert (earned(split, 1, CELL_A), earned(split, 2, CELL_A)) == (500, 500)
 
 
 def test_reading_cap() -> None:
@@ -274,25 +285,11 @@ def test_zero_quality_or_zero_readings_earn_nothing_and_take_no_slot() -> None:
     rows = [
         row(1, 1, readings=0, flagged=0, block=0),  # no readings at all
         row(2, 2, readings=0, flagged=10, block=0),  # everything flagged
-        row(3, 3, readings=100, block=0),  # quality overridden to 0 below
         row(4, 4, readings=10, block=9),  # the only real earner, youngest
     ]
     params = RewardParams(emission=1_000, max_devices_per_cell=1)
-    split = split_epoch(rows, params, device_quality={dev(3): 0})
-    assert [earned(split, d) for d in (1, 2, 3, 4)] == [0, 0, 0, 1_000]
-
-
-def test_device_quality_override_and_default_fallback() -> None:
-    rows = [row(1, 1, readings=100), row(2, 2, readings=100, flagged=100)]
-    split = split_epoch(rows, RewardParams(emission=1_000), device_quality={dev(1): 2_500})
-    # device 1 overridden to 2500; device 2 falls back to its flagged-share quality 5000
-    assert (earned(split, 1), earned(split, 2)) == (333, 667)
-
-
-@pytest.mark.parametrize("q", [-1, BPS + 1])
-def test_device_quality_out_of_range_rejected(q: int) -> None:
-    with pytest.raises(ValueError):
-        split_epoch([row(1, 1)], RewardParams(emission=1), device_quality={dev(1): q})
+    split = split_epoch(rows, params)
+    assert [earned(split, d) for d in (1, 2, 4)] == [0, 0, 1_000]
 
 
 def test_every_row_listed_even_when_unpaid() -> None:
@@ -372,14 +369,14 @@ def test_inputs_digest_canonical() -> None:
     d = inputs_digest(rows, params, None, 7)
     assert len(d) == 32
     assert inputs_digest(list(reversed(rows)), params, None, 7) == d
-    # explicit defaults and weights for uncovered cells do not change what was computed
-    assert inputs_digest(rows, params, {CELL_A: BPS, CELL_B: BPS, CELL_C: 5}, 7) == d
-    assert inputs_digest(rows, params, None, 7, device_quality={dev(1): BPS}) == d
+    # explicit defaults and factors for uncovered cells do not change what was computed
+    assert inputs_digest(rows, params, {CELL_A: CellFactors(), CELL_C: CellFactors(demand=5)}, 7) == d
     # anything that changes the result, or the epoch, changes the digest
     assert inputs_digest(rows, params, None, 8) != d
     assert inputs_digest(rows, RewardParams(emission=1_001), None, 7) != d
-    assert inputs_digest(rows, params, {CELL_A: 2 * BPS}, 7) != d
-    assert inputs_digest(rows, params, None, 7, device_quality={dev(1): 1}) != d
+    assert inputs_digest(rows, params, {CELL_A: CellFactors(boost=2 * BPS)}, 7) != d
+    assert inputs_digest(rows, params, {CELL_A: CellFactors(freshness=1)}, 7) != d
+    assert inputs_digest(rows, params, {CELL_A: CellFactors(demand=3 * BPS)}, 7) != d
     assert inputs_digest(rows[:2], params, None, 7) != d
 
 
@@ -412,23 +409,28 @@ params_st = st.builds(
     one_per_owner_per_cell=st.booleans(),
     reading_cap=st.integers(1, 1_200),
 )
-weights_st = st.none() | st.dictionaries(st.sampled_from(CELLS), st.integers(0, 40_000))
+factor_st = st.integers(0, 40_000)
+weights_st = st.none() | st.dictionaries(
+    st.sampled_from(CELLS), st.builds(CellFactors, boost=factor_st, freshness=factor_st, demand=factor_st)
+)
 
 
 @settings(max_examples=300)
 @given(coverage(), params_st, weights_st)
 def test_property_conservation(
-    rows: list[CoverageRow], params: RewardParams, weights: dict[int, int] | None
+    rows: list[CoverageRow], params: RewardParams, weights: dict[int, CellFactors] | None
 ) -> None:
-    split = split_epoch(rows, params, cell_weights=weights)
+    split = split_epoch(rows, params, cell_factors=weights)
     check_invariants(split, params)
     assert len(split.device_amounts) == len(rows)
     assert split.cells == len({r.cell for r in rows})
     for cell in {r.cell for r in rows}:
         paid = [a for a in split.device_amounts if a.cell == cell and a.amount > 0]
-        assert len(paid) <= params.max_devices_per_cell
-        if params.one_per_owner_per_cell:
-            assert len({a.owner for a in paid}) == len(paid)
+        # an owner's devices share one slot, so the cap counts owners (devices with the rule off)
+        slots = {a.owner for a in paid} if params.one_per_owner_per_cell else {a.device_id for a in paid}
+        assert len(slots) <= params.max_devices_per_cell
+    assert sum(c.paid for c in split.cell_results) == split.allocated
+    assert sum(c.share for c in split.cell_results) in (0, params.emission)
 
 
 @settings(max_examples=200)
@@ -439,19 +441,20 @@ def test_property_everything_issued_when_every_cell_has_an_earner(
     split = split_epoch(rows, params)
     cells = {r.cell for r in rows}
     cells_with_earner = {r.cell for r in rows if r.readings > 0}
-    if cells and cells == cells_with_earner:
+    full_depth = all(c.depth == BPS for c in split.cell_results)
+    if cells and cells == cells_with_earner and full_depth:
         assert split.allocated == params.emission and split.unissued == 0
 
 
 @settings(max_examples=200)
 @given(coverage(), params_st, weights_st, st.randoms(use_true_random=False))
 def test_property_row_order_irrelevant(
-    rows: list[CoverageRow], params: RewardParams, weights: dict[int, int] | None, rnd: random.Random
+    rows: list[CoverageRow], params: RewardParams, weights: dict[int, CellFactors] | None, rnd: random.Random
 ) -> None:
     shuffled = list(rows)
     rnd.shuffle(shuffled)
-    assert split_epoch(shuffled, params, cell_weights=weights) == split_epoch(
-        rows, params, cell_weights=weights
+    assert split_epoch(shuffled, params, cell_factors=weights) == split_epoch(
+        rows, params, cell_factors=weights
     )
     assert inputs_digest(shuffled, params, weights, 3) == inputs_digest(rows, params, weights, 3)
 
@@ -472,11 +475,86 @@ def test_property_more_readings_never_earns_less(
     """Two devices of different owners in one cell, same quality, both below the cap: more readings
     never earn less, whoever else is in the cell and whatever their registration order."""
     fewer, more = min(r1, r2), max(r1, r2) + 1  # strictly more, still within the cap of 1000
-    # Equal flagged counts would give unequal flagged-share qualities, so quality is pinned explicitly.
-    a = CoverageRow(dev(900), owner(900), 2, CELL_A, fewer, flagged, block1)
-    b = CoverageRow(dev(901), owner(901), 2, CELL_A, more, flagged, block2)
+    # Quality is the clean share, so the flagged counts keep it equal (both 0, or in proportion).
+    a = CoverageRow(dev(900), owner(900), 2, CELL_A, fewer, flagged * fewer, block1)
+    b = CoverageRow(dev(901), owner(901), 2, CELL_A, more, flagged * more, block2)
     rows = [*others, a, b]
     params = RewardParams(emission=emission, max_devices_per_cell=len(rows) + 2, reading_cap=1_000)
-    quality = {a.device_id: 7_000, b.device_id: 7_000}
-    split = split_epoch(rows, params, device_quality=quality)
+    split = split_epoch(rows, params)
     assert earned(split, 901) >= earned(split, 900)
+
+
+@settings(max_examples=300)
+@given(
+    coverage(),
+    params_st,
+    weights_st,
+    st.integers(0, 13),
+    st.integers(0, 4),
+    st.data(),
+)
+def test_property_splitting_a_device_never_gains(
+    rows: list[CoverageRow],
+    params: RewardParams,
+    weights: dict[int, CellFactors] | None,
+    pick: int,
+    later: int,
+    data: st.DataObject,
+) -> None:
+    """An owner moves part of one device's readings in one cell (clean and flagged alike) to a new
+    device of its own, registered no earlier: the owner's total never grows."""
+    if not rows:
+        return
+    victim = rows[pick % len(rows)]
+    moved_clean = data.draw(st.integers(0, victim.readings))
+    moved_flagged = data.draw(st.integers(0, victim.flagged))
+    params = RewardParams(
+        emission=params.emission,
+        max_devices_per_cell=params.max_devices_per_cell,
+        reading_cap=params.reading_cap,
+        cell_readings_target=data.draw(st.integers(1, 50)),
+    )
+    kept = CoverageRow(
+        victim.device_id,
+        victim.owner,
+        victim.hw_class,
+        victim.cell,
+        victim.readings - moved_clean,
+        victim.flagged - moved_flagged,
+        victim.registered_block,
+    )
+    twin = CoverageRow(
+        dev(999),
+        victim.owner,
+        victim.hw_class,
+        victim.cell,
+        moved_clean,
+        moved_flagged,
+        victim.registered_block + later,
+    )
+    split_rows = [kept if r is victim else r for r in rows] + [twin]
+    before = split_epoch(rows, params, cell_factors=weights).owner_amounts.get(victim.owner, 0)
+    after = split_epoch(split_rows, params, cell_factors=weights).owner_amounts.get(victim.owner, 0)
+    assert after <= before
+
+
+def test_cell_readings_target_pays_a_fraction_and_leaves_the_rest_unissued() -> None:
+    # README "Rewards": a dashcam with 1 clean reading alone in its cell, a station with 10 in another
+    rows = [row(1, 1, CELL_A, readings=1), row(2, 2, CELL_B, readings=10)]
+    split = split_epoch(rows, RewardParams(emission=1_000, cell_readings_target=10))
+    assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (50, 500)
+    assert split.unissued == 450
+    assert [c.depth for c in split.cell_results] == [1_000, BPS]
+    # a flagged share lowers depth too: 10 readings at 50 % quality count as 5
+    half = split_epoch(
+        [row(3, 3, CELL_A, readings=10, flagged=10)], RewardParams(1_000, cell_readings_target=10)
+    )
+    assert half.allocated == 500
+
+
+def test_cell_factors_multiply_into_the_weight() -> None:
+    rows = [row(1, 1, CELL_A), row(2, 2, CELL_B)]
+    factors = {CELL_A: CellFactors(boost=2 * BPS, freshness=BPS // 2, demand=3 * BPS)}
+    split = split_epoch(rows, RewardParams(emission=4_000), cell_factors=factors)
+    assert [c.weight for c in split.cell_results] == [3 * BPS, BPS]
+    assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (3_000, 1_000)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ingest.adapters.store.rows import (
     SEAL_LOCK_KEY,
+    CellReward,
     DeviceReward,
     EpochRow,
     OwnerReward,
@@ -20,6 +21,7 @@ from ingest.adapters.store.rows import (
     ms_to_dt,
     proof_to_db,
 )
+from ingest.core.boosts import Boost
 from ingest.model import CoverageRow
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class EpochStore(PoolStore):
         manifest: dict[str, Any],
         device_rewards: Sequence[DeviceReward],
         owner_rewards: Sequence[OwnerReward],
+        cell_rewards: Sequence[CellReward] = (),
     ) -> EpochRow:
         """Record a closed epoch and its rewards in one transaction; status 'closed'. The summary's
         columns (params, cells, devices, owners: migration 012) are filled from the manifest's top
@@ -101,8 +104,27 @@ class EpochStore(PoolStore):
                     if device_rewards:
                         await conn.copy_records_to_table(
                             "device_rewards",
-                            columns=["epoch", "device_id", "owner", "cell", "readings", "amount"],
-                            records=[(epoch, d, o, cell_to_db(c), n, a) for d, o, c, n, a in device_rewards],
+                            columns=[
+                                "epoch",
+                                "device_id",
+                                "owner",
+                                "cell",
+                                "readings",
+                                "amount",
+                                "flagged",
+                                "quality",
+                                "rank",
+                            ],
+                            records=[
+                                (epoch, d.device_id, d.owner, cell_to_db(d.cell), *d[3:])
+                                for d in device_rewards
+                            ],
+                        )
+                    if cell_rewards:
+                        await conn.copy_records_to_table(
+                            "epoch_cells",
+                            columns=["epoch", *CellReward._fields],
+                            records=[(epoch, cell_to_db(c.cell), *c[1:]) for c in cell_rewards],
                         )
                     if owner_rewards:
                         await conn.copy_records_to_table(
@@ -115,6 +137,66 @@ class EpochStore(PoolStore):
             row = await fetch_epoch(conn, epoch)
         assert row is not None
         return row
+
+    async def stationary_classes(self) -> set[int]:
+        """Hardware classes without a speed limit: stations (devices/inputs.py is_mobile)."""
+        rows = await self.pool.fetch("SELECT id FROM hw_classes WHERE max_speed_kmh = 0")
+        return {r["id"] for r in rows}
+
+    async def last_paid(self, epoch: int, lookback: int) -> dict[int, int]:
+        """Per cell, the last epoch in [epoch − lookback, epoch) in which it paid anyone (freshness)."""
+        rows = await self.pool.fetch(
+            """SELECT cell, max(epoch) AS last FROM device_rewards
+               WHERE epoch >= $1 AND epoch < $2 AND amount > 0 GROUP BY cell""",
+            epoch - lookback,
+            epoch,
+        )
+        return {r["cell"]: r["last"] for r in rows}
+
+    async def usage_by_cell(self, first_epoch: int, last_epoch: int) -> dict[int, int]:
+        """Metered units per resolution-7 cell over epochs first..last (demand), summed in SQL."""
+        rows = await self.pool.fetch(
+            """SELECT cell, sum(units)::bigint AS units FROM usage
+               WHERE epoch BETWEEN $1 AND $2 GROUP BY cell""",
+            first_epoch,
+            last_epoch,
+        )
+        return {r["cell"]: r["units"] for r in rows if r["units"] > 0}
+
+    async def boosts(self, epoch: int) -> list[Boost]:
+        """Stored boosts covering `epoch`, unverified (the caller checks each signature)."""
+        rows = await self.pool.fetch(
+            """SELECT cell, factor_bps, from_epoch, to_epoch, set_at_ms, signer, signature FROM boosts
+               WHERE from_epoch <= $1 AND to_epoch >= $1 ORDER BY id""",
+            epoch,
+        )
+        return [
+            Boost(
+                r["cell"],
+                r["factor_bps"],
+                r["from_epoch"],
+                r["to_epoch"],
+                r["set_at_ms"],
+                r["signer"],
+                bytes(r["signature"]),
+            )
+            for r in rows
+        ]
+
+    async def add_boost(self, b: Boost) -> int:
+        """Store a signed boost; returns its id."""
+        value = await self.pool.fetchval(
+            """INSERT INTO boosts (cell, factor_bps, from_epoch, to_epoch, set_at_ms, signer, signature)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+            cell_to_db(b.cell),
+            b.factor_bps,
+            b.from_epoch,
+            b.to_epoch,
+            b.set_at_ms,
+            b.signer,
+            b.signature,
+        )
+        return int(value)
 
     async def get_epoch(self, epoch: int) -> EpochRow | None:
         return await fetch_epoch(self.pool, epoch)

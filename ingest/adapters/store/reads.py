@@ -10,6 +10,8 @@ from typing import Any
 
 from ingest.adapters.store.queries import device_sql, fetch_page
 from ingest.adapters.store.rows import (
+    CellReward,
+    DeviceCell,
     DeviceReward,
     EpochRewards,
     EpochRow,
@@ -169,6 +171,44 @@ class ReadStore(PoolStore):
             ],
             owners=[_owner_reward(r) for r in owners],
         )
+
+    async def device_epoch(self, epoch: int, device_id: bytes) -> list[DeviceCell]:
+        """A device's cells in an epoch with each cell's factors: two primary-key lookups per cell."""
+        rows = await self.pool.fetch(
+            """SELECT r.device_id, r.owner, r.cell, r.readings, r.amount, r.flagged, r.quality, r.rank,
+                      c.base, c.boost, c.freshness, c.demand, c.weight, c.share, c.depth, c.paid
+               FROM device_rewards r LEFT JOIN epoch_cells c ON c.epoch = r.epoch AND c.cell = r.cell
+               WHERE r.epoch = $1 AND r.device_id = $2 ORDER BY r.cell""",
+            epoch,
+            device_id,
+        )
+        out = []
+        for r in rows:
+            device = DeviceReward(
+                bytes(r["device_id"]),
+                r["owner"],
+                r["cell"],
+                r["readings"],
+                int(r["amount"]),
+                r["flagged"],
+                r["quality"],
+                r["rank"],
+            )
+            factors = None
+            if r["base"] is not None:
+                factors = CellReward(
+                    r["cell"],
+                    r["base"],
+                    r["boost"],
+                    r["freshness"],
+                    r["demand"],
+                    r["weight"],
+                    int(r["share"]),
+                    r["depth"],
+                    int(r["paid"]),
+                )
+            out.append(DeviceCell(device, factors))
+        return out
 
     async def owner_reward(self, epoch: int, owner: str) -> OwnerReward | None:
         """An owner's amount, cumulative total and claim proof; the address matches case-insensitively."""

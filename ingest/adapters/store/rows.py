@@ -110,6 +110,23 @@ class DeviceReward(NamedTuple):
     cell: int
     readings: int
     amount: int
+    flagged: int = 0
+    quality: int = 0  # the slot's, bps
+    rank: int = 0  # 1 = best earner in the cell; 0 = did not earn
+
+
+class CellReward(NamedTuple):
+    """A covered cell's weight factors (bps) and share (ingest/core/rewards.py CellResult)."""
+
+    cell: int
+    base: int
+    boost: int
+    freshness: int
+    demand: int
+    weight: int
+    share: int
+    depth: int
+    paid: int
 
 
 class OwnerReward(NamedTuple):
@@ -117,6 +134,13 @@ class OwnerReward(NamedTuple):
     amount: int
     cumulative: int
     proof: list[bytes]  # sibling hashes of the owner's leaf in the epoch's cumulative Merkle tree
+
+
+class DeviceCell(NamedTuple):
+    """A device's coverage of one cell in a closed epoch, and why it earned what it did."""
+
+    device: DeviceReward
+    factors: CellReward | None  # None: an epoch closed before migration 016 kept no factors
 
 
 @dataclass(frozen=True, slots=True)
