@@ -21,6 +21,7 @@ import pytest
 from devices.protocol.model import Reading
 from ingest.adapters.db import create_pool, migrate
 from ingest.adapters.store import rollups
+from ingest.adapters.store.ingest import IngestStore
 from ingest.adapters.store.partitions import PartitionStore
 from ingest.adapters.store.queries import AggregateRow, QueryStore
 from ingest.adapters.store.rollups import RollupStore
@@ -211,23 +212,33 @@ class PausingConn:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self.conn.fetchval(sql, *args)
 
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        return await self.conn.fetch(sql, *args)
+
     async def execute(self, sql: str, *args: Any) -> Any:
         if sql.startswith("DELETE FROM readings_hourly_dirty"):
             await self.pause()
         return await self.conn.execute(sql, *args)
 
 
+@pytest.mark.parametrize("writer", ["same", "other"])
 async def test_a_batch_committed_during_a_refresh_keeps_its_hour_dirty(
-    store: Store, stations: list[Station], monkeypatch: pytest.MonkeyPatch
+    store: Store, stations: list[Station], monkeypatch: pytest.MonkeyPatch, writer: str
 ) -> None:
     """The batch commits after the refresh recomputed the hour and before it cleans it: the hour must
-    stay dirty (the recompute did not see the batch), and answers stay equal to the raw path."""
+    stay dirty (the recompute did not see the batch), and answers stay equal to the raw path — whether
+    the late batch bumps the same writer's dirty row or adds another worker's (another shard)."""
     rnd = random.Random(12)
     await write(store, packets(stations, rnd, [T0 + 2 * HOUR], 200))
     late = packets(stations, rnd, [T0 + 2 * HOUR], 50)
+    other = IngestStore(store.pool)
+    other._shard = (store._shard + 1) % 64  # another worker's row of the hour
 
     async def batch_meanwhile() -> None:
-        await write(store, late)
+        if writer == "same":
+            await write(store, late)
+        else:
+            await other.write_batch(late, [])
 
     assert not await RollupStore(PausingPool(store.pool, batch_meanwhile)).refresh(T0 + 2 * HOUR)  # type: ignore[arg-type]
     assert [h for h, _ in await RollupStore(store.pool).dirty()] == [T0 + 2 * HOUR]

@@ -22,10 +22,15 @@ CREATE TABLE readings_hourly (
 -- `version`), the refresher recomputes an hour and deletes its row only if `version` is still the one
 -- it read. Queries answer dirty hours from the readings. `since`: when the hour was first dirtied and
 -- not refreshed since (the lag metric).
+-- `shard`: the batch writer's own row (IngestStore's shard, as in stats_counters), so the batches of N
+-- workers bumping the same hour never wait on one row lock until their commits; an hour is dirty while
+-- any of its rows is.
 CREATE TABLE readings_hourly_dirty (
-    hour    timestamptz PRIMARY KEY,
+    hour    timestamptz NOT NULL,
+    shard   smallint    NOT NULL DEFAULT 0,
     version bigint      NOT NULL DEFAULT 1,
-    since   timestamptz NOT NULL DEFAULT now()
+    since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (hour, shard)
 );
 
 -- Every hour holding readings dirty (one scan of the readings): for readings written around the
@@ -34,7 +39,7 @@ CREATE TABLE readings_hourly_dirty (
 CREATE FUNCTION depin_mark_hours_dirty() RETURNS void LANGUAGE sql AS $fn$
     INSERT INTO readings_hourly_dirty (hour)
     SELECT DISTINCT date_bin('1 hour', ts, '1970-01-01T00:00:00Z') FROM readings ORDER BY 1
-    ON CONFLICT (hour) DO UPDATE SET version = readings_hourly_dirty.version + 1
+    ON CONFLICT (hour, shard) DO UPDATE SET version = readings_hourly_dirty.version + 1
 $fn$;
 
 -- Readings stored before this migration have no rollup yet: their hours start dirty.

@@ -276,7 +276,7 @@ class IngestStore(PoolStore):
                 await add_device_counts(conn, self._shard, count_rejected(by_device, counts))
             # The hours whose rollups these readings change (migration 014). Late in the batch: every
             # batch writing the current hour locks its row, until the commit.
-            await mark_dirty(conn, hours)
+            await mark_dirty(conn, hours, self._shard)
             # Last statement of the batch: the counters row locks are held only until the commit.
             await self._count_stored(conn, len(inserted), n_readings, by_reason)
 

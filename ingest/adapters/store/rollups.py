@@ -23,10 +23,11 @@ from ingest.core.rollup_rules import COUNT_NAME, HOUR_MS, block_ranges
 REFRESH_LOCK_KEY = 0x6465_7069_6E5F_726F
 _BUCKETS = {"hour": "1 hour", "day": "1 day"}
 
-# A batch's hours: a new dirty row, or its version bumped. Sorted: batches lock shared rows in one order.
-MARK_DIRTY_SQL = """INSERT INTO readings_hourly_dirty (hour)
-                    SELECT h FROM unnest($1::timestamptz[]) AS u(h) ORDER BY h
-                    ON CONFLICT (hour) DO UPDATE SET version = readings_hourly_dirty.version + 1"""
+# A batch's hours in its writer's shard: a new dirty row, or its version bumped. Sorted: batches lock
+# shared rows in one order.
+MARK_DIRTY_SQL = """INSERT INTO readings_hourly_dirty (hour, shard)
+                    SELECT h, $2 FROM unnest($1::timestamptz[]) AS u(h) ORDER BY h
+                    ON CONFLICT (hour, shard) DO UPDATE SET version = readings_hourly_dirty.version + 1"""
 
 # One hour's rows from one scan of its readings: each reading's numeric values (jsonb number → text →
 # float8, as the raw path's `->>` cast) and one COUNT_NAME row per reading, counting it for metering.
@@ -51,7 +52,7 @@ def _parts_sql(values: bool) -> str:
     else:
         pick, numeric = "NULL::float8 AS v", ""
     return f"""WITH dirty AS MATERIALIZED (
-                   SELECT hour FROM readings_hourly_dirty WHERE hour >= $1 AND hour < $2),
+                   SELECT DISTINCT hour FROM readings_hourly_dirty WHERE hour >= $1 AND hour < $2),
                g AS MATERIALIZED (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS g(lo, hi)),
                parts AS (
                    SELECT h.block, h.hour, h.n, h.lo, h.hi, h.total
@@ -126,18 +127,20 @@ async def usage(
     return {(r["c"], r["e"]): r["n"] for r in rows}
 
 
-async def mark_dirty(conn: asyncpg.Connection, hours_ms: Sequence[int]) -> None:
-    """In a batch's transaction: its hours are dirty (a new row, or the version bumped)."""
+async def mark_dirty(conn: asyncpg.Connection, hours_ms: Sequence[int], shard: int = 0) -> None:
+    """In a batch's transaction: its hours are dirty in `shard` (a new row, or the version bumped)."""
     if hours_ms:
-        await conn.execute(MARK_DIRTY_SQL, [ms_to_dt(h) for h in hours_ms])
+        await conn.execute(MARK_DIRTY_SQL, [ms_to_dt(h) for h in hours_ms], shard)
 
 
 class RollupStore(PoolStore):
     """The refresher's statements (the epochs part's pool) and the retention's."""
 
     async def dirty(self) -> list[tuple[int, int]]:
-        """Every dirty (hour_ms, version)."""
-        rows = await self.pool.fetch("SELECT hour, version FROM readings_hourly_dirty")
+        """Every dirty hour: (hour_ms, the sum of its shards' versions)."""
+        rows = await self.pool.fetch(
+            "SELECT hour, sum(version)::bigint AS version FROM readings_hourly_dirty GROUP BY hour"
+        )
         return [(dt_to_ms(r["hour"]), r["version"]) for r in rows]
 
     async def refresh(self, hour_ms: int) -> bool:
@@ -150,15 +153,22 @@ class RollupStore(PoolStore):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK_KEY)
             # Read after the lock (a fresh snapshot): every batch that committed before this read is in
             # the recompute below; one committing later changes the version.
-            version = await conn.fetchval("SELECT version FROM readings_hourly_dirty WHERE hour = $1", hour)
-            if version is None:
+            marks = await conn.fetch("SELECT shard, version FROM readings_hourly_dirty WHERE hour = $1", hour)
+            if not marks:
                 return False
             await conn.execute("DELETE FROM readings_hourly WHERE hour = $1", hour)
             await conn.execute(_RECOMPUTE_SQL, hour)
             status = await conn.execute(
-                "DELETE FROM readings_hourly_dirty WHERE hour = $1 AND version = $2", hour, version
+                """DELETE FROM readings_hourly_dirty d USING unnest($2::smallint[], $3::bigint[]) AS m(s, v)
+                   WHERE d.hour = $1 AND d.shard = m.s AND d.version = m.v""",
+                hour,
+                [m["shard"] for m in marks],
+                [m["version"] for m in marks],
             )
-            return status == "DELETE 1"
+            # Clean when every mark read went; a mark added or bumped meanwhile keeps the hour dirty.
+            return status == f"DELETE {len(marks)}" and not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM readings_hourly_dirty WHERE hour = $1)", hour
+            )
 
     async def lag_s(self, now_ms: int) -> float:
         """How long the longest-waiting ended dirty hour has waited since it ended or was dirtied."""
@@ -186,6 +196,6 @@ async def dirty_before(conn: asyncpg.Connection, before_ms: int) -> None:
     await conn.execute(
         """INSERT INTO readings_hourly_dirty (hour)
            SELECT DISTINCT hour FROM readings_hourly WHERE hour < $1 ORDER BY hour
-           ON CONFLICT (hour) DO UPDATE SET version = readings_hourly_dirty.version + 1""",
+           ON CONFLICT (hour, shard) DO UPDATE SET version = readings_hourly_dirty.version + 1""",
         ms_to_dt(before_ms),
     )
