@@ -93,6 +93,7 @@ class EpochConfig(ScoringConfig):
 
     grace_ms: int = 5_000
     rollup_interval_s: float = 10.0  # the epochs part also refreshes the hourly rollups (ingest/rollups.py)
+    market_poll_s: float = 2.0  # and mirrors the distributor's deposits and bounties (ingest/market.py)
 
 
 class Epochs:
@@ -160,6 +161,7 @@ class Epochs:
             scored.device_rows,
             scored.owner_rows,
             scored.cell_rows,
+            scored.payouts,
         )
         if row.inputs_digest == digest:  # not a concurrent closer's result
             metrics.EPOCHS_CLOSED.inc()

@@ -42,6 +42,7 @@ from ingest.core import readiness
 from ingest.core.readiness import PartsState
 from ingest.core.rejection_budget import RejectionBudget
 from ingest.epochs import Epochs
+from ingest.market import MarketMirror
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
@@ -372,6 +373,15 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             # On the epochs' pool: one connection per refresh, one hour at a time.
             rollups = RollupStore(stores.epochs.pool)
             tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)
+            # Buyers' deposits and bounties, mirrored for the API's credit and the epochs' market split.
+            market = MarketMirror(
+                node.distributor,
+                stores.epochs,
+                start_block=deployment.block,
+                confirmations=settings.chain.confirmations,
+                poll_s=settings.epochs.market_poll_s,
+            )
+            tasks["market"] = market.run
         if "api" in parts:
             api = settings.api
             url = await stack.enter_async_context(

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from eth_utils import to_checksum_address
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from devices.errors import SettingsError
 from ingest.adapters.mqtt import MqttConfig, tls_context
 from ingest.brokerauth import BrokerAuthError, read_password_file
+from ingest.core.market import MarketParams
 from ingest.core.readiness import ReadyRules
 from ingest.core.rejection_budget import BudgetConfig
 from ingest.core.rules import TimeLimits
@@ -128,6 +130,14 @@ class Environment(BaseSettings):
     demand_units: int = Field(default=1000, ge=1)
     demand_cap_bps: int = Field(default=30_000, ge=10_000)
     boost_signers: str = ""  # comma list of operator addresses
+    # Buyers' money (README "Rewards"): a usage unit costs a prepaid key (one with tokens deposited on
+    # chain for it) this many token base units; this share (bps) of what each epoch charged goes to the
+    # devices that collected the data used, the rest to the treasury address (empty: it stays in the
+    # distributor, owed to nobody). The `epochs` part mirrors deposits and bounties every market_poll_s.
+    price_per_unit: int = Field(default=10**15, ge=0)
+    revenue_share_bps: int = Field(default=7_000, ge=0, le=10_000)
+    treasury_address: str = Field(default="", pattern=r"^(0x[0-9a-fA-F]{40})?$")
+    market_poll_s: float = Field(default=2.0, gt=0)
     # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
@@ -275,6 +285,7 @@ class ApiConfig:
     map_tiles_url: str = ""  # DEPIN_MAP_TILES_URL: empty = a plain background under the map
     map_tiles_attribution: str = ""
     reuse_port: bool = False  # DEPIN_API_REUSE_PORT: SO_REUSEPORT, N API processes on one port
+    price_per_unit: int = 0  # DEPIN_PRICE_PER_UNIT: base units a usage unit costs a prepaid key
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +326,12 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
         length_ms=int(e.epoch_length_s * 1000),
         grace_ms=int(e.epoch_grace_s * 1000),
         boost_signers=tuple(a.strip() for a in e.boost_signers.split(",") if a.strip()),
+        market=MarketParams(
+            revenue_share_bps=e.revenue_share_bps,
+            treasury=to_checksum_address(e.treasury_address) if e.treasury_address else "",
+            reading_cap=e.reading_cap,
+        ),
+        market_poll_s=e.market_poll_s,
     )
     return Settings(
         database=_group(DatabaseConfig, e, "database_", "db_"),

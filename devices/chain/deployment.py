@@ -30,6 +30,9 @@ class Schedule:
     challenge_window_s: int = 0
     supply_cap: int = 10**9 * TOKEN
     admin_delay_s: int = ADMIN_DELAY_S
+    # Minted once at deploy to the deployer, within the cap (0: none): on a devnet, buyers' tokens to
+    # deposit for API credit and bounties come from here (README "Rewards", buyers' revenue).
+    premine: int = 0
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Deployment:
     distributor: str
     block: int  # block of the first deploy: where an event mirror starts replaying
     deployer: str
+    premine: int = 0  # base units minted to the deployer at deploy (Schedule.premine)
 
     def save(self, path: Path | str) -> None:
         p = Path(path)
@@ -56,6 +60,7 @@ class Deployment:
             distributor=to_checksum_address(data["distributor"]),
             block=int(data["block"]),
             deployer=to_checksum_address(data["deployer"]),
+            premine=int(data.get("premine", 0)),
         )
 
 
@@ -75,7 +80,7 @@ async def deploy_contracts(
         raise InputError("the rewards account must not be the zero address")
     s = schedule
     registry, r0 = await signer.deploy("DeviceRegistry", admin, s.admin_delay_s)
-    token, _ = await signer.deploy("RewardToken", admin, s.admin_delay_s, s.supply_cap)
+    token, _ = await signer.deploy("RewardToken", admin, s.admin_delay_s, s.supply_cap, admin, s.premine)
     distributor, _ = await signer.deploy(
         "RewardDistributor",
         admin,
@@ -96,4 +101,5 @@ async def deploy_contracts(
         distributor=distributor.address,
         block=int(r0["blockNumber"]),
         deployer=admin,
+        premine=s.premine,
     )

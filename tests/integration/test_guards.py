@@ -174,7 +174,7 @@ async def test_admin_handover_is_two_steps_with_a_delay_and_the_token_is_capped(
     with pytest.raises(ChainError, match="ERC20ExceededCap"):
         await signer.send(token.functions.mint(signer.address, cap + 1))
     with pytest.raises(ChainError, match="AccessControlInvalidDefaultAdmin"):
-        await signer.deploy("RewardToken", "0x" + "00" * 20, 0, cap)
+        await signer.deploy("RewardToken", "0x" + "00" * 20, 0, cap, signer.address, 0)
 
 
 async def test_the_service_names_a_schedule_that_differs_from_its_settings(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ingest.adapters.store.market import MarketStore, save_payouts
 from ingest.adapters.store.rows import (
     SEAL_LOCK_KEY,
     CellReward,
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
 
 
-class EpochStore(PoolStore):
+class EpochStore(MarketStore, PoolStore):
     """Tables `epochs`, `device_rewards`, `owner_rewards`, `epoch_seal`; reads `readings` and `devices`."""
 
     async def epoch_coverage(self, start_ms: int, end_ms: int) -> list[CoverageRow]:
@@ -70,6 +71,7 @@ class EpochStore(PoolStore):
         device_rewards: Sequence[DeviceReward],
         owner_rewards: Sequence[OwnerReward],
         cell_rewards: Sequence[CellReward] = (),
+        payouts: Sequence[tuple[str, str, str, int]] = (),
     ) -> EpochRow:
         """Record a closed epoch and its rewards in one transaction; status 'closed'. The summary's
         columns (params, cells, devices, owners: migration 012) are filled from the manifest's top
@@ -132,6 +134,7 @@ class EpochStore(PoolStore):
                             columns=["epoch", "owner", "amount", "cumulative", "proof"],
                             records=[(epoch, o, a, cum, proof_to_db(p)) for o, a, cum, p in owner_rewards],
                         )
+                    await save_payouts(conn, epoch, payouts)  # buyers' money (migration 017)
                 else:
                     log.info("epoch %s already stored; keeping the stored result", epoch)
             row = await fetch_epoch(conn, epoch)
