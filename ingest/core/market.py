@@ -280,7 +280,8 @@ def split_market(
             raise ValueError(f"bad bounty {b}")
         if epoch < b.start_epoch:
             continue
-        part = bounty_slice(b.amount, b.start_epoch, b.end_epoch, epoch)
+        # never more than is left (a bounty's earlier payouts are at most its earlier slices)
+        part = min(bounty_slice(b.amount, b.start_epoch, b.end_epoch, epoch), b.amount - b.paid_before)
         paid = 0
         covering = sorted(
             (d for d in earners if in_cells(d.cell, b.cells)), key=lambda d: (d.cell, d.device_id)

@@ -192,6 +192,17 @@ class KeyStore(PoolStore):
         )
         return [UsageRow(r["cell"], r["epoch"], r["units"]) for r in rows]
 
+    async def credit(self, key_id: str, account: bytes) -> tuple[int, int]:
+        """(deposited, spent) of a key in token base units: its deposits as mirrored (`account`:
+        keccak256 of its id) and the value of its usage as a prepaid key."""
+        row = await self.pool.fetchrow(
+            """SELECT coalesce((SELECT sum(amount) FROM market_deposits WHERE account = $1), 0) AS deposited,
+                      coalesce((SELECT sum(amount) FROM usage_spend WHERE key_id = $2), 0) AS spent""",
+            account,
+            key_id,
+        )
+        return int(row["deposited"]), int(row["spent"])
+
     async def used_on(self, key_id: str, day: int) -> int:
         used = await self.pool.fetchval(
             "SELECT units FROM usage_daily WHERE key_id = $1 AND day = $2", key_id, _date(day)
