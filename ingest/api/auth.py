@@ -12,7 +12,6 @@ updated by every write of this process; other processes' usage shows within the 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +23,7 @@ from aiohttp import web
 from ingest.adapters.store.keys import KeyStore
 from ingest.api import metering
 from ingest.api.metering import KEY_ID, EpochGrid
-from ingest.api.usage_batch import UsageBatcher
+from ingest.api.usage_batch import Batch, Spend, UsageBatcher
 from ingest.core import apikeys
 from ingest.core.apikeys import KeyRecord, Refusal
 from ingest.core.market import account_of
@@ -81,8 +80,7 @@ class Keys:
     _usage: UsageBatcher = field(init=False)  # group commit of the usage writes (usage_batch.py)
 
     def __post_init__(self) -> None:
-        price = self.access.price_per_unit
-        self._usage = UsageBatcher(functools.partial(self.store.record_usage_batch, price=price))
+        self._usage = UsageBatcher(self._write_usage)
 
     async def get(self, token: str) -> KeyRecord | None:
         digest = apikeys.digest(token)
@@ -103,6 +101,11 @@ class Keys:
             else:
                 self._spent.pop(found[0].key_id, None)
         return record
+
+    async def _write_usage(self, batch: Batch, spend: Spend | None = None) -> Mapping[tuple[str, int], int]:
+        if not spend:
+            return await self.store.record_usage_batch(batch)
+        return await self.store.record_usage_batch(batch, spend, price=self.access.price_per_unit)
 
     def spent(self, key: KeyRecord) -> int:
         """A prepaid key's spend: as looked up, plus what this process wrote since."""

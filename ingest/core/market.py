@@ -169,7 +169,7 @@ class MarketInputs:
 
 def account_of(key_id: str) -> bytes:
     """The on-chain account of an API key (`deposit(account, amount)`): keccak256 of its public id."""
-    return keccak(key_id.encode("ascii"))
+    return keccak(key_id.encode("utf-8"))
 
 
 def charge(deposited: int, spent_before: int, spent: int) -> int:
