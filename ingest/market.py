@@ -19,6 +19,7 @@ from eth_utils import to_checksum_address
 
 from devices.chain.distributor import DistributorClient
 from devices.protocol.registry_fold import confirmed_height
+from ingest import metrics
 from ingest.adapters.store.market import BountyEvent, DepositEvent, MarketStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class MarketMirror:
             deposits, bounties = _decode(await self.client.market_events(frm, to))
             new += await self.store.save_market_events(deposits, bounties, to)
             frm = to + 1
+            metrics.MARKET_BLOCK.set(to)
         if new:
             log.info("market: %d new deposits/bounties mirrored up to block %d", new, target)
         return new
@@ -65,6 +67,7 @@ class MarketMirror:
                 await self.sync_once()
                 failing = False
             except Exception as exc:  # the chain or the database away: logged, retried
+                metrics.MARKET_ERRORS.inc()
                 log.error("market mirror: %r (retrying every %s s)", exc, self.poll_s, exc_info=not failing)
                 failing = True
             await asyncio.sleep(self.poll_s)

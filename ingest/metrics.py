@@ -62,6 +62,8 @@ MQTT_RECONNECTS = Counter("depin_mqtt_reconnects_total", "reconnects to the MQTT
 REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the registry mirror")
 REGISTRY_LAG = Gauge("depin_registry_lag_blocks", "chain head minus the mirror's block")
 REGISTRY_DEVICES = Gauge("depin_registry_devices", "devices in the registry mirror")
+MARKET_BLOCK = Gauge("depin_market_block", "last chain block whose deposits and bounties are mirrored")
+MARKET_ERRORS = Counter("depin_market_errors_total", "failed syncs of the deposits and bounties mirror")
 CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC succeeded")
 REGISTRY_SYNC_FAILURES = Counter(
     "depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)"
