@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ingest.api.bounties import PATHS as BOUNTY_PATHS
 from ingest.api.map import OPENAPI_PATHS as MAP_PATHS
 from ingest.api.usage import PATHS as USAGE_PATHS
 
@@ -320,6 +321,7 @@ OPENAPI: dict[str, Any] = {
     "components": {"schemas": SCHEMAS},
 }
 OPENAPI["paths"].update(USAGE_PATHS)
+OPENAPI["paths"].update(BOUNTY_PATHS)
 
 
 def openapi_for(max_rows: int) -> dict[str, Any]:

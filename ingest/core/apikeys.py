@@ -44,6 +44,7 @@ ACCESS: dict[str, str] = {
     "/v1/epochs/*": PUBLIC,
     "/v1/owners/*": PUBLIC,
     "/v1/devices/*": PUBLIC,
+    "/v1/bounties": PUBLIC,  # on chain and in the manifests anyway
     "/v1/readings/*": "read",
     "/v1/aggregates": "read",
     "/v1/packets/*": "read",

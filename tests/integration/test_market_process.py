@@ -129,6 +129,16 @@ async def test_depin_run_meters_prepaid_keys_and_pays_revenue_and_bounties(
             assert sum(int(m["revenue"]) for m in manifests) == 5 * PRICE
             assert [b["paid"] for m in manifests for b in m["bounties"]] == ["500", "0"]
             assert manifests[1]["bounties"][0]["refund"] == "501"
+            async with http.get(f"{proc.url}/v1/bounties", headers={"Authorization": ""}) as r:
+                assert r.status == 200  # public
+                (listed,) = (await r.json())["bounties"]
+            assert (listed["id"], listed["paid"], listed["refunded"], listed["settled_epoch"]) == (
+                1,
+                "500",
+                "501",
+                2,
+            )
+            assert listed["cells"] == [f"{x7:x}"] and listed["funder"] == buyer.address
 
             for account in (owner_a, owner_c, treasury, buyer):
                 client = DistributorClient(w3, deployment, make_signer(account))
