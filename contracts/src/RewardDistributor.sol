@@ -104,9 +104,9 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
     }
 
     /// @notice Epochs whose end has passed by this block's time: the highest number publishable now.
-    /// @dev Block time (Slither's low "timestamp" finding here, in publishEpoch, claimableRoot and _promote):
-    ///      a proposer can skew it by seconds, which moves an epoch's end or a window's by as much; epochs
-    ///      and windows are minutes to days, and the caps hold whatever the skew.
+    /// @dev Block time (Slither's low "timestamp" finding here, in publishEpoch, createBounty, claimableRoot
+    ///      and _promote): a proposer can skew it by seconds, which moves an epoch's end or a window's by as
+    ///      much; epochs and windows are minutes to days, and the caps hold whatever the skew.
     function endedEpochs() public view returns (uint64) {
         uint256 nowMs = block.timestamp * 1000;
         if (nowMs < genesisMs) return 0;
