@@ -115,7 +115,10 @@ SCHEMAS: dict[str, Any] = {
             "epoch": _I,
             "start_ms": _I,
             "end_ms": _I,
-            "status": {"type": "string", "enum": ["closed", "published", "settled"]},
+            "status": {
+                "type": "string",
+                "enum": ["closed", "signed", "published", "settled", "refused", "vetoed"],
+            },
             "emission": _DEC,
             "allocated": _DEC,
             "unissued": _DEC,

@@ -131,7 +131,7 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
                 async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/v1/epochs/{n}") as r:
                     assert r.status == 200
                     body: dict[str, Any] = await r.json()
-                return body if body["status"] == "published" else None
+                return body if body["status"] in ("published", "settled") else None
 
             epoch = await wait_for(marked_published, 15, f"epoch {n} marked published")
             assert epoch["root"] == "0x" + root.hex()
