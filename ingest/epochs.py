@@ -486,6 +486,12 @@ class Epochs:
             self._due_epoch, self.due_since = step.epoch, time.monotonic()
         metrics.EPOCH_DUE_SECONDS.set(0 if self.due_since is None else time.monotonic() - self.due_since)
 
+    def vetoed(self, epoch: int) -> None:
+        """The distributor mirror saw GUARDIAN_ROLE veto the epoch's root: reported as failing (readiness,
+        like a refusal) until an epoch is published again."""
+        self._refusal = f"epoch {epoch}'s root was vetoed by GUARDIAN_ROLE"
+        self._set_failing(self._refusal)
+
     def _set_failing(self, error: str | None) -> None:
         self.failing = error is not None or self._refusal is not None
         metrics.EPOCH_FAILING.set(int(self.failing))

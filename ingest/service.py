@@ -33,6 +33,7 @@ from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
+from ingest.adapters.store.payouts import PayoutStore
 from ingest.adapters.store.rollups import RollupStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.api.auth import api_access
@@ -41,6 +42,7 @@ from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
 from ingest.core.rejection_budget import RejectionBudget
+from ingest.distributor_mirror import DistributorMirror
 from ingest.epochs import Epochs
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
@@ -289,6 +291,19 @@ def build_node(
     return node
 
 
+def distributor_mirror(node: Node, pool: Any) -> DistributorMirror:
+    """The `epochs` part's mirror of the distributor's events (ingest/distributor_mirror.py), on `pool`
+    (the epochs' own), polling like the registry follower, trusting blocks as deep as it does."""
+    chain = node.settings.chain
+    return DistributorMirror(
+        PayoutStore(pool),
+        node.distributor,
+        confirmations=chain.confirmations,
+        poll_s=chain.registry_poll_s,
+        on_veto=node.epochs.vetoed,
+    )
+
+
 @asynccontextmanager
 async def serve_api(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
@@ -369,6 +384,8 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             tasks.update(_consume(node, stores.ingest))
         if "epochs" in parts:
             tasks["epochs"] = _epochs(node, rewards)
+            # The distributor's events into the database (GET /v1/owners/{address}/rewards, vetoes).
+            tasks["distributor-mirror"] = distributor_mirror(node, stores.epochs.pool).run
             # On the epochs' pool: one connection per refresh, one hour at a time.
             rollups = RollupStore(stores.epochs.pool)
             tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)

@@ -334,6 +334,9 @@ def openapi_for(max_rows: int) -> dict[str, Any]:
     from ingest.api import devices  # lazy: it imports this module
 
     devices.merge_openapi(doc)
+    from ingest.api import rewards  # lazy: it imports this module
+
+    rewards.merge_openapi(doc)
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows
