@@ -372,10 +372,22 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         if rewards is not None:
             setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
             await check_rewards_role(node.distributor, rewards, setting)
+        if "epochs" in parts:
+            # A stop, not a warning: epochs numbered otherwise than on chain, or a schedule the contract's
+            # cap refuses, would close manifests that can never be published as computed.
             e = settings.epochs
-            mismatch = await schedule_mismatch(node.distributor, e.genesis_ms, e.length_ms, e.emission)
-            if mismatch:  # a warning, not a stop: the contract refuses what does not fit, and alerts
-                log.warning("the distributor's emission schedule differs from the settings: %s", mismatch)
+            mismatch = await schedule_mismatch(
+                node.distributor,
+                e.genesis_ms,
+                e.length_ms,
+                e.emission,
+                halving_epochs=e.emission_halving_epochs,
+                recorded_halving_epochs=None
+                if deployment.schedule is None
+                else deployment.schedule.emission_halving_epochs,
+            )
+            if mismatch:
+                raise ValueError(f"the distributor's emission schedule does not fit the settings: {mismatch}")
         await node.follower.load()
         tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:

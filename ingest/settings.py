@@ -121,6 +121,10 @@ class Environment(BaseSettings):
     epoch_length_s: float = Field(default=86_400, gt=0)
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN
+    # The emission schedule: DEPIN_EPOCH_EMISSION for epochs 1..N, half of it for the next N, a quarter
+    # after, …; 0 = the same every epoch. The contract caps every epoch at its epochEmission: `depin run`
+    # refuses to start when the schedule's first (largest) epoch exceeds it.
+    emission_halving_epochs: int = Field(default=0, ge=0)
     max_devices_per_cell: int = 10
     # Scoring (README "Rewards", ingest/scoring.py): readings beyond the cap add nothing; a cell pays
     # its whole share once its earners have this many quality-weighted clean readings; a cell that paid

@@ -21,6 +21,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from devices.chain.artifacts import REWARDS_ROLE
+from devices.chain.deployment import Schedule, deploy_contracts
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
@@ -52,6 +53,12 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
+    # The distributor numbers epochs as the service does (`depin run` refuses another schedule).
+    genesis = time.time_ns() // 1_000_000 + LEAD_MS
+    length = LENGTH_S * 1000
+    deployment = await deploy_contracts(
+        w3, signer, Schedule(genesis, length, 10_000 * 10**18), rewards_account=signer.address
+    )
     fleet = make_fleet(7, [a.address for a in accounts[2:5]], seed=11)
     senders, late_device = fleet[:6], fleet[6]  # the 7th sends only the late packet
     await RegistryClient(w3, deployment, signer).register_batch(
@@ -67,8 +74,6 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
     key_file.chmod(0o600)
     deployment.save(tmp_path / "deployment.json")
 
-    genesis = time.time_ns() // 1_000_000 + LEAD_MS
-    length = LENGTH_S * 1000
     env = consumer_env(
         database_url=pg_dsn,
         mqtt_host=mosquitto.host,
