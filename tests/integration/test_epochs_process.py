@@ -144,6 +144,24 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
             assert epoch["cells"] > 0 and epoch["devices"] > 0 and "manifest" not in epoch
         assert await distributor.latest_epoch() == 2
 
+        # The epochs part mirrors the distributor's events: an owner's rewards are claimable (no
+        # challenge window here) and as of a mirrored block, read from the database.
+        owner = senders[0].owner
+
+        async def mirrored() -> dict[str, Any] | None:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{proc.url}/v1/owners/{owner}/rewards") as r,
+            ):
+                assert r.status == 200
+                body: dict[str, Any] = await r.json()
+            accepted = body["accepted"]
+            return body if accepted is not None and accepted["epoch"] == 2 else None
+
+        rewards = await wait_for(mirrored, 15, "the distributor's events mirrored")
+        assert rewards["as_of_block"] is not None and rewards["claimed"] == "0"
+        assert rewards["claimable"] == rewards["cumulative"] != "0"
+
         # A packet for epoch 1 sent after epoch 1 closed: refused `epoch_closed`, told on …/ack and
         # shown by the API; a redelivery of a packet stored in epoch 1 stays a duplicate.
         late = next_message(late_device, genesis + 2_000)

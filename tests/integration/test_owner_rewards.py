@@ -87,7 +87,12 @@ async def test_owner_rewards_from_an_api_only_process_follow_pending_accepted_cl
     distributor = DistributorClient(w3, deployment, signer)
     epochs = Epochs(store, distributor, EpochConfig(genesis_ms=genesis, length_ms=L, emission=emission))
     vetoes: list[int] = []
-    mirror = DistributorMirror(PayoutStore(store.pool), distributor, on_veto=vetoes.append)
+
+    def on_veto(epoch: int) -> None:
+        vetoes.append(epoch)
+        epochs.vetoed(epoch)  # what `depin run` wires: /readyz names epochs until the next publish
+
+    mirror = DistributorMirror(PayoutStore(store.pool), distributor, on_veto=on_veto)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
     env.update(DEPIN_DATABASE_URL=pg_dsn, DEPIN_API_KEYS="off", PYTHONUNBUFFERED="1")
@@ -152,6 +157,20 @@ async def test_owner_rewards_from_an_api_only_process_follow_pending_accepted_cl
         assert body["pending"] is None and body["accepted"]["epoch"] == 1 and body["claimable"] == "0"
         assert [e["status"] for e in body["epochs"]][:1] == ["vetoed"]
 
+        # What happens next: the next epoch's cumulative root carries the vetoed epoch's amounts.
+        assert epochs.failing and "vetoed by GUARDIAN_ROLE" in (epochs.last_error or "")
+        await _write(store, genesis, 3, 0, 3)
+        await epochs.close(3)
+        assert (await epochs.publish(3)).status == "published"
+        epochs._set_failing(None)  # what the scheduler does after a step that went through
+        assert not epochs.failing
+        await asyncio.sleep(WINDOW_S + 1)
+        await mirror.sync_once()
+        body = await rewards()
+        amount3 = int(body["cumulative"])
+        assert body["accepted"]["epoch"] == 3 and amount3 > amount2
+        assert body["claimable"] == str(amount3 - amount1)  # epoch 2's amount and epoch 3's
+
         # Idempotent: a second pass over the same blocks stores nothing twice; a reset replays all.
         count = await store.pool.fetchval("SELECT count(*) FROM distributor_events")
         await mirror.sync_once()
@@ -160,6 +179,7 @@ async def test_owner_rewards_from_an_api_only_process_follow_pending_accepted_cl
         assert await store.pool.fetchval("SELECT count(*) FROM distributor_events") == count
         assert vetoes == [2]  # the replayed veto: its epoch is already 'vetoed', no second alert
         assert (await rewards()) == body
+        assert not epochs.failing  # a replayed veto is old news
 
         # Confirmations: nothing newer than latest − N is mirrored.
         deep = DistributorMirror(PayoutStore(store.pool), distributor, confirmations=1_000)
