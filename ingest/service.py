@@ -373,8 +373,9 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
             await check_rewards_role(node.distributor, rewards, setting)
         if "epochs" in parts:
-            # A stop, not a warning: epochs numbered otherwise than on chain, or a schedule the contract's
-            # cap refuses, would close manifests that can never be published as computed.
+            # With a key, a stop: epochs numbered otherwise than on chain, or a schedule the contract's cap
+            # refuses, would be closed into manifests that can never be published as computed. Without
+            # one nothing is published, so a warning; the start that brings a key refuses.
             e = settings.epochs
             mismatch = await schedule_mismatch(
                 node.distributor,
@@ -387,7 +388,10 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
                 else deployment.schedule.emission_halving_epochs,
             )
             if mismatch:
-                raise ValueError(f"the distributor's emission schedule does not fit the settings: {mismatch}")
+                problem = f"the distributor's emission schedule does not fit the settings: {mismatch}"
+                if rewards is not None:
+                    raise ValueError(problem)
+                log.warning("%s (no rewards key: nothing is published; with one, depin run refuses)", problem)
         await node.follower.load()
         tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:

@@ -128,15 +128,18 @@ async def test_a_key_without_rewards_role_stops_the_epochs_part_at_start(
 
 
 async def test_a_schedule_that_does_not_fit_the_distributor_stops_the_epochs_part_at_start(
-    tmp_path: Path, pg_dsn: str, anvil_url: str, deployment: Deployment
+    tmp_path: Path, pg_dsn: str, anvil_url: str, deployment: Deployment, accounts: list[LocalAccount]
 ) -> None:
     """The fixture's distributor numbers 1-second epochs from 1970 and mints at most 10,000 tokens an
-    epoch; the service's defaults are daily epochs from 2026: refused with both named, whether or not
-    a rewards key is configured. With matching settings but a deployment file that records another
-    halving, refused too."""
+    epoch; the service's defaults are daily epochs from 2026: with a rewards key (the fixture's deployer
+    holds REWARDS_ROLE), refused with both named. With matching settings but a deployment file that
+    records another halving, refused too."""
     assert deployment.schedule is not None
     deployment.save(tmp_path / "deployment.json")
-    env = env_with(tmp_path)
+    path = tmp_path / "rewards.key"
+    path.write_text(accounts[0].key.hex() + "\n")
+    path.chmod(0o600)
+    env = env_with(tmp_path, rewards_key_file=path)
     env.update(DEPIN_DATABASE_URL=pg_dsn, DEPIN_CHAIN_RPC_URL=anvil_url)
     line = one_error_line(*await depin_run(env))
     assert line.startswith(
