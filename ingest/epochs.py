@@ -521,11 +521,12 @@ class Epochs:
                         if standing_by:
                             log.info("epoch scheduler: the lock is free again; taking over")
                         standing_by = False
-                        settling = False
+                        settling, settle_error = False, None
                         if self.chain is not None:
-                            doing = "settling published epochs"
-                            settling = await self.settle() > 0
-                        doing = "deciding the next epoch"
+                            try:
+                                settling = await self.settle() > 0
+                            except Exception as exc:  # the RPC away: closing (database only) goes on
+                                settling, settle_error = True, exc
                         step = await self.next_step(clock(), settling=settling)
                         self._track_due(step)
                         if isinstance(step, Close):
@@ -534,6 +535,9 @@ class Epochs:
                         if isinstance(step, Publish) or (isinstance(step, Close) and self.can_publish):
                             doing = f"publishing epoch {step.epoch}"
                             await self.publish(step.epoch)
+                        if settle_error is not None:
+                            doing = "settling published epochs"
+                            raise settle_error
                     else:
                         if not standing_by:
                             log.info("epoch scheduler: another process holds the lock; standing by")

@@ -348,8 +348,7 @@ async def test_the_scheduler_survives_a_database_error_before_any_epoch_is_known
     clock = FakeClock(world.end(1) + GRACE, before_sleep=repair_after_two)
     await clock.run_until(world.epochs(), clock.now + 3_000)
     messages = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    # The turn's first query is the settle check's (published epochs waiting for confirmations).
-    assert [m.split(" (")[0] for m in messages] == ["settling published epochs failed"] * 2
+    assert [m.split(" (")[0] for m in messages] == ["deciding the next epoch failed"] * 2
     assert 'relation "epochs" does not exist' in messages[0]
     assert on_chain((await world.stored())[1])
 
@@ -615,3 +614,29 @@ async def test_a_published_epoch_settles_past_the_confirmations_and_a_reorg_that
     assert settled is not None and settled.status == "settled" and settled.block_hash == again.block_hash
     assert await world.distributor.root_of(1) == first.root
     assert await world.published_on_chain() == Counter({1: 1})
+
+
+async def test_with_the_rpc_down_a_published_epoch_waits_to_settle_and_the_next_is_still_sealed_and_closed(
+    world: World, accounts: list[LocalAccount], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settling needs the chain, closing does not: an RPC outage must not delay the seal (late packets
+    would otherwise still count after the grace)."""
+    await world.readings_in(1)
+    await world.readings_in(2)
+    config = dataclasses.replace(world.config, confirmations=5)
+    first = Epochs(world.store, world.distributor, config)
+    await first.close(1)
+    assert (await first.publish(1)).status == "published"
+    dead_w3 = AsyncWeb3(AsyncHTTPProvider("http://127.0.0.1:9", exception_retry_configuration=None))
+    down = Epochs(
+        world.store, DistributorClient(dead_w3, world.deployment, Signer(dead_w3, accounts[0])), config
+    )
+    clock = FakeClock(world.end(2) + GRACE)
+    try:
+        await clock.run_until(down, clock.now + 1_000)
+    finally:
+        await dead_w3.provider.disconnect()
+    stored = await world.stored()
+    assert (stored[1].status, stored[2].status) == ("published", "closed")
+    assert await world.store.sealed_until() == (world.end(2), 2)
+    assert any("publishing epoch 2 failed" in r.getMessage() for r in caplog.records)
