@@ -398,6 +398,14 @@ class Epochs:
                 waiting += 1
                 continue
             receipt = await chain.receipt(row.tx_hash)
+            if receipt is None and await chain.root_of(row.epoch) == row.root:
+                # Our root is on chain, so the epoch was not dropped: a node that lags behind the one
+                # that served the receipt, or another tx of ours published it (adopt that one).
+                found = await chain.published_tx(row.epoch)
+                if found is not None and found[0] != row.tx_hash:
+                    await self.store.mark_published(row.epoch, found[0], found[1])
+                waiting += 1
+                continue
             if receipt is None or receipt["status"] != 1:
                 await self._dropped(row, reverted=receipt is not None)
                 continue

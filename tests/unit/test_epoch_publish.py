@@ -479,3 +479,19 @@ async def test_a_publish_that_reverts_after_a_reorg_is_signed_again() -> None:
     assert await epochs.settle() == 0
     assert journal.rows[1].status == "closed" and journal.rows[1].raw_tx is None
     assert (await epochs.publish(1)).status == "published" and "sign nonce 1" in log
+
+
+async def test_a_receipt_missing_while_the_root_is_on_chain_is_not_taken_for_a_reorg() -> None:
+    """A node behind the one that served the receipt (a load balancer): the root is on chain, so the
+    publish was not dropped; the epoch keeps waiting, nothing is rebroadcast."""
+    journal, chain, log = world()
+    epochs = settler(journal, chain, confirmations=1)
+    await epochs.publish(1)
+    tx_hash = journal.rows[1].tx_hash
+    assert tx_hash is not None
+    receipt = chain.mined.pop(tx_hash)
+    assert await epochs.settle() == 1 and journal.rows[1].status == "published"
+    assert not any(e.startswith("back to") for e in log) and len(chain.broadcasts) == 1
+    chain.mined[tx_hash] = receipt
+    chain.block += 1
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"
