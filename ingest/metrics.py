@@ -112,6 +112,22 @@ EPOCH_NONCE_TAKEN = Counter(
     "depin_epoch_publish_nonce_taken_total",
     "journaled publish transactions whose nonce another transaction used (dropped and re-signed)",
 )
+EPOCHS_SETTLED = Counter(
+    "depin_epochs_settled_total",
+    "published epochs settled: DEPIN_CHAIN_CONFIRMATIONS blocks past their receipt, still canonical",
+)
+EPOCH_REORGED = Counter(
+    "depin_epoch_publish_reorged_total",
+    "publish transactions a reorg dropped or moved after their receipt (dropped ones are rebroadcast)",
+    ["outcome"],
+)
+EPOCHS_VETOED = Counter(
+    "depin_epochs_vetoed_total",
+    "epochs whose root GUARDIAN_ROLE vetoed (a mirrored RootVetoed): alert on any",
+)
+DISTRIBUTOR_MIRROR_BLOCK = Gauge(
+    "depin_distributor_mirror_block", "last block whose distributor events are mirrored into the database"
+)
 API_DB_UNAVAILABLE = Counter(
     "depin_api_db_unavailable_total", "API requests answered 503 because the database was unavailable"
 )

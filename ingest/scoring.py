@@ -21,7 +21,17 @@ from ingest.core import boosts as bst
 from ingest.core import market as mk
 from ingest.core.cellweights import DemandParams, cell_factors, stationary_cells
 from ingest.core.merkle import CumulativeMerkleTree
-from ingest.core.rewards import EpochSplit, RewardParams, cumulative, inputs_digest, split_epoch
+from ingest.core.rewards import (
+    EmissionSchedule,
+    EpochSplit,
+    FixedEmission,
+    HalvingEmission,
+    RewardParams,
+    cumulative,
+    emission_for_epoch,
+    inputs_digest,
+    split_epoch,
+)
 from ingest.core.schedule import epoch_bounds
 from ingest.model import CoverageRow
 
@@ -57,14 +67,24 @@ class ScoringConfig:
     boost_signers: tuple[str, ...] = ()
     # Buyers' revenue and bounties (ingest/core/market.py); None: not part of the epoch (no manifest key)
     market: mk.MarketParams | None = None
+    # DEPIN_EMISSION_HALVING_EPOCHS: `emission` for epochs 1..N, half for the next N, …; 0 = flat.
+    emission_halving_epochs: int = 0
 
     @property
     def demand(self) -> DemandParams:
         return DemandParams(self.demand_epochs, self.demand_units, self.demand_cap_bps)
 
-    def params(self) -> RewardParams:
+    def emission_schedule(self) -> EmissionSchedule:
+        if self.emission_halving_epochs > 0:
+            return HalvingEmission(self.emission, self.emission_halving_epochs)
+        return FixedEmission(self.emission)
+
+    def params(self, epoch: int | None = None) -> RewardParams:
+        """The split's parameters; with `epoch`, its emission under the schedule (epoch 1 is the
+        schedule's first)."""
+        emission = self.emission if epoch is None else emission_for_epoch(self.emission_schedule(), epoch - 1)
         return RewardParams(
-            emission=self.emission,
+            emission=emission,
             max_devices_per_cell=self.max_devices_per_cell,
             reading_cap=self.reading_cap,
             refill_epochs=self.refill_epochs,
@@ -140,7 +160,7 @@ async def _market_inputs(
 
 def split_inputs(inputs: Inputs, config: ScoringConfig, epoch: int) -> tuple[RewardParams, EpochSplit, bytes]:
     """The pure part: factors, split, digest."""
-    params = config.params()
+    params = config.params(epoch)
     covered = {r.cell for r in inputs.rows}
     factors = cell_factors(
         covered,

@@ -100,7 +100,12 @@ class Environment(BaseSettings):
     # Chain. The deployment file is written by `depin contracts deploy` (and by the demo).
     chain_rpc_url: str = "http://127.0.0.1:8545"
     deployment_file: Path = Path("deployment.json")
-    chain_confirmations: int = Field(default=0, ge=0, description="follow the registry up to latest − N")
+    # How deep a block must be to count as final: the registry is followed up to latest − N, the
+    # distributor's events are mirrored up to latest − N, and a published epoch settles N blocks past its
+    # receipt (still in the same block). 0 trusts the latest block (anvil, a chain with instant finality).
+    chain_confirmations: int = Field(
+        default=0, ge=0, description="blocks past a block before it counts as final (registry, settlement)"
+    )
     registry_poll_s: float = 2.0
     # Every chain RPC request of the service ends after this long: a hung RPC counts as down.
     chain_rpc_timeout_s: float = Field(default=10.0, gt=0)
@@ -118,6 +123,10 @@ class Environment(BaseSettings):
     epoch_length_s: float = Field(default=86_400, gt=0)
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN
+    # The emission schedule: DEPIN_EPOCH_EMISSION for epochs 1..N, half of it for the next N, a quarter
+    # after, …; 0 = the same every epoch. The contract caps every epoch at its epochEmission: `depin run`
+    # refuses to start when the schedule's first (largest) epoch exceeds it.
+    emission_halving_epochs: int = Field(default=0, ge=0)
     max_devices_per_cell: int = 10
     # Scoring (README "Rewards", ingest/scoring.py): readings beyond the cap add nothing; a cell pays
     # its whole share once its earners have this many quality-weighted clean readings; a cell that paid
@@ -325,6 +334,7 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
         "epoch_",
         length_ms=int(e.epoch_length_s * 1000),
         grace_ms=int(e.epoch_grace_s * 1000),
+        confirmations=e.chain_confirmations,
         boost_signers=tuple(a.strip() for a in e.boost_signers.split(",") if a.strip()),
         market=MarketParams(
             revenue_share_bps=e.revenue_share_bps,

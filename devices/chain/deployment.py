@@ -22,7 +22,9 @@ ADMIN_DELAY_S = 2 * 86_400  # a stolen admin key must wait this long, in the ope
 class Schedule:
     """What the contracts enforce on chain, fixed at deploy: the service's epoch numbering (genesis and
     length, so block time bounds the epoch a publish may name), the most one epoch may mint, the veto
-    window for a new root, the token's hard cap and the delay of an admin handover."""
+    window for a new root, the token's hard cap and the delay of an admin handover. And the service's
+    emission schedule, which the contract does not know but caps: `epoch_emission` for epochs 1..N, half
+    for the next N, …; 0 = flat (DEPIN_EMISSION_HALVING_EPOCHS)."""
 
     genesis_ms: int
     epoch_length_ms: int
@@ -33,6 +35,12 @@ class Schedule:
     # Minted once at deploy to the deployer, within the cap (0: none): on a devnet, buyers' tokens to
     # deposit for API credit and bounties come from here (README "Rewards", buyers' revenue).
     premine: int = 0
+    emission_halving_epochs: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        fields = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: int(v) for k, v in data.items() if k in fields})
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Deployment:
     block: int  # block of the first deploy: where an event mirror starts replaying
     deployer: str
     premine: int = 0  # base units minted to the deployer at deploy (Schedule.premine)
+    schedule: Schedule | None = None  # as deployed; None in files written before it was recorded
 
     def save(self, path: Path | str) -> None:
         p = Path(path)
@@ -61,6 +70,7 @@ class Deployment:
             block=int(data["block"]),
             deployer=to_checksum_address(data["deployer"]),
             premine=int(data.get("premine", 0)),
+            schedule=Schedule.from_dict(data["schedule"]) if data.get("schedule") else None,
         )
 
 
@@ -102,4 +112,5 @@ async def deploy_contracts(
         block=int(r0["blockNumber"]),
         deployer=admin,
         premine=s.premine,
+        schedule=schedule,
     )

@@ -331,4 +331,7 @@ def create_app(
     from ingest.api import devices  # lazy: it imports this module's helpers
 
     devices.add_routes(app)  # /v1/packets/{device_id}/{seq}, /v1/devices/{device_id}, …/devices
+    from ingest.api import rewards
+
+    rewards.add_routes(app)  # /v1/owners/{address}/rewards
     return app

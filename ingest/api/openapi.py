@@ -116,7 +116,10 @@ SCHEMAS: dict[str, Any] = {
             "epoch": _I,
             "start_ms": _I,
             "end_ms": _I,
-            "status": {"type": "string", "enum": ["closed", "published", "settled"]},
+            "status": {
+                "type": "string",
+                "enum": ["closed", "signed", "published", "settled", "refused", "vetoed"],
+            },
             "emission": _DEC,
             "allocated": _DEC,
             "unissued": _DEC,
@@ -333,6 +336,9 @@ def openapi_for(max_rows: int) -> dict[str, Any]:
     from ingest.api import devices  # lazy: it imports this module
 
     devices.merge_openapi(doc)
+    from ingest.api import rewards  # lazy: it imports this module
+
+    rewards.merge_openapi(doc)
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows
