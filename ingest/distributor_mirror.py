@@ -1,23 +1,38 @@
-"""The distributor's events mirrored into the database, run by the `epochs` part of `depin run`.
+"""The one mirror of the RewardDistributor's logs into the database, run by the `epochs` part of
+`depin run` (and by the demo).
 
-Every `poll_s` it reads the RewardDistributor's logs (EpochPublished, RootAccepted, RootVetoed,
-Claimed) from its cursor up to latest − DEPIN_CHAIN_CONFIRMATIONS, in chunks, and stores them with
-the cursor in one transaction each (`PayoutStore.save`; idempotent on (tx_hash, log_index)), so an
-API-only process answers `GET /v1/owners/{address}/rewards` (claimed so far, claimable now) from the
-database. A fresh database, another distributor in the deployment file, or a reorg below the cursor
-(the cursor block's hash changed) replays from the deployment block.
+Every DEPIN_DISTRIBUTOR_POLL_S it reads the distributor's logs from its cursor up to latest −
+DEPIN_CHAIN_CONFIRMATIONS, in chunks of `chunk_blocks`, one `eth_getLogs` per chunk for all six events
+(`ingest/core/distributor_log.py`), and stores each chunk's rows with the cursor (the chunk's last
+block and its hash) in one transaction (`PayoutStore.save`):
+
+- EpochPublished, RootAccepted, RootVetoed, Claimed → `distributor_events`, so an API-only process
+  answers `GET /v1/owners/{address}/rewards` from the database;
+- Deposited → `market_deposits` (a prepaid key's credit, the epoch closer's charges);
+- BountyCreated → `bounties` (`GET /v1/bounties`, the epoch closer's slices and refunds).
+
+Rows are upserts on (tx_hash, log_index) and a chunk's rows replace what was stored for its blocks,
+so a replay (a restart, a second process) adds nothing. A fresh database or a reorg below the cursor
+(the cursor block's hash changed, or the chain is below it) rewinds the cursor to the deployment block
+and replays, rows kept until their range is read again (a deposit no longer on chain disappears then,
+and the key's credit with it); another distributor in the deployment file forgets every row first.
+The epoch closer reads deposits and bounties up to the cursor (`through_block` in the manifest).
 
 Guardian watch: a RootVetoed stored for the first time marks its epoch 'vetoed' (in the same
 transaction), counts `depin_epochs_vetoed_total`, logs one ALERT line and calls `on_veto` (the
 scheduler then reports itself failing in /readyz until an epoch is published again). Nothing is
 republished: the vetoed number is spent on chain and the next epoch's cumulative root carries the
 vetoed epoch's amounts (docs/DESIGN.md §6).
+
+Health, for /readyz ("distributor", README "Readiness"): `failing` after a failed pass (RPC or
+database), `last_ok` when a pass last caught up with the confirmed head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +41,11 @@ from hexbytes import HexBytes
 
 from devices.chain.distributor import DistributorClient
 from ingest import metrics
-from ingest.adapters.store.payouts import DistributorEvent, PayoutStore
+from ingest.adapters.store.payouts import PayoutStore
+from ingest.core.distributor_log import EVENTS, Cursor, payout_blocks, ranges, replay_reason, sort_logs
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("EpochPublished", "RootAccepted", "RootVetoed", "Claimed")
 CHUNK_BLOCKS = 5_000
 
 
@@ -58,6 +73,12 @@ class DistributorMirror:
             bytes(HexBytes(getattr(contract.events, name)().topic)): getattr(contract.events, name)()
             for name in EVENTS
         }
+        self._topics = ["0x" + topic.hex() for topic in self._events]
+        # Health (/readyz "distributor"): monotonic clock.
+        self.watch_since = time.monotonic()
+        self.last_ok: float | None = None
+        self.failing = False
+        self.last_error: str | None = None
 
     async def _challenge_window(self) -> int:
         if self._window_s is None:
@@ -65,82 +86,61 @@ class DistributorMirror:
         return self._window_s
 
     async def sync_once(self) -> int:
-        """Mirror what is confirmed now; returns the events stored (new or not)."""
+        """Mirror what is confirmed now; returns the rows written (payout events, deposits, bounties)."""
         w3 = self.client.w3
         address = self.client.contract.address
         start = self.client.deployment.block
         head = int(await w3.eth.block_number)
         target = head - self.confirmations
         state = await self.store.mirror_state()
-        replay = state is None or state.distributor != address
-        if not replay and state is not None and state.block > head:
-            log.warning(
-                "distributor mirror: the chain is below the mirrored block %d; replaying", state.block
-            )
-            replay = True
-        elif not replay and state is not None and state.block_hash is not None:
-            block = await w3.eth.get_block(state.block)
-            if bytes(block["hash"]) != state.block_hash:
-                log.warning(
-                    "distributor mirror: block %d changed (a reorg below the mirrored height); "
-                    "replaying from the deployment block %d",
-                    state.block,
-                    start,
-                )
-                replay = True
-        if replay:
-            await self.store.reset(address, start - 1, await self._challenge_window())
+        cursor = None if state is None else Cursor(state.distributor, state.block, state.block_hash)
+        chain_hash = None
+        if cursor is not None and cursor.block_hash is not None and cursor.block <= head:
+            chain_hash = bytes((await w3.eth.get_block(cursor.block))["hash"])
+        reason = replay_reason(cursor, address, head, chain_hash)
+        if reason is not None:
+            window = await self._challenge_window()
+            if cursor is not None and cursor.distributor != address:
+                log.warning("distributor mirror: %s (%s); forgetting its rows", reason, address)
+                await self.store.reset(address, start - 1, window)
+            else:
+                if cursor is not None:
+                    log.warning(
+                        "distributor mirror: %s; replaying from the deployment block %d", reason, start
+                    )
+                await self.store.rewind(address, start - 1, window)
             state = await self.store.mirror_state()
         assert state is not None
-        stored = 0
-        frm = state.block + 1
-        while frm <= target:
-            to = min(frm + self.chunk_blocks - 1, target)
-            logs: Any = await w3.eth.get_logs({"address": address, "fromBlock": frm, "toBlock": to})
-            events = await self._decode(logs)
-            to_block = await w3.eth.get_block(to)
-            for epoch in await self.store.save(events, to, bytes(to_block["hash"])):
+        written = 0
+        chunks = ranges(state.block + 1, target, self.chunk_blocks)
+        for i, (frm, to) in enumerate(chunks):
+            logs: Any = await w3.eth.get_logs(
+                {"address": address, "fromBlock": frm, "toBlock": to, "topics": [self._topics]}
+            )
+            decoded = [self._events[bytes(lg["topics"][0])].process_log(lg) for lg in logs if lg["topics"]]
+            times = {}
+            for n in sorted(payout_blocks(decoded)):
+                times[n] = datetime.fromtimestamp(int((await w3.eth.get_block(n))["timestamp"]), UTC)
+            last_hash = bytes((await w3.eth.get_block(to))["hash"])
+            rows = sort_logs(decoded, times, frm, to, last_hash)
+            for epoch in await self.store.save(rows, last_range=i == len(chunks) - 1):
                 self._vetoed(epoch)
-            stored += len(events)
+            written += len(rows)
+            if rows.deposits or rows.bounties:
+                log.info(
+                    "distributor mirror: %d deposits, %d bounties in blocks %d..%d",
+                    len(rows.deposits),
+                    len(rows.bounties),
+                    frm,
+                    to,
+                )
             self.block = to
             metrics.DISTRIBUTOR_MIRROR_BLOCK.set(to)
-            frm = to + 1
         if self.block is None:
             self.block = state.block
-        return stored
-
-    async def _decode(self, logs: Any) -> list[DistributorEvent]:
-        times: dict[int, datetime] = {}
-        out = []
-        for lg in logs:
-            topics = lg["topics"]
-            event = self._events.get(bytes(topics[0])) if topics else None
-            if event is None:
-                continue  # role changes and the like
-            decoded = event.process_log(lg)
-            args = decoded["args"]
-            n = int(lg["blockNumber"])
-            if n not in times:
-                block = await self.client.w3.eth.get_block(n)
-                times[n] = datetime.fromtimestamp(int(block["timestamp"]), UTC)
-            name = decoded["event"]
-            out.append(
-                DistributorEvent(
-                    tx_hash=bytes(lg["transactionHash"]),
-                    log_index=int(lg["logIndex"]),
-                    block_number=n,
-                    block_hash=bytes(lg["blockHash"]),
-                    block_time=times[n],
-                    event=name,
-                    epoch=int(args["epoch"]),
-                    account=str(args["account"]).lower() if name == "Claimed" else None,
-                    amount=int(args["amount"]) if name == "Claimed" else None,
-                    cumulative=int(args["cumulative"]) if name == "Claimed" else None,
-                    root=bytes(args["root"]) if "root" in args else None,
-                    total=int(args["total"]) if "total" in args else None,
-                )
-            )
-        return out
+        metrics.DISTRIBUTOR_MIRROR_LAG.set(head - self.block)
+        self.failing, self.last_error, self.last_ok = False, None, time.monotonic()
+        return written
 
     def _vetoed(self, epoch: int) -> None:
         metrics.EPOCHS_VETOED.inc()
@@ -154,8 +154,8 @@ class DistributorMirror:
             self.on_veto(epoch)
 
     async def run(self) -> None:
-        """Sync every `poll_s` until cancelled; a failed pass (RPC or database away) is logged and
-        retried at the next poll."""
+        """Sync every `poll_s` until cancelled; a failed pass (RPC or database away) is logged, counted
+        (`depin_distributor_mirror_errors_total`), shown in /readyz and retried at the next poll."""
         failures = 0
         while True:
             try:
@@ -165,6 +165,8 @@ class DistributorMirror:
                 raise
             except Exception as exc:
                 failures += 1
+                self.failing, self.last_error = True, f"{type(exc).__name__}: {exc}"[:300]
+                metrics.DISTRIBUTOR_MIRROR_ERRORS.inc()
                 log.warning(
                     "distributor mirror: sync failed (%s: %s); retrying in %.1f s",
                     type(exc).__name__,

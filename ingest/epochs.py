@@ -116,7 +116,6 @@ class EpochConfig(ScoringConfig):
     # (DEPIN_CHAIN_CONFIRMATIONS; 0: at the scheduler's next turn after the receipt, re-checked once).
     confirmations: int = 0
     rollup_interval_s: float = 10.0  # the epochs part also refreshes the hourly rollups (ingest/rollups.py)
-    market_poll_s: float = 2.0  # and mirrors the distributor's deposits and bounties (ingest/market.py)
 
 
 class Epochs:

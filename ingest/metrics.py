@@ -62,8 +62,6 @@ MQTT_RECONNECTS = Counter("depin_mqtt_reconnects_total", "reconnects to the MQTT
 REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the registry mirror")
 REGISTRY_LAG = Gauge("depin_registry_lag_blocks", "chain head minus the mirror's block")
 REGISTRY_DEVICES = Gauge("depin_registry_devices", "devices in the registry mirror")
-MARKET_BLOCK = Gauge("depin_market_block", "last chain block whose deposits and bounties are mirrored")
-MARKET_ERRORS = Counter("depin_market_errors_total", "failed syncs of the deposits and bounties mirror")
 CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC succeeded")
 REGISTRY_SYNC_FAILURES = Counter(
     "depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)"
@@ -126,7 +124,14 @@ EPOCHS_VETOED = Counter(
     "epochs whose root GUARDIAN_ROLE vetoed (a mirrored RootVetoed): alert on any",
 )
 DISTRIBUTOR_MIRROR_BLOCK = Gauge(
-    "depin_distributor_mirror_block", "last block whose distributor events are mirrored into the database"
+    "depin_distributor_mirror_block",
+    "last block whose distributor events (payouts, deposits, bounties) are mirrored into the database",
+)
+DISTRIBUTOR_MIRROR_LAG = Gauge(
+    "depin_distributor_mirror_lag_blocks", "chain head minus the distributor mirror's block"
+)
+DISTRIBUTOR_MIRROR_ERRORS = Counter(
+    "depin_distributor_mirror_errors_total", "failed passes of the distributor mirror (RPC or DB down)"
 )
 API_DB_UNAVAILABLE = Counter(
     "depin_api_db_unavailable_total", "API requests answered 503 because the database was unavailable"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -44,7 +45,6 @@ from ingest.core.readiness import PartsState
 from ingest.core.rejection_budget import RejectionBudget
 from ingest.distributor_mirror import DistributorMirror
 from ingest.epochs import Epochs
-from ingest.market import MarketMirror
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
@@ -176,6 +176,7 @@ class Node:
     api_store: ReadStore | None = None  # the API's queries (its own pool); None: on `store`'s pool
     probe: DbProbe | None = None  # readiness check of the database on a connection of its own
     api_limits: ApiLimits | None = None
+    distributor_mirror: DistributorMirror | None = None  # once started (`distributor_mirror`)
 
     async def db_ok(self) -> bool:
         """`SELECT 1` on the probe's own connection (never behind API queries or ingest), else on `store`."""
@@ -205,6 +206,14 @@ class Node:
             epoch_failing=self.epochs.failing,
             epoch_due_since=self.epochs.due_since,
         )
+        dm = self.distributor_mirror
+        if dm is not None:
+            state = dataclasses.replace(
+                state,
+                distributor_failing=dm.failing,
+                distributor_last_ok=dm.last_ok,
+                distributor_watch_since=dm.watch_since,
+            )
         failing = readiness.failing(parts, state, self.settings.ready)
         report: dict[str, Any] = {"parts": sorted(self.parts), "database": db_ok}
         if "follow" in parts:
@@ -222,6 +231,13 @@ class Node:
             report["mqtt"] = state.mqtt_connected
             if state.mqtt_down_since is not None:
                 report["mqtt_down_s"] = round(state.now - state.mqtt_down_since, 1)
+        if "epochs" in parts and dm is not None:
+            report.update(
+                distributor_failing=dm.failing,
+                distributor_block=dm.block,
+                distributor_error=dm.last_error,
+                distributor_last_sync_age_s=None if dm.last_ok is None else round(state.now - dm.last_ok, 1),
+            )
         if "epochs" in parts:
             report.update(
                 epochs_failing=self.epochs.failing,
@@ -293,16 +309,18 @@ def build_node(
 
 
 def distributor_mirror(node: Node, pool: Any) -> DistributorMirror:
-    """The `epochs` part's mirror of the distributor's events (ingest/distributor_mirror.py), on `pool`
-    (the epochs' own), polling like the registry follower, trusting blocks as deep as it does."""
+    """The `epochs` part's one mirror of the distributor's logs (ingest/distributor_mirror.py: payout
+    events, deposits, bounties), on `pool` (the epochs' own), every DEPIN_DISTRIBUTOR_POLL_S, trusting
+    blocks as deep as the registry follower does. Kept on the node: /readyz judges it."""
     chain = node.settings.chain
-    return DistributorMirror(
+    node.distributor_mirror = DistributorMirror(
         PayoutStore(pool),
         node.distributor,
         confirmations=chain.confirmations,
-        poll_s=chain.registry_poll_s,
+        poll_s=chain.distributor_poll_s,
         on_veto=node.epochs.vetoed,
     )
+    return node.distributor_mirror
 
 
 @asynccontextmanager
@@ -401,20 +419,12 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             tasks.update(_consume(node, stores.ingest))
         if "epochs" in parts:
             tasks["epochs"] = _epochs(node, rewards)
-            # The distributor's events into the database (GET /v1/owners/{address}/rewards, vetoes).
+            # The distributor's logs into the database: claims and roots (GET /v1/owners/{address}/
+            # rewards, vetoes), buyers' deposits and bounties (the API's credit, the epochs' market split).
             tasks["distributor-mirror"] = distributor_mirror(node, stores.epochs.pool).run
             # On the epochs' pool: one connection per refresh, one hour at a time.
             rollups = RollupStore(stores.epochs.pool)
             tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)
-            # Buyers' deposits and bounties, mirrored for the API's credit and the epochs' market split.
-            market = MarketMirror(
-                node.distributor,
-                stores.epochs,
-                start_block=deployment.block,
-                confirmations=settings.chain.confirmations,
-                poll_s=settings.epochs.market_poll_s,
-            )
-            tasks["market"] = market.run
         if "api" in parts:
             api = settings.api
             url = await stack.enter_async_context(

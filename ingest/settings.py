@@ -107,6 +107,8 @@ class Environment(BaseSettings):
         default=0, ge=0, description="blocks past a block before it counts as final (registry, settlement)"
     )
     registry_poll_s: float = 2.0
+    # The `epochs` part mirrors the distributor's logs (payouts, deposits, bounties) this often.
+    distributor_poll_s: float = Field(default=2.0, gt=0)
     # Every chain RPC request of the service ends after this long: a hung RPC counts as down.
     chain_rpc_timeout_s: float = Field(default=10.0, gt=0)
     # The key holding REWARDS_ROLE: exactly 64 hex digits (optional 0x). The file (preferred) must not
@@ -142,11 +144,11 @@ class Environment(BaseSettings):
     # Buyers' money (README "Rewards"): a usage unit costs a prepaid key (one with tokens deposited on
     # chain for it) this many token base units; this share (bps) of what each epoch charged goes to the
     # devices that collected the data used, the rest to the treasury address (empty: it stays in the
-    # distributor, owed to nobody). The `epochs` part mirrors deposits and bounties every market_poll_s.
+    # distributor, owed to nobody). Deposits and bounties are mirrored with the rest of the
+    # distributor's logs, every distributor_poll_s.
     price_per_unit: int = Field(default=10**15, ge=0)
     revenue_share_bps: int = Field(default=7_000, ge=0, le=10_000)
     treasury_address: str = Field(default="", pattern=r"^(0x[0-9a-fA-F]{40})?$")
-    market_poll_s: float = Field(default=2.0, gt=0)
     # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
@@ -273,6 +275,7 @@ class ChainConfig:
     deployment_file: Path
     confirmations: int
     registry_poll_s: float
+    distributor_poll_s: float
     rewards_key: SecretStr | None
     rewards_key_file: Path | None
 
@@ -341,7 +344,6 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
             treasury=to_checksum_address(e.treasury_address) if e.treasury_address else "",
             reading_cap=e.reading_cap,
         ),
-        market_poll_s=e.market_poll_s,
     )
     return Settings(
         database=_group(DatabaseConfig, e, "database_", "db_"),

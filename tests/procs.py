@@ -72,6 +72,7 @@ def consumer_env(
         "chain_rpc_url": chain_rpc_url,
         "deployment_file": deployment_file,
         "registry_poll_s": 0.5,
+        "distributor_poll_s": 0.5,
         **extra,
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}

@@ -10,6 +10,10 @@ because it has no consumer, no follower or no scheduler. The rules (README "Read
 - `chain` (parts `follow`, `consume`): failing when the last registry sync or on-demand read failed
   or timed out (the RPC has an explicit request timeout), or when no sync has succeeded for more than
   `chain_stale_s` (a sync hanging on a slow RPC).
+- `distributor` (part `epochs`): the mirror of the distributor's logs (claims, roots, vetoes,
+  deposits, bounties) is failing when its last pass failed (RPC or database), or when no pass has
+  caught up with the confirmed head for more than `chain_stale_s` (a hung RPC, a long replay): the
+  same rule as the registry's `chain`. Not judged until the mirror runs (`distributor_watch_since`).
 - `epochs` (part `epochs`): failing when the scheduler's last attempt to close or publish failed, or
   when a due epoch has waited more than `epoch_overdue_s` to be done (e.g. a receipt that never comes).
 """
@@ -40,13 +44,17 @@ class PartsState:
     chain_rpc_up: bool = True
     chain_last_ok: float | None = None  # the last successful sync
     chain_watch_since: float = 0.0  # when the follower started (the stale clock before a first sync)
+    # distributor mirror (None: not running in this process)
+    distributor_failing: bool = False  # its last pass failed
+    distributor_last_ok: float | None = None  # the last pass that caught up
+    distributor_watch_since: float | None = None  # when it started (the stale clock before a first pass)
     # epoch scheduler
     epoch_failing: bool = False  # the scheduler's last attempt failed
     epoch_due_since: float | None = None  # an epoch to close/publish has been due since then
 
 
 def failing(parts: Collection[str], s: PartsState, rules: ReadyRules = ReadyRules()) -> list[str]:
-    """Names of what is failing, in a fixed order: database, mqtt, chain, epochs."""
+    """Names of what is failing, in a fixed order: database, mqtt, chain, distributor, epochs."""
     out: list[str] = []
     if not s.database_ok:
         out.append("database")
@@ -58,6 +66,10 @@ def failing(parts: Collection[str], s: PartsState, rules: ReadyRules = ReadyRule
         last = s.chain_last_ok if s.chain_last_ok is not None else s.chain_watch_since
         if not s.chain_rpc_up or s.now - last > rules.chain_stale_s:
             out.append("chain")
+    if "epochs" in parts and s.distributor_watch_since is not None:
+        last = s.distributor_last_ok if s.distributor_last_ok is not None else s.distributor_watch_since
+        if s.distributor_failing or s.now - last > rules.chain_stale_s:
+            out.append("distributor")
     if "epochs" in parts:
         overdue = s.epoch_due_since is not None and s.now - s.epoch_due_since > rules.epoch_overdue_s
         if s.epoch_failing or overdue:

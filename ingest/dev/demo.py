@@ -72,6 +72,7 @@ class DemoOptions:
 
 
 DEFAULT_API_PORT = 8080
+DEMO_PREMINE = 1_000_000 * 10**18  # base units minted to the operator at deploy
 SERVICE_USER = "depin-ingest"
 
 
@@ -195,6 +196,9 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             genesis_ms=genesis_ms,
             epoch_length_ms=int(opts.epoch_seconds * 1000),
             epoch_emission=base.epoch_emission,
+            # Tokens for the buyer side (README "Try the buyer side"): the operator, whose key the env
+            # file names, deposits API credit and funds bounties with them.
+            premine=DEMO_PREMINE,
         )
         deployment = await deploy_contracts(w3, op_signer, schedule, rewards_account=rewards_acct.address)
         deployment.save(run_dir / "deployment.json")
@@ -225,6 +229,7 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
                 "epoch_length_s": opts.epoch_seconds,
                 "epoch_grace_s": 1.0,  # the demo drains its own traffic before each epoch's end
                 "registry_poll_s": 0.5,
+                "distributor_poll_s": 0.5,
             }
         )
         settings = load_settings(env, mqtt=mqtt)
@@ -243,7 +248,8 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             asyncio.create_task(node.follower.run(), name="follower"),
             asyncio.create_task(node.consumer.run(), name="consumer"),
             asyncio.create_task(node.epochs.run(), name="epochs"),
-            # Claims and roots into the database, for GET /v1/owners/{address}/rewards.
+            # The distributor's logs into the database: claims and roots (GET /v1/owners/{address}/
+            # rewards), buyers' deposits (a key's credit) and bounties (GET /v1/bounties).
             asyncio.create_task(
                 distributor_mirror(node, stores.epochs.pool).run(), name="distributor-mirror"
             ),

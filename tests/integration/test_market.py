@@ -27,6 +27,7 @@ from devices.claims import Proof, ProofSource, claim_rewards
 from devices.errors import ChainError
 from devices.protocol.model import DeviceRecord, Reading
 from ingest.adapters.store.keys import KeyStore
+from ingest.adapters.store.payouts import PayoutStore
 from ingest.adapters.store.rows import proof_from_db
 from ingest.api.app import create_app
 from ingest.api.auth import ApiAccess
@@ -34,8 +35,8 @@ from ingest.api.metering import EpochGrid
 from ingest.core.market import MarketParams, account_of
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.metering import meter_cell
+from ingest.distributor_mirror import DistributorMirror
 from ingest.epochs import EpochConfig, Epochs
-from ingest.market import MarketMirror
 from ingest.model import AcceptedPacket
 from ingest.scoring import verify_epoch
 from ingest.service import serve_api
@@ -176,7 +177,7 @@ async def test_revenue_from_a_prepaid_key_reaches_the_collectors_and_the_treasur
     )  # fmt: skip
     assert f"deposited {5 * PRICE} base units for API key {record.key_id}" in out
     assert f"0x{account_of(record.key_id).hex()}" in out
-    mirror = MarketMirror(operator, store, start_block=deployment.block)
+    mirror = DistributorMirror(PayoutStore(store.pool), operator)
     assert await mirror.sync_once() == 1
     assert await mirror.sync_once() == 0  # idempotent
 
@@ -309,7 +310,7 @@ async def test_a_bounty_pays_the_covering_devices_and_refunds_the_uncovered_epoc
     for d, cell, epoch in [(0, CELLS[0], 6), (1, CELLS[0], 6), (2, CELLS[1], 6), (2, CELLS[1], 7)]:
         seq += 1
         await store.write_batch([packet(d, cell, seq, genesis + (epoch - 1) * length + 100 + d)], [])
-    mirror = MarketMirror(operator, store, start_block=deployment.block)
+    mirror = DistributorMirror(PayoutStore(store.pool), operator)
     assert await mirror.sync_once() == 2
     config = EpochConfig(
         genesis_ms=genesis, length_ms=length, emission=1_000, market=MarketParams(reading_cap=1_000)
@@ -368,3 +369,74 @@ async def test_publish_cannot_exceed_the_emission_plus_what_buyers_paid_in(
     with pytest.raises(ChainError) as err:  # a bounty whose window is over is refused
         await d.create_bounty(1, 1, [CELLS[0]], 10)
     assert err.value.error_name == "BadBountyWindow"
+
+
+async def _rpc(w3: AsyncWeb3[Any], method: str, *params: Any) -> Any:
+    response = await w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    assert "error" not in response, response
+    return response["result"]
+
+
+async def test_a_reorg_below_the_cursor_removes_a_deposit_no_longer_on_chain_and_the_credit_follows(
+    store: Store, w3: AsyncWeb3[Any], deployment: Deployment, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """anvil's evm_snapshot/evm_revert stand for a reorg: the block holding a mirrored deposit is
+    replaced by empty ones at and past the mirror's cursor. The next pass sees the cursor block's hash
+    changed, replays from the deployment block, and the deposit (and the key's credit) is gone; the one
+    before the fork stays, and a replay adds nothing twice."""
+    key, record = await KeyStore(store.pool).create("buyer", ("read",))
+    account = account_of(record.key_id)
+    operator = DistributorClient(w3, deployment, signer)
+    mirror = DistributorMirror(PayoutStore(store.pool), operator, chunk_blocks=3)
+    await operator.deposit(account, 5 * PRICE)
+    await mirror.sync_once()
+    assert await store.credit(record.key_id) == (5 * PRICE, 0)
+
+    snapshot = await _rpc(w3, "evm_snapshot")
+    await operator.deposit(account, 3 * PRICE)
+    await _rpc(w3, "evm_mine")
+    assert await mirror.sync_once() >= 1
+    assert await store.credit(record.key_id) == (8 * PRICE, 0)
+    cursor = await store.market_synced_block()
+    assert cursor == await w3.eth.block_number
+
+    await _rpc(w3, "evm_revert", snapshot)  # the reorg: the second deposit is gone
+    while await w3.eth.block_number < (cursor or 0) + 2:
+        await _rpc(w3, "evm_mine")
+    assert await store.credit(record.key_id) == (8 * PRICE, 0)  # not noticed yet
+    await mirror.sync_once()
+    assert "a reorg below the mirrored height" in caplog.text
+    assert await store.credit(record.key_id) == (5 * PRICE, 0)
+    assert await store.pool.fetchval("SELECT count(*) FROM market_deposits") == 1
+    assert await store.market_synced_block() == await w3.eth.block_number
+
+    # The API's credit follows: GET /v1/usage shows what is on chain now.
+    access = ApiAccess(
+        grid=EpochGrid(TEST_SCHEDULE.genesis_ms, TEST_SCHEDULE.epoch_length_ms), price_per_unit=PRICE
+    )
+
+    async def ready() -> dict[str, Any]:
+        return {"ready": True, "failing": []}
+
+    app = create_app(store, ready, access=access)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with serve_api(app, "127.0.0.1", 0) as url, aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(f"{url}/v1/usage") as r:
+            assert r.status == 200, await r.text()
+            credit = (await r.json())["credit"]
+    assert (credit["deposited"], credit["spent"]) == (str(5 * PRICE), "0")
+
+    # A chain now shorter than the mirrored block (reverted, nothing mined yet) replays too; a pass
+    # after it writes nothing new.
+    await signer.resync_nonce()  # the reverted txs' nonces are free again
+    snapshot = await _rpc(w3, "evm_snapshot")
+    await operator.deposit(account, 2 * PRICE)
+    await _rpc(w3, "evm_mine")
+    await mirror.sync_once()
+    assert await store.credit(record.key_id) == (7 * PRICE, 0)
+    await _rpc(w3, "evm_revert", snapshot)
+    await signer.resync_nonce()
+    await mirror.sync_once()
+    assert "the chain is below the mirrored block" in caplog.text
+    assert await store.credit(record.key_id) == (5 * PRICE, 0)
+    assert await mirror.sync_once() == 0

@@ -87,7 +87,7 @@ async def test_depin_run_meters_prepaid_keys_and_pays_revenue_and_bounties(
         epoch_emission=10**6,
         price_per_unit=PRICE,
         treasury_address=treasury.address,
-        market_poll_s=0.5,
+        distributor_poll_s=0.5,
         api_key_cache_s=0,
     )
     proc = ConsumerProcess(env, tmp_path / "depin-run.log", parts="epochs,api", wait_for_mqtt=False)

@@ -93,6 +93,8 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
             await svc.start()
             await api.start()
             await wait_for(lambda: status(svc, 200, []), 30, "the service to be ready")
+            ready = (await svc.readyz())[1]
+            assert ready["distributor_failing"] is False and ready["distributor_block"] is not None, ready
             report = await wait_for(lambda: status(api, 200, []), 10, "the API-only process to be ready")
             assert report["parts"] == ["api"] and "mqtt" not in report and "chain_rpc" not in report
 
@@ -136,9 +138,12 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
 
             async def chain_failing() -> Any:
                 st, report = await svc.readyz()
-                return report if st == 503 and "chain" in report["failing"] else None
+                # The registry follower's `chain` and the epochs part's mirror of the distributor's logs.
+                return report if st == 503 and {"chain", "distributor"} <= set(report["failing"]) else None
 
-            report = await wait_for(chain_failing, 20, "/readyz to name the chain")
+            report = await wait_for(chain_failing, 20, "/readyz to name the chain and the distributor mirror")
+            assert report["distributor_failing"] is True and "Timeout" in report["distributor_error"], report
+            assert (await svc.metrics())["depin_distributor_mirror_errors_total"] >= 1
             print(f"RPC hung: /readyz 503 {report['failing']} after {time.monotonic() - t0:.1f} s")
             metrics = await svc.metrics()
             assert metrics["depin_chain_rpc_up"] == 0.0

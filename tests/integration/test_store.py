@@ -46,6 +46,7 @@ ALL_MIGRATIONS = [
     "017_market.sql",
     "018_settlement.sql",
     "021_usage_demand.sql",
+    "022_distributor_mirror.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -143,6 +144,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("017_market", "native"),
             ("018_settlement", "native"),
             ("021_usage_demand", "native"),
+            ("022_distributor_mirror", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table

@@ -45,6 +45,20 @@ def state(**kw: object) -> PartsState:
         (ALL, {"epoch_due_since": 700.0}, []),
         (ALL, {"epoch_due_since": 699.0}, ["epochs"]),
         (("consume", "api"), {"epoch_failing": True}, []),
+        # The distributor mirror (epochs part): its last pass failed, or none caught up for too long;
+        # not judged before it runs.
+        (ALL, {"distributor_watch_since": 0.0, "distributor_last_ok": 999.0}, []),
+        (
+            ALL,
+            {"distributor_watch_since": 0.0, "distributor_last_ok": 999.0, "distributor_failing": True},
+            ["distributor"],
+        ),
+        (ALL, {"distributor_watch_since": 0.0, "distributor_last_ok": 969.0}, ["distributor"]),
+        (ALL, {"distributor_watch_since": 980.0, "distributor_last_ok": None}, []),
+        (ALL, {"distributor_watch_since": 900.0, "distributor_last_ok": None}, ["distributor"]),
+        (("epochs",), {"distributor_watch_since": 0.0, "distributor_failing": True}, ["distributor"]),
+        (("api", "consume", "follow"), {"distributor_watch_since": 0.0, "distributor_failing": True}, []),
+        (ALL, {"distributor_failing": True}, []),  # no mirror in this process
         (("api",), {"mqtt_connected": False, "mqtt_down_since": 0.0, "chain_rpc_up": False}, []),
         (
             ALL,
@@ -54,8 +68,10 @@ def state(**kw: object) -> PartsState:
                 "mqtt_down_since": 0.0,
                 "chain_rpc_up": False,
                 "epoch_failing": True,
+                "distributor_watch_since": 0.0,
+                "distributor_failing": True,
             },
-            ["database", "mqtt", "chain", "epochs"],
+            ["database", "mqtt", "chain", "distributor", "epochs"],
         ),
     ],
 )

@@ -1,5 +1,6 @@
-"""Buyers' money (migration 017): the mirror of the distributor's Deposited and BountyCreated events,
-what prepaid keys spent, and what each epoch paid from it (`epoch_payouts`). The epoch closer reads
+"""Buyers' money (migration 017): the distributor's Deposited and BountyCreated events as mirrored
+(written with the other distributor events by ingest/adapters/store/payouts.py, one cursor), what
+prepaid keys spent, and what each epoch paid from it (`epoch_payouts`). The epoch closer reads
 `market_inputs`; the pure split is ingest/core/market.py."""
 
 from __future__ import annotations
@@ -9,28 +10,10 @@ from typing import Any, NamedTuple
 
 from ingest.adapters.store.rows import PoolStore
 from ingest.core import market as mk
+from ingest.core.distributor_log import BountyEvent, DepositEvent
 from ingest.core.metering import cell7_sql
 
-
-class DepositEvent(NamedTuple):
-    tx_hash: bytes
-    log_index: int
-    block: int
-    account: bytes
-    payer: str
-    amount: int
-
-
-class BountyEvent(NamedTuple):
-    id: int
-    tx_hash: bytes
-    log_index: int
-    block: int
-    funder: str
-    start_epoch: int
-    end_epoch: int
-    cells: tuple[int, ...]
-    amount: int
+__all__ = ["BountyEvent", "BountyRow", "DepositEvent", "MarketStore", "save_payouts"]
 
 
 class BountyRow(NamedTuple):
@@ -46,55 +29,15 @@ class BountyRow(NamedTuple):
     settled_epoch: int | None
 
 
-def _signed(cell: int) -> int:
-    # H3 indexes fit in 63 bits; a uint64 from the chain above that is not a cell and matches nothing
-    return cell if cell < 2**63 else -1
-
-
 class MarketStore(PoolStore):
-    """Tables `market_deposits`, `bounties`, `market_sync`, `usage_spend`, `epoch_payouts`."""
+    """Reads `market_deposits`, `bounties` and the cursor `distributor_mirror`; tables `usage_spend`,
+    `epoch_payouts`."""
 
     async def market_synced_block(self) -> int | None:
-        v = await self.pool.fetchval("SELECT block FROM market_sync WHERE id = 1")
+        """The last block the distributor mirror has read (its cursor; None before its first pass):
+        every deposit and bounty up to it is stored."""
+        v = await self.pool.fetchval("SELECT block FROM distributor_mirror")
         return None if v is None else int(v)
-
-    async def save_market_events(
-        self, deposits: Sequence[DepositEvent], bounties: Sequence[BountyEvent], through_block: int
-    ) -> int:
-        """Store mirrored events (again: ignored) and advance the watermark, in one transaction.
-        Returns how many rows were new."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            new = 0
-            for d in deposits:
-                new += await conn.fetchval(
-                    """WITH i AS (
-                           INSERT INTO market_deposits (tx_hash, log_index, block, account, payer, amount)
-                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1)
-                       SELECT count(*) FROM i""",
-                    *d,
-                )
-            for b in bounties:
-                new += await conn.fetchval(
-                    """WITH i AS (INSERT INTO bounties (id, tx_hash, log_index, block, funder, start_epoch,
-                                                    end_epoch, cells, amount)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING 1)
-                       SELECT count(*) FROM i""",
-                    b.id,
-                    b.tx_hash,
-                    b.log_index,
-                    b.block,
-                    b.funder,
-                    b.start_epoch,
-                    b.end_epoch,
-                    [_signed(c) for c in b.cells],
-                    b.amount,
-                )
-            await conn.execute(
-                """INSERT INTO market_sync (id, block) VALUES (1, $1)
-                   ON CONFLICT (id) DO UPDATE SET block = greatest(market_sync.block, EXCLUDED.block)""",
-                through_block,
-            )
-        return int(new)
 
     async def market_inputs(self, epoch: int, through_block: int) -> mk.MarketInputs:
         """Everything the market split of `epoch` reads, as stored now (see MarketInputs)."""

@@ -1,33 +1,19 @@
-"""The distributor's events in the database (migration 018): written by the mirror the `epochs` part
-runs (ingest/distributor_mirror.py), read by `GET /v1/owners/{address}/rewards` (ingest/api/rewards.py),
-which an API-only process answers without a chain."""
+"""The distributor's events in the database (migrations 017, 018, 022): written by the one mirror of
+the RewardDistributor's logs the `epochs` part runs (ingest/distributor_mirror.py) — payout events into
+`distributor_events`, deposits into `market_deposits`, bounties into `bounties`, one cursor
+(`distributor_mirror`) — and read by `GET /v1/owners/{address}/rewards` (ingest/api/rewards.py), which
+an API-only process answers without a chain, by the API's credit and by the epoch closer
+(ingest/adapters/store/market.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Any
 
 from ingest.adapters.store.rows import PoolStore, dt_to_ms
+from ingest.core.distributor_log import DistributorEvent, MirroredRange
 
-
-@dataclass(frozen=True, slots=True)
-class DistributorEvent:
-    """One decoded log of the RewardDistributor. `account`, `amount`, `cumulative`: Claimed only;
-    `root`: EpochPublished, RootAccepted, RootVetoed; `total`: EpochPublished, RootAccepted."""
-
-    tx_hash: bytes
-    log_index: int
-    block_number: int
-    block_hash: bytes
-    block_time: datetime
-    event: str
-    epoch: int
-    account: str | None = None
-    amount: int | None = None
-    cumulative: int | None = None
-    root: bytes | None = None
-    total: int | None = None
+__all__ = ["DistributorEvent", "MirrorState", "PayoutStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +56,19 @@ class OwnerRewards:
         return 0 if self.accepted is None else max(0, self.accepted.cumulative - self.claimed)
 
 
+def _signed(cell: int) -> int:
+    # H3 indexes fit in 63 bits; a uint64 from the chain above that is not a cell and matches nothing
+    return cell if cell < 2**63 else -1
+
+
 def _spellings(owner: str) -> list[str]:
     """owner_rewards keeps the address as the registry gave it: look it up by the index, not lower()."""
     return sorted({owner, owner.lower(), "0x" + owner[2:].upper()})
 
 
 class PayoutStore(PoolStore):
-    """Tables `distributor_events` and `distributor_mirror`; marks `epochs` vetoed; reads
-    `owner_rewards`."""
+    """Tables `distributor_events`, `market_deposits`, `bounties` (written here only) and the cursor
+    `distributor_mirror`; marks `epochs` vetoed; reads `owner_rewards`."""
 
     async def mirror_state(self) -> MirrorState | None:
         row = await self.pool.fetchrow("SELECT * FROM distributor_mirror")
@@ -91,34 +82,62 @@ class PayoutStore(PoolStore):
         )
 
     async def reset(self, distributor: str, block: int, challenge_window_s: int) -> None:
-        """Forget every mirrored event and start again before `block` (a reorg below the cursor, or
-        another distributor in the deployment file)."""
+        """Forget every mirrored row (payout events, deposits, bounties) and start again after `block`:
+        another distributor in the deployment file (its rows are not this one's)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM distributor_events")
-            await conn.execute(
-                """INSERT INTO distributor_mirror (distributor, block, block_hash, challenge_window)
-                   VALUES ($1, $2, NULL, $3)
-                   ON CONFLICT (one) DO UPDATE SET distributor = $1, block = $2, block_hash = NULL,
-                       challenge_window = $3, updated_at = now()""",
-                distributor,
-                block,
-                challenge_window_s,
-            )
+            await conn.execute("DELETE FROM market_deposits")
+            await conn.execute("DELETE FROM bounties")
+            await self._set_cursor(conn, distributor, block, challenge_window_s)
 
-    async def save(self, events: Sequence[DistributorEvent], block: int, block_hash: bytes) -> list[int]:
-        """Store events up to `block` (idempotent on (tx_hash, log_index)) and move the cursor, in one
-        transaction. Each RootVetoed stored for the first time marks its epoch 'vetoed' (unless it is
-        already); returns those epochs (for the alert), including a vetoed epoch this database never
-        stored."""
-        vetoed: list[int] = []
+    async def rewind(self, distributor: str, block: int, challenge_window_s: int) -> None:
+        """Move the cursor back to `block` and keep the rows: the next passes read the blocks after it
+        again and each range's rows replace what was stored for those blocks (`save`), so a credit or an
+        owner's claims never drop to nothing while a replay after a reorg runs."""
         async with self.pool.acquire() as conn, conn.transaction():
-            for e in events:
+            await self._set_cursor(conn, distributor, block, challenge_window_s)
+
+    @staticmethod
+    async def _set_cursor(conn: Any, distributor: str, block: int, challenge_window_s: int) -> None:
+        await conn.execute(
+            """INSERT INTO distributor_mirror (distributor, block, block_hash, challenge_window)
+               VALUES ($1, $2, NULL, $3)
+               ON CONFLICT (one) DO UPDATE SET distributor = $1, block = $2, block_hash = NULL,
+                   challenge_window = $3, updated_at = now()""",
+            distributor,
+            block,
+            challenge_window_s,
+        )
+
+    async def save(self, rows: MirroredRange, *, last_range: bool = True) -> list[int]:
+        """Store a range's rows and move the cursor to its last block, in one transaction. The rows
+        replace whatever the three tables held for blocks [rows.first, rows.last] (and, on the last
+        range of a pass, above it): a replay after a reorg drops what is no longer on chain; writes are
+        upserts on (tx_hash, log_index) (a bounty: on its id), so a replay or a second process adds
+        nothing. Each RootVetoed that is news marks its epoch 'vetoed' (unless it is already); returns
+        those epochs (for the alert), including a vetoed epoch this database never stored."""
+        vetoed: list[int] = []
+        upper = None if last_range else rows.last  # None: everything from rows.first up
+        async with self.pool.acquire() as conn, conn.transaction():
+            for table, column in (
+                ("distributor_events", "block_number"),
+                ("market_deposits", "block"),
+                ("bounties", "block"),
+            ):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE {column} >= $1 AND ($2::bigint IS NULL OR {column} <= $2)",
+                    rows.first,
+                    upper,
+                )
+            for e in rows.events:
                 new = await conn.fetchval(
                     """INSERT INTO distributor_events (tx_hash, log_index, block_number, block_hash,
                            block_time, event, epoch, account, amount, cumulative, root, total)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                       ON CONFLICT (tx_hash, log_index) DO NOTHING
-                       RETURNING event""",
+                       ON CONFLICT (tx_hash, log_index) DO UPDATE SET block_number = $3, block_hash = $4,
+                           block_time = $5, event = $6, epoch = $7, account = $8, amount = $9,
+                           cumulative = $10, root = $11, total = $12
+                       RETURNING CASE WHEN xmax = 0 THEN event END""",
                     e.tx_hash,
                     e.log_index,
                     e.block_number,
@@ -143,10 +162,40 @@ class PayoutStore(PoolStore):
                             e.epoch,
                         )
                         vetoed.append(e.epoch)
+            if rows.deposits:
+                await conn.executemany(
+                    """INSERT INTO market_deposits (tx_hash, log_index, block, account, payer, amount)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (tx_hash, log_index) DO UPDATE
+                           SET block = $3, account = $4, payer = $5, amount = $6""",
+                    [tuple(d) for d in rows.deposits],
+                )
+            if rows.bounties:
+                await conn.executemany(
+                    """INSERT INTO bounties (id, tx_hash, log_index, block, funder, start_epoch, end_epoch,
+                                             cells, amount)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       ON CONFLICT (id) DO UPDATE SET tx_hash = $2, log_index = $3, block = $4,
+                           funder = $5, start_epoch = $6, end_epoch = $7, cells = $8, amount = $9""",
+                    [
+                        (
+                            b.id,
+                            b.tx_hash,
+                            b.log_index,
+                            b.block,
+                            b.funder,
+                            b.start_epoch,
+                            b.end_epoch,
+                            [_signed(c) for c in b.cells],
+                            b.amount,
+                        )
+                        for b in rows.bounties
+                    ],
+                )
             await conn.execute(
                 "UPDATE distributor_mirror SET block = $1, block_hash = $2, updated_at = now()",
-                block,
-                block_hash,
+                rows.last,
+                rows.last_hash,
             )
         return vetoed
 
