@@ -123,7 +123,10 @@ class DistributorMirror:
                 times[n] = datetime.fromtimestamp(int((await w3.eth.get_block(n))["timestamp"]), UTC)
             last_hash = bytes((await w3.eth.get_block(to))["hash"])
             rows = sort_logs(decoded, times, frm, to, last_hash)
-            for epoch in await self.store.save(rows, last_range=i == len(chunks) - 1):
+            # A replay's last range also drops rows above it (the chain may now be shorter than they);
+            # otherwise rows above are another process's, a poll ahead of this one: left alone.
+            above = reason is not None and i == len(chunks) - 1
+            for epoch in await self.store.save(rows, drop_above=above):
                 self._vetoed(epoch)
             written += len(rows)
             if rows.deposits or rows.bounties:

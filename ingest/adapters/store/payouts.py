@@ -109,15 +109,16 @@ class PayoutStore(PoolStore):
             challenge_window_s,
         )
 
-    async def save(self, rows: MirroredRange, *, last_range: bool = True) -> list[int]:
+    async def save(self, rows: MirroredRange, *, drop_above: bool = False) -> list[int]:
         """Store a range's rows and move the cursor to its last block, in one transaction. The rows
-        replace whatever the three tables held for blocks [rows.first, rows.last] (and, on the last
-        range of a pass, above it): a replay after a reorg drops what is no longer on chain; writes are
-        upserts on (tx_hash, log_index) (a bounty: on its id), so a replay or a second process adds
-        nothing. Each RootVetoed that is news marks its epoch 'vetoed' (unless it is already); returns
-        those epochs (for the alert), including a vetoed epoch this database never stored."""
+        replace whatever the three tables held for blocks [rows.first, rows.last] (and above it with
+        `drop_above`: a replay's last range), so a replay after a reorg drops what is no longer on
+        chain; writes are upserts on (tx_hash, log_index) (a bounty: on its id), so a replay or a
+        second process adds nothing. Each RootVetoed that is news marks its epoch 'vetoed' (unless it
+        is already); returns those epochs (for the alert), including a vetoed epoch this database
+        never stored."""
         vetoed: list[int] = []
-        upper = None if last_range else rows.last  # None: everything from rows.first up
+        upper = None if drop_above else rows.last  # None: everything from rows.first up
         async with self.pool.acquire() as conn, conn.transaction():
             for table, column in (
                 ("distributor_events", "block_number"),
