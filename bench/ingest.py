@@ -1,6 +1,7 @@
 """Ingest benchmark: how fast the real path runs on this machine, and against what.
 
     .venv/bin/python bench/ingest.py [--workers 2] [--repeat 3] [--devices 2000] [--packets 15] [--quick]
+                                     [--only verify,drain,live,latency,bridge]
 
 Prints, all measured in this one run (one process tree, real Mosquitto and PostgreSQL):
 1. raw PyNaCl Ed25519 verify rate, 1 thread and 2 threads (the ceiling for signed packets);
@@ -8,12 +9,20 @@ Prints, all measured in this one run (one process tree, real Mosquitto and Postg
    with 1 worker and with `--workers` worker processes on one shared subscription: the broker is
    first loaded with a backlog on the workers' persistent sessions, then the workers are started and
    timed until every packet is committed — so publisher CPU does not cap the figure;
-3. the same with the publishers running alongside the workers (the machine's end-to-end maximum),
-   then p50/p99 publish→commit latency with packets published live, at half the lower of the two
-   maxima (`--workers` workers);
+3. the same with the publishers running alongside the workers (the machine's end-to-end maximum;
+   the publisher processes are started and connected before the clock starts, `--cold-publishers`
+   times their start-up too, as the figures before 2026-11-30 did), then p50/p99 publish→commit
+   latency with packets published live, at half the lower of the two maxima (`--workers` workers);
 4. a plain MQTT→PostgreSQL bridge that verifies nothing and INSERTs row by row (the usual hand-rolled
    ingestor), draining the same kind of backlog on the same broker and database;
 5. the ratios against their targets (docs/DESIGN.md §12).
+
+Each service run also prints where the CPU went, in CPU microseconds per packet: the worker processes
+(their own CPU time from start to stop), PostgreSQL (the postmaster and every backend and helper it
+forked, exited ones included), Mosquitto, and the publishers in the live run. On a shared machine
+these move far less than the rates do: compare code versions on them, run back to back.
+`--only live` (any comma list of the parts) runs only what is named; the latency run without the
+drains takes half the live maximum.
 
 Devices send within their rate limit (many devices, a few packets each), as a real fleet does.
 """
@@ -24,6 +33,8 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -88,10 +99,24 @@ def verify_rate(threads: int, seconds: float = 2.0) -> float:
 # --- publishers (separate processes: paho tops out near 10 k QoS1 msg/s per process) ----------------
 
 
-async def _publish_all(host: str, port: int, items: list[tuple[str, bytes]], inflight: int = 1000) -> None:
+async def _publish_all(
+    host: str,
+    port: int,
+    items: list[tuple[str, bytes]],
+    inflight: int = 1000,
+    *,
+    ready: Any = None,
+    go: Any = None,
+) -> float:
+    """Publish `items` at QoS 1, at most `inflight` unacknowledged; returns the CPU seconds spent
+    publishing. With `ready`/`go`: connect, release `ready`, and start only once `go` is set."""
     sem = asyncio.Semaphore(inflight)
     tasks: set[asyncio.Task[None]] = set()
     async with publisher(host, port, inflight=inflight) as client:
+        if ready is not None:
+            ready.release()
+            await asyncio.to_thread(go.wait)
+        cpu0 = time.process_time()
 
         async def one(topic: str, payload: bytes) -> None:
             try:
@@ -106,13 +131,19 @@ async def _publish_all(host: str, port: int, items: list[tuple[str, bytes]], inf
             t.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks)
+        return time.process_time() - cpu0
 
 
-def _publisher_proc(host: str, port: int, items: list[tuple[str, bytes]]) -> None:
-    asyncio.run(_publish_all(host, port, items))
+def _publisher_proc(
+    host: str, port: int, items: list[tuple[str, bytes]], ready: Any = None, go: Any = None, cpu: Any = None
+) -> None:
+    spent = asyncio.run(_publish_all(host, port, items, ready=ready, go=go))
+    if cpu is not None:
+        cpu.put(spent)
 
 
 def publish_in_processes(host: str, port: int, items: list[tuple[str, bytes]], procs: int = 2) -> float:
+    """Start `procs` publisher processes on `items` and wait for them (their start-up included)."""
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
     workers = [ctx.Process(target=_publisher_proc, args=(host, port, items[i::procs])) for i in range(procs)]
@@ -123,6 +154,42 @@ def publish_in_processes(host: str, port: int, items: list[tuple[str, bytes]], p
         if w.exitcode != 0:
             raise RuntimeError(f"publisher exited with {w.exitcode}")
     return time.perf_counter() - started
+
+
+class Publishers:
+    """`procs` publisher processes on `items`, started, imported and connected by `start()`; they
+    publish from `go()`. So a timed run does not count their start-up: a spawned process imports this
+    script and with it the service's packages (0.2–0.6 CPU-seconds each), which is not publishing."""
+
+    def __init__(self, host: str, port: int, items: list[tuple[str, bytes]], procs: int = 2) -> None:
+        ctx = mp.get_context("spawn")
+        self._ready, self._go, self._cpu = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+        self.procs = [
+            ctx.Process(
+                target=_publisher_proc, args=(host, port, items[i::procs], self._ready, self._go, self._cpu)
+            )
+            for i in range(procs)
+        ]
+
+    async def start(self) -> None:
+        for p in self.procs:
+            p.start()
+        for _ in self.procs:
+            await asyncio.to_thread(self._ready.acquire)
+
+    def go(self) -> None:
+        self._go.set()
+
+    async def wait(self) -> float:
+        """Wait until every publisher is done; returns their CPU seconds from `go()`."""
+        cpu = 0.0
+        for _ in self.procs:
+            cpu += await asyncio.to_thread(self._cpu.get, True, 300)
+        for p in self.procs:
+            await asyncio.to_thread(p.join)
+            if p.exitcode != 0:
+                raise RuntimeError(f"publisher exited with {p.exitcode}")
+        return cpu
 
 
 def _live_publisher_proc(host: str, port: int, seed: int, devices: int, rate: float, seconds: float) -> None:
@@ -164,6 +231,73 @@ def _live_publisher_proc(host: str, port: int, seed: int, devices: int, rate: fl
                 await asyncio.gather(*pending)
 
     asyncio.run(run())
+
+
+# --- CPU accounting ----------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, str, float, float] | None:
+    """(ppid, comm, own CPU s, reaped children's CPU s) of a live process, None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    f = raw[raw.rindex(")") + 2 :].split()
+    # fields after comm: state ppid … utime(12) stime(13) cutime(14) cstime(15), 0-based from state
+    return int(f[1]), comm, (int(f[11]) + int(f[12])) / _TICK, (int(f[13]) + int(f[14])) / _TICK
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of `root` and every process it forked, live or exited and reaped."""
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _proc_stat(int(d))) is not None:
+            stats[int(d)] = st
+    if root not in stats:
+        return 0.0
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_rest) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = stats[root][3], [root]
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][2]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by PostgreSQL (its postmaster's process tree) and by Mosquitto (this process's
+    child), and by this process's reaped children (the publishers), read from /proc and getrusage."""
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = postmaster
+        me = os.getpid()
+        self.mosquitto = [
+            int(d)
+            for d in os.listdir("/proc")
+            if d.isdigit() and (st := _proc_stat(int(d))) is not None and st[0] == me and st[1] == "mosquitto"
+        ]
+
+    @staticmethod
+    async def open(admin_dsn: str) -> CpuMeter:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            data_dir = await conn.fetchval("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+        finally:
+            await conn.close()
+        return CpuMeter(int((Path(data_dir) / "postmaster.pid").read_text().split()[0]))
+
+    def snapshot(self) -> dict[str, float]:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children: the publisher processes
+        return {
+            "postgres": _tree_cpu(self.postmaster),
+            "mosquitto": sum(_tree_cpu(p) for p in self.mosquitto),
+            "children": ru.ru_utime + ru.ru_stime,
+        }
 
 
 # --- 2./3. the service path -------------------------------------------------------------------------
@@ -233,6 +367,7 @@ def _consumer_proc(
         consumer = Consumer(cfg, store, registry.get)
         ready.release()
         await asyncio.to_thread(go.wait)
+        cpu0 = time.process_time()
         task = asyncio.create_task(consumer.run())
         seen = 0
         while not stop.is_set():
@@ -245,11 +380,13 @@ def _consumer_proc(
                     handled.value += now - seen
                 seen = now
             await asyncio.sleep(0.005)
+        cpu = time.process_time() - cpu0
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await pool.close()
         results.put(
             {
+                "cpu_s": cpu,
                 "stored": consumer.stats.stored,
                 "batches": consumer.stats.batches,
                 "latencies_ms": store.latencies_ms,
@@ -335,16 +472,31 @@ async def service_drain(
     for cfg in cfgs:
         await register_session(cfg)
     pool_w = Workers(cfgs, dsn, (args.devices, rpp))
-    if live:
+    meter = await CpuMeter.open(admin_dsn)
+    if live and args.cold_publishers:  # as before 2026-11-30: their start-up inside the timed run
         await pool_w.start()
+        cpu0 = meter.snapshot()
         started = pool_w.go()
         pub_s = await asyncio.to_thread(publish_in_processes, broker.host, broker.port, items)
+        cpu_pub = meter.snapshot()["children"] - cpu0["children"]
+    elif live:
+        pubs = Publishers(broker.host, broker.port, items)
+        await pool_w.start()
+        await pubs.start()
+        cpu0 = meter.snapshot()
+        started = pool_w.go()
+        pubs.go()
+        cpu_pub = await pubs.wait()
+        pub_s = time.perf_counter() - started
     else:
         pub_s = await asyncio.to_thread(publish_in_processes, broker.host, broker.port, items)
         await pool_w.start()
+        cpu0 = meter.snapshot()
         started = pool_w.go()
+        cpu_pub = 0.0
     await pool_w.until_handled(len(items), timeout=300)
     seconds = time.perf_counter() - started
+    cpu1 = meter.snapshot()  # before the workers close their connections (their backends then exit)
     results = await pool_w.stop()
     for cfg in cfgs:  # or the broker keeps queueing the later runs' messages for these sessions
         await drop_session(broker.host, broker.port, cfg.client_id)
@@ -359,7 +511,24 @@ async def service_drain(
         "publish_s": pub_s,
         "batches": sum(r["batches"] for r in results),
         "shares": [r["stored"] / len(items) for r in results],
+        # CPU µs per packet: workers (all together), PostgreSQL, Mosquitto, publishers (live only)
+        "cpu_us": {
+            "workers": sum(r["cpu_s"] for r in results) / len(items) * 1e6,
+            "postgres": (cpu1["postgres"] - cpu0["postgres"]) / len(items) * 1e6,
+            "mosquitto": (cpu1["mosquitto"] - cpu0["mosquitto"]) / len(items) * 1e6,
+            "publishers": cpu_pub / len(items) * 1e6,
+        },
     }
+
+
+def cpu_line(r: dict[str, Any]) -> str:
+    """CPU µs per packet of the run `r`, and the median of each over all its runs."""
+    parts = []
+    for name in ("workers", "postgres", "mosquitto", "publishers"):
+        runs = [x["cpu_us"][name] for x in r["runs"]]
+        if any(runs):
+            parts.append(f"{name} {statistics.median(runs):.0f} ({' / '.join(f'{x:.0f}' for x in runs)})")
+    return "    CPU µs/packet, medians (runs): " + ", ".join(parts)
 
 
 async def service_latency(
@@ -470,6 +639,7 @@ async def median_run(repeat: int, key: str, run: Callable[[], Awaitable[dict[str
     results.sort(key=lambda r: r[key])
     best = dict(results[len(results) // 2])
     best["all"] = [r[key] for r in results]
+    best["runs"] = results
     return best
 
 
@@ -478,20 +648,26 @@ def spread(r: dict[str, Any], fmt: str = ",.0f") -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    only = args.only
     say(
         f"machine: {mp.cpu_count()} cores · python {sys.version.split()[0]} · {args.workers} workers · "
-        f"medians of {args.repeat} runs"
+        f"medians of {args.repeat} runs · {', '.join(sorted(only))}"
     )
-    v1 = statistics.median(verify_rate(1) for _ in range(args.repeat))
-    v2 = statistics.median(verify_rate(2) for _ in range(args.repeat))
-    say(f"[1] PyNaCl verify: {v1:,.0f}/s on 1 thread, {v2:,.0f}/s on 2 threads")
+    v1 = v2 = 0.0
+    if "verify" in only:
+        v1 = statistics.median(verify_rate(1) for _ in range(args.repeat))
+        v2 = statistics.median(verify_rate(2) for _ in range(args.repeat))
+        say(f"[1] PyNaCl verify: {v1:,.0f}/s on 1 thread, {v2:,.0f}/s on 2 threads")
     runs: dict[tuple[int, int], dict[str, Any]] = {}
+    live: dict[str, Any] | None = None
+    lat: dict[str, Any] | None = None
+    b: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="depin-bench-") as tmp:
         async with (
             embedded_postgres(Path(tmp) / "pg") as admin_dsn,
             start_mosquitto(Path(tmp) / "mqtt") as broker,
         ):
-            for rpp in (1, 10):
+            for rpp in (1, 10) if "drain" in only else ():
                 for workers in sorted({1, args.workers}):
                     r = runs[rpp, workers] = await median_run(
                         args.repeat,
@@ -505,35 +681,43 @@ async def main(args: argparse.Namespace) -> None:
                         f"{r['readings_per_s']:,.0f} readings/s ({r['batches']} batches, shares {shares}; "
                         f"{spread(r)} readings/s)"
                     )
-            s1, s10 = runs[1, args.workers], runs[10, args.workers]
-            live = await median_run(
-                args.repeat,
-                "packets_per_s",
-                lambda: service_drain(admin_dsn, broker, args, 1, args.workers, live=True),
-            )
-            say(
-                f"[3] live, publishers running alongside, 1 reading/packet, {args.workers} worker(s): "
-                f"{live['packets']:,} packets in {live['seconds']:.2f} s = {live['packets_per_s']:,.0f} "
-                f"packets/s ({spread(live)})"
-            )
-            max_rate = min(s1["packets_per_s"], live["packets_per_s"])
-            lat = await median_run(
-                args.repeat,
-                "p99_ms",
-                lambda: service_latency(admin_dsn, broker, args, max_rate / 2, args.workers),
-            )
-            say(
-                f"[3] latency at {lat['rate']:,.0f} packets/s (half the lower max), {args.workers} "
-                f"worker(s), {lat['stored']:,} packets: "
-                f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms (p99 {spread(lat)} ms)"
-            )
-            b = await median_run(
-                args.repeat, "readings_per_s", lambda: bridge_drain(admin_dsn, broker, args, 10)
-            )
-            say(
-                f"[4] row-by-row bridge, 10 readings/packet: {b['readings']:,} readings "
-                f"in {b['seconds']:.2f} s = {b['readings_per_s']:,.0f} readings/s ({spread(b)})"
-            )
+                    say(cpu_line(r))
+            if "live" in only:
+                live = await median_run(
+                    args.repeat,
+                    "packets_per_s",
+                    lambda: service_drain(admin_dsn, broker, args, 1, args.workers, live=True),
+                )
+                say(
+                    f"[3] live, publishers running alongside, 1 reading/packet, {args.workers} worker(s): "
+                    f"{live['packets']:,} packets in {live['seconds']:.2f} s = {live['packets_per_s']:,.0f} "
+                    f"packets/s ({live['batches']} batches; {spread(live)})"
+                )
+                say(cpu_line(live))
+            if "latency" in only:
+                maxima = [r["packets_per_s"] for r in (runs.get((1, args.workers)), live) if r is not None]
+                max_rate = min(maxima) if maxima else args.latency_rate * 2
+                lat = await median_run(
+                    args.repeat,
+                    "p99_ms",
+                    lambda: service_latency(admin_dsn, broker, args, max_rate / 2, args.workers),
+                )
+                say(
+                    f"[3] latency at {lat['rate']:,.0f} packets/s (half the lower max), {args.workers} "
+                    f"worker(s), {lat['stored']:,} packets: "
+                    f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms (p99 {spread(lat)} ms)"
+                )
+            if "bridge" in only:
+                b = await median_run(
+                    args.repeat, "readings_per_s", lambda: bridge_drain(admin_dsn, broker, args, 10)
+                )
+                say(
+                    f"[4] row-by-row bridge, 10 readings/packet: {b['readings']:,} readings "
+                    f"in {b['seconds']:.2f} s = {b['readings_per_s']:,.0f} readings/s ({spread(b)})"
+                )
+    if not {"verify", "drain", "latency", "bridge"} <= only or b is None or lat is None:
+        return  # the ratios need every part
+    s1, s10 = runs[1, args.workers], runs[10, args.workers]
     say("")
     say(f"ratios, {args.workers} worker(s) (1 worker in brackets); targets:")
     one1, one10 = runs[1, 1], runs[10, 1]
@@ -552,6 +736,9 @@ async def main(args: argparse.Namespace) -> None:
     say(f"  p99 publish→commit at half the max rate:       {lat['p99_ms']:.0f} ms  (< 250 ms)")
 
 
+PARTS = ("verify", "drain", "live", "latency", "bridge")
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=2000, help="simulated devices (default 2000)")
@@ -561,7 +748,27 @@ def parse() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="consumer processes on the shared subscription")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
     p.add_argument("--quick", action="store_true", help="small run to check the script works")
+    p.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma list of the parts to run: {', '.join(PARTS)} (default all; the ratios need all)",
+    )
+    p.add_argument(
+        "--cold-publishers",
+        action="store_true",
+        help="live run: start the publisher processes inside the timed run, as the figures before "
+        "2026-11-30 did (their start-up, ~0.2-0.6 CPU-s each, then counts against the rate)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=3000.0,
+        help="latency run's rate when neither the drains nor the live run measured a maximum (default 3000)",
+    )
     args = p.parse_args()
+    args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if not args.only or not args.only <= set(PARTS):
+        p.error(f"--only: choose among {', '.join(PARTS)}")
     if args.quick:
         args.devices, args.packets, args.bridge_packets, args.latency_seconds = 200, 5, 400, 3.0
         args.repeat = 1

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-from eth_account import Account
-from eth_account.messages import encode_defunct
+from typing import TYPE_CHECKING
 
 from ingest.core.geo import BPS
+
+if TYPE_CHECKING:
+    from eth_account.messages import SignableMessage
 
 BOOST_DOMAIN = "depin-ingest/boost/v1"
 MAX_BOOST_BPS = 10 * BPS  # a boost is a nudge: one cell taking the whole emission is not one
@@ -54,9 +55,21 @@ def message(b: Boost) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
+def _signable(b: Boost) -> SignableMessage:
+    """`message(b)` as EIP-191 signs it. eth_account is imported here, not with the module: it takes
+    ~0.4 s of CPU to import, and this module is imported by every process that opens the store
+    (the consumer's workers, the API; `ingest.adapters.store` → epochs), most of which never check a
+    boost (README "Performance": it was what the live end-to-end figure lost)."""
+    from eth_account.messages import encode_defunct
+
+    return encode_defunct(text=message(b))
+
+
 def sign(b: Boost, private_key: str | bytes) -> Boost:
     """`b` with the signer's address and its EIP-191 signature."""
-    signed = Account.sign_message(encode_defunct(text=message(b)), private_key)
+    from eth_account import Account
+
+    signed = Account.sign_message(_signable(b), private_key)
     address = Account.from_key(private_key).address
     return Boost(
         b.cell, b.factor_bps, b.from_epoch, b.to_epoch, b.set_at_ms, address, bytes(signed.signature)
@@ -65,8 +78,10 @@ def sign(b: Boost, private_key: str | bytes) -> Boost:
 
 def recover(b: Boost) -> str | None:
     """The address that signed `b`, or None if the signature is malformed."""
+    from eth_account import Account
+
     try:
-        return str(Account.recover_message(encode_defunct(text=message(b)), signature=b.signature))
+        return str(Account.recover_message(_signable(b), signature=b.signature))
     except Exception:  # eth_keys raises several types for bad bytes; any of them means "not signed"
         return None
 
