@@ -12,12 +12,13 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ingest.adapters.store.rows import CellReward, DeviceReward, OwnerReward
 from ingest.core import boosts as bst
+from ingest.core import manifest as mf
 from ingest.core.cellweights import DemandParams, cell_factors, stationary_cells
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import EpochSplit, RewardParams, cumulative, inputs_digest, split_epoch
@@ -87,10 +88,38 @@ class Scored:
     split: EpochSplit
     digest: bytes
     root: bytes
-    manifest: dict[str, Any]
+    header: dict[str, Any]  # the manifest without its lists: what `epochs.manifest` stores
     device_rows: list[DeviceReward]
     owner_rows: list[OwnerReward]
     cell_rows: list[CellReward]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The whole manifest: the header and its lists, one entry per row (as the export assembles
+        it from the stored rows, with the same entry functions). Built on each call."""
+        return {
+            **self.header,
+            "cell_factors": [mf.cell_entry(*c[:9]) for c in self.cell_rows],
+            "last_paid": [
+                mf.last_paid_entry(c.cell, c.last_paid) for c in self.cell_rows if c.last_paid is not None
+            ],
+            "devices": [
+                mf.device_entry(
+                    d.device_id,
+                    d.owner,
+                    d.hw_class,  # type: ignore[arg-type]  # always set by build()
+                    d.registered_block,  # type: ignore[arg-type]
+                    d.cell,
+                    d.readings,
+                    d.flagged,
+                    d.quality,
+                    d.rank,
+                    d.amount,
+                )
+                for d in self.device_rows
+            ],
+            "owners": [mf.owner_entry(o, a, c) for o, a, c, _ in self.owner_rows],
+        }
 
 
 async def gather(store: ScoringStore, config: ScoringConfig, epoch: int) -> Inputs:
@@ -167,20 +196,41 @@ def _build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[
         OwnerReward(owner, split.owner_amounts.get(owner, 0), total, tree.proof(owner) if tree else [])
         for owner, total in sorted(totals.items())
     ]
+    meta = {r.device_id: (r.hw_class, r.registered_block) for r in inputs.rows}
     device_rows = [
-        DeviceReward(d.device_id, d.owner, d.cell, d.readings, d.amount, d.flagged, d.quality, d.rank)
+        DeviceReward(
+            d.device_id,
+            d.owner,
+            d.cell,
+            d.readings,
+            d.amount,
+            d.flagged,
+            d.quality,
+            d.rank,
+            *meta[d.device_id],
+        )
         for d in split.device_amounts
     ]
     # field by field: dataclasses.astuple deep-copies and took ~1 s for 50 k cells
+    last_paid = inputs.last_paid
     cell_rows = [
-        CellReward(c.cell, c.base, c.boost, c.freshness, c.demand, c.weight, c.share, c.depth, c.paid)
+        CellReward(
+            c.cell,
+            c.base,
+            c.boost,
+            c.freshness,
+            c.demand,
+            c.weight,
+            c.share,
+            c.depth,
+            c.paid,
+            last_paid.get(c.cell),
+        )
         for c in split.cell_results
     ]
-    manifest = _manifest(
-        epoch, start_ms, end_ms, params, config, inputs, split, digest, root, device_rows, owner_rows
-    )
+    header = _manifest(epoch, start_ms, end_ms, params, config, inputs, split, digest, root)
     return Scored(
-        epoch, start_ms, end_ms, params, split, digest, root, manifest, device_rows, owner_rows, cell_rows
+        epoch, start_ms, end_ms, params, split, digest, root, header, device_rows, owner_rows, cell_rows
     )
 
 
@@ -199,10 +249,9 @@ def _manifest(
     split: EpochSplit,
     digest: bytes,
     root: bytes,
-    device_rows: Sequence[DeviceReward],
-    owner_rows: Sequence[OwnerReward],
 ) -> dict[str, Any]:
-    covered = {r.cell for r in inputs.rows}
+    """The manifest's top level (its header). Its lists (`ingest.core.manifest.LISTS`: cell factors,
+    last paid epochs, devices, owners) are the rows of `Scored` and are stored as rows."""
     return {
         "version": MANIFEST_VERSION,
         "epoch": epoch,
@@ -216,47 +265,12 @@ def _manifest(
         "allocated": str(split.allocated),
         "unissued": str(split.unissued),
         "root": "0x" + root.hex(),
-        # The inputs beyond coverage, as read: enough to recompute every factor.
+        # The inputs beyond coverage, as read: enough to recompute every factor (with `last_paid`,
+        # per covered cell: a column of the cells' rows).
         "stationary_classes": sorted(inputs.stationary_classes),
-        "last_paid": [[hex(c), e] for c, e in sorted(inputs.last_paid.items()) if c in covered],
         "usage": [[hex(c), str(u)] for c, u in sorted(inputs.usage7.items())],
         "boosts": [bst.to_json(b) for b in inputs.boosts],
-        "cell_factors": [
-            {
-                "cell": hex(c.cell),
-                "base": c.base,
-                "boost": c.boost,
-                "freshness": c.freshness,
-                "demand": c.demand,
-                "weight": c.weight,
-                "share": str(c.share),
-                "depth": c.depth,
-                "paid": str(c.paid),
-            }
-            for c in split.cell_results
-        ],
-        "devices": [
-            {
-                "device_id": d.device_id.hex(),
-                "owner": d.owner,
-                "hw_class": hw,
-                "registered_block": block,
-                "cell": hex(d.cell),
-                "readings": d.readings,
-                "flagged": d.flagged,
-                "quality": d.quality,
-                "rank": d.rank,
-                "amount": str(d.amount),
-            }
-            for d, (hw, block) in zip(device_rows, _device_meta(inputs.rows, device_rows), strict=True)
-        ],
-        "owners": [{"owner": o, "amount": str(a), "cumulative": str(c)} for o, a, c, _ in owner_rows],
     }
-
-
-def _device_meta(rows: Sequence[CoverageRow], device_rows: Sequence[DeviceReward]) -> list[tuple[int, int]]:
-    meta = {r.device_id: (r.hw_class, r.registered_block) for r in rows}
-    return [meta[d.device_id] for d in device_rows]
 
 
 def inputs_from_manifest(manifest: Mapping[str, Any]) -> Inputs:

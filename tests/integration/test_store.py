@@ -43,6 +43,7 @@ ALL_MIGRATIONS = [
     "014_readings_hourly.sql",
     "015_epoch_refused.sql",
     "016_scoring.sql",
+    "019_manifest_pages.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -137,6 +138,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("014_readings_hourly", "native"),
             ("015_epoch_refused", "native"),
             ("016_scoring", "native"),
+            ("019_manifest_pages", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table

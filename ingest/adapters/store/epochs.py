@@ -8,19 +8,20 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ingest.adapters.store.manifest import ManifestStore
 from ingest.adapters.store.rows import (
     SEAL_LOCK_KEY,
     CellReward,
     DeviceReward,
     EpochRow,
     OwnerReward,
-    PoolStore,
     cell_to_db,
     dt_to_ms,
     fetch_epoch,
     ms_to_dt,
     proof_to_db,
 )
+from ingest.core import manifest as mf
 from ingest.core.boosts import Boost
 from ingest.model import CoverageRow
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
 
 
-class EpochStore(PoolStore):
+class EpochStore(ManifestStore):
     """Tables `epochs`, `device_rewards`, `owner_rewards`, `epoch_seal`; reads `readings` and `devices`."""
 
     async def epoch_coverage(self, start_ms: int, end_ms: int) -> list[CoverageRow]:
@@ -71,19 +72,25 @@ class EpochStore(PoolStore):
         owner_rewards: Sequence[OwnerReward],
         cell_rewards: Sequence[CellReward] = (),
     ) -> EpochRow:
-        """Record a closed epoch and its rewards in one transaction; status 'closed'. The summary's
-        columns (params, cells, devices, owners: migration 012) are filled from the manifest's top
-        level and the reward lists, so GET /v1/epochs/{n} never reads the manifest.
+        """Record a closed epoch and its rewards in one transaction; status 'closed'.
 
-        Idempotent: if the epoch is already stored, nothing is
-        changed and the stored row is returned (compare it with what you computed).
+        The manifest is stored in pages (migration 019): `epochs.manifest` keeps its header (any lists
+        in `manifest` are left out: `ingest.core.manifest.header_of`), its lists are the rows written
+        here (`device_rewards`, `owner_rewards`, `epoch_cells`), read back by `ManifestStore`. The
+        summary's columns (params, cells, devices, owners: migration 012) come from the header and
+        the row counts, so GET /v1/epochs/{n} never reads the manifest.
+
+        Idempotent: if the epoch is already stored, nothing is changed and the stored row is returned
+        (compare it with what you computed).
         """
+        header = mf.header_of(manifest)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 new = await conn.fetchval(
                     """INSERT INTO epochs (epoch, start_at, end_at, status, emission, allocated, unissued,
-                                           root, inputs_digest, manifest, params, cells, devices, owners)
-                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                           root, inputs_digest, manifest, params, cells, devices, owners,
+                                           manifest_paged)
+                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, true)
                        ON CONFLICT (epoch) DO NOTHING
                        RETURNING epoch""",
                     epoch,
@@ -94,9 +101,9 @@ class EpochStore(PoolStore):
                     unissued,
                     root,
                     inputs_digest,
-                    manifest,
-                    manifest.get("params", {}),
-                    manifest.get("cells", 0),
+                    header,
+                    header.get("params", {}),
+                    header.get("cells", 0),
                     len(device_rewards),
                     len(owner_rewards),
                 )
@@ -104,27 +111,14 @@ class EpochStore(PoolStore):
                     if device_rewards:
                         await conn.copy_records_to_table(
                             "device_rewards",
-                            columns=[
-                                "epoch",
-                                "device_id",
-                                "owner",
-                                "cell",
-                                "readings",
-                                "amount",
-                                "flagged",
-                                "quality",
-                                "rank",
-                            ],
-                            records=[
-                                (epoch, d.device_id, d.owner, cell_to_db(d.cell), *d[3:])
-                                for d in device_rewards
-                            ],
+                            columns=["epoch", *DeviceReward._fields],
+                            records=[(epoch, *d) for d in device_rewards],
                         )
                     if cell_rewards:
                         await conn.copy_records_to_table(
                             "epoch_cells",
                             columns=["epoch", *CellReward._fields],
-                            records=[(epoch, cell_to_db(c.cell), *c[1:]) for c in cell_rewards],
+                            records=[(epoch, *c) for c in cell_rewards],
                         )
                     if owner_rewards:
                         await conn.copy_records_to_table(
