@@ -21,9 +21,18 @@ from ingest.core import boosts as bst
 from ingest.core import manifest as mf
 from ingest.core.cellweights import DemandParams, cell_factors, stationary_cells
 from ingest.core.merkle import CumulativeMerkleTree
-from ingest.core.rewards import EpochSplit, RewardParams, cumulative, inputs_digest, split_epoch
+from ingest.core.rewards import (
+    CellFactors,
+    EpochSplit,
+    RewardParams,
+    cumulative,
+    merge_coverage,
+    merged_digest,
+    split_merged,
+)
 from ingest.core.schedule import epoch_bounds
 from ingest.model import CoverageRow
+from ingest.parts import Parts
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +153,27 @@ async def gather(store: ScoringStore, config: ScoringConfig, epoch: int) -> Inpu
     )
 
 
-def split_inputs(inputs: Inputs, config: ScoringConfig, epoch: int) -> tuple[RewardParams, EpochSplit, bytes]:
+def split_inputs(
+    inputs: Inputs, config: ScoringConfig, epoch: int, parts: Parts | None = None
+) -> tuple[RewardParams, EpochSplit, bytes]:
     """The pure part: factors, split, digest."""
+    part = parts or Parts()
     params = config.params()
     covered = {r.cell for r in inputs.rows}
-    factors = cell_factors(
+    with part("factors"):
+        factors = _factors(inputs, config, epoch, covered)
+    with part("merge"):  # once for both (split_epoch and inputs_digest would each merge the rows)
+        merged = merge_coverage(inputs.rows)
+    with part("split"):
+        split = split_merged(merged, params, cell_factors=factors)
+    with part("digest"):
+        by_cell = [(c.cell, c.boost, c.freshness, c.demand) for c in split.cell_results]
+        digest = merged_digest(merged, params, by_cell, epoch)
+    return params, split, digest
+
+
+def _factors(inputs: Inputs, config: ScoringConfig, epoch: int, covered: set[int]) -> dict[int, CellFactors]:
+    return cell_factors(
         covered,
         epoch,
         last_paid={c: e for c, e in inputs.last_paid.items() if c in covered},
@@ -158,14 +183,17 @@ def split_inputs(inputs: Inputs, config: ScoringConfig, epoch: int) -> tuple[Rew
         refill_epochs=config.refill_epochs,
         demand=config.demand,
     )
-    split = split_epoch(inputs.rows, params, cell_factors=factors)
-    return params, split, inputs_digest(inputs.rows, params, factors, epoch)
 
 
-async def score_epoch(store: ScoringStore, config: ScoringConfig, epoch: int) -> Scored:
-    inputs = await gather(store, config, epoch)
-    previous = await store.cumulative_by_owner(epoch)
-    return build(inputs, config, epoch, previous)
+async def score_epoch(
+    store: ScoringStore, config: ScoringConfig, epoch: int, parts: Parts | None = None
+) -> Scored:
+    """`parts` (optional) records the time and peak memory of each part."""
+    part = parts or Parts()
+    with part("gather"):
+        inputs = await gather(store, config, epoch)
+        previous = await store.cumulative_by_owner(epoch)
+    return build(inputs, config, epoch, previous, part)
 
 
 @contextlib.contextmanager
@@ -181,17 +209,40 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
+def build(
+    inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int], parts: Parts | None = None
+) -> Scored:
     with _gc_paused():
-        return _build(inputs, config, epoch, previous)
+        return _build(inputs, config, epoch, previous, parts or Parts())
 
 
-def _build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
+def _build(
+    inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int], part: Parts
+) -> Scored:
     start_ms, end_ms = epoch_bounds(epoch, config.genesis_ms, config.length_ms)
-    params, split, digest = split_inputs(inputs, config, epoch)
-    totals = cumulative(previous, split.owner_amounts)
-    tree = CumulativeMerkleTree(sorted(totals.items())) if totals else None
-    root = tree.root if tree else ZERO_ROOT
+    params, split, digest = split_inputs(inputs, config, epoch, part)
+    with part("tree"):
+        totals = cumulative(previous, split.owner_amounts)
+        tree = CumulativeMerkleTree(sorted(totals.items())) if totals else None
+        root = tree.root if tree else ZERO_ROOT
+    with part("rows"):
+        return _rows(inputs, config, epoch, start_ms, end_ms, params, split, digest, totals, tree, root)
+
+
+def _rows(
+    inputs: Inputs,
+    config: ScoringConfig,
+    epoch: int,
+    start_ms: int,
+    end_ms: int,
+    params: RewardParams,
+    split: EpochSplit,
+    digest: bytes,
+    totals: Mapping[str, int],
+    tree: CumulativeMerkleTree | None,
+    root: bytes,
+) -> Scored:
+    """The rows stored (owners with their proofs, devices, cells) and the manifest's header."""
     owner_rows = [
         OwnerReward(owner, split.owner_amounts.get(owner, 0), total, tree.proof(owner) if tree else [])
         for owner, total in sorted(totals.items())

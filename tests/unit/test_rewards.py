@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -21,8 +22,11 @@ from ingest.core.rewards import (
     emission_for_epoch,
     inputs_digest,
     largest_remainder,
+    merge_coverage,
+    merged_digest,
     rollup_owners,
     split_epoch,
+    split_merged,
 )
 from ingest.model import CoverageRow
 
@@ -558,3 +562,68 @@ def test_cell_factors_multiply_into_the_weight() -> None:
     split = split_epoch(rows, RewardParams(emission=4_000), cell_factors=factors)
     assert [c.weight for c in split.cell_results] == [3 * BPS, BPS]
     assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (3_000, 1_000)
+
+
+def _digest_before(
+    rows: list[CoverageRow], params: RewardParams, factors: dict[int, CellFactors] | None, epoch: int
+) -> bytes:
+    """inputs_digest as first written (one json.dumps of the whole document): the digest's meaning."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    merged: dict[tuple[int, bytes], CoverageRow] = {}
+    for r in rows:
+        prev = merged.get((r.cell, r.device_id))
+        merged[(r.cell, r.device_id)] = (
+            r
+            if prev is None
+            else r._replace(readings=prev.readings + r.readings, flagged=prev.flagged + r.flagged)
+        )
+    covered = sorted({c for c, _ in merged})
+    doc = {
+        "domain": "depin-ingest/epoch-inputs/v2",
+        "epoch": epoch,
+        "params": asdict(params),
+        "rows": [
+            [r.cell, r.device_id.hex(), r.owner, r.hw_class, r.readings, r.flagged, r.registered_block]
+            for _, r in sorted(merged.items())
+        ],
+        "cell_factors": [
+            [c, f.boost, f.freshness, f.demand]
+            for c in covered
+            for f in [(factors or {}).get(c, CellFactors())]
+        ],
+    }
+    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).digest()
+
+
+# owners as the registry could spell them, and the characters where JSON encoders may differ
+owner_text = st.sampled_from(["0xAbC", "ü", '\x00\x1f\x7f\n\t"\\/', "\u2028", "😀", ""]) | st.text(max_size=4)
+
+
+@settings(max_examples=300)
+@given(coverage(), params_st, weights_st, st.integers(0, 2**63), st.lists(owner_text, min_size=6, max_size=6))
+def test_property_digest_bytes_unchanged(
+    rows: list[CoverageRow],
+    params: RewardParams,
+    weights: dict[int, CellFactors] | None,
+    epoch: int,
+    spellings: list[str],
+) -> None:
+    """The digest written member by member (orjson for the lists) is the digest as first written, for
+    any owner text (non-ASCII, control characters), huge emissions and epochs: the same epoch gives
+    the same inputs digest, so the stored digests keep their meaning."""
+    names = {owner(i): spellings[i] for i in range(6)}
+    rows = [dataclasses.replace(r, owner=names[r.owner]) for r in rows]
+    try:
+        expected = _digest_before(rows, params, weights, epoch)
+    except ValueError:
+        return
+    assert inputs_digest(rows, params, weights, epoch) == expected
+    merged = merge_coverage(rows)
+    split = split_merged(merged, params, cell_factors=weights)
+    by_cell = [(c.cell, c.boost, c.freshness, c.demand) for c in split.cell_results]
+    assert merged_digest(merged, params, by_cell, epoch) == expected
+    assert split == split_epoch(rows, params, cell_factors=weights)
