@@ -29,6 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 DAY_MS = 86_400_000
 EPOCH = 10  # the seeded day
@@ -62,31 +63,21 @@ async def main(args: argparse.Namespace) -> None:
             seen.add(c)
             pool_cells.append(c)
     ids = [rnd.randbytes(32) for _ in range(args.devices)]
-    per_device = args.readings // args.devices
-    cells_per_device = max(1, args.cells // args.devices)
-    stay = max(1, per_device // cells_per_device)  # readings in one cell before moving on
     t0 = (time.time_ns() // 1_000_000 // DAY_MS - 1) * DAY_MS
-    genesis, length = t0 - 9 * DAY_MS, DAY_MS  # the seeded day is epoch 10
     with tempfile.TemporaryDirectory() as tmp:
-        async with embedded_postgres(Path(tmp) / "pg") as dsn:
+        async with embedded_postgres(args.pgdata or Path(tmp) / "pg") as dsn:
             pool = await create_pool(dsn, min_size=2, max_size=4)
             await migrate(pool)
             conn = await asyncpg.connect(dsn)
-            ensure = "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0), now() + '1 day')"
-            await conn.execute(ensure, t0)
-            columns = ("ts", "device_id", "seq", "idx", "lat", "lon", "cell", "kind", "vals", "flags")
-            started, done, step = time.perf_counter(), 0, DAY_MS // per_device
-            for d in range(args.devices):
-                rows = []
-                for g in range(per_device):
-                    cell = pool_cells[(d * cells_per_device + g // stay) % args.cells]
-                    ts = datetime.fromtimestamp((t0 + g * step + d % step) / 1000, UTC)
-                    rows.append((ts, ids[d], g + 1, 0, 52.5, 13.4, cell, "weather", "{}", int(g % 50 == 0)))
-                await conn.copy_records_to_table("readings", records=rows, columns=columns)
-                done += len(rows)
-                if d % 1000 == 999:
-                    say(f"  seeded {done:>11,} readings ({done / (time.perf_counter() - started):,.0f}/s)")
-            await conn.execute("ANALYZE readings")
+            shape = f"{args.readings} {args.devices} {args.cells} {args.owners}"
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_seed (shape text PRIMARY KEY, t0 bigint)")
+            seeded = await conn.fetchval("SELECT t0 FROM bench_seed WHERE shape = $1", shape)
+            if seeded is not None:
+                t0 = seeded
+                say(f"reusing the readings seeded in {args.pgdata} ({shape})")
+            else:
+                await seed(conn, args, t0, pool_cells, ids)
+                await conn.execute("INSERT INTO bench_seed VALUES ($1, $2)", shape, t0)
             await conn.close()
             records = [
                 DeviceRecord(i, bytes(32), "0x" + f"{n % args.owners + 1:040x}", 1 + n % 2, 0, True, 1 + n)
@@ -103,11 +94,34 @@ async def main(args: argparse.Namespace) -> None:
             say(f"coverage SQL: {time.perf_counter() - t:.2f} s, {len(coverage):,} (device, cell) rows")
             del coverage
             await pool.close()
+            genesis, length = t0 - (EPOCH - 1) * DAY_MS, DAY_MS  # the seeded day is epoch 10
             for round_ in range(1, args.rounds + 1):
                 for code in args.code or [HERE]:
                     await forget_epoch(dsn)
                     say(f"round {round_}, {code}:")
                     await close_in_child(dsn, code, genesis, length)
+
+
+async def seed(conn: Any, args: argparse.Namespace, t0: int, pool_cells: list[int], ids: list[bytes]) -> None:
+    """One day from t0: device d's readings walk `cells / devices` cells of the pool, 1 in 50 flagged."""
+    per_device = args.readings // args.devices
+    cells_per_device = max(1, args.cells // args.devices)
+    stay = max(1, per_device // cells_per_device)  # readings in one cell before moving on
+    ensure = "SELECT depin_ensure_readings_partitions(to_timestamp($1 / 1000.0), now() + '1 day')"
+    await conn.execute(ensure, t0)
+    columns = ("ts", "device_id", "seq", "idx", "lat", "lon", "cell", "kind", "vals", "flags")
+    started, done, step = time.perf_counter(), 0, DAY_MS // per_device
+    for d in range(args.devices):
+        rows = []
+        for g in range(per_device):
+            cell = pool_cells[(d * cells_per_device + g // stay) % args.cells]
+            ts = datetime.fromtimestamp((t0 + g * step + d % step) / 1000, UTC)
+            rows.append((ts, ids[d], g + 1, 0, 52.5, 13.4, cell, "weather", "{}", int(g % 50 == 0)))
+        await conn.copy_records_to_table("readings", records=rows, columns=columns)
+        done += len(rows)
+        if d % 1000 == 999:
+            say(f"  seeded {done:>11,} readings ({done / (time.perf_counter() - started):,.0f}/s)")
+    await conn.execute("ANALYZE readings")
 
 
 async def forget_epoch(dsn: str) -> None:
@@ -180,6 +194,11 @@ def parse() -> argparse.Namespace:
         type=Path,
         action="append",
         help="close with `ingest` from this checkout (repeat it: each round closes with each, in turn)",
+    )
+    p.add_argument(
+        "--pgdata",
+        type=Path,
+        help="keep PostgreSQL's data here and reuse readings seeded there before with the same shape",
     )
     p.add_argument("--rounds", type=int, default=1, help="closes per checkout, interleaved (default 1)")
     p.add_argument("--close-only", metavar="DSN", help=argparse.SUPPRESS)  # the child: close, print

@@ -217,6 +217,34 @@ async def test_cli_boost_verify_explain_and_the_device_endpoint(
         async with http.get(f"{url}/v1/epochs/9/devices/{dev(2).hex()}") as r:
             assert r.status == 404 and "not closed" in (await r.json())["error"]
 
+    # a stored manifest row tampered with (a device paid one more): verify reads the manifest assembled
+    # from the rows, exits 1 and names the entry
+    tampered = await store.pool.fetchval(
+        """UPDATE device_rewards SET amount = amount + 1 WHERE epoch = 2 AND device_id = $1
+           RETURNING amount""",
+        dev(2),
+    )
+    at = next(i for i, d in enumerate(second["devices"]) if d["device_id"] == dev(2).hex())
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
+    err = capsys.readouterr().err
+    assert f"does not follow from its own inputs: .devices[{at}].amount" in err, err
+    assert f"stored '{tampered}'" in err, err
+    await store.pool.execute(
+        "UPDATE device_rewards SET amount = amount - 1 WHERE epoch = 2 AND device_id = $1", dev(2)
+    )
+    # so is the header (the root the manifest states)
+    await store.pool.execute(
+        "UPDATE epochs SET manifest = jsonb_set(manifest, '{allocated}', '\"1\"') WHERE epoch = 2"
+    )
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
+    assert ".allocated: recomputed" in capsys.readouterr().err
+    await store.pool.execute(
+        "UPDATE epochs SET manifest = jsonb_set(manifest, '{allocated}', to_jsonb(allocated::text)) "
+        "WHERE epoch = 2"
+    )
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 0
+    capsys.readouterr()
+
     # a reading deleted after the close: verify exits 1 and names the first difference
     await store.pool.execute("DELETE FROM readings WHERE device_id = $1", dev(2))
     assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
