@@ -344,30 +344,13 @@ def split_merged(
     amounts: dict[tuple[int, bytes], tuple[int, int, int]] = {}  # amount, quality, rank
     results = []
     for cell, weight, share in zip(cell_ids, weights, shares, strict=True):
-        slots = cell_slots(by_cell[cell], params)
-        earners = select_earners(slots, params)
-        depth = depth_bps(earners, params)
-        paid = share * depth // BPS
-        slot_amounts = [0] * len(earners)
-        if paid > 0 and len(earners) == 1:
-            slot_amounts = [paid]
-        elif paid > 0:
-            # earners are in rank order, so the index is the rank-order tie-break
-            slot_amounts = largest_remainder(
-                paid, [s.weight(params.reading_cap) for s in earners], lambda i: i
-            )
-        ranks = {s.key: i + 1 for i, s in enumerate(earners)}
-        for slot in slots:
-            rank = ranks.get(slot.key, 0)
-            amount = slot_amounts[rank - 1] if rank else 0
-            if len(slot.rows) == 1:  # the common case, and the hot loop at scale
-                per_device = [amount]
-            elif amount:
-                per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
-            else:
-                per_device = [0] * len(slot.rows)
-            for row, a in zip(slot.rows, per_device, strict=True):
-                amounts[(cell, row.device_id)] = (a, slot.quality, rank)
+        rows = by_cell[cell]
+        if len(rows) == 1:  # most cells at scale, and the hot loop: no slots built
+            r = rows[0]
+            amount, quality, rank, depth, paid = single_row_cell(r, share, params)
+            amounts[(cell, r.device_id)] = (amount, quality, rank)
+        else:
+            depth, paid = cell_amounts(cell, rows, share, params, amounts)
         f = factors[cell]
         results.append(CellResult(cell, BASE_BPS, f.boost, f.freshness, f.demand, weight, share, depth, paid))
 
@@ -386,6 +369,54 @@ def split_merged(
         cells=len(cell_ids),
         cell_results=results,
     )
+
+
+def cell_amounts(
+    cell: int,
+    rows: Sequence[CoverageRow],
+    share: int,
+    params: RewardParams,
+    amounts: dict[tuple[int, bytes], tuple[int, int, int]],
+) -> tuple[int, int]:
+    """Level 2 for one cell: its slots, earners, depth and what it pays (share × depth) split over the
+    earners and inside a slot over its devices; each device's (amount, slot quality, rank) goes into
+    `amounts` by (cell, device_id). Returns (depth, paid)."""
+    slots = cell_slots(rows, params)
+    earners = select_earners(slots, params)
+    depth = depth_bps(earners, params)
+    paid = share * depth // BPS
+    slot_amounts = [0] * len(earners)
+    if paid > 0 and len(earners) == 1:
+        slot_amounts = [paid]
+    elif paid > 0:
+        # earners are in rank order, so the index is the rank-order tie-break
+        slot_amounts = largest_remainder(paid, [s.weight(params.reading_cap) for s in earners], lambda i: i)
+    ranks = {s.key: i + 1 for i, s in enumerate(earners)}
+    for slot in slots:
+        rank = ranks.get(slot.key, 0)
+        amount = slot_amounts[rank - 1] if rank else 0
+        if len(slot.rows) == 1:
+            per_device = [amount]
+        elif amount:
+            per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
+        else:
+            per_device = [0] * len(slot.rows)
+        for row, a in zip(slot.rows, per_device, strict=True):
+            amounts[(cell, row.device_id)] = (a, slot.quality, rank)
+    return depth, paid
+
+
+def single_row_cell(r: CoverageRow, share: int, params: RewardParams) -> tuple[int, int, int, int, int]:
+    """`cell_amounts` of a cell with one (device, cell) row, without building its slot: one slot, an
+    earner if it has clean readings (K >= 1), rank 1 and the whole of what the cell pays. Returns
+    (amount, quality, rank, depth, paid); the same as `cell_amounts` (a property test says so)."""
+    quality = quality_bps(r.readings, r.flagged)
+    if r.readings <= 0:
+        return 0, quality, 0, 0, 0
+    target = params.cell_readings_target * BPS
+    depth = min(quality * min(r.readings, params.reading_cap), target) * BPS // target
+    paid = share * depth // BPS
+    return paid, quality, 1, depth, paid
 
 
 def rollup_owners(device_amounts: Iterable[DeviceAmount]) -> dict[str, int]:

@@ -18,6 +18,7 @@ from ingest.core.rewards import (
     FixedEmission,
     HalvingEmission,
     RewardParams,
+    cell_amounts,
     cumulative,
     emission_for_epoch,
     inputs_digest,
@@ -25,6 +26,7 @@ from ingest.core.rewards import (
     merge_coverage,
     merged_digest,
     rollup_owners,
+    single_row_cell,
     split_epoch,
     split_merged,
 )
@@ -627,3 +629,23 @@ def test_property_digest_bytes_unchanged(
     by_cell = [(c.cell, c.boost, c.freshness, c.demand) for c in split.cell_results]
     assert merged_digest(merged, params, by_cell, epoch) == expected
     assert split == split_epoch(rows, params, cell_factors=weights)
+
+
+@settings(max_examples=500)
+@given(
+    st.integers(0, 2_000),
+    st.integers(0, 100),
+    st.integers(0, 10**24),
+    params_st,
+    st.integers(1, 30),
+)
+def test_property_single_row_cell_is_cell_amounts(
+    readings: int, flagged: int, share: int, params: RewardParams, target: int
+) -> None:
+    """The split's shortcut for a cell with one (device, cell) row gives what the general level 2
+    gives that cell: amount, quality, rank, depth and paid."""
+    params = dataclasses.replace(params, cell_readings_target=target)
+    r = row(1, 1, readings=readings, flagged=flagged)
+    amounts: dict[tuple[int, bytes], tuple[int, int, int]] = {}
+    depth, paid = cell_amounts(CELL_A, [r], share, params, amounts)
+    assert single_row_cell(r, share, params) == (*amounts[(CELL_A, r.device_id)], depth, paid)
