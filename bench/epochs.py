@@ -100,6 +100,27 @@ async def main(args: argparse.Namespace) -> None:
                     await forget_epoch(dsn)
                     say(f"round {round_}, {code}:")
                     await close_in_child(dsn, code, genesis, length)
+            await export_size(dsn)
+
+
+async def export_size(dsn: str) -> None:
+    """The last close's whole manifest as GET /v1/epochs/{n}/manifest/export streams it."""
+    from ingest.adapters.db import create_pool
+    from ingest.adapters.store import ReadStore
+
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    size = 0
+
+    async def count(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+
+    try:
+        t = time.perf_counter()
+        await ReadStore(pool).copy_manifest(EPOCH, count)
+        say(f"manifest export: {size / 1e6:.1f} MB in {time.perf_counter() - t:.2f} s (this process)")
+    finally:
+        await pool.close()
 
 
 async def seed(conn: Any, args: argparse.Namespace, t0: int, pool_cells: list[int], ids: list[bytes]) -> None:
