@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +36,24 @@ from ingest.seams import PublishChain
 log = logging.getLogger(__name__)
 
 ZERO_ROOT = b"\x00" * 32
+
+# Test-only fault hook (tests/integration/test_epoch_faults.py): a `depin run` whose environment names
+# one of these points SIGKILLs itself there, so a test kills the worker exactly after that step.
+KILL_AT_ENV = "DEPIN_TEST_EPOCH_KILL_AT"
+KILL_POINTS = ("scored", "manifest", "signed", "broadcast", "receipt")
+
+
+def _fault_point(point: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == point:
+        log.warning("%s=%s: killing this process (SIGKILL) now", KILL_AT_ENV, point)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _block_hash(receipt: Any) -> bytes | None:
+    value = receipt.get("blockHash") if hasattr(receipt, "get") else None
+    return None if value is None else bytes(value)
 
 
 def _now_ms() -> int:
@@ -93,7 +113,11 @@ class EpochConfig(ScoringConfig):
     """The scoring settings (ingest/scoring.py) and the scheduler's."""
 
     grace_ms: int = 5_000
+    # A published epoch is settled once its receipt is this many blocks deep and still in the same block
+    # (DEPIN_CHAIN_CONFIRMATIONS; 0: at the scheduler's next turn after the receipt, re-checked once).
+    confirmations: int = 0
     rollup_interval_s: float = 10.0  # the epochs part also refreshes the hourly rollups (ingest/rollups.py)
+    market_poll_s: float = 2.0  # and mirrors the distributor's deposits and bounties (ingest/market.py)
 
 
 class Epochs:
@@ -149,6 +173,7 @@ class Epochs:
         with parts("seal"):
             await self.store.seal_epoch(epoch, end_ms)
         scored = await score_epoch(self.store, self.config, epoch, parts)
+        _fault_point("scored")
         split, digest, root = scored.split, scored.digest, scored.root
         # The manifest is stored as its header and the reward rows (migration 019): the whole document
         # is never built here. The stored row (with the header) comes back from the save.
@@ -166,7 +191,9 @@ class Epochs:
                 scored.device_rows,
                 scored.owner_rows,
                 scored.cell_rows,
+                scored.payouts,
             )
+        _fault_point("manifest")
         log.debug("epoch %d close: %s", epoch, parts)
         if row.inputs_digest == digest:  # not a concurrent closer's result
             metrics.EPOCHS_CLOSED.inc()
@@ -185,7 +212,7 @@ class Epochs:
         A journaled tx whose nonce another transaction used is dropped and re-signed (`_nonce_taken`)."""
         chain = self._chain()
         row = await self._row(epoch)
-        if row.status in ("published", "settled", "refused"):
+        if row.status in ("published", "settled", "refused", "vetoed"):
             return row
         root = row.root
         if root == ZERO_ROOT:
@@ -211,7 +238,8 @@ class Epochs:
                 if exc.error_name in REFUSALS:
                     return await self._refused(epoch, exc)
                 raise
-            await self.store.journal_tx(epoch, *journal)  # before it can reach the chain
+            await self.store.journal_tx(epoch, *journal)  # before it can reach the chain: 'signed'
+            _fault_point("signed")
         raw, tx_hash, nonce = journal
         taken = False
         try:
@@ -220,7 +248,9 @@ class Epochs:
             taken = True  # the node has another tx at this nonce and does not know ours
         except Exception as exc:  # already known / already mined after a crash: the receipt decides
             log.info("rebroadcast of epoch %d tx: %s", epoch, exc)
+        _fault_point("broadcast")
         receipt = None if taken else await self._receipt(tx_hash, nonce)
+        _fault_point("receipt")
         if receipt is None:
             return await self._nonce_taken(epoch, tx_hash, nonce, again)
         if receipt["status"] != 1:
@@ -233,7 +263,7 @@ class Epochs:
             raise PublishRevertedError(
                 f"publishEpoch({epoch}) reverted in tx 0x{tx_hash.hex()}" + (f": {why}" if why else "")
             )
-        await self.store.mark_published(epoch, tx_hash, receipt["blockNumber"])
+        await self.store.mark_published(epoch, tx_hash, receipt["blockNumber"], _block_hash(receipt))
         metrics.EPOCHS_PUBLISHED.inc()
         self._refusal = None
         log.info(
@@ -360,6 +390,82 @@ class Epochs:
             raise EpochNotClosedError(f"epoch {epoch} is not closed")
         return row
 
+    async def settle(self) -> int:
+        """Re-check every published epoch's receipt: settle it once `confirmations` blocks are past its
+        block and the receipt is still there (same block hash); follow a reorg that moved it; put an
+        epoch whose tx a reorg dropped back to 'signed' (the scheduler then rebroadcasts the journaled
+        bytes; the contract refuses a second publish of the epoch, so this is safe). Returns how many
+        published epochs are still waiting to settle."""
+        chain = self._chain()
+        waiting = 0
+        rows = await self.store.unsettled()
+        if not rows:
+            return 0
+        head = await chain.head()
+        for row in rows:
+            if row.tx_hash is None:  # not possible for 'published'; never settle blind
+                waiting += 1
+                continue
+            receipt = await chain.receipt(row.tx_hash)
+            if receipt is None and await chain.root_of(row.epoch) == row.root:
+                # Our root is on chain, so the epoch was not dropped: a node that lags behind the one
+                # that served the receipt, or another tx of ours published it (adopt that one).
+                found = await chain.published_tx(row.epoch)
+                if found is not None and found[0] != row.tx_hash:
+                    await self.store.mark_published(row.epoch, found[0], found[1])
+                waiting += 1
+                continue
+            if receipt is None or receipt["status"] != 1:
+                await self._dropped(row, reverted=receipt is not None)
+                continue
+            block, block_hash = int(receipt["blockNumber"]), _block_hash(receipt)
+            if (block, block_hash) != (row.block_number, row.block_hash) and row.block_hash is not None:
+                metrics.EPOCH_REORGED.labels("moved").inc()
+                log.warning(
+                    "epoch %d: a reorg moved its publish tx 0x%s from block %s to block %d; "
+                    "settling counts from there",
+                    row.epoch,
+                    row.tx_hash.hex(),
+                    row.block_number,
+                    block,
+                )
+                await self.store.mark_published(row.epoch, row.tx_hash, block, block_hash)
+                waiting += 1
+                continue
+            if head - block < self.config.confirmations:
+                if row.block_hash is None and block_hash is not None:
+                    await self.store.mark_published(row.epoch, row.tx_hash, block, block_hash)
+                waiting += 1
+                continue
+            if await self.store.mark_settled(row.epoch, block_hash):
+                metrics.EPOCHS_SETTLED.inc()
+                log.info(
+                    "epoch %d settled: tx 0x%s in block %d, %d confirmation(s) (head %d)",
+                    row.epoch,
+                    row.tx_hash.hex(),
+                    block,
+                    head - block,
+                    head,
+                )
+        return waiting
+
+    async def _dropped(self, row: EpochRow, *, reverted: bool) -> None:
+        """A receipt seen before is gone (a reorg dropped the tx) or now reverts (re-included after
+        another publish of the epoch): back to 'signed', or to 'closed' when a new tx must be signed."""
+        assert row.tx_hash is not None
+        metrics.EPOCH_REORGED.labels("reverted" if reverted else "dropped").inc()
+        await self.store.unpublish(row.epoch, row.tx_hash, reverted=reverted)
+        log.error(
+            "epoch %d: its publish tx 0x%s (block %s) %s after its receipt was seen: a reorg; %s",
+            row.epoch,
+            row.tx_hash.hex(),
+            row.block_number,
+            "reverts" if reverted else "is no longer on chain",
+            "a new tx will be signed"
+            if reverted or row.raw_tx is None
+            else "rebroadcasting the journaled transaction",
+        )
+
     async def close_and_publish(self, epoch: int) -> EpochRow:
         await self.close(epoch)
         return await self.publish(epoch)
@@ -370,8 +476,9 @@ class Epochs:
         published; once a key is configured they are published oldest first."""
         return self.chain is not None and self.chain.address is not None
 
-    async def next_step(self, now_ms: int) -> Step:
-        """Read what the decision needs from the store and take it (`ingest.core.schedule`)."""
+    async def next_step(self, now_ms: int, *, settling: bool = False) -> Step:
+        """Read what the decision needs from the store and take it (`ingest.core.schedule`).
+        `settling`: a published epoch waits to settle (the wait is capped to look again soon)."""
         last, unpublished = await self.store.epoch_progress()
         if not self.can_publish:
             unpublished = None  # nothing to finish: keep closing
@@ -385,6 +492,7 @@ class Epochs:
             c.genesis_ms,
             c.length_ms,
             c.grace_ms,
+            settling=settling,
         )
 
     def _track_due(self, step: Step) -> None:
@@ -394,6 +502,12 @@ class Epochs:
         elif step.epoch != self._due_epoch:
             self._due_epoch, self.due_since = step.epoch, time.monotonic()
         metrics.EPOCH_DUE_SECONDS.set(0 if self.due_since is None else time.monotonic() - self.due_since)
+
+    def vetoed(self, epoch: int) -> None:
+        """The distributor mirror saw GUARDIAN_ROLE veto the epoch's root: reported as failing (readiness,
+        like a refusal) until an epoch is published again."""
+        self._refusal = f"epoch {epoch}'s root was vetoed by GUARDIAN_ROLE"
+        self._set_failing(self._refusal)
 
     def _set_failing(self, error: str | None) -> None:
         self.failing = error is not None or self._refusal is not None
@@ -424,7 +538,13 @@ class Epochs:
                         if standing_by:
                             log.info("epoch scheduler: the lock is free again; taking over")
                         standing_by = False
-                        step = await self.next_step(clock())
+                        settling, settle_error = False, None
+                        if self.chain is not None:
+                            try:
+                                settling = await self.settle() > 0
+                            except Exception as exc:  # the RPC away: closing (database only) goes on
+                                settling, settle_error = True, exc
+                        step = await self.next_step(clock(), settling=settling)
                         self._track_due(step)
                         if isinstance(step, Close):
                             doing = f"closing epoch {step.epoch}"
@@ -432,6 +552,9 @@ class Epochs:
                         if isinstance(step, Publish) or (isinstance(step, Close) and self.can_publish):
                             doing = f"publishing epoch {step.epoch}"
                             await self.publish(step.epoch)
+                        if settle_error is not None:
+                            doing = "settling published epochs"
+                            raise settle_error
                     else:
                         if not standing_by:
                             log.info("epoch scheduler: another process holds the lock; standing by")

@@ -62,6 +62,8 @@ MQTT_RECONNECTS = Counter("depin_mqtt_reconnects_total", "reconnects to the MQTT
 REGISTRY_BLOCK = Gauge("depin_registry_block", "last chain block folded into the registry mirror")
 REGISTRY_LAG = Gauge("depin_registry_lag_blocks", "chain head minus the mirror's block")
 REGISTRY_DEVICES = Gauge("depin_registry_devices", "devices in the registry mirror")
+MARKET_BLOCK = Gauge("depin_market_block", "last chain block whose deposits and bounties are mirrored")
+MARKET_ERRORS = Counter("depin_market_errors_total", "failed syncs of the deposits and bounties mirror")
 CHAIN_UP = Gauge("depin_chain_rpc_up", "1 when the last call to the chain RPC succeeded")
 REGISTRY_SYNC_FAILURES = Counter(
     "depin_registry_sync_failures_total", "registry syncs that failed (RPC or DB down)"
@@ -109,6 +111,22 @@ EPOCHS_REFUSED = Counter(
 EPOCH_NONCE_TAKEN = Counter(
     "depin_epoch_publish_nonce_taken_total",
     "journaled publish transactions whose nonce another transaction used (dropped and re-signed)",
+)
+EPOCHS_SETTLED = Counter(
+    "depin_epochs_settled_total",
+    "published epochs settled: DEPIN_CHAIN_CONFIRMATIONS blocks past their receipt, still canonical",
+)
+EPOCH_REORGED = Counter(
+    "depin_epoch_publish_reorged_total",
+    "publish transactions a reorg dropped or moved after their receipt (dropped ones are rebroadcast)",
+    ["outcome"],
+)
+EPOCHS_VETOED = Counter(
+    "depin_epochs_vetoed_total",
+    "epochs whose root GUARDIAN_ROLE vetoed (a mirrored RootVetoed): alert on any",
+)
+DISTRIBUTOR_MIRROR_BLOCK = Gauge(
+    "depin_distributor_mirror_block", "last block whose distributor events are mirrored into the database"
 )
 API_DB_UNAVAILABLE = Counter(
     "depin_api_db_unavailable_total", "API requests answered 503 because the database was unavailable"

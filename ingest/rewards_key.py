@@ -94,12 +94,21 @@ async def check_rewards_role(distributor: DistributorClient, account: LocalAccou
 
 
 async def schedule_mismatch(
-    distributor: DistributorClient, genesis_ms: int, length_ms: int, emission: int
+    distributor: DistributorClient,
+    genesis_ms: int,
+    length_ms: int,
+    emission: int,
+    *,
+    halving_epochs: int = 0,
+    recorded_halving_epochs: int | None = None,
 ) -> str | None:
     """How the distributor's on-chain emission schedule disagrees with the service's epoch settings,
     as one line; None when it agrees, or when the chain cannot be asked now. A different genesis or
     length numbers epochs differently (publishes refused or early); a smaller on-chain emission caps
-    what an epoch may mint below what the service allocates."""
+    what an epoch may mint below what the service allocates: `emission` is the schedule's first epoch,
+    its largest (flat, or halving every `halving_epochs`), so no later epoch exceeds the cap either.
+    `recorded_halving_epochs`: what the deployment file says the schedule was deployed for (None: a
+    file written before it was recorded)."""
     c = distributor.contract.functions
     try:
         g = int(await c.genesisMs().call())
@@ -115,5 +124,13 @@ async def schedule_mismatch(
             f"DEPIN_EPOCH_LENGTH_S={length_ms / 1000:g} here"
         )
     if e < emission:
-        problems.append(f"at most {e} minted per epoch on chain, DEPIN_EPOCH_EMISSION={emission} here")
+        problems.append(
+            f"at most {e} minted per epoch on chain, DEPIN_EPOCH_EMISSION={emission} here (the schedule's "
+            "largest epoch)"
+        )
+    if recorded_halving_epochs is not None and recorded_halving_epochs != halving_epochs:
+        problems.append(
+            f"the deployment file records an emission halving every {recorded_halving_epochs} epochs "
+            f"(0: flat), DEPIN_EMISSION_HALVING_EPOCHS={halving_epochs} here"
+        )
     return "; ".join(problems) or None

@@ -13,19 +13,24 @@ import dataclasses
 import gc
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingest.adapters.store.rows import CellReward, DeviceReward, OwnerReward
 from ingest.core import boosts as bst
 from ingest.core import manifest as mf
+from ingest.core import market as mk
 from ingest.core.cellweights import DemandParams, cell_factors, stationary_cells
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import (
     CellFactors,
+    EmissionSchedule,
     EpochSplit,
+    FixedEmission,
+    HalvingEmission,
     RewardParams,
     cumulative,
+    emission_for_epoch,
     merge_coverage,
     merged_digest,
     split_merged,
@@ -47,6 +52,8 @@ class ScoringStore(Protocol):
     async def last_paid(self, epoch: int, lookback: int) -> dict[int, int]: ...
     async def usage_by_cell(self, first_epoch: int, last_epoch: int) -> dict[int, int]: ...
     async def boosts(self, epoch: int) -> list[bst.Boost]: ...
+    async def market_synced_block(self) -> int | None: ...
+    async def market_inputs(self, epoch: int, through_block: int) -> mk.MarketInputs: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +69,26 @@ class ScoringConfig:
     demand_units: int = 1_000
     demand_cap_bps: int = 30_000
     boost_signers: tuple[str, ...] = ()
+    # Buyers' revenue and bounties (ingest/core/market.py); None: not part of the epoch (no manifest key)
+    market: mk.MarketParams | None = None
+    # DEPIN_EMISSION_HALVING_EPOCHS: `emission` for epochs 1..N, half for the next N, …; 0 = flat.
+    emission_halving_epochs: int = 0
 
     @property
     def demand(self) -> DemandParams:
         return DemandParams(self.demand_epochs, self.demand_units, self.demand_cap_bps)
 
-    def params(self) -> RewardParams:
+    def emission_schedule(self) -> EmissionSchedule:
+        if self.emission_halving_epochs > 0:
+            return HalvingEmission(self.emission, self.emission_halving_epochs)
+        return FixedEmission(self.emission)
+
+    def params(self, epoch: int | None = None) -> RewardParams:
+        """The split's parameters; with `epoch`, its emission under the schedule (epoch 1 is the
+        schedule's first)."""
+        emission = self.emission if epoch is None else emission_for_epoch(self.emission_schedule(), epoch - 1)
         return RewardParams(
-            emission=self.emission,
+            emission=emission,
             max_devices_per_cell=self.max_devices_per_cell,
             reading_cap=self.reading_cap,
             refill_epochs=self.refill_epochs,
@@ -86,6 +105,7 @@ class Inputs:
     last_paid: dict[int, int]
     usage7: dict[int, int]
     boosts: list[bst.Boost]  # valid and in force, one per cell
+    market: mk.MarketInputs | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,8 @@ class Scored:
     device_rows: list[DeviceReward]
     owner_rows: list[OwnerReward]
     cell_rows: list[CellReward]
+    market: mk.MarketSplit | None = None
+    payouts: list[tuple[str, str, str, int]] = field(default_factory=list)  # epoch_payouts rows
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -131,8 +153,12 @@ class Scored:
         }
 
 
-async def gather(store: ScoringStore, config: ScoringConfig, epoch: int) -> Inputs:
-    """The epoch's inputs as stored now. Boosts failing verification are left out (and logged)."""
+async def gather(
+    store: ScoringStore, config: ScoringConfig, epoch: int, *, through_block: int | None = None
+) -> Inputs:
+    """The epoch's inputs as stored now. Boosts failing verification are left out (and logged). With
+    the market on, the chain's deposits and bounties count up to `through_block` (default: as far as
+    the mirror has read)."""
     start_ms, end_ms = epoch_bounds(epoch, config.genesis_ms, config.length_ms)
     rows = await store.epoch_coverage(start_ms, end_ms)
     stored = await store.boosts(epoch)
@@ -150,7 +176,18 @@ async def gather(store: ScoringStore, config: ScoringConfig, epoch: int) -> Inpu
         last_paid=await store.last_paid(epoch, config.refill_epochs),
         usage7=await store.usage_by_cell(max(0, epoch - config.demand.epochs + 1), epoch),
         boosts=list(bst.boosts_for_epoch(good, epoch).values()),
+        market=await _market_inputs(store, config, epoch, through_block),
     )
+
+
+async def _market_inputs(
+    store: ScoringStore, config: ScoringConfig, epoch: int, through_block: int | None
+) -> mk.MarketInputs | None:
+    if config.market is None:
+        return None
+    if through_block is None:
+        through_block = await store.market_synced_block() or 0
+    return await store.market_inputs(epoch, through_block)
 
 
 def split_inputs(
@@ -158,7 +195,7 @@ def split_inputs(
 ) -> tuple[RewardParams, EpochSplit, bytes]:
     """The pure part: factors, split, digest."""
     part = parts or Parts()
-    params = config.params()
+    params = config.params(epoch)
     covered = {r.cell for r in inputs.rows}
     with part("factors"):
         factors = _factors(inputs, config, epoch, covered)
@@ -221,12 +258,19 @@ def _build(
 ) -> Scored:
     start_ms, end_ms = epoch_bounds(epoch, config.genesis_ms, config.length_ms)
     params, split, digest = split_inputs(inputs, config, epoch, part)
+    market = None
+    if config.market is not None:
+        with part("market"):
+            market = _split_market(inputs.market, config.market, epoch, split)
+            split = mk.add_market(split, market)
     with part("tree"):
         totals = cumulative(previous, split.owner_amounts)
         tree = CumulativeMerkleTree(sorted(totals.items())) if totals else None
         root = tree.root if tree else ZERO_ROOT
     with part("rows"):
-        return _rows(inputs, config, epoch, start_ms, end_ms, params, split, digest, totals, tree, root)
+        return _rows(
+            inputs, config, epoch, start_ms, end_ms, params, split, digest, totals, tree, root, market
+        )
 
 
 def _rows(
@@ -241,8 +285,9 @@ def _rows(
     totals: Mapping[str, int],
     tree: CumulativeMerkleTree | None,
     root: bytes,
+    market: mk.MarketSplit | None,
 ) -> Scored:
-    """The rows stored (owners with their proofs, devices, cells) and the manifest's header."""
+    """The rows stored (owners with their proofs, devices, cells, payouts) and the manifest's header."""
     owner_rows = [
         OwnerReward(owner, split.owner_amounts.get(owner, 0), total, tree.proof(owner) if tree else [])
         for owner, total in sorted(totals.items())
@@ -280,8 +325,129 @@ def _rows(
         for c in split.cell_results
     ]
     header = _manifest(epoch, start_ms, end_ms, params, config, inputs, split, digest, root)
+    payouts: list[tuple[str, str, str, int]] = []
+    if market is not None:
+        assert config.market is not None and inputs.market is not None
+        header["market"] = _market_manifest(config.market, inputs.market, market)
+        payouts = mk.payout_rows(market)
     return Scored(
-        epoch, start_ms, end_ms, params, split, digest, root, header, device_rows, owner_rows, cell_rows
+        epoch,
+        start_ms,
+        end_ms,
+        params,
+        split,
+        digest,
+        root,
+        header,
+        device_rows,
+        owner_rows,
+        cell_rows,
+        market,
+        payouts,
+    )
+
+
+def _split_market(
+    inputs: mk.MarketInputs | None, params: mk.MarketParams, epoch: int, split: EpochSplit
+) -> mk.MarketSplit:
+    got = inputs or mk.MarketInputs(0, [], [], [], [])
+    return mk.split_market(
+        epoch,
+        params,
+        accounts=got.accounts,
+        spends=got.spends,
+        collectors=got.collectors,
+        devices=split.device_amounts,
+        bounties=got.bounties,
+    )
+
+
+def _market_manifest(
+    params: mk.MarketParams, inputs: mk.MarketInputs, market: mk.MarketSplit
+) -> dict[str, Any]:
+    """The manifest's `market` key: the market's parameters, every input (the chain as mirrored up to
+    `through_block`, spends, accounts, earlier collectors, open bounties) and every payout."""
+    results = {b.id: b for b in market.bounties}
+    charges = {c.key_id: c for c in market.charges}
+    return {
+        "params": _strs(dataclasses.asdict(params)),
+        "through_block": inputs.through_block,
+        "accounts": [
+            {
+                "key_id": a.key_id,
+                "deposited": str(a.deposited),
+                "spent_before": str(a.spent_before),
+                "spent": str(charges[a.key_id].spent),
+                "charged": str(charges[a.key_id].charged),
+            }
+            for a in sorted(inputs.accounts, key=lambda a: a.key_id)
+        ],
+        "spends": [
+            [s.key_id, hex(s.cell), s.epoch, str(s.amount)]
+            for s in sorted(inputs.spends, key=lambda s: (s.key_id, s.cell, s.epoch))
+        ],
+        "collectors": [
+            [hex(c.cell), c.epoch, c.device_id.hex(), c.owner, c.readings]
+            for c in sorted(inputs.collectors, key=lambda c: (c.epoch, c.cell, c.device_id))
+        ],
+        "bounties": [
+            {
+                "id": b.id,
+                "funder": b.funder,
+                "start_epoch": b.start_epoch,
+                "end_epoch": b.end_epoch,
+                "cells": [hex(c) for c in b.cells],
+                "amount": str(b.amount),
+                "paid_before": str(b.paid_before),
+                "slice": str(results[b.id].slice if b.id in results else 0),
+                "paid": str(results[b.id].paid if b.id in results else 0),
+                "refund": str(results[b.id].refund if b.id in results else 0),
+                "settled": results[b.id].settled if b.id in results else False,
+            }
+            for b in sorted(inputs.bounties, key=lambda b: b.id)
+        ],
+        "payouts": [
+            {
+                "kind": p.kind,
+                "ref": p.ref,
+                "device_id": None if p.device_id is None else p.device_id.hex(),
+                "cell": hex(p.cell),
+                "owner": p.owner,
+                "amount": str(p.amount),
+            }
+            for p in market.payouts
+        ],
+        "revenue": str(market.revenue),
+        "revenue_share": str(market.revenue_share),
+        "treasury": str(market.treasury),
+        "held": str(market.held),
+        "bounty_paid": str(market.bounty_paid),
+        "refunded": str(market.refunded),
+    }
+
+
+def _market_from_manifest(m: Mapping[str, Any]) -> mk.MarketInputs:
+    return mk.MarketInputs(
+        through_block=int(m["through_block"]),
+        accounts=[
+            mk.Account(a["key_id"], int(a["deposited"]), int(a["spent_before"])) for a in m["accounts"]
+        ],
+        spends=[mk.Spend(k, int(c, 16), int(e), int(a)) for k, c, e, a in m["spends"]],
+        collectors=[
+            mk.Collector(int(c, 16), int(e), bytes.fromhex(d), o, int(n)) for c, e, d, o, n in m["collectors"]
+        ],
+        bounties=[
+            mk.Bounty(
+                int(b["id"]),
+                b["funder"],
+                int(b["start_epoch"]),
+                int(b["end_epoch"]),
+                tuple(int(c, 16) for c in b["cells"]),
+                int(b["amount"]),
+                int(b["paid_before"]),
+            )
+            for b in m["bounties"]
+        ],
     )
 
 
@@ -344,6 +510,7 @@ def inputs_from_manifest(manifest: Mapping[str, Any]) -> Inputs:
         last_paid={int(c, 16): int(e) for c, e in manifest["last_paid"]},
         usage7={int(c, 16): int(u) for c, u in manifest["usage"]},
         boosts=[bst.from_json(b) for b in manifest["boosts"]],
+        market=_market_from_manifest(manifest["market"]) if "market" in manifest else None,
     )
 
 
@@ -387,6 +554,15 @@ def config_from_manifest(manifest: Mapping[str, Any]) -> ScoringConfig:
         demand_units=int(d["units"]),
         demand_cap_bps=int(d["cap_bps"]),
         boost_signers=tuple(manifest["boost_signers"]),
+        market=_market_params(manifest["market"]["params"]) if "market" in manifest else None,
+    )
+
+
+def _market_params(p: Mapping[str, Any]) -> mk.MarketParams:
+    return mk.MarketParams(
+        revenue_share_bps=int(p["revenue_share_bps"]),
+        treasury=str(p["treasury"]),
+        reading_cap=int(p["reading_cap"]),
     )
 
 
@@ -415,7 +591,13 @@ async def verify_epoch(
     diff = first_difference(own.manifest, manifest)
     if diff:
         return f"the manifest does not follow from its own inputs: {diff}"
-    again = build(await gather(store, config, epoch), config, epoch, await store.cumulative_by_owner(epoch))
+    through = int(manifest["market"]["through_block"]) if "market" in manifest else None
+    again = build(
+        await gather(store, config, epoch, through_block=through),
+        config,
+        epoch,
+        await store.cumulative_by_owner(epoch),
+    )
     diff = first_difference(again.manifest, manifest)
     if diff:
         return f"the stored data gives another result: {diff}"

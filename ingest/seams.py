@@ -89,7 +89,8 @@ class PublishChain(Protocol):
         another transaction at its nonce (other errors: already known, already mined, node down)."""
 
     async def receipt(self, tx_hash: bytes) -> Any | None:
-        """The transaction's receipt (a mapping with `status` and `blockNumber`), None while not mined."""
+        """The transaction's receipt (a mapping with `status`, `blockNumber` and `blockHash`), None while
+        not mined (or no longer: a reorg dropped it)."""
         ...
 
     async def mined_nonce(self) -> int:
@@ -98,6 +99,10 @@ class PublishChain(Protocol):
 
     async def resync_nonce(self) -> None:
         """Forget the locally tracked nonce: the next signature asks the node."""
+
+    async def head(self) -> int:
+        """The latest block number."""
+        ...
 
     async def published_tx(self, epoch: int) -> tuple[bytes, int] | None:
         """The hash and block of the transaction whose EpochPublished event names the epoch; None when

@@ -33,6 +33,7 @@ from ingest import metrics
 from ingest.adapters.db import DbProbe, create_pool, embedded_postgres, migrate, redacted
 from ingest.adapters.mqtt import subscription, uses_tls
 from ingest.adapters.store import EpochStore, IngestStore, MirrorStore, ReadStore
+from ingest.adapters.store.payouts import PayoutStore
 from ingest.adapters.store.rollups import RollupStore
 from ingest.api.app import ApiLimits, create_app
 from ingest.api.auth import api_access
@@ -41,7 +42,9 @@ from ingest.consumer import DB_TRANSIENT, Consumer
 from ingest.core import readiness
 from ingest.core.readiness import PartsState
 from ingest.core.rejection_budget import RejectionBudget
+from ingest.distributor_mirror import DistributorMirror
 from ingest.epochs import Epochs
+from ingest.market import MarketMirror
 from ingest.pipeline import PipelineConfig
 from ingest.registry import RegistryFollower, RegistryMirror, chain_provider
 from ingest.retention import run_retention
@@ -289,6 +292,19 @@ def build_node(
     return node
 
 
+def distributor_mirror(node: Node, pool: Any) -> DistributorMirror:
+    """The `epochs` part's mirror of the distributor's events (ingest/distributor_mirror.py), on `pool`
+    (the epochs' own), polling like the registry follower, trusting blocks as deep as it does."""
+    chain = node.settings.chain
+    return DistributorMirror(
+        PayoutStore(pool),
+        node.distributor,
+        confirmations=chain.confirmations,
+        poll_s=chain.registry_poll_s,
+        on_veto=node.epochs.vetoed,
+    )
+
+
 @asynccontextmanager
 async def serve_api(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
@@ -357,10 +373,26 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
         if rewards is not None:
             setting = "DEPIN_REWARDS_KEY_FILE" if settings.chain.rewards_key_file else "DEPIN_REWARDS_KEY"
             await check_rewards_role(node.distributor, rewards, setting)
+        if "epochs" in parts:
+            # With a key, a stop: epochs numbered otherwise than on chain, or a schedule the contract's cap
+            # refuses, would be closed into manifests that can never be published as computed. Without
+            # one nothing is published, so a warning; the start that brings a key refuses.
             e = settings.epochs
-            mismatch = await schedule_mismatch(node.distributor, e.genesis_ms, e.length_ms, e.emission)
-            if mismatch:  # a warning, not a stop: the contract refuses what does not fit, and alerts
-                log.warning("the distributor's emission schedule differs from the settings: %s", mismatch)
+            mismatch = await schedule_mismatch(
+                node.distributor,
+                e.genesis_ms,
+                e.length_ms,
+                e.emission,
+                halving_epochs=e.emission_halving_epochs,
+                recorded_halving_epochs=None
+                if deployment.schedule is None
+                else deployment.schedule.emission_halving_epochs,
+            )
+            if mismatch:
+                problem = f"the distributor's emission schedule does not fit the settings: {mismatch}"
+                if rewards is not None:
+                    raise ValueError(problem)
+                log.warning("%s (no rewards key: nothing is published; with one, depin run refuses)", problem)
         await node.follower.load()
         tasks: dict[str, Part] = {}
         if "follow" in parts or "consume" in parts:
@@ -369,9 +401,20 @@ async def run(settings: Settings, parts: Iterable[str] = PARTS) -> None:
             tasks.update(_consume(node, stores.ingest))
         if "epochs" in parts:
             tasks["epochs"] = _epochs(node, rewards)
+            # The distributor's events into the database (GET /v1/owners/{address}/rewards, vetoes).
+            tasks["distributor-mirror"] = distributor_mirror(node, stores.epochs.pool).run
             # On the epochs' pool: one connection per refresh, one hour at a time.
             rollups = RollupStore(stores.epochs.pool)
             tasks["rollups"] = lambda: run_rollups(rollups, settings.epochs.rollup_interval_s)
+            # Buyers' deposits and bounties, mirrored for the API's credit and the epochs' market split.
+            market = MarketMirror(
+                node.distributor,
+                stores.epochs,
+                start_block=deployment.block,
+                confirmations=settings.chain.confirmations,
+                poll_s=settings.epochs.market_poll_s,
+            )
+            tasks["market"] = market.run
         if "api" in parts:
             api = settings.api
             url = await stack.enter_async_context(

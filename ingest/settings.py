@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from eth_utils import to_checksum_address
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from devices.errors import SettingsError
 from ingest.adapters.mqtt import MqttConfig, tls_context
 from ingest.brokerauth import BrokerAuthError, read_password_file
+from ingest.core.market import MarketParams
 from ingest.core.readiness import ReadyRules
 from ingest.core.rejection_budget import BudgetConfig
 from ingest.core.rules import TimeLimits
@@ -98,7 +100,12 @@ class Environment(BaseSettings):
     # Chain. The deployment file is written by `depin contracts deploy` (and by the demo).
     chain_rpc_url: str = "http://127.0.0.1:8545"
     deployment_file: Path = Path("deployment.json")
-    chain_confirmations: int = Field(default=0, ge=0, description="follow the registry up to latest − N")
+    # How deep a block must be to count as final: the registry is followed up to latest − N, the
+    # distributor's events are mirrored up to latest − N, and a published epoch settles N blocks past its
+    # receipt (still in the same block). 0 trusts the latest block (anvil, a chain with instant finality).
+    chain_confirmations: int = Field(
+        default=0, ge=0, description="blocks past a block before it counts as final (registry, settlement)"
+    )
     registry_poll_s: float = 2.0
     # Every chain RPC request of the service ends after this long: a hung RPC counts as down.
     chain_rpc_timeout_s: float = Field(default=10.0, gt=0)
@@ -116,6 +123,10 @@ class Environment(BaseSettings):
     epoch_length_s: float = Field(default=86_400, gt=0)
     epoch_genesis_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z; epoch 1 starts here
     epoch_emission: int = 10_000 * TOKEN
+    # The emission schedule: DEPIN_EPOCH_EMISSION for epochs 1..N, half of it for the next N, a quarter
+    # after, …; 0 = the same every epoch. The contract caps every epoch at its epochEmission: `depin run`
+    # refuses to start when the schedule's first (largest) epoch exceeds it.
+    emission_halving_epochs: int = Field(default=0, ge=0)
     max_devices_per_cell: int = 10
     # Scoring (README "Rewards", ingest/scoring.py): readings beyond the cap add nothing; a cell pays
     # its whole share once its earners have this many quality-weighted clean readings; a cell that paid
@@ -128,6 +139,14 @@ class Environment(BaseSettings):
     demand_units: int = Field(default=1000, ge=1)
     demand_cap_bps: int = Field(default=30_000, ge=10_000)
     boost_signers: str = ""  # comma list of operator addresses
+    # Buyers' money (README "Rewards"): a usage unit costs a prepaid key (one with tokens deposited on
+    # chain for it) this many token base units; this share (bps) of what each epoch charged goes to the
+    # devices that collected the data used, the rest to the treasury address (empty: it stays in the
+    # distributor, owed to nobody). The `epochs` part mirrors deposits and bounties every market_poll_s.
+    price_per_unit: int = Field(default=10**15, ge=0)
+    revenue_share_bps: int = Field(default=7_000, ge=0, le=10_000)
+    treasury_address: str = Field(default="", pattern=r"^(0x[0-9a-fA-F]{40})?$")
+    market_poll_s: float = Field(default=2.0, gt=0)
     # Wait this long after an epoch ends before sealing and closing it; later packets for it are refused
     # `epoch_closed` (README "Late readings").
     epoch_grace_s: float = Field(default=5.0, ge=0)
@@ -275,6 +294,7 @@ class ApiConfig:
     map_tiles_url: str = ""  # DEPIN_MAP_TILES_URL: empty = a plain background under the map
     map_tiles_attribution: str = ""
     reuse_port: bool = False  # DEPIN_API_REUSE_PORT: SO_REUSEPORT, N API processes on one port
+    price_per_unit: int = 0  # DEPIN_PRICE_PER_UNIT: base units a usage unit costs a prepaid key
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +334,14 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
         "epoch_",
         length_ms=int(e.epoch_length_s * 1000),
         grace_ms=int(e.epoch_grace_s * 1000),
+        confirmations=e.chain_confirmations,
         boost_signers=tuple(a.strip() for a in e.boost_signers.split(",") if a.strip()),
+        market=MarketParams(
+            revenue_share_bps=e.revenue_share_bps,
+            treasury=to_checksum_address(e.treasury_address) if e.treasury_address else "",
+            reading_cap=e.reading_cap,
+        ),
+        market_poll_s=e.market_poll_s,
     )
     return Settings(
         database=_group(DatabaseConfig, e, "database_", "db_"),

@@ -18,6 +18,10 @@ interface IMintable {
 ///         fixed at deploy, so a stolen REWARDS key cannot create supply beyond it.
 ///         A new root is pending for `challengeWindow` seconds, during which GUARDIAN_ROLE can veto it;
 ///         claims are always against the latest accepted root (cumulative amounts make older ones useless).
+///         Buyers pay in too: `deposit` credits an API key's account (prepaid metered usage) and
+///         `createBounty` funds a pool for cells and epochs. Both add to `funded`, the only backing the
+///         tree may have beyond the emission schedule: the cap is `epochEmission * epoch + funded` and
+///         only what the total exceeds `minted + funded` is minted.
 contract RewardDistributor is AccessControlDefaultAdminRules {
     using SafeERC20 for IERC20;
 
@@ -44,11 +48,22 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
     uint256 public minted; // minted to this contract so far (a vetoed root's mint stays here, unowed)
     mapping(uint64 => bytes32) public roots; // published roots (a vetoed one is deleted)
     mapping(address => uint256) public claimed;
+    /// @notice Tokens paid in by buyers (deposits and bounties): the tree's backing beyond the emission.
+    uint256 public funded;
+    uint256 public bountyCount; // bounty ids are 1, 2, …
+
+    uint256 public constant MAX_BOUNTY_CELLS = 64;
+    uint64 public constant MAX_BOUNTY_EPOCHS = 1000;
 
     event EpochPublished(uint64 indexed epoch, bytes32 root, uint256 total, uint256 mintedNow);
     event RootAccepted(uint64 indexed epoch, bytes32 root, uint256 total);
     event RootVetoed(uint64 indexed epoch, bytes32 root, address guardian);
     event Claimed(address indexed account, uint64 indexed epoch, uint256 amount, uint256 cumulative);
+    /// @notice `account` is keccak256 of an API key's public id (the service credits that key).
+    event Deposited(bytes32 indexed account, address indexed payer, uint256 amount);
+    event BountyCreated(
+        uint256 indexed id, address indexed funder, uint64 startEpoch, uint64 endEpoch, uint64[] cells, uint256 amount
+    );
 
     error EpochNotAfterLatest(uint64 epoch, uint64 latest);
     error EpochNotEnded(uint64 epoch, uint64 ended);
@@ -62,6 +77,10 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
     error InvalidProof();
     error ZeroAddress();
     error BadSchedule();
+    error ZeroAmount();
+    error ZeroAccount();
+    error BadBountyWindow(uint64 startEpoch, uint64 endEpoch, uint64 ended);
+    error BadBountyCells(uint256 count);
 
     constructor(
         address admin,
@@ -85,9 +104,9 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
     }
 
     /// @notice Epochs whose end has passed by this block's time: the highest number publishable now.
-    /// @dev Block time (Slither's low "timestamp" finding here, in publishEpoch, claimableRoot and _promote):
-    ///      a proposer can skew it by seconds, which moves an epoch's end or a window's by as much; epochs
-    ///      and windows are minutes to days, and the caps hold whatever the skew.
+    /// @dev Block time (Slither's low "timestamp" finding here, in publishEpoch, createBounty, claimableRoot
+    ///      and _promote): a proposer can skew it by seconds, which moves an epoch's end or a window's by as
+    ///      much; epochs and windows are minutes to days, and the caps hold whatever the skew.
     function endedEpochs() public view returns (uint64) {
         uint256 nowMs = block.timestamp * 1000;
         if (nowMs < genesisMs) return 0;
@@ -105,9 +124,11 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
         _promote();
         if (pendingEpoch != 0) revert ChallengeWindowOpen(pendingEpoch, pendingSince + challengeWindow);
         if (total < acceptedTotal) revert TotalBelowAccepted(total, acceptedTotal);
-        uint256 cap = epochEmission * epoch;
+        // Buyers' funds back the tree beyond the schedule, and nothing else does.
+        uint256 cap = epochEmission * epoch + funded;
         if (total > cap) revert CumulativeCapExceeded(total, cap);
-        uint256 mintNow = total > minted ? total - minted : 0;
+        uint256 backed = minted + funded;
+        uint256 mintNow = total > backed ? total - backed : 0;
         // At most one epoch's emission per epoch since the last accepted root: the unissued share of past
         // epochs cannot be minted later.
         uint256 epochCap = epochEmission * (epoch - acceptedEpoch);
@@ -124,6 +145,36 @@ contract RewardDistributor is AccessControlDefaultAdminRules {
         if (challengeWindow == 0) _promote();
         // The only external call, last (checks-effects-interactions): the token is ours, but still.
         if (mintNow > 0) IMintable(address(token)).mint(address(this), mintNow);
+    }
+
+    /// @notice Prepay metered API usage: `amount` tokens from the caller (approve first) credited to
+    ///         `account` (keccak256 of the API key's public id). Spent usage is paid out through the roots.
+    function deposit(bytes32 account, uint256 amount) external {
+        if (account == bytes32(0)) revert ZeroAccount();
+        if (amount == 0) revert ZeroAmount();
+        funded += amount;
+        emit Deposited(account, msg.sender, amount);
+        token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @notice Fund a bounty: `amount` tokens (approve first) shared by the devices covering `cells` (H3
+    ///         indexes) in epochs startEpoch..endEpoch; what no device earned goes back to the caller through
+    ///         a root after the window. The window must not have ended.
+    function createBounty(uint64 startEpoch, uint64 endEpoch, uint64[] calldata cells, uint256 amount)
+        external
+        returns (uint256 id)
+    {
+        if (amount == 0) revert ZeroAmount();
+        uint64 ended = endedEpochs();
+        if (startEpoch == 0 || endEpoch < startEpoch || endEpoch <= ended || endEpoch - startEpoch >= MAX_BOUNTY_EPOCHS)
+        {
+            revert BadBountyWindow(startEpoch, endEpoch, ended);
+        }
+        if (cells.length == 0 || cells.length > MAX_BOUNTY_CELLS) revert BadBountyCells(cells.length);
+        id = ++bountyCount;
+        funded += amount;
+        emit BountyCreated(id, msg.sender, startEpoch, endEpoch, cells, amount);
+        token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
     /// @notice Drop the pending root before it becomes claimable; claims keep using the accepted one.

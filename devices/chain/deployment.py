@@ -22,7 +22,9 @@ ADMIN_DELAY_S = 2 * 86_400  # a stolen admin key must wait this long, in the ope
 class Schedule:
     """What the contracts enforce on chain, fixed at deploy: the service's epoch numbering (genesis and
     length, so block time bounds the epoch a publish may name), the most one epoch may mint, the veto
-    window for a new root, the token's hard cap and the delay of an admin handover."""
+    window for a new root, the token's hard cap and the delay of an admin handover. And the service's
+    emission schedule, which the contract does not know but caps: `epoch_emission` for epochs 1..N, half
+    for the next N, …; 0 = flat (DEPIN_EMISSION_HALVING_EPOCHS)."""
 
     genesis_ms: int
     epoch_length_ms: int
@@ -30,6 +32,15 @@ class Schedule:
     challenge_window_s: int = 0
     supply_cap: int = 10**9 * TOKEN
     admin_delay_s: int = ADMIN_DELAY_S
+    # Minted once at deploy to the deployer, within the cap (0: none): on a devnet, buyers' tokens to
+    # deposit for API credit and bounties come from here (README "Rewards", buyers' revenue).
+    premine: int = 0
+    emission_halving_epochs: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        fields = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: int(v) for k, v in data.items() if k in fields})
 
 
 @dataclass
@@ -40,6 +51,8 @@ class Deployment:
     distributor: str
     block: int  # block of the first deploy: where an event mirror starts replaying
     deployer: str
+    premine: int = 0  # base units minted to the deployer at deploy (Schedule.premine)
+    schedule: Schedule | None = None  # as deployed; None in files written before it was recorded
 
     def save(self, path: Path | str) -> None:
         p = Path(path)
@@ -56,6 +69,8 @@ class Deployment:
             distributor=to_checksum_address(data["distributor"]),
             block=int(data["block"]),
             deployer=to_checksum_address(data["deployer"]),
+            premine=int(data.get("premine", 0)),
+            schedule=Schedule.from_dict(data["schedule"]) if data.get("schedule") else None,
         )
 
 
@@ -75,7 +90,7 @@ async def deploy_contracts(
         raise InputError("the rewards account must not be the zero address")
     s = schedule
     registry, r0 = await signer.deploy("DeviceRegistry", admin, s.admin_delay_s)
-    token, _ = await signer.deploy("RewardToken", admin, s.admin_delay_s, s.supply_cap)
+    token, _ = await signer.deploy("RewardToken", admin, s.admin_delay_s, s.supply_cap, admin, s.premine)
     distributor, _ = await signer.deploy(
         "RewardDistributor",
         admin,
@@ -96,4 +111,6 @@ async def deploy_contracts(
         distributor=distributor.address,
         block=int(r0["blockNumber"]),
         deployer=admin,
+        premine=s.premine,
+        schedule=schedule,
     )

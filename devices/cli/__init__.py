@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from devices.cli import claim, contracts, device, hw, verify
+from devices.cli import claim, contracts, device, hw, market, verify
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,3 +22,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     hw.add_commands(sub)
     verify.add_commands(sub)
     claim.add_commands(sub)
+    market.add_commands(sub)

@@ -139,6 +139,23 @@ def explain_chain_error(exc: ChainError) -> str:
         return "the pubkey is all zeros"
     if name == "ZeroAddress":
         return "the zero address is not allowed here"
+    if name == "ZeroAmount":
+        return "the amount must be more than 0"
+    if name == "BadBountyWindow" and len(args) == 3:
+        return (
+            f"bounty epochs {args[0]}..{args[1]} refused: the window must start at epoch 1 or later, end "
+            f"at or after its start, span at most 1000 epochs and not be over (epochs up to {args[2]} "
+            "have ended)"
+        )
+    if name == "BadBountyCells" and args:
+        return f"a bounty names 1 to 64 cells, not {args[0]}"
+    if name == "ERC20InsufficientBalance" and len(args) == 3:
+        return f"{args[0]} holds {args[1]} base units of the reward token, less than the {args[2]} to pay in"
+    if name == "ERC20InsufficientAllowance" and len(args) == 3:
+        return (
+            f"the distributor may take {args[1]} base units of the payer's tokens, less than {args[2]}: "
+            "approve more"
+        )
     return str(exc)
 
 

@@ -57,7 +57,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=DEFAULT_CHALLENGE_WINDOW_S,
         help="seconds a new root waits, vetoable, before it is claimable (less than an epoch)",
     )
+    dep.add_argument(
+        "--emission-halving-epochs",
+        type=int,
+        default=0,
+        help="DEPIN_EMISSION_HALVING_EPOCHS: the service's schedule halves every N epochs (0: flat); "
+        "recorded in the deployment file",
+    )
     dep.add_argument("--admin-delay-s", type=int, default=ADMIN_DELAY_S, help="delay of an admin handover")
+    dep.add_argument(
+        "--premine",
+        type=int,
+        default=0,
+        help="token base units minted to the deployer at deploy, within the cap (default 0; on a devnet, "
+        "what buyers deposit for API credit and bounties)",
+    )
     dep.add_argument("--out", type=Path, default=Path("deployment.json"), help="deployment file to write")
     dep.add_argument(
         "--force", action="store_true", help="overwrite an existing --out file (its addresses are lost)"
@@ -101,7 +115,11 @@ async def deploy(settings: ChainSettings, args: argparse.Namespace) -> int:
             epoch_emission=args.epoch_emission,
             challenge_window_s=args.challenge_window_s,
             admin_delay_s=args.admin_delay_s,
+            premine=args.premine,
+            emission_halving_epochs=args.emission_halving_epochs,
         )
+        if args.emission_halving_epochs < 0:
+            raise InputError("--emission-halving-epochs must be 0 (flat) or more")
         guardian = parse_address(args.guardian, "guardian") if args.guardian else None
         rewards, created = await asyncio.to_thread(_rewards_account, args)
         try:

@@ -46,6 +46,9 @@ class DistributorChain:
     async def receipt(self, tx_hash: bytes) -> TxReceipt | None:
         return await transaction_status(self.client.w3, tx_hash)
 
+    async def head(self) -> int:
+        return int(await self.client.w3.eth.block_number)
+
     async def mined_nonce(self) -> int:
         return await self.client.w3.eth.get_transaction_count(self._signer().address, "latest")
 

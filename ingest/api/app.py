@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.adapters.store import ReadStore
 from ingest.api.auth import ACCESS, ApiAccess, describe_access, install_access
+from ingest.api.bounties import bounties_view
 from ingest.api.buyers import add_query_routes
 from ingest.api.map import map_page, map_static
 from ingest.api.openapi import openapi_for
@@ -394,6 +395,7 @@ def create_app(
     app.router.add_get("/v1/epochs/{epoch}/devices/{device_id}", epoch_device)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
     app.router.add_get("/v1/usage", usage_view)
+    app.router.add_get("/v1/bounties", bounties_view)
     from ingest.api.coverage import coverage, epochs_list  # here: ingest.api.coverage imports this module
 
     app.router.add_get("/", map_page)
@@ -403,4 +405,7 @@ def create_app(
     from ingest.api import devices  # lazy: it imports this module's helpers
 
     devices.add_routes(app)  # /v1/packets/{device_id}/{seq}, /v1/devices/{device_id}, …/devices
+    from ingest.api import rewards
+
+    rewards.add_routes(app)  # /v1/owners/{address}/rewards
     return app

@@ -23,9 +23,11 @@ from aiohttp import web
 from ingest.adapters.store.keys import KeyStore
 from ingest.api import metering
 from ingest.api.metering import KEY_ID, EpochGrid
-from ingest.api.usage_batch import UsageBatcher
+from ingest.api.usage_batch import Batch, Spend, UsageBatcher
 from ingest.core import apikeys
 from ingest.core.apikeys import KeyRecord, Refusal
+from ingest.core.market import account_of
+from ingest.core.metering import epoch_of
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +46,8 @@ class ApiAccess:
     cache_s: float = 5.0
     cors_origins: tuple[str, ...] = ()
     grid: EpochGrid = DEFAULT_GRID
+    # DEPIN_PRICE_PER_UNIT: token base units a usage unit costs a prepaid key (0: nobody pays)
+    price_per_unit: int = 0
 
 
 def api_access(settings: Any) -> ApiAccess:
@@ -56,6 +60,7 @@ def api_access(settings: Any) -> ApiAccess:
         cache_s=api.key_cache_s,
         cors_origins=api.cors_origins,
         grid=EpochGrid(epochs.genesis_ms, epochs.length_ms),
+        price_per_unit=api.price_per_unit,
     )
 
 
@@ -70,10 +75,12 @@ class Keys:
     _cache: dict[bytes, tuple[float, KeyRecord | None]] = field(default_factory=dict)
     _used: dict[str, tuple[int, int]] = field(default_factory=dict)  # key id → (UTC day, units)
     _buckets: dict[str, apikeys.Bucket] = field(default_factory=dict)
+    # prepaid keys (deposits seen at the last lookup) → value spent by this process since that lookup
+    _spent: dict[str, int] = field(default_factory=dict)
     _usage: UsageBatcher = field(init=False)  # group commit of the usage writes (usage_batch.py)
 
     def __post_init__(self) -> None:
-        self._usage = UsageBatcher(self.store.record_usage_batch)
+        self._usage = UsageBatcher(self._write_usage)
 
     async def get(self, token: str) -> KeyRecord | None:
         digest = apikeys.digest(token)
@@ -82,14 +89,27 @@ class Keys:
         if hit is not None and hit[0] > now:
             return hit[1]
         day = apikeys.utc_day(self.wall_ms())
-        found = await self.store.lookup(digest, day)
+        found = await self.store.lookup(digest, day, account_of(apikeys.key_id(token)))
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         record = None if found is None else found[0]
         self._cache[digest] = (now + self.access.cache_s, record)
         if found is not None:
             self._note_used(found[0].key_id, day, found[1])
+            if found[0].deposited > 0 and self.access.price_per_unit > 0:
+                self._spent[found[0].key_id] = 0  # the looked-up spend counts every committed write
+            else:
+                self._spent.pop(found[0].key_id, None)
         return record
+
+    async def _write_usage(self, batch: Batch, spend: Spend | None = None) -> Mapping[tuple[str, int], int]:
+        if not spend:
+            return await self.store.record_usage_batch(batch)
+        return await self.store.record_usage_batch(batch, spend, price=self.access.price_per_unit)
+
+    def spent(self, key: KeyRecord) -> int:
+        """A prepaid key's spend: as looked up, plus what this process wrote since."""
+        return key.spent + self._spent.get(key.key_id, 0)
 
     def _note_used(self, key_id: str, day: int, units: int) -> None:
         seen = self._used.get(key_id)
@@ -109,8 +129,14 @@ class Keys:
         return apikeys.rate_limited(wait, key, rate) if wait else None
 
     async def record(self, key_id: str, units: Mapping[tuple[int, int], int]) -> None:
-        day = apikeys.utc_day(self.wall_ms())
-        self._note_used(key_id, day, await self._usage.add(key_id, day, units))
+        now_ms = self.wall_ms()
+        day = apikeys.utc_day(now_ms)
+        prepaid = key_id in self._spent
+        spent_epoch = epoch_of(now_ms, *self.access.grid) if prepaid else None
+        self._note_used(key_id, day, await self._usage.add(key_id, day, units, spent_epoch))
+        if prepaid:
+            value = sum(n for n in units.values() if n > 0) * self.access.price_per_unit
+            self._spent[key_id] = self._spent.get(key_id, 0) + value
 
 
 ACCESS: web.AppKey[ApiAccess] = web.AppKey("access", ApiAccess)
@@ -154,6 +180,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         if rule != apikeys.ANY_KEY:  # /v1/usage is free: readable over the quota, to see why
             used = keys.used_today(key.key_id, apikeys.utc_day(now_ms))
             refusal = refusal or apikeys.over_quota(key, used, now_ms)
+            if access.price_per_unit > 0:
+                refusal = refusal or apikeys.credit_spent(key, keys.spent(key))
     if refusal is not None:
         return _refuse(refusal)
     if key is not None:
@@ -236,6 +264,10 @@ def install_access(app: web.Application, pool: Any, access: ApiAccess) -> None:
 _ERR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _REFUSALS = {
     "401": {"description": "no API key, or an unknown or revoked one (WWW-Authenticate: Bearer)", **_ERR},
+    "402": {
+        "description": "a prepaid key whose credit is spent (deposit more: `depin credit deposit`)",
+        **_ERR,
+    },
     "403": {"description": "the key lacks the scope this endpoint needs", **_ERR},
     "429": {
         "description": "over the key's rate (per API process) or its daily quota; see Retry-After",

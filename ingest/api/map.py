@@ -112,7 +112,10 @@ def _query(name: str, desc: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": desc, "schema": schema}
 
 
-_STATUS = {"type": "string", "enum": ["open", "closed", "published", "settled"]}
+_STATUS = {
+    "type": "string",
+    "enum": ["open", "closed", "signed", "published", "settled", "refused", "vetoed"],
+}
 _SPAN = {"epoch": _int(1), "start_ms": _int(0), "end_ms": _int(1), "status": _STATUS}
 _COVERED = {"type": "boolean", "description": "has the epoch any covered cell (so far)"}
 _POSITION = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}

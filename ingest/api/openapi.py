@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ingest.api.bounties import PATHS as BOUNTY_PATHS
 from ingest.api.map import OPENAPI_PATHS as MAP_PATHS
 from ingest.api.usage import PATHS as USAGE_PATHS
 
@@ -157,7 +158,10 @@ SCHEMAS: dict[str, Any] = {
             "epoch": _I,
             "start_ms": _I,
             "end_ms": _I,
-            "status": {"type": "string", "enum": ["closed", "published", "settled"]},
+            "status": {
+                "type": "string",
+                "enum": ["closed", "signed", "published", "settled", "refused", "vetoed"],
+            },
             "emission": _DEC,
             "allocated": _DEC,
             "unissued": _DEC,
@@ -438,6 +442,7 @@ OPENAPI: dict[str, Any] = {
     "components": {"schemas": SCHEMAS},
 }
 OPENAPI["paths"].update(USAGE_PATHS)
+OPENAPI["paths"].update(BOUNTY_PATHS)
 
 
 def openapi_for(max_rows: int) -> dict[str, Any]:
@@ -449,6 +454,9 @@ def openapi_for(max_rows: int) -> dict[str, Any]:
     from ingest.api import devices  # lazy: it imports this module
 
     devices.merge_openapi(doc)
+    from ingest.api import rewards  # lazy: it imports this module
+
+    rewards.merge_openapi(doc)
     for param in doc["paths"]["/v1/readings"]["get"]["parameters"]:
         if param["name"] == "limit":
             param["schema"]["maximum"] = max_rows

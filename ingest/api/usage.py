@@ -12,6 +12,7 @@ from aiohttp import web
 from ingest.api.auth import KEYS, REQUEST_KEY
 from ingest.core import apikeys
 from ingest.core.apikeys import DAY_MS, KeyRecord
+from ingest.core.market import account_of
 
 INT64_MAX = 2**63 - 1
 MAX_ROWS = 10_000
@@ -45,6 +46,7 @@ async def usage_view(request: web.Request) -> web.Response:
     day = apikeys.utc_day(now_ms)
     rows = await keys.store.usage(key.key_id, lo, hi, MAX_ROWS + 1)
     used = await keys.store.used_on(key.key_id, day)
+    deposited, spent = await keys.store.credit(key.key_id, account_of(key.key_id))
     body: dict[str, Any] = {
         "key_id": key.key_id,
         "name": key.name,
@@ -52,6 +54,15 @@ async def usage_view(request: web.Request) -> web.Response:
         "usage": [{"cell": format(r.cell, "x"), "epoch": r.epoch, "units": r.units} for r in rows[:MAX_ROWS]],
         "truncated": len(rows) > MAX_ROWS,
         "today": {"units": used, "quota": key.quota, "resets_ms": (day + 1) * DAY_MS},
+        # Prepaid credit (README "Rewards"): token base units as decimal strings; a key with deposits
+        # is refused (402) once `balance` reaches 0.
+        "credit": {
+            "account": "0x" + account_of(key.key_id).hex(),
+            "deposited": str(deposited),
+            "spent": str(spent),
+            "balance": str(max(0, deposited - spent)),
+            "price_per_unit": str(keys.access.price_per_unit),
+        },
     }
     return web.json_response(body)
 
@@ -102,6 +113,18 @@ PATHS: dict[str, Any] = {
                                     "truncated": {"type": "boolean"},
                                     "today": _object(
                                         {"units": _INT, "quota": _INT, "resets_ms": _INT}, ("quota",)
+                                    ),
+                                    "credit": _object(
+                                        {
+                                            k: {"type": "string"}
+                                            for k in (
+                                                "account",
+                                                "deposited",
+                                                "spent",
+                                                "balance",
+                                                "price_per_unit",
+                                            )
+                                        }
                                     ),
                                 }
                             )

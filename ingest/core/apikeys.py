@@ -44,6 +44,7 @@ ACCESS: dict[str, str] = {
     "/v1/epochs/*": PUBLIC,
     "/v1/owners/*": PUBLIC,
     "/v1/devices/*": PUBLIC,
+    "/v1/bounties": PUBLIC,  # on chain and in the manifests anyway
     "/v1/readings/*": "read",
     "/v1/aggregates": "read",
     "/v1/packets/*": "read",
@@ -118,11 +119,15 @@ class KeyRecord:
     burst: float | None
     created_ms: int
     revoked_ms: int | None = None
+    # Prepaid credit (README "Rewards", buyers' revenue): tokens deposited on chain for this key and
+    # the value of its usage so far, in token base units. A key with deposits is prepaid.
+    deposited: int = 0
+    spent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    status: int  # 401, 403 or 429
+    status: int  # 401, 402, 403 or 429
     code: str
     message: str
     retry_after_s: int | None = None
@@ -164,6 +169,18 @@ def over_quota(key: KeyRecord, used_today: int, now_ms: int) -> Refusal | None:
         f"API key {key.key_id} used {used_today} of its {key.quota} units today (UTC); "
         f"the quota resets at midnight UTC, in {wait} s",
         wait,
+    )
+
+
+def credit_spent(key: KeyRecord, spent: int) -> Refusal | None:
+    """A 402 once a prepaid key (one with deposits) has spent them: `spent` is its usage's value."""
+    if key.deposited <= 0 or spent < key.deposited:
+        return None
+    return Refusal(
+        402,
+        "credit_spent",
+        f"API key {key.key_id} has spent its prepaid credit ({spent} of {key.deposited} base units "
+        f"deposited): deposit more with `depin credit deposit --key-id {key.key_id} …`",
     )
 
 

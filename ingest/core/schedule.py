@@ -9,7 +9,9 @@ in `ingest/epochs.py` only carries the decision out, so the rule is table-tested
 - on a fresh database (no epoch stored) the first epoch closed is the one holding the earliest
   stored reading (nothing before it can pay anyone; a reading before genesis counts as epoch 1);
   with no reading stored yet nothing closes and the scheduler polls again;
-- after that every epoch in order, empty ones included, each once its end + grace has passed.
+- after that every epoch in order, empty ones included, each once its end + grace has passed;
+- while a published epoch waits to settle (`settling`), the scheduler looks again at least every
+  `IDLE_POLL_MS` (settling itself is `Epochs.settle`, run at every turn).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def next_step(
     *,
     max_wait_ms: int = MAX_WAIT_MS,
     idle_poll_ms: int = IDLE_POLL_MS,
+    settling: bool = False,
 ) -> Step:
     """What the scheduler does next.
 
@@ -79,6 +82,8 @@ def next_step(
     stored as closed but neither published nor settled, None if there is none (the scheduler leaves at
     most the last one so; a close run by hand may leave others). `earliest_reading_ms`: the earliest
     stored reading's timestamp (only looked at when no epoch is stored), None if there is none.
+    `settling`: a published epoch waits for its confirmations: a wait is capped at `idle_poll_ms`, so
+    its receipt is looked at again soon.
     """
     if length_ms <= 0 or grace_ms < 0 or max_wait_ms < 1 or idle_poll_ms < 1:
         raise ValueError("length must be > 0, grace ≥ 0, waits ≥ 1 ms")
@@ -94,4 +99,4 @@ def next_step(
     due_ms = end_ms + grace_ms
     if now_ms >= due_ms:
         return Close(nxt)
-    return Wait(min(due_ms - now_ms, max_wait_ms))
+    return Wait(min(due_ms - now_ms, max_wait_ms, idle_poll_ms if settling else max_wait_ms))

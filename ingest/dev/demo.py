@@ -49,7 +49,7 @@ from ingest.core.schedule import epoch_bounds
 from ingest.dev.broker import BrokerInfo, SecuredFiles, start_broker
 from ingest.dev.chain import anvil_path, dev_accounts, start_anvil, start_eth_tester
 from ingest.dev.rundir import demo_env, run_directory, write_env
-from ingest.service import build_node, open_stores, serve_api
+from ingest.service import build_node, distributor_mirror, open_stores, serve_api
 from ingest.settings import Environment, load_settings, read_environment
 from simulator import cheaters
 from simulator.fleet import SimDevice, make_fleet, next_message
@@ -243,6 +243,10 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
             asyncio.create_task(node.follower.run(), name="follower"),
             asyncio.create_task(node.consumer.run(), name="consumer"),
             asyncio.create_task(node.epochs.run(), name="epochs"),
+            # Claims and roots into the database, for GET /v1/owners/{address}/rewards.
+            asyncio.create_task(
+                distributor_mirror(node, stores.epochs.pool).run(), name="distributor-mirror"
+            ),
         ]
         stack.callback(lambda: [t.cancel() for t in tasks])
         await asyncio.wait_for(node.consumer.connected.wait(), 30)

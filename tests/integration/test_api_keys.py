@@ -183,11 +183,10 @@ async def test_one_statement_writes_usage_rows_before_daily_rows(store: Store) -
     assert await _usage_rows(store, a.key_id) == {(7, 1): 5}  # a zero is not a row
     assert await keys.record_usage_batch({(b.key_id, 100): {(9, 2): 1}}) == {(b.key_id, 100): 5}
     assert await keys.record_usage_batch({}) == {}
-    plan = "\n".join(
-        r[0] for r in await store.pool.fetch("EXPLAIN " + _RECORD_USAGE, [], [], [], [], [], [], [])
-    )
+    plan = "\n".join(r[0] for r in await store.pool.fetch("EXPLAIN " + _RECORD_USAGE, *([[]] * 13)))
     # The daily rows pass a one-time filter on an InitPlan that scans the whole `usage` insert first.
     assert "One-Time Filter" in plan and "InitPlan" in plan and "CTE Scan on u" in plan, plan
+    assert "CTE Scan on s" in plan, plan  # and on the prepaid keys' spend (migration 017)
 
 
 async def test_quota_then_429_until_midnight(store: Store) -> None:

@@ -165,7 +165,15 @@ async def test_contracts_deploy_gives_rewards_role_to_a_new_key_not_the_deployer
     """The publishing key is hot (it lives on the service host): by default it is a fresh key written
     beside the deployment file, never the deployer's admin key."""
     out_file = cli.dir / "own" / "deployment.json"
-    out = await cli.ok("contracts", "deploy", "--out", str(out_file), "--challenge-window-s", "60")
+    out = await cli.ok(
+        "contracts", "deploy", "--out", str(out_file), "--challenge-window-s", "60",
+        "--emission-halving-epochs", "365",
+    )  # fmt: skip
+    schedule = Deployment.load(out_file).schedule  # recorded in the file
+    assert schedule is not None and (schedule.challenge_window_s, schedule.emission_halving_epochs) == (
+        60,
+        365,
+    )
     key_file = out_file.parent / "rewards.key"
     assert f"new rewards key written to {key_file}" in out
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -155,15 +155,25 @@ async def world(
     return World(store, w3, deployment, DistributorClient(w3, deployment, signer), config, genesis)
 
 
+def on_chain(e: EpochRow) -> bool:
+    """Published, or settled with its tx (the scheduler settles a published epoch at its next turn
+    with no confirmations asked)."""
+    return e.status in ("published", "settled") and e.tx_hash is not None
+
+
+def statuses(stored: dict[int, EpochRow]) -> dict[int, str]:
+    return {n: "on chain" if on_chain(e) else e.status for n, e in stored.items()}
+
+
 async def assert_on_chain(world: World, stored: dict[int, EpochRow]) -> None:
     """Every stored epoch that paid is on chain once with the stored root; the rest has no root."""
     counts = await world.published_on_chain()
     for n, e in stored.items():
         root = await world.distributor.root_of(n)
-        if e.status == "published":
+        if on_chain(e):
             assert counts[n] == 1, f"epoch {n} published {counts[n]} times"
             assert root == e.root
-        else:
+        else:  # settled without a tx: nobody had earned yet
             assert e.status == "settled" and counts[n] == 0 and root == b"\0" * 32
     assert set(counts) <= set(stored)
 
@@ -190,7 +200,7 @@ async def test_fresh_database_starts_at_the_earliest_reading_and_closes_every_ep
     await clock.run_until(world.epochs(), world.end(10) + GRACE)
     stored = await world.stored()
     assert sorted(stored) == [7, 8, 9, 10]
-    assert all(e.status == "published" for e in stored.values())
+    assert all(on_chain(e) for e in stored.values())
     await assert_on_chain(world, stored)
     # Empty epochs after a paid one: published with the unchanged cumulative root and a total of 0.
     assert stored[8].root == stored[7].root and stored[8].allocated == 0
@@ -231,7 +241,7 @@ async def test_restart_finishes_a_closed_epoch_then_downtime_closes_each_missed_
     await world.readings_in(2)
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(world.epochs(), world.end(2) + GRACE)
-    assert {n: e.status for n, e in (await world.stored()).items()} == {1: "published", 2: "published"}
+    assert statuses(await world.stored()) == {1: "on chain", 2: "on chain"}
 
     # A crash between closing epoch 3 and publishing it: stored 'closed', not on chain.
     await world.readings_in(3)
@@ -244,7 +254,7 @@ async def test_restart_finishes_a_closed_epoch_then_downtime_closes_each_missed_
     await clock.run_until(world.epochs(), world.end(9))  # the restart
     stored = await world.stored()
     assert sorted(stored) == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert all(e.status == "published" for e in stored.values())
+    assert all(on_chain(e) for e in stored.values())
     await assert_on_chain(world, stored)
     blocks = [stored[n].block_number for n in sorted(stored)]
     assert blocks == sorted(blocks) and len(set(blocks)) == len(blocks)  # published in order, one by one
@@ -264,7 +274,7 @@ async def test_nobody_earned_yet_settles_without_a_tx(world: World, store: Store
     clock = FakeClock(world.end(2) + GRACE)
     await clock.run_until(world.epochs(), world.end(2) + GRACE)
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "settled", 2: "published"}
+    assert statuses(stored) == {1: "settled", 2: "on chain"}
     await assert_on_chain(world, stored)
 
 
@@ -291,7 +301,7 @@ async def test_failures_are_retried_never_skipped_and_refusals_are_marked_not_re
     assert all("publishing epoch 1 failed" in r.getMessage() for r in failures)
     assert [r.getMessage().split("retrying in ")[1] for r in failures] == ["1.0 s", "2.0 s", "4.0 s", "8.0 s"]
     assert failures[0].exc_info and not failures[1].exc_info  # one traceback per streak
-    assert {n: e.status for n, e in (await world.stored()).items()} == {1: "closed"}
+    assert statuses(await world.stored()) == {1: "closed"}
 
     # 2) The chain is back but the key lacks REWARDS_ROLE: the contract refuses the publish for good
     #    (AccessControlUnauthorizedAccount, seen at the estimate): each due epoch is marked 'refused'
@@ -301,7 +311,7 @@ async def test_failures_are_retried_never_skipped_and_refusals_are_marked_not_re
     epochs.chain = DistributorChain(DistributorClient(world.w3, world.deployment, make_signer(stranger)))
     await clock.run_until(epochs, clock.now + 1_000)
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "refused", 2: "refused"}
+    assert statuses(stored) == {1: "refused", 2: "refused"}
     assert stored[1].raw_tx is None and await world.distributor.root_of(1) == b"\0" * 32
     messages = [r.getMessage() for r in caplog.records]
     alerts = [m for m in messages if m.startswith("ALERT")]
@@ -316,7 +326,7 @@ async def test_failures_are_retried_never_skipped_and_refusals_are_marked_not_re
     await world.readings_in(3)
     await clock.run_until(epochs, world.end(3) + GRACE)
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "refused", 2: "refused", 3: "published"}
+    assert statuses(stored) == {1: "refused", 2: "refused", 3: "on chain"}
     supply = await world.distributor.token.functions.totalSupply().call()
     assert supply == sum(e.allocated for e in stored.values()) > stored[3].allocated
 
@@ -340,7 +350,7 @@ async def test_the_scheduler_survives_a_database_error_before_any_epoch_is_known
     messages = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert [m.split(" (")[0] for m in messages] == ["deciding the next epoch failed"] * 2
     assert 'relation "epochs" does not exist' in messages[0]
-    assert (await world.stored())[1].status == "published"
+    assert on_chain((await world.stored())[1])
 
 
 async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
@@ -369,7 +379,7 @@ async def test_two_schedulers_on_one_database_close_and_publish_each_epoch_once(
     finally:
         await pool.close()
     stored = await world.stored()
-    assert sorted(stored) == [1, 2, 3, 4, 5] and all(e.status == "published" for e in stored.values())
+    assert sorted(stored) == [1, 2, 3, 4, 5] and all(on_chain(e) for e in stored.values())
     await assert_on_chain(world, stored)
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "failed" in m], messages
@@ -403,7 +413,7 @@ async def test_a_publish_found_on_chain_is_adopted_and_a_mined_refusal_is_marked
     await clock.run_until(epochs, clock.now + 1_000 + 2_000)
     stored = await world.stored()
     manual_tx = bytes(receipt["transactionHash"])
-    assert (stored[1].status, stored[1].tx_hash) == ("published", manual_tx)
+    assert on_chain(stored[1]) and stored[1].tx_hash == manual_tx
     assert (await world.published_on_chain())[1] == 1  # adopted, not published twice
     # The mined revert is decoded (replayed at the latest block): EpochNotAfterLatest can never pass,
     # so epoch 2 is marked 'refused', its journal cleared, and it is not retried.
@@ -423,11 +433,11 @@ async def test_without_a_rewards_key_epochs_are_closed_then_published_oldest_fir
     clock = FakeClock(world.end(3) + GRACE)
     await clock.run_until(world.epochs(DistributorClient(world.w3, world.deployment, None)), clock.now + 1)
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "closed", 2: "closed", 3: "closed"}
+    assert statuses(stored) == {1: "closed", 2: "closed", 3: "closed"}
     assert await world.published_on_chain() == Counter()
     await clock.run_until(world.epochs(), clock.now + 1)  # the key is configured: a restart with it
     stored = await world.stored()
-    assert all(e.status == "published" for e in stored.values()) and sorted(stored) == [1, 2, 3]
+    assert all(on_chain(e) for e in stored.values()) and sorted(stored) == [1, 2, 3]
     await assert_on_chain(world, stored)
     blocks = [stored[n].block_number for n in (1, 2, 3)]
     assert blocks == sorted(blocks)
@@ -477,7 +487,7 @@ async def test_a_journaled_publish_whose_nonce_was_used_by_another_tx_is_re_sign
     await clock.run_until(epochs, clock.now + 1)
     assert time.monotonic() - started < 20, "waited for a receipt that can never come"
     stored = await world.stored()
-    assert {n: e.status for n, e in stored.items()} == {1: "published", 2: "published", 3: "published"}
+    assert statuses(stored) == {1: "on chain", 2: "on chain", 3: "on chain"}
     assert stored[1].tx_nonce > nonce  # re-signed at a fresh nonce
     await assert_on_chain(world, stored)
     assert metrics.EPOCH_NONCE_TAKEN._value.get() == taken_before + 1
@@ -509,7 +519,7 @@ async def test_a_lost_nonce_whose_epoch_is_on_chain_with_our_root_is_adopted(
     clock = FakeClock(world.end(1) + GRACE)
     await clock.run_until(epochs, clock.now + 1)
     stored = await world.stored()
-    assert stored[1].status == "published"
+    assert on_chain(stored[1])
     assert stored[1].tx_hash == bytes(receipt["transactionHash"])
     assert (await world.published_on_chain())[1] == 1
     messages = [r.getMessage() for r in caplog.records]
@@ -552,7 +562,7 @@ async def test_the_scheduler_rides_out_a_database_with_no_free_connection(
             assert len(messages) == 2 and all(
                 "TooManyConnectionsError" in m or "too many" in m for m in messages
             )
-            assert (await local.stored())[1].status == "published"
+            assert on_chain((await local.stored())[1])
             assert not epochs.failing and metrics.EPOCH_FAILING._value.get() == 0
         finally:
             await hog.release()
@@ -563,3 +573,70 @@ async def _device_row(world: World, d: int) -> DeviceRecord:
     row = await world.store.pool.fetchrow("SELECT owner FROM devices WHERE device_id = $1", dev(d))
     assert row is not None
     return DeviceRecord(dev(d), b"k" * 32, row["owner"], 1, 0, True, 10 + d)
+
+
+async def _rpc(w3: AsyncWeb3[Any], method: str, *params: Any) -> Any:
+    response = await w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    assert "error" not in response, response
+    return response["result"]
+
+
+async def test_a_published_epoch_settles_past_the_confirmations_and_a_reorg_that_drops_it_is_rebroadcast(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """anvil's evm_snapshot/evm_revert stand for a reorg: the block holding the publish is replaced by
+    empty ones. The epoch goes back to 'signed', the same journaled bytes are sent again, and it settles
+    only once DEPIN_CHAIN_CONFIRMATIONS blocks are past the new receipt. One EpochPublished on chain."""
+    await world.readings_in(1)
+    epochs = Epochs(world.store, world.distributor, dataclasses.replace(world.config, confirmations=2))
+    await epochs.close(1)
+    snapshot = await _rpc(world.w3, "evm_snapshot")
+    first = await epochs.publish(1)
+    assert first.status == "published" and first.block_hash is not None and first.raw_tx is not None
+    assert await epochs.settle() == 1  # 0 of 2 confirmations
+    await _rpc(world.w3, "evm_revert", snapshot)  # the reorg: the publish is gone
+    for _ in range(3):
+        await _rpc(world.w3, "evm_mine")
+    assert await world.distributor.root_of(1) == b"\0" * 32
+    assert await epochs.settle() == 0
+    dropped = await world.store.get_epoch(1)
+    assert dropped is not None and (dropped.status, dropped.block_number) == ("signed", None)
+    assert dropped.raw_tx == first.raw_tx
+    assert "is no longer on chain after its receipt was seen: a reorg" in caplog.text
+    again = await epochs.publish(1)  # what the scheduler's next step does: rebroadcast, not re-sign
+    assert again.status == "published" and again.tx_hash == first.tx_hash
+    assert again.block_number is not None and again.block_number > (first.block_number or 0)
+    await _rpc(world.w3, "evm_mine")
+    assert await epochs.settle() == 1  # 1 of 2
+    await _rpc(world.w3, "evm_mine")
+    assert await epochs.settle() == 0
+    settled = await world.store.get_epoch(1)
+    assert settled is not None and settled.status == "settled" and settled.block_hash == again.block_hash
+    assert await world.distributor.root_of(1) == first.root
+    assert await world.published_on_chain() == Counter({1: 1})
+
+
+async def test_with_the_rpc_down_a_published_epoch_waits_to_settle_and_the_next_is_still_sealed_and_closed(
+    world: World, accounts: list[LocalAccount], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settling needs the chain, closing does not: an RPC outage must not delay the seal (late packets
+    would otherwise still count after the grace)."""
+    await world.readings_in(1)
+    await world.readings_in(2)
+    config = dataclasses.replace(world.config, confirmations=5)
+    first = Epochs(world.store, world.distributor, config)
+    await first.close(1)
+    assert (await first.publish(1)).status == "published"
+    dead_w3 = AsyncWeb3(AsyncHTTPProvider("http://127.0.0.1:9", exception_retry_configuration=None))
+    down = Epochs(
+        world.store, DistributorClient(dead_w3, world.deployment, Signer(dead_w3, accounts[0])), config
+    )
+    clock = FakeClock(world.end(2) + GRACE)
+    try:
+        await clock.run_until(down, clock.now + 1_000)
+    finally:
+        await dead_w3.provider.disconnect()
+    stored = await world.stored()
+    assert (stored[1].status, stored[2].status) == ("published", "closed")
+    assert await world.store.sealed_until() == (world.end(2), 2)
+    assert any("publishing epoch 2 failed" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from devices.chain.artifacts import REWARDS_ROLE
+from devices.chain.deployment import Schedule, deploy_contracts
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
@@ -52,6 +53,12 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
+    # The distributor numbers epochs as the service does (`depin run` refuses another schedule).
+    genesis = time.time_ns() // 1_000_000 + LEAD_MS
+    length = LENGTH_S * 1000
+    deployment = await deploy_contracts(
+        w3, signer, Schedule(genesis, length, 10_000 * 10**18), rewards_account=signer.address
+    )
     fleet = make_fleet(7, [a.address for a in accounts[2:5]], seed=11)
     senders, late_device = fleet[:6], fleet[6]  # the 7th sends only the late packet
     await RegistryClient(w3, deployment, signer).register_batch(
@@ -67,8 +74,6 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
     key_file.chmod(0o600)
     deployment.save(tmp_path / "deployment.json")
 
-    genesis = time.time_ns() // 1_000_000 + LEAD_MS
-    length = LENGTH_S * 1000
     env = consumer_env(
         database_url=pg_dsn,
         mqtt_host=mosquitto.host,
@@ -131,13 +136,31 @@ async def test_depin_run_closes_and_publishes_epochs_by_itself_and_refuses_a_lat
                 async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/v1/epochs/{n}") as r:
                     assert r.status == 200
                     body: dict[str, Any] = await r.json()
-                return body if body["status"] == "published" else None
+                return body if body["status"] in ("published", "settled") else None
 
             epoch = await wait_for(marked_published, 15, f"epoch {n} marked published")
             assert epoch["root"] == "0x" + root.hex()
             assert int(epoch["allocated"]) > 0
             assert epoch["cells"] > 0 and epoch["devices"] > 0 and "manifest" not in epoch
         assert await distributor.latest_epoch() == 2
+
+        # The epochs part mirrors the distributor's events: an owner's rewards are claimable (no
+        # challenge window here) and as of a mirrored block, read from the database.
+        owner = senders[0].owner
+
+        async def mirrored() -> dict[str, Any] | None:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{proc.url}/v1/owners/{owner}/rewards") as r,
+            ):
+                assert r.status == 200
+                body: dict[str, Any] = await r.json()
+            accepted = body["accepted"]
+            return body if accepted is not None and accepted["epoch"] == 2 else None
+
+        rewards = await wait_for(mirrored, 15, "the distributor's events mirrored")
+        assert rewards["as_of_block"] is not None and rewards["claimed"] == "0"
+        assert rewards["claimable"] == rewards["cumulative"] != "0"
 
         # A packet for epoch 1 sent after epoch 1 closed: refused `epoch_closed`, told on …/ack and
         # shown by the API; a redelivery of a packet stored in epoch 1 stays a duplicate.

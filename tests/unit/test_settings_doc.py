@@ -40,6 +40,7 @@ TEST_ONLY = {
     "DEPIN_API_LOAD_CLIENTS",
     "DEPIN_API_LOAD_SECONDS",
     "DEPIN_SUMMARY_DEVICES",  # test_api: device rows of the epoch summary's before/after timing
+    "DEPIN_TEST_EPOCH_KILL_AT",  # ingest/epochs.py fault hook: test_epoch_faults SIGKILLs a worker there
 }
 
 

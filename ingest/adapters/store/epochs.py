@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ingest.adapters.store.manifest import ManifestStore
+from ingest.adapters.store.market import MarketStore, save_payouts
 from ingest.adapters.store.rows import (
     SEAL_LOCK_KEY,
     CellReward,
@@ -62,7 +63,7 @@ def epoch_cells_text(epoch: int, rows: Sequence[CellReward]) -> bytes:
     ).encode()
 
 
-class EpochStore(ManifestStore):
+class EpochStore(MarketStore, ManifestStore):
     """Tables `epochs`, `device_rewards`, `owner_rewards`, `epoch_seal`; reads `readings` and `devices`."""
 
     async def epoch_coverage(self, start_ms: int, end_ms: int) -> list[CoverageRow]:
@@ -101,6 +102,7 @@ class EpochStore(ManifestStore):
         device_rewards: Sequence[DeviceReward],
         owner_rewards: Sequence[OwnerReward],
         cell_rewards: Sequence[CellReward] = (),
+        payouts: Sequence[tuple[str, str, str, int]] = (),
     ) -> EpochRow:
         """Record a closed epoch and its rewards in one transaction; status 'closed'.
 
@@ -160,6 +162,7 @@ class EpochStore(ManifestStore):
                             columns=["epoch", "owner", "amount", "cumulative", "proof"],
                             records=[(epoch, o, a, cum, proof_to_db(p)) for o, a, cum, p in owner_rewards],
                         )
+                    await save_payouts(conn, epoch, payouts)  # buyers' money (migration 017)
                 else:
                     log.info("epoch %s already stored; keeping the stored result", epoch)
             row = await fetch_epoch(conn, epoch)
@@ -230,9 +233,10 @@ class EpochStore(ManifestStore):
         return await fetch_epoch(self.pool, epoch)
 
     async def epoch_progress(self) -> tuple[int | None, int | None]:
-        """(highest stored epoch, lowest epoch stored as 'closed': not yet published nor settled)."""
+        """(highest stored epoch, lowest epoch stored as 'closed' or 'signed': not yet on chain)."""
         row = await self.pool.fetchrow(
-            """SELECT max(epoch) AS last, min(epoch) FILTER (WHERE status = 'closed') AS unpublished
+            """SELECT max(epoch) AS last,
+                      min(epoch) FILTER (WHERE status IN ('closed', 'signed')) AS unpublished
                FROM epochs"""
         )
         assert row is not None
@@ -293,10 +297,11 @@ class EpochStore(ManifestStore):
         return {r["owner"]: int(r["cumulative"]) for r in rows}
 
     async def journal_tx(self, epoch: int, raw_tx: bytes, tx_hash: bytes, nonce: int) -> bool:
-        """Store the signed publish tx before broadcasting it. False if the epoch is missing or settled."""
+        """Store the signed publish tx before broadcasting it: status 'signed'. False if the epoch is
+        missing or past signing (published, settled, refused, vetoed)."""
         status = await self.pool.execute(
-            """UPDATE epochs SET raw_tx = $2, tx_hash = $3, tx_nonce = $4
-               WHERE epoch = $1 AND status <> 'settled'""",
+            """UPDATE epochs SET status = 'signed', raw_tx = $2, tx_hash = $3, tx_nonce = $4
+               WHERE epoch = $1 AND status IN ('closed', 'signed')""",
             epoch,
             raw_tx,
             tx_hash,
@@ -305,24 +310,47 @@ class EpochStore(ManifestStore):
         return status == "UPDATE 1"
 
     async def clear_journal(self, epoch: int, tx_hash: bytes) -> bool:
-        """Forget a journaled publish tx that was mined and reverted, so a new one is signed."""
+        """Forget a journaled publish tx that can never succeed (mined and reverted, nonce taken), so a
+        new one is signed: back to 'closed'."""
         status = await self.pool.execute(
-            """UPDATE epochs SET raw_tx = NULL, tx_hash = NULL, tx_nonce = NULL
-               WHERE epoch = $1 AND tx_hash = $2 AND status = 'closed'""",
+            """UPDATE epochs SET status = 'closed', raw_tx = NULL, tx_hash = NULL, tx_nonce = NULL
+               WHERE epoch = $1 AND tx_hash = $2 AND status IN ('closed', 'signed')""",
             epoch,
             tx_hash,
         )
         return status == "UPDATE 1"
 
-    async def mark_published(self, epoch: int, tx_hash: bytes, block: int) -> bool:
-        """Receipt seen in `block`. Callable again after a reorg moved the tx; False once settled."""
+    async def mark_published(
+        self, epoch: int, tx_hash: bytes, block: int, block_hash: bytes | None = None
+    ) -> bool:
+        """Receipt seen in `block` (`block_hash`). Callable again after a reorg moved the tx; False once
+        settled, refused or vetoed."""
         status = await self.pool.execute(
-            """UPDATE epochs SET status = 'published', tx_hash = $2, block_number = $3,
+            """UPDATE epochs SET status = 'published', tx_hash = $2, block_number = $3, block_hash = $4,
                    published_at = coalesce(published_at, now())
-               WHERE epoch = $1 AND status <> 'settled'""",
+               WHERE epoch = $1 AND status IN ('closed', 'signed', 'published')""",
             epoch,
             tx_hash,
             block,
+            block_hash,
+        )
+        return status == "UPDATE 1"
+
+    async def unpublish(self, epoch: int, tx_hash: bytes, *, reverted: bool = False) -> bool:
+        """A reorg dropped the publish tx seen in a receipt: back to 'signed' (the journaled bytes are
+        rebroadcast), or to 'closed' when there is no journal (an adopted publish) or the tx now
+        reverts (`reverted`: a new tx is signed). Only from 'published' with that tx."""
+        status = await self.pool.execute(
+            """UPDATE epochs SET
+                   status = CASE WHEN raw_tx IS NULL OR $3 THEN 'closed' ELSE 'signed' END,
+                   raw_tx = CASE WHEN $3 THEN NULL ELSE raw_tx END,
+                   tx_nonce = CASE WHEN $3 THEN NULL ELSE tx_nonce END,
+                   tx_hash = CASE WHEN raw_tx IS NULL OR $3 THEN NULL ELSE tx_hash END,
+                   block_number = NULL, block_hash = NULL
+               WHERE epoch = $1 AND tx_hash = $2 AND status = 'published'""",
+            epoch,
+            tx_hash,
+            reverted,
         )
         return status == "UPDATE 1"
 
@@ -331,7 +359,7 @@ class EpochStore(ManifestStore):
         status = await self.pool.execute(
             """UPDATE epochs SET status = 'refused', refused = $2, raw_tx = NULL, tx_hash = NULL,
                    tx_nonce = NULL
-               WHERE epoch = $1 AND status = 'closed'""",
+               WHERE epoch = $1 AND status IN ('closed', 'signed')""",
             epoch,
             reason,
         )
@@ -340,15 +368,43 @@ class EpochStore(ManifestStore):
     async def settle_without_tx(self, epoch: int) -> bool:
         """An epoch that commits to nothing (nobody has ever earned) is final without a transaction."""
         status = await self.pool.execute(
-            "UPDATE epochs SET status = 'settled' WHERE epoch = $1 AND status = 'closed' AND raw_tx IS NULL",
+            """UPDATE epochs SET status = 'settled', settled_at = now()
+               WHERE epoch = $1 AND status = 'closed' AND raw_tx IS NULL""",
             epoch,
         )
         return status == "UPDATE 1"
 
-    async def mark_settled(self, epoch: int) -> bool:
-        """Final past the confirmation depth. Only a published epoch settles; True also if already settled."""
+    async def mark_settled(self, epoch: int, block_hash: bytes | None = None) -> bool:
+        """Final past the confirmation depth. Only a published epoch settles, and with `block_hash` only
+        if its receipt is still in that block; True also if already settled."""
         status = await self.pool.execute(
-            "UPDATE epochs SET status = 'settled' WHERE epoch = $1 AND status IN ('published', 'settled')",
+            """UPDATE epochs SET status = 'settled', settled_at = coalesce(settled_at, now())
+               WHERE epoch = $1 AND (status = 'settled' OR (status = 'published'
+                     AND ($2::bytea IS NULL OR block_hash IS NULL OR block_hash = $2)))""",
             epoch,
+            block_hash,
         )
         return status == "UPDATE 1"
+
+    async def mark_vetoed(self, epoch: int) -> str | None:
+        """GUARDIAN_ROLE vetoed the epoch's root: final ('vetoed'), never republished (its number is
+        spent on chain). Returns the status it had, None if it was missing or already vetoed/refused."""
+        return await self.pool.fetchval(
+            """UPDATE epochs e SET status = 'vetoed', vetoed_at = now()
+               FROM (SELECT epoch, status FROM epochs WHERE epoch = $1 FOR UPDATE) old
+               WHERE e.epoch = old.epoch AND old.status NOT IN ('vetoed', 'refused')
+               RETURNING old.status""",
+            epoch,
+        )
+
+    async def unsettled(self) -> list[EpochRow]:
+        """Published epochs not yet settled, oldest first (the scheduler re-checks their receipts)."""
+        rows = await self.pool.fetch(
+            "SELECT epoch FROM epochs WHERE status = 'published' ORDER BY epoch LIMIT 100"
+        )
+        out = []
+        for r in rows:
+            row = await fetch_epoch(self.pool, r["epoch"])
+            if row is not None:
+                out.append(row)
+        return out

@@ -155,8 +155,8 @@ class EpochRewards:
 
 @dataclass(frozen=True, slots=True)
 class EpochRow:
-    """A closed epoch, its publish journal and where it stands ('closed', 'published', 'settled',
-    'refused')."""
+    """A closed epoch, its publish journal and where it stands ('closed', 'signed', 'published',
+    'settled', 'refused', 'vetoed': migration 018)."""
 
     epoch: int
     start_ms: int
@@ -174,6 +174,7 @@ class EpochRow:
     block_number: int | None
     closed_ms: int
     published_ms: int | None
+    block_hash: bytes | None = None  # of the receipt's block (migration 018)
 
     @property
     def journal(self) -> tuple[bytes, bytes, int | None] | None:
@@ -206,6 +207,7 @@ def epoch_row(r: asyncpg.Record, manifest: dict[str, Any] | None = None) -> Epoc
         block_number=r["block_number"],
         closed_ms=dt_to_ms(r["closed_at"]),
         published_ms=None if r["published_at"] is None else dt_to_ms(r["published_at"]),
+        block_hash=bytes_or_none(r.get("block_hash")),
     )
 
 
