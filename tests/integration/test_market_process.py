@@ -115,7 +115,7 @@ async def test_depin_run_meters_prepaid_keys_and_pays_revenue_and_bounties(
             async def published(n: int) -> dict[str, Any] | None:
                 async with http.get(f"{proc.url}/v1/epochs/{n}") as r:
                     doc: dict[str, Any] = await r.json() if r.status == 200 else {}
-                return doc if doc.get("status") == "published" else None
+                return doc if doc.get("status") in ("published", "settled") else None
 
             try:
                 await wait_for(lambda: published(2), 40, "epoch 2 published", every=0.25)
