@@ -34,7 +34,9 @@ def test_the_setting_reaches_the_epochs_config() -> None:
 
 def test_the_deployment_file_records_the_schedule_and_old_files_still_load(tmp_path: Path) -> None:
     schedule = Schedule(genesis_ms=5, epoch_length_ms=60_000, epoch_emission=E, emission_halving_epochs=7)
-    d = Deployment(31337, "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20, 4, "0x" + "44" * 20, schedule)
+    d = Deployment(
+        31337, "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20, 4, "0x" + "44" * 20, schedule=schedule
+    )
     d.save(tmp_path / "new.json")
     assert json.loads((tmp_path / "new.json").read_text())["schedule"]["emission_halving_epochs"] == 7
     assert Deployment.load(tmp_path / "new.json").schedule == schedule
