@@ -23,7 +23,7 @@ from aiohttp import web
 from ingest.adapters.store.keys import KeyStore
 from ingest.api import metering
 from ingest.api.metering import KEY_ID, EpochGrid
-from ingest.api.usage_batch import Batch, Spend, UsageBatcher
+from ingest.api.usage_batch import Batch, UsageBatcher
 from ingest.core import apikeys
 from ingest.core.apikeys import KeyRecord, Refusal
 from ingest.core.market import account_of
@@ -102,10 +102,8 @@ class Keys:
                 self._spent.pop(found[0].key_id, None)
         return record
 
-    async def _write_usage(self, batch: Batch, spend: Spend | None = None) -> Mapping[tuple[str, int], int]:
-        if not spend:
-            return await self.store.record_usage_batch(batch)
-        return await self.store.record_usage_batch(batch, spend, price=self.access.price_per_unit)
+    async def _write_usage(self, batch: Batch) -> Mapping[tuple[str, int], int]:
+        return await self.store.record_usage_batch(batch, price=self.access.price_per_unit)
 
     def spent(self, key: KeyRecord) -> int:
         """A prepaid key's spend: as looked up, plus what this process wrote since."""
@@ -132,8 +130,10 @@ class Keys:
         now_ms = self.wall_ms()
         day = apikeys.utc_day(now_ms)
         prepaid = key_id in self._spent
-        spent_epoch = epoch_of(now_ms, *self.access.grid) if prepaid else None
-        self._note_used(key_id, day, await self._usage.add(key_id, day, units, spent_epoch))
+        # the epoch the query ran in: its units count there for demand (and revenue, if prepaid), or in
+        # the first epoch not sealed when they are written (KeyStore.record_usage_batch)
+        epoch = epoch_of(now_ms, *self.access.grid)
+        self._note_used(key_id, day, await self._usage.add(key_id, day, units, epoch=epoch, prepaid=prepaid))
         if prepaid:
             value = sum(n for n in units.values() if n > 0) * self.access.price_per_unit
             self._spent[key_id] = self._spent.get(key_id, 0) + value

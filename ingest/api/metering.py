@@ -1,6 +1,6 @@
 """Charging a request's usage to its API key: handlers call `charge` with units per (res-7 cell,
 epoch) (ingest/core/metering.py computes them); what the request accumulated is persisted to the
-`usage` table for its key once the answer is built and before it is sent (the key middleware,
+usage tables for its key once the answer is built and before it is sent (the key middleware,
 ingest/api/auth.py). A streamed answer calls `await record_usage(request, units)` before its first
 byte instead. Either way a failed write fails the request (503): data is never served unpaid.
 

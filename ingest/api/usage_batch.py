@@ -1,5 +1,6 @@
 """Group commit of the API's usage writes: requests whose usage is ready while a write is in flight
-are written together by the next one, in one statement (`KeyStore.record_usage_batch`).
+are written together by the next one, in one statement (`KeyStore.record_usage_batch`: one transaction,
+the seal lock taken shared, then that statement).
 
 Each request still waits until the write holding its units has committed, and a failed write fails
 every request in it (each answers 503, nothing sent): data is never served unpaid, and nothing is
@@ -14,40 +15,31 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
-Units = Mapping[tuple[int, int], int]  # (res-7 cell, epoch) → units
-Batch = dict[tuple[str, int], Counter[tuple[int, int]]]  # (key id, UTC day) → units
-# A prepaid key's units again, per (key id, epoch the query ran in): what its credit pays for
-# (`usage_spend`, migration 017). Written by the same statement as the batch.
-Spend = dict[tuple[str, int], Counter[tuple[int, int]]]
+Units = Mapping[tuple[int, int], int]  # (res-7 cell, epoch of the readings) → units
+# Whose units and when: (key id, UTC day, epoch by the clock when the query ran, the key is prepaid).
+# The day is what the quota counts; the epoch is the one the units count in for demand and, for a
+# prepaid key, for revenue (or the first one not sealed, if it is: KeyStore.record_usage_batch).
+Use = tuple[str, int, int, bool]
+Batch = dict[Use, Counter[tuple[int, int]]]
 Totals = Mapping[tuple[str, int], int]  # each (key id, day)'s total
-
-
-class Write(Protocol):
-    """Writes a batch (and the spend of its prepaid keys, when there is some) in one statement."""
-
-    def __call__(self, batch: Batch, spend: Spend | None = None, /) -> Awaitable[Totals]: ...
-
-
-_PlainWrite = Callable[[Batch], Awaitable[Totals]]
+Write = Callable[[Batch], Awaitable[Totals]]  # one batch, one transaction
 
 
 class UsageBatcher:
-    """`await add(key_id, day, units)` returns the key's total for `day` once its units are committed."""
+    """`await add(key_id, day, units, epoch=…)` returns the key's total for `day` once its units are
+    committed."""
 
-    def __init__(self, write: Write | _PlainWrite) -> None:
+    def __init__(self, write: Write) -> None:
         self._write = write
         self._pending: Batch = {}
-        self._spend: Spend = {}
         self._done: asyncio.Future[Mapping[tuple[str, int], int]] | None = None  # the pending batch's
         self._writer: asyncio.Task[None] | None = None
 
-    async def add(self, key_id: str, day: int, units: Units, spent_epoch: int | None = None) -> int:
-        """`spent_epoch`: the key is prepaid and the query ran in this epoch (its units are spend too)."""
-        self._pending.setdefault((key_id, day), Counter()).update(units)
-        if spent_epoch is not None:
-            self._spend.setdefault((key_id, spent_epoch), Counter()).update(units)
+    async def add(self, key_id: str, day: int, units: Units, *, epoch: int, prepaid: bool = False) -> int:
+        """`epoch`: when the query ran, by the clock; `prepaid`: its units are spend too."""
+        self._pending.setdefault((key_id, day, epoch, prepaid), Counter()).update(units)
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()
             self._done.add_done_callback(_retrieve)
@@ -60,12 +52,11 @@ class UsageBatcher:
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, spend, done = self._pending, self._spend, self._done
-            self._pending, self._spend, self._done = {}, {}, None
+            batch, done = self._pending, self._done
+            self._pending, self._done = {}, None
             assert done is not None
             try:
-                # without spend the one-argument call: a plain writer (tests) needs no second argument
-                totals = await (self._write(batch, spend) if spend else self._write(batch))  # type: ignore[call-arg]
+                totals = await self._write(batch)
             except Exception as exc:
                 done.set_exception(exc)
             except BaseException:  # cancelled (the app stopping): nobody may wait forever

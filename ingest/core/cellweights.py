@@ -5,9 +5,9 @@ gathers the inputs in SQL (ingest/adapters/store/epochs.py).
   1.0 after `refill_epochs` epochs (geo.freshness_bps), so fleets are paid for new and stale ground;
   1.0 for a cell where a stationary device (class speed 0) earns, whose value is its unbroken series.
 - demand: 1.0 + units / `demand_units`, capped at `demand_cap_bps`, where units are buyers' metered
-  usage (table `usage`, resolution 7) of the cell's resolution-7 cell plus the rest of its
+  usage (table `usage_demand`, resolution 7) of the cell's resolution-7 cell plus the rest of its
   resolution-5 region's usage spread over the region's 49 resolution-7 cells (a buyer querying the
-  neighbourhood wants this cell a little too), over the last `demand_epochs` epochs.
+  neighbourhood wants this cell a little too), written in the last `demand_epochs` epochs.
 - boost: the operator's signed factor in force (ingest/core/boosts.py), else 1.0.
 """
 

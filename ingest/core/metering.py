@@ -1,5 +1,6 @@
-"""What a data query costs, pure: usage units per (H3 cell at resolution 7, epoch), the grain of the
-`usage` table that the rewards read to find the cells buyers want.
+"""What a data query costs, pure: usage units per (H3 cell at resolution 7, epoch of the readings), the
+grain of the `usage` table (GET /v1/usage). The rewards read the same units by the epoch they were
+written in (`usage_demand`, ingest/adapters/store/keys.py) to find the cells buyers want.
 
 A reading returned (a page of /v1/readings, a row of an export) costs `READING_UNITS`; a reading
 summarised by an aggregate costs `AGGREGATED_UNITS_PER` times less (rounded up per cell and epoch), so

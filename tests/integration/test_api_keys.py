@@ -14,7 +14,7 @@ import h3
 import pytest
 from aiohttp import web
 
-from ingest.adapters.store.keys import _RECORD_USAGE, KeyStore
+from ingest.adapters.store.keys import _BEGIN_SHARED, _RECORD_USAGE, KeyStore
 from ingest.adapters.store.rows import dt_to_ms, ms_to_dt
 from ingest.api.app import create_app
 from ingest.api.auth import ApiAccess, Keys
@@ -144,9 +144,9 @@ async def test_usage_is_written_per_cell_and_epoch_and_served(store: Store) -> N
 class CountingKeyStore(KeyStore):
     writes = 0
 
-    async def record_usage_batch(self, batch: Any) -> dict[tuple[str, int], int]:
+    async def record_usage_batch(self, batch: Any, *, price: int = 0) -> dict[tuple[str, int], int]:
         self.writes += 1
-        return await super().record_usage_batch(batch)
+        return await super().record_usage_batch(batch, price=price)
 
 
 async def test_concurrent_usage_goes_out_in_shared_writes_and_adds_up(store: Store) -> None:
@@ -172,21 +172,46 @@ async def test_concurrent_usage_goes_out_in_shared_writes_and_adds_up(store: Sto
 
 
 async def test_one_statement_writes_usage_rows_before_daily_rows(store: Store) -> None:
-    """The batch's statement: several keys and days at once, exact totals; and `usage_daily` waits on an
-    InitPlan over the `usage` insert, the lock order that keeps concurrent writers from deadlocking."""
+    """The batch's statement: several keys and days at once, exact totals; each table's rows wait on an
+    InitPlan over the insert before (`usage`, then `usage_spend`, then `usage_demand`, then
+    `usage_daily`), the lock order that keeps concurrent writers from deadlocking; and the watermark
+    is read by that statement, after the one that takes the seal lock."""
     keys = KeyStore(store.pool)
     (_, a), (_, b) = await keys.create("a", ("read",)), await keys.create("b", ("read",))
     totals = await keys.record_usage_batch(
-        {(a.key_id, 100): {(7, 1): 2, (8, 1): 0}, (a.key_id, 101): {(7, 1): 3}, (b.key_id, 100): {(9, 2): 4}}
+        {
+            (a.key_id, 100, 4, False): {(7, 1): 2, (8, 1): 0},
+            (a.key_id, 101, 5, False): {(7, 1): 3},
+            (b.key_id, 100, 4, True): {(9, 2): 4},
+        },
+        price=10,
     )
     assert totals == {(a.key_id, 100): 2, (a.key_id, 101): 3, (b.key_id, 100): 4}
     assert await _usage_rows(store, a.key_id) == {(7, 1): 5}  # a zero is not a row
-    assert await keys.record_usage_batch({(b.key_id, 100): {(9, 2): 1}}) == {(b.key_id, 100): 5}
+    assert await keys.record_usage_batch({(b.key_id, 100, 4, False): {(9, 2): 1}}) == {(b.key_id, 100): 5}
     assert await keys.record_usage_batch({}) == {}
-    plan = "\n".join(r[0] for r in await store.pool.fetch("EXPLAIN " + _RECORD_USAGE, *([[]] * 13)))
-    # The daily rows pass a one-time filter on an InitPlan that scans the whole `usage` insert first.
-    assert "One-Time Filter" in plan and "InitPlan" in plan and "CTE Scan on u" in plan, plan
-    assert "CTE Scan on s" in plan, plan  # and on the prepaid keys' spend (migration 017)
+    demand = await store.pool.fetch("SELECT key_id, epoch, cell, units FROM usage_demand ORDER BY 1, 2, 3")
+    assert {tuple(r) for r in demand} == {(a.key_id, 4, 7, 2), (a.key_id, 5, 7, 3), (b.key_id, 4, 9, 5)}
+    spend = await store.pool.fetch("SELECT key_id, spent_epoch, cell, epoch, units, amount FROM usage_spend")
+    assert [tuple(r) for r in spend] == [(b.key_id, 4, 9, 2, 4, 40)]  # the prepaid use only
+    # Epoch 4 sealed: units of a query that ran in epoch 3 or 4 count in 5, the first not sealed.
+    await store.seal_epoch(4, 0)
+    await keys.record_usage_batch(
+        {(a.key_id, 101, 3, True): {(7, 1): 1}, (a.key_id, 101, 4, True): {(8, 1): 2, (7, 1): 1}}, price=10
+    )
+    demand = await store.pool.fetch("SELECT epoch, cell, units FROM usage_demand WHERE key_id = $1", a.key_id)
+    assert sorted(tuple(r) for r in demand) == [(4, 7, 2), (5, 7, 5), (5, 8, 2)]
+    spend = await store.pool.fetch(
+        "SELECT spent_epoch, cell, epoch, units FROM usage_spend WHERE key_id = $1", a.key_id
+    )
+    assert sorted(tuple(r) for r in spend) == [(5, 7, 1, 2), (5, 8, 1, 2)]
+    plan = "\n".join(r[0] for r in await store.pool.fetch("EXPLAIN " + _RECORD_USAGE, *([[]] * 9)))
+    # Each insert passes a one-time filter on an InitPlan that scans the whole insert before it first.
+    assert "One-Time Filter" in plan and "InitPlan" in plan, plan
+    for cte in ("u", "s", "d"):
+        assert f"CTE Scan on {cte}" in plan, plan
+    assert "epoch_seal" in _RECORD_USAGE and "epoch_seal" not in _BEGIN_SHARED
+    assert "pg_advisory_xact_lock_shared" in _BEGIN_SHARED and "BEGIN" in _BEGIN_SHARED
 
 
 async def test_quota_then_429_until_midnight(store: Store) -> None:

@@ -90,7 +90,7 @@ async def seed(store: Store) -> tuple[Epochs, int]:
         "INSERT INTO api_keys (key_id, key_sha256, name, scopes) VALUES ('dpk_test0001', '\\x00', 't', '{}')"
     )
     await store.pool.execute(
-        "INSERT INTO usage (key_id, cell, epoch, units) VALUES ('dpk_test0001', $1, 2, 500)",
+        "INSERT INTO usage_demand (key_id, epoch, cell, units) VALUES ('dpk_test0001', 2, $1, 500)",
         meter_cell(CELLS[0]),
     )
     config = EpochConfig(

@@ -185,9 +185,10 @@ class EpochStore(MarketStore, ManifestStore):
         return {r["cell"]: r["last"] for r in rows}
 
     async def usage_by_cell(self, first_epoch: int, last_epoch: int) -> dict[int, int]:
-        """Metered units per resolution-7 cell over epochs first..last (demand), summed in SQL."""
+        """Metered units per resolution-7 cell written in epochs first..last (demand), summed in SQL.
+        Final once `last_epoch` is sealed: no usage write lands in a sealed epoch (migration 021)."""
         rows = await self.pool.fetch(
-            """SELECT cell, sum(units)::bigint AS units FROM usage
+            """SELECT cell, sum(units)::bigint AS units FROM usage_demand
                WHERE epoch BETWEEN $1 AND $2 GROUP BY cell""",
             first_epoch,
             last_epoch,
