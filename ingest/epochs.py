@@ -29,6 +29,7 @@ from ingest.adapters.store import EpochStore
 from ingest.adapters.store.rows import EpochRow
 from ingest.core.rewards import RewardParams
 from ingest.core.schedule import IDLE_POLL_MS, Close, Publish, Step, Wait, epoch_bounds, next_step
+from ingest.parts import Parts
 from ingest.scoring import ScoringConfig, score_epoch
 from ingest.seams import PublishChain
 
@@ -153,6 +154,7 @@ class Epochs:
         # A refusal is not retried, so no failing attempt would show it: it stays reported as failing
         # until an epoch is published again.
         self._refusal: str | None = None
+        self.last_close_parts: Parts | None = None  # the last close's parts: time, peak memory (bench)
 
     def params(self) -> RewardParams:
         return self.config.params()
@@ -166,27 +168,32 @@ class Epochs:
         if existing is not None:
             return existing
         start_ms, end_ms = epoch_bounds(epoch, self.config.genesis_ms, self.config.length_ms)
-        await self.store.seal_epoch(epoch, end_ms)
-        scored = await score_epoch(self.store, self.config, epoch)
+        parts = self.last_close_parts = Parts()
+        with parts("seal"):
+            await self.store.seal_epoch(epoch, end_ms)
+        scored = await score_epoch(self.store, self.config, epoch, parts)
         _fault_point("scored")
         split, digest, root = scored.split, scored.digest, scored.root
-        # The stored row comes back from the save: reading the manifest again cost 0.25 s at 50 k rows.
-        row = await self.store.save_epoch_result(
-            epoch,
-            start_ms,
-            end_ms,
-            scored.params.emission,
-            split.allocated,
-            split.unissued,
-            root,
-            digest,
-            scored.manifest,
-            scored.device_rows,
-            scored.owner_rows,
-            scored.cell_rows,
-            scored.payouts,
-        )
+        # The manifest is stored as its header and the reward rows (migration 019): the whole document
+        # is never built here. The stored row (with the header) comes back from the save.
+        with parts("save"):
+            row = await self.store.save_epoch_result(
+                epoch,
+                start_ms,
+                end_ms,
+                scored.params.emission,
+                split.allocated,
+                split.unissued,
+                root,
+                digest,
+                scored.header,
+                scored.device_rows,
+                scored.owner_rows,
+                scored.cell_rows,
+                scored.payouts,
+            )
         _fault_point("manifest")
+        log.debug("epoch %d close: %s", epoch, parts)
         if row.inputs_digest == digest:  # not a concurrent closer's result
             metrics.EPOCHS_CLOSED.inc()
             log.info(

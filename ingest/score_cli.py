@@ -105,12 +105,13 @@ def _verify(args: argparse.Namespace) -> int:
 
     async def run(store: Any) -> str | None:
         row = await store.get_epoch(args.epoch)
-        if row is None:
+        manifest = await store.manifest(args.epoch)  # the whole document, assembled from its rows
+        if row is None or manifest is None:
             raise LookupError(f"epoch {args.epoch} is not stored (not closed yet?)")
-        if "0x" + row.root.hex() != row.manifest.get("root"):
-            return f"stored root 0x{row.root.hex()} is not the manifest's {row.manifest.get('root')}"
+        if "0x" + row.root.hex() != manifest.get("root"):
+            return f"stored root 0x{row.root.hex()} is not the manifest's {manifest.get('root')}"
         root = None if args.no_chain else await _root_on_chain(args.epoch)
-        return await verify_epoch(store, args.epoch, row.manifest, root)
+        return await verify_epoch(store, args.epoch, manifest, root)
 
     problem = asyncio.run(_with_store(run))
     if problem is not None:

@@ -12,16 +12,18 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingest.adapters.store.rows import CellReward, DeviceReward, OwnerReward
 from ingest.core import boosts as bst
+from ingest.core import manifest as mf
 from ingest.core import market as mk
 from ingest.core.cellweights import DemandParams, cell_factors, stationary_cells
 from ingest.core.merkle import CumulativeMerkleTree
 from ingest.core.rewards import (
+    CellFactors,
     EmissionSchedule,
     EpochSplit,
     FixedEmission,
@@ -29,11 +31,13 @@ from ingest.core.rewards import (
     RewardParams,
     cumulative,
     emission_for_epoch,
-    inputs_digest,
-    split_epoch,
+    merge_coverage,
+    merged_digest,
+    split_merged,
 )
 from ingest.core.schedule import epoch_bounds
 from ingest.model import CoverageRow
+from ingest.parts import Parts
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +117,40 @@ class Scored:
     split: EpochSplit
     digest: bytes
     root: bytes
-    manifest: dict[str, Any]
+    header: dict[str, Any]  # the manifest without its lists: what `epochs.manifest` stores
     device_rows: list[DeviceReward]
     owner_rows: list[OwnerReward]
     cell_rows: list[CellReward]
     market: mk.MarketSplit | None = None
     payouts: list[tuple[str, str, str, int]] = field(default_factory=list)  # epoch_payouts rows
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The whole manifest: the header and its lists, one entry per row (as the export assembles
+        it from the stored rows, with the same entry functions). Built on each call."""
+        return {
+            **self.header,
+            "cell_factors": [mf.cell_entry(*c[:9]) for c in self.cell_rows],
+            "last_paid": [
+                mf.last_paid_entry(c.cell, c.last_paid) for c in self.cell_rows if c.last_paid is not None
+            ],
+            "devices": [
+                mf.device_entry(
+                    d.device_id,
+                    d.owner,
+                    d.hw_class,  # type: ignore[arg-type]  # always set by build()
+                    d.registered_block,  # type: ignore[arg-type]
+                    d.cell,
+                    d.readings,
+                    d.flagged,
+                    d.quality,
+                    d.rank,
+                    d.amount,
+                )
+                for d in self.device_rows
+            ],
+            "owners": [mf.owner_entry(o, a, c) for o, a, c, _ in self.owner_rows],
+        }
 
 
 async def gather(
@@ -158,11 +190,27 @@ async def _market_inputs(
     return await store.market_inputs(epoch, through_block)
 
 
-def split_inputs(inputs: Inputs, config: ScoringConfig, epoch: int) -> tuple[RewardParams, EpochSplit, bytes]:
+def split_inputs(
+    inputs: Inputs, config: ScoringConfig, epoch: int, parts: Parts | None = None
+) -> tuple[RewardParams, EpochSplit, bytes]:
     """The pure part: factors, split, digest."""
+    part = parts or Parts()
     params = config.params(epoch)
     covered = {r.cell for r in inputs.rows}
-    factors = cell_factors(
+    with part("factors"):
+        factors = _factors(inputs, config, epoch, covered)
+    with part("merge"):  # once for both (split_epoch and inputs_digest would each merge the rows)
+        merged = merge_coverage(inputs.rows)
+    with part("split"):
+        split = split_merged(merged, params, cell_factors=factors)
+    with part("digest"):
+        by_cell = [(c.cell, c.boost, c.freshness, c.demand) for c in split.cell_results]
+        digest = merged_digest(merged, params, by_cell, epoch)
+    return params, split, digest
+
+
+def _factors(inputs: Inputs, config: ScoringConfig, epoch: int, covered: set[int]) -> dict[int, CellFactors]:
+    return cell_factors(
         covered,
         epoch,
         last_paid={c: e for c, e in inputs.last_paid.items() if c in covered},
@@ -172,14 +220,17 @@ def split_inputs(inputs: Inputs, config: ScoringConfig, epoch: int) -> tuple[Rew
         refill_epochs=config.refill_epochs,
         demand=config.demand,
     )
-    split = split_epoch(inputs.rows, params, cell_factors=factors)
-    return params, split, inputs_digest(inputs.rows, params, factors, epoch)
 
 
-async def score_epoch(store: ScoringStore, config: ScoringConfig, epoch: int) -> Scored:
-    inputs = await gather(store, config, epoch)
-    previous = await store.cumulative_by_owner(epoch)
-    return build(inputs, config, epoch, previous)
+async def score_epoch(
+    store: ScoringStore, config: ScoringConfig, epoch: int, parts: Parts | None = None
+) -> Scored:
+    """`parts` (optional) records the time and peak memory of each part."""
+    part = parts or Parts()
+    with part("gather"):
+        inputs = await gather(store, config, epoch)
+        previous = await store.cumulative_by_owner(epoch)
+    return build(inputs, config, epoch, previous, part)
 
 
 @contextlib.contextmanager
@@ -195,41 +246,89 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
+def build(
+    inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int], parts: Parts | None = None
+) -> Scored:
     with _gc_paused():
-        return _build(inputs, config, epoch, previous)
+        return _build(inputs, config, epoch, previous, parts or Parts())
 
 
-def _build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int]) -> Scored:
+def _build(
+    inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[str, int], part: Parts
+) -> Scored:
     start_ms, end_ms = epoch_bounds(epoch, config.genesis_ms, config.length_ms)
-    params, split, digest = split_inputs(inputs, config, epoch)
+    params, split, digest = split_inputs(inputs, config, epoch, part)
     market = None
     if config.market is not None:
-        market = _split_market(inputs.market, config.market, epoch, split)
-        split = mk.add_market(split, market)
-    totals = cumulative(previous, split.owner_amounts)
-    tree = CumulativeMerkleTree(sorted(totals.items())) if totals else None
-    root = tree.root if tree else ZERO_ROOT
+        with part("market"):
+            market = _split_market(inputs.market, config.market, epoch, split)
+            split = mk.add_market(split, market)
+    with part("tree"):
+        totals = cumulative(previous, split.owner_amounts)
+        tree = CumulativeMerkleTree(sorted(totals.items())) if totals else None
+        root = tree.root if tree else ZERO_ROOT
+    with part("rows"):
+        return _rows(
+            inputs, config, epoch, start_ms, end_ms, params, split, digest, totals, tree, root, market
+        )
+
+
+def _rows(
+    inputs: Inputs,
+    config: ScoringConfig,
+    epoch: int,
+    start_ms: int,
+    end_ms: int,
+    params: RewardParams,
+    split: EpochSplit,
+    digest: bytes,
+    totals: Mapping[str, int],
+    tree: CumulativeMerkleTree | None,
+    root: bytes,
+    market: mk.MarketSplit | None,
+) -> Scored:
+    """The rows stored (owners with their proofs, devices, cells, payouts) and the manifest's header."""
     owner_rows = [
         OwnerReward(owner, split.owner_amounts.get(owner, 0), total, tree.proof(owner) if tree else [])
         for owner, total in sorted(totals.items())
     ]
+    meta = {r.device_id: (r.hw_class, r.registered_block) for r in inputs.rows}
     device_rows = [
-        DeviceReward(d.device_id, d.owner, d.cell, d.readings, d.amount, d.flagged, d.quality, d.rank)
+        DeviceReward(
+            d.device_id,
+            d.owner,
+            d.cell,
+            d.readings,
+            d.amount,
+            d.flagged,
+            d.quality,
+            d.rank,
+            *meta[d.device_id],
+        )
         for d in split.device_amounts
     ]
     # field by field: dataclasses.astuple deep-copies and took ~1 s for 50 k cells
+    last_paid = inputs.last_paid
     cell_rows = [
-        CellReward(c.cell, c.base, c.boost, c.freshness, c.demand, c.weight, c.share, c.depth, c.paid)
+        CellReward(
+            c.cell,
+            c.base,
+            c.boost,
+            c.freshness,
+            c.demand,
+            c.weight,
+            c.share,
+            c.depth,
+            c.paid,
+            last_paid.get(c.cell),
+        )
         for c in split.cell_results
     ]
-    manifest = _manifest(
-        epoch, start_ms, end_ms, params, config, inputs, split, digest, root, device_rows, owner_rows
-    )
+    header = _manifest(epoch, start_ms, end_ms, params, config, inputs, split, digest, root)
     payouts: list[tuple[str, str, str, int]] = []
     if market is not None:
         assert config.market is not None and inputs.market is not None
-        manifest["market"] = _market_manifest(config.market, inputs.market, market)
+        header["market"] = _market_manifest(config.market, inputs.market, market)
         payouts = mk.payout_rows(market)
     return Scored(
         epoch,
@@ -239,7 +338,7 @@ def _build(inputs: Inputs, config: ScoringConfig, epoch: int, previous: Mapping[
         split,
         digest,
         root,
-        manifest,
+        header,
         device_rows,
         owner_rows,
         cell_rows,
@@ -367,10 +466,9 @@ def _manifest(
     split: EpochSplit,
     digest: bytes,
     root: bytes,
-    device_rows: Sequence[DeviceReward],
-    owner_rows: Sequence[OwnerReward],
 ) -> dict[str, Any]:
-    covered = {r.cell for r in inputs.rows}
+    """The manifest's top level (its header). Its lists (`ingest.core.manifest.LISTS`: cell factors,
+    last paid epochs, devices, owners) are the rows of `Scored` and are stored as rows."""
     return {
         "version": MANIFEST_VERSION,
         "epoch": epoch,
@@ -384,47 +482,12 @@ def _manifest(
         "allocated": str(split.allocated),
         "unissued": str(split.unissued),
         "root": "0x" + root.hex(),
-        # The inputs beyond coverage, as read: enough to recompute every factor.
+        # The inputs beyond coverage, as read: enough to recompute every factor (with `last_paid`,
+        # per covered cell: a column of the cells' rows).
         "stationary_classes": sorted(inputs.stationary_classes),
-        "last_paid": [[hex(c), e] for c, e in sorted(inputs.last_paid.items()) if c in covered],
         "usage": [[hex(c), str(u)] for c, u in sorted(inputs.usage7.items())],
         "boosts": [bst.to_json(b) for b in inputs.boosts],
-        "cell_factors": [
-            {
-                "cell": hex(c.cell),
-                "base": c.base,
-                "boost": c.boost,
-                "freshness": c.freshness,
-                "demand": c.demand,
-                "weight": c.weight,
-                "share": str(c.share),
-                "depth": c.depth,
-                "paid": str(c.paid),
-            }
-            for c in split.cell_results
-        ],
-        "devices": [
-            {
-                "device_id": d.device_id.hex(),
-                "owner": d.owner,
-                "hw_class": hw,
-                "registered_block": block,
-                "cell": hex(d.cell),
-                "readings": d.readings,
-                "flagged": d.flagged,
-                "quality": d.quality,
-                "rank": d.rank,
-                "amount": str(d.amount),
-            }
-            for d, (hw, block) in zip(device_rows, _device_meta(inputs.rows, device_rows), strict=True)
-        ],
-        "owners": [{"owner": o, "amount": str(a), "cumulative": str(c)} for o, a, c, _ in owner_rows],
     }
-
-
-def _device_meta(rows: Sequence[CoverageRow], device_rows: Sequence[DeviceReward]) -> list[tuple[int, int]]:
-    meta = {r.device_id: (r.hw_class, r.registered_block) for r in rows}
-    return [meta[d.device_id] for d in device_rows]
 
 
 def inputs_from_manifest(manifest: Mapping[str, Any]) -> Inputs:

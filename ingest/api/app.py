@@ -52,6 +52,7 @@ SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
 _INT_RE = re.compile(r"-?[0-9]{1,40}")
 _DEVICE_RE = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+MANIFEST_PAGE_MAX = 10_000  # entries per page of a manifest list
 
 
 class ApiLimits:
@@ -243,13 +244,27 @@ async def epoch_view(request: web.Request) -> web.Response:
     return _json(epoch_summary_json(row))
 
 
-async def epoch_manifest(request: web.Request) -> web.StreamResponse:
-    """The manifest as stored, streamed from Postgres: tens of MB at scale, never parsed here."""
+async def epoch_manifest(request: web.Request) -> web.Response:
+    """The manifest's header (parameters, inputs digest, root, totals, small inputs) with links to its
+    pages and to the whole document; its lists are served in pages (README "Rewards")."""
+    epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
+    found = await request.app[STORE].manifest_header(epoch)
+    if found is None:
+        raise _not_found(f"epoch {epoch} not closed yet")
+    header, paged = found
+    base = f"/v1/epochs/{epoch}/manifest"
+    links = {part: f"{base}/{part}" for part in MANIFEST_PAGES} if paged else {}
+    return _json({**header, "links": {**links, "export": f"{base}/export"}})
+
+
+async def epoch_manifest_export(request: web.Request) -> web.StreamResponse:
+    """The whole manifest as one JSON document, streamed from Postgres list by list (tens of MB at
+    scale, never whole in this process): what `depin epoch verify` and independent checkers compare."""
     epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
 
     async def write(chunk: bytes) -> None:
-        if not response.prepared:  # the first chunk: the epoch is stored (else COPY sends nothing)
+        if not response.prepared:  # the first chunk: the epoch is stored (else nothing is written)
             await response.prepare(request)
         await response.write(chunk)
 
@@ -258,6 +273,63 @@ async def epoch_manifest(request: web.Request) -> web.StreamResponse:
         raise _not_found(f"epoch {epoch} not closed yet")
     await response.write_eof()
     return response
+
+
+# A page's URL name → the manifest list it serves, and how its `after` cursor is read.
+MANIFEST_PAGES = {"cells": "cell_factors", "devices": "devices", "owners": "owners"}
+_CELL_RE = re.compile(r"(?:0x)?(?:[0-7][0-9a-fA-F]{15}|[0-9a-fA-F]{1,15})")  # a bigint
+
+
+def _cell_cursor(raw: str) -> int:
+    if not _CELL_RE.fullmatch(raw):
+        raise BadRequest("after: an H3 cell in hex (the `next` of the previous page)")
+    return int(raw.removeprefix("0x"), 16)
+
+
+def _page_cursor(part: str, raw: str) -> tuple[Any, ...]:
+    if part == "owners":
+        if not _ADDRESS_RE.fullmatch(raw):
+            raise BadRequest("after: an owner address (the `next` of the previous page)")
+        return (raw,)
+    if part == "devices":
+        cell, _, device = raw.partition(":")
+        if not _DEVICE_RE.fullmatch(device):
+            raise BadRequest("after: CELL:DEVICE_ID in hex (the `next` of the previous page)")
+        return (_cell_cursor(cell), bytes.fromhex(device.removeprefix("0x")))
+    return (_cell_cursor(raw),)
+
+
+def _next_cursor(key: tuple[Any, ...] | None) -> str | None:
+    if key is None:
+        return None
+    if isinstance(key[0], str):
+        return key[0]
+    return ":".join(hex(k) if isinstance(k, int) else k.hex() for k in key)
+
+
+async def epoch_manifest_page(request: web.Request) -> web.Response:
+    """One page of a manifest list in the document's order, keyset-paginated: `after` is the `next`
+    of the previous page (null on the last). Cells carry their `last_paid` epoch (freshness input)."""
+    epoch = parse_int(request.match_info["epoch"], "epoch", lo=1, hi=INT64_MAX)
+    name = request.match_info["part"]
+    part = MANIFEST_PAGES[name]
+    limit = _int_param(request, "limit", 1000, lo=1, hi=MANIFEST_PAGE_MAX)
+    raw = request.query.get("after")
+    after = None if raw is None else _page_cursor(part, raw)
+    store = request.app[STORE]
+    found = await store.manifest_paged(epoch)
+    if found is None:
+        raise _not_found(f"epoch {epoch} not closed yet")
+    if not found:
+        raise _not_found(
+            f"epoch {epoch}'s manifest is stored whole (closed before pages): GET "
+            f"/v1/epochs/{epoch}/manifest/export"
+        )
+    page = await store.manifest_page(epoch, part, after, limit)
+    entries = page.entries
+    if page.last_paid is not None:
+        entries = [{**e, "last_paid": lp} for e, lp in zip(entries, page.last_paid, strict=True)]
+    return _json({"epoch": epoch, part: entries, "next": _next_cursor(page.next)})
 
 
 async def epoch_device(request: web.Request) -> web.Response:
@@ -318,6 +390,8 @@ def create_app(
     app.router.add_get("/v1/devices/{device_id}/rejections", device_rejections)
     app.router.add_get("/v1/epochs/{epoch}", epoch_view)
     app.router.add_get("/v1/epochs/{epoch}/manifest", epoch_manifest)
+    app.router.add_get("/v1/epochs/{epoch}/manifest/export", epoch_manifest_export)
+    app.router.add_get("/v1/epochs/{epoch}/manifest/{part:cells|devices|owners}", epoch_manifest_page)
     app.router.add_get("/v1/epochs/{epoch}/devices/{device_id}", epoch_device)
     app.router.add_get("/v1/owners/{address}/proof", owner_proof)
     app.router.add_get("/v1/usage", usage_view)

@@ -17,6 +17,8 @@ from ingest.api.usage import PATHS as USAGE_PATHS
 INT64_MAX = 2**63 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 HEX64 = "^(0x)?[0-9a-fA-F]{64}$"
+# An H3 cell in hex, at most 2^63 - 1 (a bigint)
+_CELL_HEX = "^(0x)?([0-7][0-9a-fA-F]{15}|[0-9a-fA-F]{1,15})$"
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -59,11 +61,51 @@ def _optional(props: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any
 
 
 _S = {"type": "string"}
+_EPOCH = _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
 _I = {"type": "integer"}
 _NS = {"type": "string", "nullable": True}
 _NI = {"type": "integer", "nullable": True}
 _N = {"type": "number", "nullable": True}
 _DEC = {"type": "string", "pattern": "^[0-9]+$", "description": "token amount (wei), decimal string"}
+
+# The manifest (ingest/core/manifest.py): its top level and one entry of each list.
+_MANIFEST_TOP = {
+    "epoch": _I,
+    "start_ms": _I,
+    "end_ms": _I,
+    "params": {"type": "object"},
+    "inputs_digest": _S,
+    "cells": _I,
+    "allocated": _DEC,
+    "unissued": _DEC,
+    "root": _S,
+}
+_CELL_ENTRY = {
+    "cell": _S,
+    "base": _I,
+    "boost": _I,
+    "freshness": _I,
+    "demand": _I,
+    "weight": _I,
+    "share": _DEC,
+    "depth": _I,
+    "paid": _DEC,
+}
+_DEVICE_ENTRY = {
+    "device_id": _S,
+    "owner": _S,
+    "hw_class": _NI,  # null: closed before migration 019 (never in a page: those are served whole)
+    "registered_block": _NI,
+    "cell": _S,
+    "readings": _I,
+    "flagged": _I,
+    "quality": _I,
+    "rank": _I,
+    "amount": _DEC,
+}
+_OWNER_ENTRY = {"owner": _S, "amount": _DEC, "cumulative": _DEC}
+_LAST_PAID = "the last earlier epoch the cell paid in, within the freshness lookback (null: none)"
+_NEXT = {**_NS, "description": "`after` of the next page; null on the last page"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _S}),
@@ -135,28 +177,50 @@ SCHEMAS: dict[str, Any] = {
             "owners": {**_I, "description": "owners in the manifest"},
         }
     ),
-    # As ingest/epochs.py writes it; extra keys allowed (older or newer manifests may add some).
-    "Manifest": _obj(
+    # As ingest/scoring.py writes it (entries: ingest/core/manifest.py); extra keys allowed (older or
+    # newer manifests may add some).
+    "ManifestHeader": _obj(
+        {
+            **_MANIFEST_TOP,
+            "links": _optional(
+                {
+                    "cells": _S,
+                    "devices": _S,
+                    "owners": _S,
+                    "export": {**_S, "description": "the whole manifest, one JSON document"},
+                },
+                ("cells", "devices", "owners"),  # absent for a manifest stored whole (version 1)
+            ),
+        },
+        extra=True,
+    ),
+    "ManifestCellsPage": _obj(
         {
             "epoch": _I,
-            "start_ms": _I,
-            "end_ms": _I,
-            "params": {"type": "object"},
-            "inputs_digest": _S,
-            "cells": _I,
-            "allocated": _DEC,
-            "unissued": _DEC,
-            "root": _S,
-            "devices": {
+            "cell_factors": {
                 "type": "array",
-                "items": _obj(
-                    {"device_id": _S, "owner": _S, "cell": _S, "readings": _I, "amount": _DEC}, extra=True
-                ),
+                "items": _obj({**_CELL_ENTRY, "last_paid": {**_NI, "description": _LAST_PAID}}),
             },
-            "owners": {
+            "next": _NEXT,
+        }
+    ),
+    "ManifestDevicesPage": _obj(
+        {"epoch": _I, "devices": {"type": "array", "items": _obj(_DEVICE_ENTRY)}, "next": _NEXT}
+    ),
+    "ManifestOwnersPage": _obj(
+        {"epoch": _I, "owners": {"type": "array", "items": _obj(_OWNER_ENTRY)}, "next": _NEXT}
+    ),
+    "Manifest": _obj(
+        {
+            **_MANIFEST_TOP,
+            "cell_factors": {"type": "array", "items": _obj(_CELL_ENTRY, extra=True)},
+            "last_paid": {
                 "type": "array",
-                "items": _obj({"owner": _S, "amount": _DEC, "cumulative": _DEC}, extra=True),
+                "description": "[cell, epoch] per covered cell: " + _LAST_PAID,
+                "items": {"type": "array"},
             },
+            "devices": {"type": "array", "items": _obj(_DEVICE_ENTRY, extra=True)},
+            "owners": {"type": "array", "items": _obj(_OWNER_ENTRY, extra=True)},
         },
         extra=True,
     ),
@@ -278,12 +342,66 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/epochs/{epoch}/manifest": {
             "get": {
-                "summary": "the epoch's reward manifest as stored: every device and owner amount (large)",
-                "parameters": [
-                    _p("epoch", "epoch number", {"type": "integer", "minimum": 1, "maximum": INT64_MAX})
-                ],
+                "summary": "the epoch's manifest header: parameters, inputs digest, root, totals and the "
+                "inputs that do not grow with coverage, with links to its pages and the whole document",
+                "parameters": [_EPOCH],
+                "responses": {"200": _resp("the header", _ref("ManifestHeader")), "404": E404, **DB_ERRORS},
+            }
+        },
+        "/v1/epochs/{epoch}/manifest/export": {
+            "get": {
+                "summary": "the whole manifest as one JSON document (streamed; tens of MB at scale): "
+                "the header and every list, as `depin epoch verify` compares it",
+                "parameters": [_EPOCH],
                 "responses": {"200": _resp("the manifest", _ref("Manifest")), "404": E404, **DB_ERRORS},
             }
+        },
+        **{
+            f"/v1/epochs/{{epoch}}/manifest/{name}": {
+                "get": {
+                    "summary": f"a page of the manifest's `{part}`, in the document's order ({order})",
+                    "parameters": [
+                        _EPOCH,
+                        _q("after", "the `next` of the previous page (" + what + ")", cursor),
+                        _q(
+                            "limit",
+                            "entries per page, default 1000",
+                            {"type": "integer", "minimum": 1, "maximum": 10_000},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _resp("the page", _ref(schema)),
+                        "404": E404,
+                        **DB_ERRORS,
+                    },
+                }
+            }
+            for name, part, order, what, cursor, schema in (
+                (
+                    "cells",
+                    "cell_factors",
+                    "by cell",
+                    "a cell in hex",
+                    {"type": "string", "pattern": _CELL_HEX},
+                    "ManifestCellsPage",
+                ),
+                (
+                    "devices",
+                    "devices",
+                    "by cell, then device id",
+                    "CELL:DEVICE_ID in hex",
+                    {"type": "string", "pattern": _CELL_HEX[:-1] + ":(0x)?[0-9a-fA-F]{64}$"},
+                    "ManifestDevicesPage",
+                ),
+                (
+                    "owners",
+                    "owners",
+                    "by address, compared as bytes",
+                    "an address",
+                    {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                    "ManifestOwnersPage",
+                ),
+            )
         },
         "/v1/epochs/{epoch}/devices/{device_id}": {
             "get": {

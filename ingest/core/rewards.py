@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+import orjson
+
 from ingest.core.geo import BPS, cell_weight_bps
 from ingest.model import CoverageRow
 
@@ -284,10 +286,13 @@ def depth_bps(earners: Sequence[Slot], params: RewardParams) -> int:
     return min(got, target) * BPS // target
 
 
+_NO_FACTORS = CellFactors()  # frozen: one shared default (building one per cell cost ~50 ms at 50 k)
+
+
 def _cell_factors(cells: Iterable[int], factors: Mapping[int, CellFactors] | None) -> dict[int, CellFactors]:
     out = {}
     for cell in cells:
-        f = CellFactors() if factors is None else factors.get(cell, CellFactors())
+        f = _NO_FACTORS if factors is None else factors.get(cell, _NO_FACTORS)
         if min(f.boost, f.freshness, f.demand) < 0:
             raise ValueError(f"cell {cell} has a negative factor {f}")
         out[cell] = f
@@ -309,10 +314,26 @@ def split_epoch(
     goes to its devices ∝ their clean readings (ties: lower device id). The result does not depend on
     the order of `rows`.
     """
-    merged = _merge_rows(rows)
+    return split_merged(merge_coverage(rows), params, cell_factors=cell_factors)
+
+
+def merge_coverage(rows: Iterable[CoverageRow]) -> list[CoverageRow]:
+    """The effective coverage: one row per (cell, device) (partial aggregates summed, device metadata
+    checked: `_merge_rows`), sorted by (cell, device_id). What `split_merged` and `merged_digest`
+    take, so the closer merges and sorts once for both."""
+    return [row for _, row in sorted(_merge_rows(rows).items())]
+
+
+def split_merged(
+    merged: Sequence[CoverageRow],
+    params: RewardParams,
+    *,
+    cell_factors: Mapping[int, CellFactors] | None = None,
+) -> EpochSplit:
+    """`split_epoch` of rows already merged and sorted by `merge_coverage`."""
     by_cell: dict[int, list[CoverageRow]] = {}
-    for (cell, _), row in sorted(merged.items()):
-        by_cell.setdefault(cell, []).append(row)
+    for row in merged:
+        by_cell.setdefault(row.cell, []).append(row)
     factors = _cell_factors(by_cell, cell_factors)
     cell_ids = list(by_cell)  # ascending
     weights = [cell_weight_bps(BASE_BPS, f.boost, f.freshness, f.demand) for f in factors.values()]
@@ -323,36 +344,19 @@ def split_epoch(
     amounts: dict[tuple[int, bytes], tuple[int, int, int]] = {}  # amount, quality, rank
     results = []
     for cell, weight, share in zip(cell_ids, weights, shares, strict=True):
-        slots = cell_slots(by_cell[cell], params)
-        earners = select_earners(slots, params)
-        depth = depth_bps(earners, params)
-        paid = share * depth // BPS
-        slot_amounts = [0] * len(earners)
-        if paid > 0 and len(earners) == 1:
-            slot_amounts = [paid]
-        elif paid > 0:
-            # earners are in rank order, so the index is the rank-order tie-break
-            slot_amounts = largest_remainder(
-                paid, [s.weight(params.reading_cap) for s in earners], lambda i: i
-            )
-        ranks = {s.key: i + 1 for i, s in enumerate(earners)}
-        for slot in slots:
-            rank = ranks.get(slot.key, 0)
-            amount = slot_amounts[rank - 1] if rank else 0
-            if len(slot.rows) == 1:  # the common case, and the hot loop at scale
-                per_device = [amount]
-            elif amount:
-                per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
-            else:
-                per_device = [0] * len(slot.rows)
-            for row, a in zip(slot.rows, per_device, strict=True):
-                amounts[(cell, row.device_id)] = (a, slot.quality, rank)
+        rows = by_cell[cell]
+        if len(rows) == 1:  # most cells at scale, and the hot loop: no slots built
+            r = rows[0]
+            amount, quality, rank, depth, paid = single_row_cell(r, share, params)
+            amounts[(cell, r.device_id)] = (amount, quality, rank)
+        else:
+            depth, paid = cell_amounts(cell, rows, share, params, amounts)
         f = factors[cell]
         results.append(CellResult(cell, BASE_BPS, f.boost, f.freshness, f.demand, weight, share, depth, paid))
 
     device_amounts = []
-    for key, row in sorted(merged.items()):
-        amount, quality, rank = amounts[key]
+    for row in merged:
+        amount, quality, rank = amounts[(row.cell, row.device_id)]
         device_amounts.append(
             DeviceAmount(row.device_id, row.owner, row.cell, row.readings, amount, row.flagged, quality, rank)
         )
@@ -365,6 +369,54 @@ def split_epoch(
         cells=len(cell_ids),
         cell_results=results,
     )
+
+
+def cell_amounts(
+    cell: int,
+    rows: Sequence[CoverageRow],
+    share: int,
+    params: RewardParams,
+    amounts: dict[tuple[int, bytes], tuple[int, int, int]],
+) -> tuple[int, int]:
+    """Level 2 for one cell: its slots, earners, depth and what it pays (share × depth) split over the
+    earners and inside a slot over its devices; each device's (amount, slot quality, rank) goes into
+    `amounts` by (cell, device_id). Returns (depth, paid)."""
+    slots = cell_slots(rows, params)
+    earners = select_earners(slots, params)
+    depth = depth_bps(earners, params)
+    paid = share * depth // BPS
+    slot_amounts = [0] * len(earners)
+    if paid > 0 and len(earners) == 1:
+        slot_amounts = [paid]
+    elif paid > 0:
+        # earners are in rank order, so the index is the rank-order tie-break
+        slot_amounts = largest_remainder(paid, [s.weight(params.reading_cap) for s in earners], lambda i: i)
+    ranks = {s.key: i + 1 for i, s in enumerate(earners)}
+    for slot in slots:
+        rank = ranks.get(slot.key, 0)
+        amount = slot_amounts[rank - 1] if rank else 0
+        if len(slot.rows) == 1:
+            per_device = [amount]
+        elif amount:
+            per_device = largest_remainder(amount, [r.readings for r in slot.rows], lambda i: i)
+        else:
+            per_device = [0] * len(slot.rows)
+        for row, a in zip(slot.rows, per_device, strict=True):
+            amounts[(cell, row.device_id)] = (a, slot.quality, rank)
+    return depth, paid
+
+
+def single_row_cell(r: CoverageRow, share: int, params: RewardParams) -> tuple[int, int, int, int, int]:
+    """`cell_amounts` of a cell with one (device, cell) row, without building its slot: one slot, an
+    earner if it has clean readings (K >= 1), rank 1 and the whole of what the cell pays. Returns
+    (amount, quality, rank, depth, paid); the same as `cell_amounts` (a property test says so)."""
+    quality = quality_bps(r.readings, r.flagged)
+    if r.readings <= 0:
+        return 0, quality, 0, 0, 0
+    target = params.cell_readings_target * BPS
+    depth = min(quality * min(r.readings, params.reading_cap), target) * BPS // target
+    paid = share * depth // BPS
+    return paid, quality, 1, depth, paid
 
 
 def rollup_owners(device_amounts: Iterable[DeviceAmount]) -> dict[str, int]:
@@ -412,17 +464,47 @@ def inputs_digest(
     defaults filled in) as sorted-key compact JSON, so equal computations give equal digests
     regardless of row order or whether a default was passed explicitly.
     """
-    merged = _merge_rows(rows)
-    factors = _cell_factors(sorted({c for c, _ in merged}), cell_factors)
-    doc = {
-        "domain": DIGEST_DOMAIN,
-        "epoch": epoch,
-        "params": asdict(params),
-        "rows": [
-            [r.cell, r.device_id.hex(), r.owner, r.hw_class, r.readings, r.flagged, r.registered_block]
-            for _, r in sorted(merged.items())
-        ],
-        "cell_factors": [[cell, f.boost, f.freshness, f.demand] for cell, f in factors.items()],
-    }
-    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(encoded.encode("ascii")).digest()
+    merged = merge_coverage(rows)
+    factors = _cell_factors(sorted({r.cell for r in merged}), cell_factors)
+    return merged_digest(
+        merged, params, [(c, f.boost, f.freshness, f.demand) for c, f in factors.items()], epoch
+    )
+
+
+def merged_digest(
+    merged: Sequence[CoverageRow],
+    params: RewardParams,
+    cell_factors: Iterable[tuple[int, int, int, int]],
+    epoch: int,
+) -> bytes:
+    """`inputs_digest` of rows merged by `merge_coverage` and each covered cell's (cell, boost,
+    freshness, demand) ascending (a split's `cell_results` give them). The same bytes as
+    `json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)` of the document
+    {cell_factors, domain, epoch, params, rows}, written member by member: the two long lists by
+    orjson (4× faster at 50,000 rows), the json module wherever orjson's output could differ (beyond
+    ASCII, integers beyond 64 bits)."""
+    rows = [
+        (r.cell, r.device_id.hex(), r.owner, r.hw_class, r.readings, r.flagged, r.registered_block)
+        for r in merged
+    ]
+    digest = hashlib.sha256(b'{"cell_factors":')
+    digest.update(_canonical(list(cell_factors)))
+    digest.update(b',"domain":' + _canonical(DIGEST_DOMAIN) + b',"epoch":' + _canonical(epoch))
+    digest.update(b',"params":' + _canonical(asdict(params)) + b',"rows":')
+    digest.update(_canonical(rows))
+    digest.update(b"}")
+    return digest.digest()
+
+
+def _canonical(value: object) -> bytes:
+    """Sorted-key compact ASCII JSON, byte for byte `json.dumps(value, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True)`: orjson's where it is ASCII without DEL (orjson and
+    json write the other ASCII characters and integers alike; json escapes DEL, orjson does not),
+    else the json module's."""
+    try:
+        fast = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits
+        fast = b"\x80"
+    if fast.isascii() and b"\x7f" not in fast:
+        return fast
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")

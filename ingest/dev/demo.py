@@ -339,6 +339,7 @@ async def _run_demo(opts: DemoOptions, base: Environment, run_dir: Path) -> dict
                 f"{api_url}/v1/devices/{device.device_id.hex()}/rejections",
                 f"{api_url}/v1/epochs/{epochs[-1].epoch}",
                 f"{api_url}/v1/epochs/{epochs[-1].epoch}/manifest",
+                f"{api_url}/v1/epochs/{epochs[-1].epoch}/manifest/owners?limit=10",
                 f"{api_url}/v1/owners/{owners[0].address}/proof",
                 f"{api_url}/v1/stats",
                 f"{api_url}/readyz",

@@ -401,52 +401,106 @@ async def test_rejection_pages_are_bounded(api: tuple[str, list[bytes]], store: 
 
 async def test_epoch_summary_leaves_the_lists_in_postgres_and_manifest_streams_them(store: Store) -> None:
     """GET /v1/epochs/{n} stays small however big the manifest (read from the summary columns filled by
-    save_epoch_result, the manifest never selected); GET /v1/epochs/{n}/manifest gives the stored
-    manifest back exactly, strings with backslashes, quotes and newlines included."""
-    from ingest.adapters.store.rows import DeviceReward, OwnerReward
+    save_epoch_result, the manifest never selected); GET /v1/epochs/{n}/manifest is the header with
+    links (small too), its lists come in keyset pages whose concatenation is the list, and
+    …/manifest/export streams the whole document, strings with backslashes, quotes and newlines
+    included."""
+    from ingest.adapters.store.rows import CellReward, DeviceReward, OwnerReward
     from ingest.api.app import create_app
 
-    n_devices, owner = 20_000, "0x" + "12" * 20
-    devices = [DeviceReward(i.to_bytes(32, "big"), owner, 0x871F1D489FFFFFF, 1, 1) for i in range(n_devices)]
-    manifest = {
+    n_devices, owners = 20_000, ["0x" + "12" * 20, "0x" + "AB" * 20, "0x" + "ab" * 19 + "Ac"]
+    cells = [0x871F1D489FFFFFF, 0x872830828FFFFFF, 0x7FFFFFFFFFFFFFFF]
+    devices = [
+        DeviceReward(i.to_bytes(32, "big"), owners[i % 3], cells[i % 3], 1, 1, 0, 10_000, 1, 2, 100 + i)
+        for i in range(n_devices)
+    ]
+    header = {
+        "version": 2,
         "epoch": 3,
         "params": {"emission": "20000", "note": 'a\\b "c"\n\t\u00e9'},  # COPY must not escape these
-        "cells": 1,
+        "cells": 3,
         "root": "0x" + "01" * 32,
-        "devices": [
-            {
-                "device_id": d.device_id.hex(),
-                "owner": owner,
-                "cell": hex(d.cell),
-                "readings": 1,
-                "amount": "1",
-            }
-            for d in devices
-        ],
-        "owners": [{"owner": owner, "amount": str(n_devices), "cumulative": str(n_devices)}],
     }
+    cell_rows = [CellReward(c, 10_000, 10_000, 10_000, 10_000, 10_000, 7, 10_000, 7, None) for c in cells]
+    cell_rows[1] = cell_rows[1]._replace(last_paid=2)
+    owner_rows = [OwnerReward(o, 5, 5 + i, []) for i, o in enumerate(owners)]
     await store.save_epoch_result(
-        3, 1_000, 2_000, n_devices, n_devices, 0, b"\x01" * 32, b"\x02" * 32, manifest, devices,
-        [OwnerReward(owner, n_devices, n_devices, [])],
+        3, 1_000, 2_000, n_devices, n_devices, 0, b"\x01" * 32, b"\x02" * 32,
+        {**header, "devices": ["dropped: the rows are the list"]}, devices, owner_rows, cell_rows,
     )  # fmt: skip
+    # the document's order: cells ascending, devices by (cell, id), owners as Python sorts strings
+    expected = {
+        **header,
+        "cell_factors": [
+            {"cell": hex(c), "base": 10_000, "boost": 10_000, "freshness": 10_000, "demand": 10_000,
+             "weight": 10_000, "share": "7", "depth": 10_000, "paid": "7"}
+            for c in cells
+        ],
+        "last_paid": [[hex(cells[1]), 2]],
+        "devices": [
+            {"device_id": d.device_id.hex(), "owner": d.owner, "hw_class": 2, "registered_block": d[9],
+             "cell": hex(d.cell), "readings": 1, "flagged": 0, "quality": 10_000, "rank": 1, "amount": "1"}
+            for d in sorted(devices, key=lambda d: (d.cell, d.device_id))
+        ],
+        "owners": [
+            {"owner": o.owner, "amount": "5", "cumulative": str(o.cumulative)}
+            for o in sorted(owner_rows, key=lambda o: o.owner)
+        ],
+    }  # fmt: skip
+    assert await store.manifest(3) == expected
     async with serve_api(create_app(store, _ready), "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
         async with http.get(f"{url}/v1/epochs/3") as r:
             assert r.status == 200
             raw = await r.read()
         summary = json.loads(raw)
-        assert len(raw) < 2_000  # the manifest is ~3 MB
+        assert len(raw) < 2_000  # the manifest is ~5 MB
         assert "manifest" not in summary and "raw_tx" not in summary
-        assert (summary["cells"], summary["devices"], summary["owners"]) == (1, n_devices, 1)
-        assert summary["params"] == manifest["params"] and summary["allocated"] == str(n_devices)
+        assert (summary["cells"], summary["devices"], summary["owners"]) == (3, n_devices, 3)
+        assert summary["params"] == header["params"] and summary["allocated"] == str(n_devices)
 
         async with http.get(f"{url}/v1/epochs/3/manifest") as r:
             assert r.status == 200 and r.content_type == "application/json"
-            assert await r.json() == manifest
-        for path in ("/v1/epochs/4", "/v1/epochs/4/manifest"):
+            raw = await r.read()
+        assert len(raw) < 2_000 and json.loads(raw) == {
+            **header,
+            "links": {
+                "cells": "/v1/epochs/3/manifest/cells",
+                "devices": "/v1/epochs/3/manifest/devices",
+                "owners": "/v1/epochs/3/manifest/owners",
+                "export": "/v1/epochs/3/manifest/export",
+            },
+        }
+        async with http.get(f"{url}/v1/epochs/3/manifest/export") as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            assert await r.json() == expected
+        for name, part, limit in (
+            ("devices", "devices", 7_000),
+            ("owners", "owners", 2),
+            ("cells", "cell_factors", 1),
+        ):
+            got: list[Any] = []
+            after: str | None = None
+            while True:
+                query = {"limit": str(limit)} | ({"after": after} if after else {})
+                async with http.get(f"{url}/v1/epochs/3/manifest/{name}", params=query) as r:
+                    assert r.status == 200, await r.text()
+                    page = await r.json()
+                got += page[part]
+                after = page["next"]
+                if after is None:
+                    break
+            if part == "cell_factors":
+                assert [c.pop("last_paid") for c in got] == [None, 2, None]
+            assert got == expected[part], name
+        for path in ("/v1/epochs/4", "/v1/epochs/4/manifest", "/v1/epochs/4/manifest/export",
+                     "/v1/epochs/4/manifest/devices"):  # fmt: skip
             async with http.get(f"{url}{path}") as r:
                 assert r.status == 404 and "not closed" in (await r.json())["error"]
-        async with http.get(f"{url}/v1/epochs/0/manifest") as r:
-            assert r.status == 400
+        bad = ("/0/manifest", "/3/manifest/devices?after=12", "/3/manifest/cells?after=8000000000000000",
+               "/3/manifest/owners?after=x", "/3/manifest/owners?limit=10001")  # fmt: skip
+        for path in (f"/v1/epochs{b}" for b in bad):
+            async with http.get(f"{url}{path}") as r:
+                assert r.status == 400, path
 
 
 # The summary's SQL before migration 012: cut the lists out of the manifest, count the reward rows.

@@ -23,7 +23,7 @@ from devices.keys import new_identity
 from devices.protocol.model import DeviceRecord, Reading
 from devices.protocol.topics import up_topic
 from devices.sdk import build_message
-from ingest.adapters.store.rows import DeviceReward, OwnerReward
+from ingest.adapters.store.rows import CellReward, DeviceReward, OwnerReward
 from ingest.api.app import ApiLimits, create_app
 from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from ingest.service import serve_api
@@ -73,7 +73,7 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
         0,
         b"\x11" * 32,
         b"\x22" * 32,
-        {  # as ingest/epochs.py writes it (GET /v1/epochs/1/manifest serves it, its schema checked)
+        {  # as ingest/epochs.py writes it (the header: GET /v1/epochs/1/manifest; the lists are the rows)
             "epoch": 1,
             "start_ms": now - 86_400_000,
             "end_ms": now,
@@ -94,8 +94,9 @@ async def api_with_data(store: Store) -> AsyncIterator[tuple[str, bytes, bytes]]
             ],
             "owners": [{"owner": OWNER, "amount": str(10**22), "cumulative": str(10**22)}],
         },
-        [DeviceReward(ident.device_id, OWNER, 0x872830828FFFFFF, 20, 10**22)],
+        [DeviceReward(ident.device_id, OWNER, 0x872830828FFFFFF, 20, 10**22, 0, 10_000, 1, 2, 7)],
         [OwnerReward(OWNER, 10**22, 10**22, [])],
+        [CellReward(0x872830828FFFFFF, 10_000, 10_000, 10_000, 10_000, 10_000, 10**22, 10_000, 10**22, 1)],
     )
     limits = ApiLimits(max_rows=1000, slots=2, busy_timeout_s=5.0, statement_timeout_ms=5000)
     async with serve_api(create_app(store, _ready, limits=limits), "127.0.0.1", 0) as url:

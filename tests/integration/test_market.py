@@ -243,7 +243,9 @@ async def test_revenue_from_a_prepaid_key_reaches_the_collectors_and_the_treasur
     assert sixth.allocated + sixth.unissued == 1_000_000 + 5 * PRICE
     payouts = await store.pool.fetch("SELECT kind, owner, amount FROM epoch_payouts WHERE epoch = 6")
     assert sum(int(r["amount"]) for r in payouts) == 5 * PRICE
-    assert await verify_epoch(store, 6, sixth.manifest, sixth.root) is None
+    whole = await store.manifest(6)  # the header (`sixth.manifest`) and the rows, assembled
+    assert whole is not None and whole["market"] == m
+    assert await verify_epoch(store, 6, whole, sixth.root) is None
 
     await epochs.publish(5)
     assert (await epochs.publish(6)).status == "published"
@@ -327,7 +329,7 @@ async def test_a_bounty_pays_the_covering_devices_and_refunds_the_uncovered_epoc
     assert {p["owner"] for p in m6["payouts"] if p["kind"] == "bounty"} == {owner_a.address}
     assert [b["id"] for b in m7["bounties"]] == [1]  # bounty 2 is settled
     assert (m7["bounties"][0]["paid_before"], m7["bounties"][0]["refund"]) == ("500", "501")
-    assert await verify_epoch(store, 7, (await store.get_epoch(7)).manifest) is None  # type: ignore[union-attr]
+    assert await verify_epoch(store, 7, await store.manifest(7)) is None  # type: ignore[arg-type]
 
     # Publish once epoch 7 has ended by the chain's clock; A and the funder claim.
     wait_s = (genesis + 7 * length - time.time_ns() / 1e6) / 1000 + 1.5

@@ -108,9 +108,13 @@ async def seed(store: Store) -> tuple[Epochs, int]:
 async def test_factors_manifest_and_verify(store: Store) -> None:
     epochs, _ = await seed(store)
     first = await epochs.close(1)
-    assert [c["freshness"] for c in first.manifest["cell_factors"]] == [10_000] * 3
+    first_manifest = await store.manifest(1)  # the whole document, assembled from the stored rows
+    assert first_manifest is not None
+    assert [c["freshness"] for c in first_manifest["cell_factors"]] == [10_000] * 3
     second = await epochs.close(2)
-    m = second.manifest
+    assert "devices" not in second.manifest and second.manifest["root"] == "0x" + second.root.hex()
+    m = await store.manifest(2)
+    assert m is not None
     by_cell = {int(c["cell"], 16): c for c in m["cell_factors"]}
     # mobile cells paid in epoch 1 weigh 1/4; the station's cell keeps full freshness
     assert [by_cell[c]["freshness"] for c in CELLS] == [2_500, 2_500, 10_000]
@@ -131,7 +135,7 @@ async def test_factors_manifest_and_verify(store: Store) -> None:
     assert [(r["cell"], r["freshness"]) for r in cells] == sorted((c, by_cell[c]["freshness"]) for c in CELLS)
 
     assert await verify_epoch(store, 2, m, second.root) is None
-    assert await verify_epoch(store, 1, first.manifest, first.root) is None
+    assert await verify_epoch(store, 1, first_manifest, first.root) is None
     wrong_root = await verify_epoch(store, 2, m, b"\x01" * 32)
     assert wrong_root is not None and "root on chain" in wrong_root
 
@@ -178,8 +182,10 @@ async def test_cli_boost_verify_explain_and_the_device_endpoint(
     out = capsys.readouterr().out
     assert f"cell {hex(CELLS[2])} × 1.5 for epochs 2..2" in out and "not in DEPIN_BOOST_SIGNERS" in out
     await epochs.close(1)
-    second = await epochs.close(2)
-    by_cell = {int(c["cell"], 16): c for c in second.manifest["cell_factors"]}
+    await epochs.close(2)
+    second = await store.manifest(2)
+    assert second is not None
+    by_cell = {int(c["cell"], 16): c for c in second["cell_factors"]}
     assert by_cell[CELLS[2]]["boost"] == 15_000  # signed by the operator key the closer trusts
 
     assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 0
@@ -194,7 +200,7 @@ async def test_cli_boost_verify_explain_and_the_device_endpoint(
         "demand": 10_000,
     }
     assert doc["cells"][0]["rank"] == 1 and doc["amount"] == next(
-        d["amount"] for d in second.manifest["devices"] if d["device_id"] == dev(2).hex()
+        d["amount"] for d in second["devices"] if d["device_id"] == dev(2).hex()
     )
     assert await asyncio.to_thread(main, ["epoch", "explain", "2", "--device", dev(2).hex()]) == 0
     assert "1.5" in capsys.readouterr().out
@@ -210,6 +216,34 @@ async def test_cli_boost_verify_explain_and_the_device_endpoint(
             assert r.status == 404
         async with http.get(f"{url}/v1/epochs/9/devices/{dev(2).hex()}") as r:
             assert r.status == 404 and "not closed" in (await r.json())["error"]
+
+    # a stored manifest row tampered with (a device paid one more): verify reads the manifest assembled
+    # from the rows, exits 1 and names the entry
+    tampered = await store.pool.fetchval(
+        """UPDATE device_rewards SET amount = amount + 1 WHERE epoch = 2 AND device_id = $1
+           RETURNING amount""",
+        dev(2),
+    )
+    at = next(i for i, d in enumerate(second["devices"]) if d["device_id"] == dev(2).hex())
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
+    err = capsys.readouterr().err
+    assert f"does not follow from its own inputs: .devices[{at}].amount" in err, err
+    assert f"stored '{tampered}'" in err, err
+    await store.pool.execute(
+        "UPDATE device_rewards SET amount = amount - 1 WHERE epoch = 2 AND device_id = $1", dev(2)
+    )
+    # so is the header (the root the manifest states)
+    await store.pool.execute(
+        "UPDATE epochs SET manifest = jsonb_set(manifest, '{allocated}', '\"1\"') WHERE epoch = 2"
+    )
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 1
+    assert ".allocated: recomputed" in capsys.readouterr().err
+    await store.pool.execute(
+        "UPDATE epochs SET manifest = jsonb_set(manifest, '{allocated}', to_jsonb(allocated::text)) "
+        "WHERE epoch = 2"
+    )
+    assert await asyncio.to_thread(main, ["epoch", "verify", "2", "--no-chain"]) == 0
+    capsys.readouterr()
 
     # a reading deleted after the close: verify exits 1 and names the first difference
     await store.pool.execute("DELETE FROM readings WHERE device_id = $1", dev(2))

@@ -119,7 +119,7 @@ async def test_full_path(running: dict[str, Any], w3: Any, deployment: Any, make
         distributor = DistributorClient(w3, deployment)
         async with http.get(f"{running['api']}/v1/epochs/1") as r:
             epoch = await r.json()
-        async with http.get(f"{running['api']}/v1/epochs/1/manifest") as r:
+        async with http.get(f"{running['api']}/v1/epochs/1/manifest/export") as r:
             manifest = await r.json()
         assert epoch["root"] == manifest["root"] == "0x" + (await distributor.root_of(1)).hex()
         assert int(epoch["allocated"]) == sum(int(d["amount"]) for d in manifest["devices"])

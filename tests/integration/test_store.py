@@ -18,7 +18,15 @@ from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from ingest.adapters.db import create_pool, embedded_postgres, migrate
 from ingest.adapters.store import ensure_partitions
 from ingest.adapters.store.ingest import IngestStore
-from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, DeviceReward, OwnerReward, Totals, ms_to_dt
+from ingest.adapters.store.rows import (
+    DAY_MS,
+    SEAL_LOCK_KEY,
+    CellReward,
+    DeviceReward,
+    OwnerReward,
+    Totals,
+    ms_to_dt,
+)
 from ingest.core import h3cells
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.model import AcceptedPacket, RejectedMessage
@@ -45,6 +53,7 @@ ALL_MIGRATIONS = [
     "016_scoring.sql",
     "017_market.sql",
     "018_settlement.sql",
+    "019_manifest_pages.sql",
     "021_usage_demand.sql",
     "022_distributor_mirror.sql",
 ]
@@ -143,6 +152,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("016_scoring", "native"),
             ("017_market", "native"),
             ("018_settlement", "native"),
+            ("019_manifest_pages", "native"),
             ("021_usage_demand", "native"),
             ("022_distributor_mirror", "native"),
         ]
@@ -186,6 +196,101 @@ async def test_migration_012_backfills_the_epoch_summary_columns(pg_dsn: str, tm
         assert (await migrate(pool)).applied[0] == "012_epoch_summary.sql"
         rows = await pool.fetch("SELECT epoch, params, cells, devices, owners FROM epochs ORDER BY epoch")
         assert [tuple(r) for r in rows] == [(1, {"emission": "5"}, 2, 3, 2), (2, {}, 0, 0, 0)]
+    finally:
+        await pool.close()
+
+
+async def test_migration_019_pages_the_stored_manifests(pg_dsn: str, tmp_path: Path) -> None:
+    """A version-2 manifest stored whole before 019 becomes its header plus the rows it was written
+    with (the devices' class and registration and the cells' last paid epoch copied out of its lists):
+    assembled again it is the same document. A version-1 manifest stays whole and is streamed as
+    stored."""
+    from ingest.adapters.db import MIGRATIONS_DIR
+    from ingest.adapters.store.manifest import ManifestStore
+
+    for p in MIGRATIONS_DIR.glob("*.sql"):
+        if p.name < "019":
+            shutil.copy(p, tmp_path / p.name)
+    pool = await create_pool(pg_dsn)
+    try:
+        await migrate(pool, tmp_path)
+        owners = ["0xAbC0000000000000000000000000000000000001", "0xabc0000000000000000000000000000000000002"]
+        devices = [
+            {"device_id": dev(i).hex(), "owner": owners[i % 2], "hw_class": 1 + i % 2,
+             "registered_block": 50 + i, "cell": hex(cell), "readings": 3, "flagged": i, "quality": 7_500,
+             "rank": 1, "amount": str(10**22 + i)}
+            for i, cell in enumerate((CELL_B, CELL_A, CELL_A))
+        ]  # fmt: skip
+        devices.sort(key=lambda d: (int(d["cell"], 16), d["device_id"]))
+        cells = [
+            {"cell": hex(c), "base": 10_000, "boost": 10_000, "freshness": 5_000, "demand": 10_000,
+             "weight": 5_000, "share": "9", "depth": 10_000, "paid": "9"}
+            for c in sorted((CELL_A, CELL_B))
+        ]  # fmt: skip
+        whole = {
+            "version": 2, "epoch": 1, "params": {"emission": "5"}, "cells": 2, "root": "0x01",
+            "usage": [["0x872830828ffffff", "5"]], "last_paid": [[hex(CELL_B), 0]], "cell_factors": cells,
+            "devices": devices,
+            "owners": [{"owner": o, "amount": "1", "cumulative": str(i + 1)} for i, o in enumerate(owners)],
+        }  # fmt: skip
+        v1 = {"epoch": 2, "devices": [{"device_id": "00", "amount": "1"}], "owners": []}
+        for epoch, m in ((1, whole), (2, v1)):
+            await pool.execute(
+                """INSERT INTO epochs (epoch, start_at, end_at, emission, allocated, unissued, root,
+                                       inputs_digest, manifest, params, cells, devices, owners)
+                   VALUES ($1, $2, $3, 5, 5, 0, '\\x01', '\\x02', $4, '{}', 0, 0, 0)""",
+                epoch,
+                ms_to_dt(epoch * 1_000),
+                ms_to_dt(epoch * 1_000 + 500),
+                m,
+            )
+        await pool.executemany(
+            """INSERT INTO device_rewards (epoch, device_id, owner, cell, readings, amount, flagged, quality,
+                                           rank)
+               VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8)""",
+            [
+                (bytes.fromhex(d["device_id"]), d["owner"], int(d["cell"], 16), 3, int(d["amount"]),
+                 d["flagged"], 7_500, 1)
+                for d in devices
+            ],
+        )  # fmt: skip
+        await pool.executemany(
+            """INSERT INTO epoch_cells (epoch, cell, base, boost, freshness, demand, weight, share, depth,
+                                        paid)
+               VALUES (1, $1, 10000, 10000, 5000, 10000, 5000, 9, 10000, 9)""",
+            [(int(c["cell"], 16),) for c in cells],
+        )
+        await pool.executemany(
+            "INSERT INTO owner_rewards (epoch, owner, amount, cumulative, proof) VALUES (1, $1, 1, $2, '[]')",
+            [(o, i + 1) for i, o in enumerate(owners)],
+        )
+        assert "019_manifest_pages.sql" in (await migrate(pool)).applied
+        rows = await pool.fetch("SELECT epoch, manifest, manifest_paged FROM epochs ORDER BY epoch")
+        assert [(r["manifest"], r["manifest_paged"]) for r in rows] == [
+            (
+                {
+                    k: v
+                    for k, v in whole.items()
+                    if k not in ("cell_factors", "last_paid", "devices", "owners")
+                },
+                True,
+            ),
+            (v1, False),
+        ]
+        reads = ManifestStore(pool)
+        assert await reads.manifest(1) == whole
+        assert await reads.manifest(2) == v1
+        chunks: list[bytes] = []
+
+        async def write(b: bytes) -> None:
+            chunks.append(b)
+
+        await reads.copy_manifest(2, write)
+        assert json.loads(b"".join(chunks)) == v1
+        chunks.clear()
+        await reads.copy_manifest(1, write)
+        assert json.loads(b"".join(chunks)) == whole
+        assert await reads.manifest_header(2) == ({"epoch": 2}, False)
     finally:
         await pool.close()
 
@@ -517,6 +622,35 @@ async def test_epoch_coverage_aggregation(store: Store) -> None:
         key=lambda t: (t[0], t[3]),
     )
     assert got == expected
+
+
+async def test_save_epoch_result_copies_every_value_as_it_is(store: Store) -> None:
+    """The reward rows go in through COPY's text format: odd owner spellings (backslash, tab, newline,
+    carriage return, non-ASCII), uint256 amounts and missing values come back unchanged."""
+    big = 2**255 + 12345
+    odd = 'o\\w\tn\ne\rr "ü"'
+    cells = [
+        CellReward(CELL_A, 1, 2, 3, 4, 5, big, 7, big - 1, None),
+        CellReward(CELL_B, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    ]
+    devices = [
+        DeviceReward(dev(3), odd, CELL_A, 5, big, 2, 9_000, 1, None, None),
+        DeviceReward(dev(2), "0x" + "02" * 20, CELL_B, 1, 1, 0, 0, 0, 3, 2**62),
+    ]
+    await store.save_epoch_result(
+        2, 1, 2, big, big, 0, b"\x01", b"\x02", {"epoch": 2}, devices, [OwnerReward(odd, big, big, [])], cells
+    )
+    got = await store.pool.fetch(
+        "SELECT device_id, owner, cell, readings, amount, flagged, quality, rank, hw_class, registered_block "
+        "FROM device_rewards WHERE epoch = 2 ORDER BY cell"
+    )
+    assert [DeviceReward(bytes(r[0]), *r[1:4], int(r[4]), *r[5:]) for r in got] == sorted(
+        devices, key=lambda d: d.cell
+    )
+    got = await store.pool.fetch("SELECT * FROM epoch_cells WHERE epoch = 2 ORDER BY cell")
+    assert [CellReward(*(int(v) if v is not None else None for v in list(r)[1:])) for r in got] == sorted(
+        cells
+    )
 
 
 async def test_save_epoch_result_idempotent_and_big_amounts(store: Store) -> None:

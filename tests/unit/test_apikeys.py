@@ -35,6 +35,8 @@ def test_a_new_key_has_the_documented_format_and_an_id_prefix() -> None:
         ("/v1/epochs", PUBLIC),
         ("/v1/epochs/{epoch}", PUBLIC),
         ("/v1/epochs/{epoch}/manifest", PUBLIC),
+        ("/v1/epochs/{epoch}/manifest/export", PUBLIC),
+        ("/v1/epochs/{epoch}/manifest/{part}", PUBLIC),
         ("/v1/owners/{address}/proof", PUBLIC),
         ("/v1/owners/{address}/devices", PUBLIC),
         ("/v1/devices/{device_id}", PUBLIC),

@@ -108,3 +108,15 @@ def test_verify_accepts_members_and_rejects_tampering(entries: dict[str, int], d
         assert not CumulativeMerkleTree.verify(tree.root, addr, amount, proof[:-1])
     else:
         assert len(entries) == 1 and tree.root == leaf_hash(addr, amount)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=20, max_size=20), st.integers(0, 2**256 - 1))
+def test_leaf_is_abi_encode_written_out(address: bytes, amount: int) -> None:
+    """The leaf's preimage written out is eth_abi's encoding of (address, uint256), byte for byte."""
+    from eth_abi import encode
+    from eth_utils import keccak, to_checksum_address
+
+    addr = to_checksum_address(address)
+    assert leaf_hash(addr, amount) == keccak(keccak(encode(["address", "uint256"], [address, amount])))
+    assert leaf_hash(addr.lower(), amount) == leaf_hash(addr, amount)

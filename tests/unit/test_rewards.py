@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -17,12 +18,17 @@ from ingest.core.rewards import (
     FixedEmission,
     HalvingEmission,
     RewardParams,
+    cell_amounts,
     cumulative,
     emission_for_epoch,
     inputs_digest,
     largest_remainder,
+    merge_coverage,
+    merged_digest,
     rollup_owners,
+    single_row_cell,
     split_epoch,
+    split_merged,
 )
 from ingest.model import CoverageRow
 
@@ -558,3 +564,88 @@ def test_cell_factors_multiply_into_the_weight() -> None:
     split = split_epoch(rows, RewardParams(emission=4_000), cell_factors=factors)
     assert [c.weight for c in split.cell_results] == [3 * BPS, BPS]
     assert (earned(split, 1, CELL_A), earned(split, 2, CELL_B)) == (3_000, 1_000)
+
+
+def _digest_before(
+    rows: list[CoverageRow], params: RewardParams, factors: dict[int, CellFactors] | None, epoch: int
+) -> bytes:
+    """inputs_digest as first written (one json.dumps of the whole document): the digest's meaning."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    merged: dict[tuple[int, bytes], CoverageRow] = {}
+    for r in rows:
+        prev = merged.get((r.cell, r.device_id))
+        merged[(r.cell, r.device_id)] = (
+            r
+            if prev is None
+            else r._replace(readings=prev.readings + r.readings, flagged=prev.flagged + r.flagged)
+        )
+    covered = sorted({c for c, _ in merged})
+    doc = {
+        "domain": "depin-ingest/epoch-inputs/v2",
+        "epoch": epoch,
+        "params": asdict(params),
+        "rows": [
+            [r.cell, r.device_id.hex(), r.owner, r.hw_class, r.readings, r.flagged, r.registered_block]
+            for _, r in sorted(merged.items())
+        ],
+        "cell_factors": [
+            [c, f.boost, f.freshness, f.demand]
+            for c in covered
+            for f in [(factors or {}).get(c, CellFactors())]
+        ],
+    }
+    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).digest()
+
+
+# owners as the registry could spell them, and the characters where JSON encoders may differ
+owner_text = st.sampled_from(["0xAbC", "ü", '\x00\x1f\x7f\n\t"\\/', "\u2028", "😀", ""]) | st.text(max_size=4)
+
+
+@settings(max_examples=300)
+@given(coverage(), params_st, weights_st, st.integers(0, 2**63), st.lists(owner_text, min_size=6, max_size=6))
+def test_property_digest_bytes_unchanged(
+    rows: list[CoverageRow],
+    params: RewardParams,
+    weights: dict[int, CellFactors] | None,
+    epoch: int,
+    spellings: list[str],
+) -> None:
+    """The digest written member by member (orjson for the lists) is the digest as first written, for
+    any owner text (non-ASCII, control characters), huge emissions and epochs: the same epoch gives
+    the same inputs digest, so the stored digests keep their meaning."""
+    names = {owner(i): spellings[i] for i in range(6)}
+    rows = [dataclasses.replace(r, owner=names[r.owner]) for r in rows]
+    try:
+        expected = _digest_before(rows, params, weights, epoch)
+    except ValueError:
+        return
+    assert inputs_digest(rows, params, weights, epoch) == expected
+    merged = merge_coverage(rows)
+    split = split_merged(merged, params, cell_factors=weights)
+    by_cell = [(c.cell, c.boost, c.freshness, c.demand) for c in split.cell_results]
+    assert merged_digest(merged, params, by_cell, epoch) == expected
+    assert split == split_epoch(rows, params, cell_factors=weights)
+
+
+@settings(max_examples=500)
+@given(
+    st.integers(0, 2_000),
+    st.integers(0, 100),
+    st.integers(0, 10**24),
+    params_st,
+    st.integers(1, 30),
+)
+def test_property_single_row_cell_is_cell_amounts(
+    readings: int, flagged: int, share: int, params: RewardParams, target: int
+) -> None:
+    """The split's shortcut for a cell with one (device, cell) row gives what the general level 2
+    gives that cell: amount, quality, rank, depth and paid."""
+    params = dataclasses.replace(params, cell_readings_target=target)
+    r = row(1, 1, readings=readings, flagged=flagged)
+    amounts: dict[tuple[int, bytes], tuple[int, int, int]] = {}
+    depth, paid = cell_amounts(CELL_A, [r], share, params, amounts)
+    assert single_row_cell(r, share, params) == (*amounts[(CELL_A, r.device_id)], depth, paid)

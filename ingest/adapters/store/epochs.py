@@ -3,11 +3,13 @@ watermark, the scheduler lock, and the publish journal (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ingest.adapters.store.manifest import ManifestStore
 from ingest.adapters.store.market import MarketStore, save_payouts
 from ingest.adapters.store.rows import (
     SEAL_LOCK_KEY,
@@ -15,13 +17,13 @@ from ingest.adapters.store.rows import (
     DeviceReward,
     EpochRow,
     OwnerReward,
-    PoolStore,
     cell_to_db,
     dt_to_ms,
     fetch_epoch,
     ms_to_dt,
     proof_to_db,
 )
+from ingest.core import manifest as mf
 from ingest.core.boosts import Boost
 from ingest.model import CoverageRow
 
@@ -32,7 +34,36 @@ log = logging.getLogger(__name__)
 SCHEDULER_LOCK_KEY = 0x6465_7069_6E5F_7363
 
 
-class EpochStore(MarketStore, PoolStore):
+def _text(value: str) -> str:
+    """A text field of COPY's text format: backslash, tab, newline and carriage return escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _null(value: int | None) -> str:
+    return "\\N" if value is None else str(value)
+
+
+def device_rewards_text(epoch: int, rows: Sequence[DeviceReward]) -> bytes:
+    """`device_rewards` rows (epoch, *DeviceReward) in COPY's text format (bytea as \\x hex)."""
+    owners: dict[str, str] = {}
+    return "".join(
+        f"{epoch}\t\\\\x{d[0].hex()}\t{owners.get(d[1]) or owners.setdefault(d[1], _text(d[1]))}\t{d[2]}\t"
+        f"{d[3]}\t{d[4]}\t{d[5]}\t{d[6]}\t{d[7]}\t{_null(d[8])}\t{_null(d[9])}\n"
+        for d in rows
+    ).encode()
+
+
+def epoch_cells_text(epoch: int, rows: Sequence[CellReward]) -> bytes:
+    """`epoch_cells` rows (epoch, *CellReward) in COPY's text format."""
+    return "".join(
+        f"{epoch}\t{c[0]}\t{c[1]}\t{c[2]}\t{c[3]}\t{c[4]}\t{c[5]}\t{c[6]}\t{c[7]}\t{c[8]}\t{_null(c[9])}\n"
+        for c in rows
+    ).encode()
+
+
+class EpochStore(MarketStore, ManifestStore):
     """Tables `epochs`, `device_rewards`, `owner_rewards`, `epoch_seal`; reads `readings` and `devices`."""
 
     async def epoch_coverage(self, start_ms: int, end_ms: int) -> list[CoverageRow]:
@@ -73,19 +104,25 @@ class EpochStore(MarketStore, PoolStore):
         cell_rewards: Sequence[CellReward] = (),
         payouts: Sequence[tuple[str, str, str, int]] = (),
     ) -> EpochRow:
-        """Record a closed epoch and its rewards in one transaction; status 'closed'. The summary's
-        columns (params, cells, devices, owners: migration 012) are filled from the manifest's top
-        level and the reward lists, so GET /v1/epochs/{n} never reads the manifest.
+        """Record a closed epoch and its rewards in one transaction; status 'closed'.
 
-        Idempotent: if the epoch is already stored, nothing is
-        changed and the stored row is returned (compare it with what you computed).
+        The manifest is stored in pages (migration 019): `epochs.manifest` keeps its header (any lists
+        in `manifest` are left out: `ingest.core.manifest.header_of`), its lists are the rows written
+        here (`device_rewards`, `owner_rewards`, `epoch_cells`), read back by `ManifestStore`. The
+        summary's columns (params, cells, devices, owners: migration 012) come from the header and
+        the row counts, so GET /v1/epochs/{n} never reads the manifest.
+
+        Idempotent: if the epoch is already stored, nothing is changed and the stored row is returned
+        (compare it with what you computed).
         """
+        header = mf.header_of(manifest)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 new = await conn.fetchval(
                     """INSERT INTO epochs (epoch, start_at, end_at, status, emission, allocated, unissued,
-                                           root, inputs_digest, manifest, params, cells, devices, owners)
-                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                           root, inputs_digest, manifest, params, cells, devices, owners,
+                                           manifest_paged)
+                       VALUES ($1, $2, $3, 'closed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, true)
                        ON CONFLICT (epoch) DO NOTHING
                        RETURNING epoch""",
                     epoch,
@@ -96,37 +133,28 @@ class EpochStore(MarketStore, PoolStore):
                     unissued,
                     root,
                     inputs_digest,
-                    manifest,
-                    manifest.get("params", {}),
-                    manifest.get("cells", 0),
+                    header,
+                    header.get("params", {}),
+                    header.get("cells", 0),
                     len(device_rewards),
                     len(owner_rewards),
                 )
                 if new is not None:
+                    # In COPY's text format: asyncpg's binary encoding of a Python int as numeric costs
+                    # ~2 µs a value, PostgreSQL parses the text faster (50 k rows of each: 0.8 → 0.5 s).
                     if device_rewards:
-                        await conn.copy_records_to_table(
+                        await conn.copy_to_table(
                             "device_rewards",
-                            columns=[
-                                "epoch",
-                                "device_id",
-                                "owner",
-                                "cell",
-                                "readings",
-                                "amount",
-                                "flagged",
-                                "quality",
-                                "rank",
-                            ],
-                            records=[
-                                (epoch, d.device_id, d.owner, cell_to_db(d.cell), *d[3:])
-                                for d in device_rewards
-                            ],
+                            source=io.BytesIO(device_rewards_text(epoch, device_rewards)),
+                            columns=["epoch", *DeviceReward._fields],
+                            format="text",
                         )
                     if cell_rewards:
-                        await conn.copy_records_to_table(
+                        await conn.copy_to_table(
                             "epoch_cells",
+                            source=io.BytesIO(epoch_cells_text(epoch, cell_rewards)),
                             columns=["epoch", *CellReward._fields],
-                            records=[(epoch, cell_to_db(c.cell), *c[1:]) for c in cell_rewards],
+                            format="text",
                         )
                     if owner_rewards:
                         await conn.copy_records_to_table(

@@ -5,9 +5,9 @@ rewards), on the API's own pool in production (docs/RELIABILITY.md G34). Rows ar
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ingest.adapters.store.manifest import ManifestStore
 from ingest.adapters.store.queries import device_sql, fetch_page
 from ingest.adapters.store.rows import (
     CellReward,
@@ -17,7 +17,6 @@ from ingest.adapters.store.rows import (
     EpochRow,
     EpochSummary,
     OwnerReward,
-    PoolStore,
     Position,
     ReadingPage,
     RejectionRow,
@@ -31,8 +30,6 @@ from ingest.adapters.store.rows import (
     proof_from_db,
 )
 
-MANIFEST_CHUNK = 256 * 1024  # bytes per row of the manifest stream
-
 # GET /v1/epochs/{n}: small columns only, never `manifest` (an empty dict stands in for it in the EpochRow).
 EPOCH_SUMMARY_SQL = """SELECT epoch, start_at, end_at, status, emission, allocated, unissued, root,
        inputs_digest, tx_hash, raw_tx, tx_nonce, block_number, closed_at, published_at,
@@ -40,7 +37,7 @@ EPOCH_SUMMARY_SQL = """SELECT epoch, start_at, end_at, status, emission, allocat
 FROM epochs WHERE epoch = $1"""
 
 
-class ReadStore(PoolStore):
+class ReadStore(ManifestStore):
     """What the API reads. Nothing here writes."""
 
     async def readings(
@@ -130,23 +127,6 @@ class ReadStore(PoolStore):
         return EpochSummary(
             epoch_row(row, manifest={}), row["params"], row["cells"], row["devices"], row["owners"]
         )
-
-    async def copy_manifest(self, epoch: int, write: Callable[[bytes], Awaitable[None]]) -> None:
-        """Hand the stored manifest (jsonb as text, UTF-8) to `write` in MANIFEST_CHUNK pieces, never
-        whole in this process; nothing is written when the epoch is not stored. Rendered once (the
-        CTE is materialized) and cut as bytea: substring on text walks UTF-8 from the start each
-        time, and one COPY row would arrive as one message of the whole manifest."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            async for row in conn.cursor(
-                """WITH m AS MATERIALIZED (
-                       SELECT convert_to(manifest::text, 'UTF8') AS b FROM epochs WHERE epoch = $1)
-                   SELECT substring(b FROM i FOR $2) AS chunk
-                   FROM m, generate_series(1, octet_length(b), $2) AS i ORDER BY i""",
-                epoch,
-                MANIFEST_CHUNK,
-                prefetch=4,
-            ):
-                await write(row["chunk"])
 
     async def last_epoch(self) -> int | None:
         value: int | None = await self.pool.fetchval("SELECT max(epoch) FROM epochs")

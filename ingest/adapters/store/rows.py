@@ -113,6 +113,9 @@ class DeviceReward(NamedTuple):
     flagged: int = 0
     quality: int = 0  # the slot's, bps
     rank: int = 0  # 1 = best earner in the cell; 0 = did not earn
+    # as the manifest states them (None: an epoch closed before migration 019 did not keep them)
+    hw_class: int | None = None
+    registered_block: int | None = None
 
 
 class CellReward(NamedTuple):
@@ -127,6 +130,7 @@ class CellReward(NamedTuple):
     share: int
     depth: int
     paid: int
+    last_paid: int | None = None  # the last earlier epoch it paid in, if within the freshness lookback
 
 
 class OwnerReward(NamedTuple):
