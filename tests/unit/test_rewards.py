@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ingest.core.geo import BPS
@@ -617,6 +617,8 @@ def test_property_digest_bytes_unchanged(
     """The digest written member by member (orjson for the lists) is the digest as first written, for
     any owner text (non-ASCII, control characters), huge emissions and epochs: the same epoch gives
     the same inputs digest, so the stored digests keep their meaning."""
+    # Two spellings of one address (case apart) are refused by the merge, not a digest question.
+    assume(len({s.lower() for s in set(spellings)}) == len(set(spellings)))
     names = {owner(i): spellings[i] for i in range(6)}
     rows = [dataclasses.replace(r, owner=names[r.owner]) for r in rows]
     try:
