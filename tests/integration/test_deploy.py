@@ -305,6 +305,23 @@ def test_compose_builds_targets_the_dockerfile_has() -> None:
         *sources, _dest = line.split()
         for source in sources:
             assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+    # The build context (the repository root) leaves out the virtualenvs and npm trees, and nothing copied.
+    ignored = [
+        line
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    for heavy in (
+        ".venv",
+        "contracts/node_modules",
+        "ingest/api/web/node_modules",
+        ".git",
+        "deploy/depin.env",
+    ):
+        assert heavy in ignored, heavy
+    for line in re.findall(r"^COPY (.+)$", text, re.MULTILINE):
+        for source in line.split()[:-1]:
+            assert not any(source == i or source.startswith(i + "/") for i in ignored), source
 
 
 def init_commands() -> list[list[str]]:
