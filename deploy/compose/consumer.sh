@@ -8,13 +8,15 @@
 # crashed container releases it). A restarted replica takes the lowest free slot, so usually its old
 # account and with it its persistent session and the messages queued on it.
 set -eu
+STATE="${STATE_DIR:-/state}"  # the volumes; other directories for a run outside a container (the tests)
+SLOTS="${SLOTS_DIR:-/slots}"
 i=1
 while [ "$i" -le "$CONSUMER_SLOTS" ]; do
-  exec 9> "/slots/$i.lock"
+  exec 9> "$SLOTS/$i.lock"
   if flock --nonblock 9; then
     export DEPIN_MQTT_USERNAME="depin-ingest-$i"
     export DEPIN_MQTT_CLIENT_ID="depin-ingest-$i"
-    export DEPIN_MQTT_PASSWORD_FILE="/state/mqtt/depin-ingest-$i.pass"
+    export DEPIN_MQTT_PASSWORD_FILE="$STATE/mqtt/depin-ingest-$i.pass"
     echo "consumer: slot $i (broker account depin-ingest-$i)"
     exec "$@"
   fi

@@ -14,7 +14,7 @@
 #   broker/dynamic-security.json     `depin broker dynsec`: the devices' and the consumers' logins
 set -eu
 umask 077
-S=/state
+S="${STATE_DIR:-/state}"  # the volume; another directory for a run outside a container (the tests)
 mkdir -p "$S/devices" "$S/mqtt" "$S/broker"
 [ -f "$S/operator.key" ] || printf '%s\n' "$DEV_OPERATOR_KEY" > "$S/operator.key"
 [ -f "$S/rewards.key" ] || printf '%s\n' "$DEV_REWARDS_KEY" > "$S/rewards.key"
@@ -29,7 +29,7 @@ printf 'device_id,pubkey,owner,hw_class,asserted_cell\n' > "$S/devices.csv"
 while [ "$i" -le "$SIM_DEVICES" ]; do
   cred="$S/devices/dev-$i.json"
   [ -f "$cred" ] || depin device new --out "$cred" > /dev/null
-  python -c 'import json, sys; c = json.load(open(sys.argv[1])); print(f"{c[\"device_id\"]},{c[\"pubkey\"]},{sys.argv[2]},dashcam,")' \
+  python -c 'import json, sys; c = json.load(open(sys.argv[1])); print(",".join([c["device_id"], c["pubkey"], sys.argv[2], "dashcam", ""]))' \
     "$cred" "$SIM_OWNER" >> "$S/devices.csv"
   i=$((i + 1))
 done
