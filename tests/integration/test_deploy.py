@@ -510,3 +510,20 @@ def test_k8s_consumers_use_emqx_with_device_affinity() -> None:
     assert workloads()["emqx"]["spec"]["replicas"] >= 3
     acl = emqx_config["data"]["acl.conf"]
     assert "{deny, all}." in acl and "depin/v1/${username}/up" in acl
+
+
+def test_k8s_every_file_setting_is_mounted() -> None:
+    """A DEPIN_*_FILE a container gets (its ConfigMap and env) names a file on one of its mounts: `depin
+    run` reads the MQTT password file at start whatever its parts, the rewards key and the deployment
+    file where the parts need them (an API-only process loads no deployment)."""
+    (config,) = [doc for _, doc in manifests() if doc["metadata"]["name"] == "depin-env"]
+    for name, c in depin_containers().items():
+        env = {**config["data"], **{e["name"]: e.get("value") for e in c.get("env", [])}}
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        parts = run_parts(c["args"])
+        for setting, value in env.items():
+            if not setting.endswith("_FILE"):
+                continue
+            if setting == "DEPIN_DEPLOYMENT_FILE" and parts == {"api"}:
+                continue
+            assert any(value.startswith(m.rstrip("/") + "/") for m in mounts), (name, setting, value)
