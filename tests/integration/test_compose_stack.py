@@ -1,14 +1,16 @@
 """deploy/compose.yaml's own logic, run without a container runtime: its init job (deploy/compose/init.sh)
 against anvil, its broker's config (deploy/compose/mosquitto.conf) on Mosquitto with the file the init job
-wrote, and its consumers' slot script (deploy/compose/consumer.sh) starting `depin run --parts
-consume,api` on PostgreSQL. The containers' paths (/state, /slots) become temporary directories
-(STATE_DIR, SLOTS_DIR); everything else — the scripts, the config, the dev keys and settings in
-compose.yaml — is used as written.
+wrote, its consumers' slot script (deploy/compose/consumer.sh) starting `depin run --parts consume,api`
+on PostgreSQL, then its API and epoch worker with their command lines. The containers' paths (/state,
+/slots) become temporary directories (STATE_DIR, SLOTS_DIR); everything else — the scripts, the config,
+the dev keys and settings in compose.yaml — is used as written.
 
 Proves: init deploys, registers the fleet and writes every login, and a re-run changes nothing; two
 consumers take two different broker accounts and become ready (`/readyz` 200: database, chain and
-the broker login and subscription); a third finds no free slot and says so; a device of the fleet
-logs in with the password init wrote and its packet is stored."""
+the broker login and subscription); a third finds no free slot and says so; the API and the epoch
+worker start ready, the worker publishing with the rewards key init wrote (REWARDS_ROLE and the
+schedule are checked at its start); a device of the fleet logs in with the password init wrote and its
+packet is stored."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import aiomqtt
 import asyncpg
 import pytest
 import yaml
+from eth_account import Account
 
 from devices.keys import load_identity
 from devices.protocol.model import Reading
@@ -76,6 +79,7 @@ async def test_compose_init_broker_and_consumer_slots(tmp_path: Path, anvil_url:
     state.mkdir()
     slots.mkdir()
     env = init_env(anvil_url, state)
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
     first = run_init(env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "init: deployment, 3 devices and 2 consumer accounts ready" in first.stdout
@@ -160,6 +164,36 @@ async def test_compose_init_broker_and_consumer_slots(tmp_path: Path, anvil_url:
                 **BrokerLogin.from_credentials(creds[0]).client_kwargs(),
             ) as client:
                 await publish(client, identity, message)
+            # The API and the epoch worker, with compose's command lines and the rewards key init made
+            # (REWARDS_ROLE checked at start; the schedule checked against the distributor init deployed).
+            for role in ("api", "epochs"):
+                written = compose["services"][role]
+                port = free_port()
+                role_env = {
+                    **run_env,
+                    "DEPIN_API_PORT": str(port),
+                    **{
+                        k: v.replace("/state", str(state))
+                        for k, v in written["environment"].items()
+                        if k in ("DEPIN_REWARDS_KEY_FILE", "DEPIN_DB_POOL_API_SIZE")
+                    },
+                }
+                log = tmp_path / f"{role}.log"
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(  # noqa: ASYNC220 (fork and exec only)
+                        ["depin", *written["command"]],
+                        env=role_env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                procs.append((proc, log, port))
+                await wait_for(partial(ready, port, proc, log, mqtt=None), 90, f"{role} ready")
+            rewards_account = Account.from_key(env["DEV_REWARDS_KEY"]).address
+            epochs_log = (tmp_path / "epochs.log").read_text()
+            assert f"publishing as {rewards_account}" in epochs_log, epochs_log
+
             conn = await asyncpg.connect(pg_dsn)
             try:
                 await wait_for(
@@ -182,7 +216,8 @@ async def test_compose_init_broker_and_consumer_slots(tmp_path: Path, anvil_url:
                     proc.kill()
 
 
-async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+async def ready(port: int, proc: subprocess.Popen[bytes], log: Path, mqtt: bool | None = True) -> bool:
+    """/readyz answers 200 (and, for a consumer, says it is connected and subscribed)."""
     if proc.poll() is not None:
         tail = await asyncio.to_thread(log.read_text)
         raise AssertionError(f"consumer exited ({proc.returncode}):\n{tail[-3000:]}")
@@ -192,6 +227,6 @@ async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
             http.get(f"http://127.0.0.1:{port}/readyz") as r,
         ):
             body: dict[str, Any] = await r.json()
-            return r.status == 200 and body.get("mqtt") is True
+            return r.status == 200 and body.get("mqtt") is mqtt
     except (TimeoutError, aiohttp.ClientError, OSError):
         return False
