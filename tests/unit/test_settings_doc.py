@@ -105,7 +105,8 @@ def test_every_depin_variable_the_code_reads_is_accounted_for() -> None:
     found: dict[str, str] = {}
     for folder in ("ingest", "devices", "simulator", "bench", "tests", "deploy"):
         for path in sorted((REPO / folder).rglob("*")):
-            if path.suffix not in (".py", ".service", ".example", ".conf") or not path.is_file():
+            suffixes = (".py", ".service", ".example", ".conf", ".yaml", ".sh", ".target")
+            if path.suffix not in suffixes or not path.is_file():
                 continue
             for name in NAME.findall(path.read_text()):
                 found.setdefault(name, str(path.relative_to(REPO)))
