@@ -150,7 +150,9 @@ BUILTINS: dict[str, Scenario] = {
     "attack": Scenario(
         "attack",
         owners=3,
-        honest=Honest(dashcams=3, weather=3, air=3),
+        # Stations every 5 s: 12 readings a minute, past the cell's depth target (10), so an honest
+        # station earns its cell's whole share and bounds what a Sybil owner's one slot can take.
+        honest=Honest(dashcams=3, weather=3, air=3, station_interval_s=5.0),
         cheaters={**ALL_ONE, "sybil": 4},
     ),
     "load": Scenario(
