@@ -11,7 +11,7 @@ which then closes and is published by the process itself.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import subprocess
 import sys
 import time
@@ -118,7 +118,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
         flooder = next(e for e in data["entries"] if e["class"] == "flooder" and e["outcome"] == "accepted")
         flooder["outcome"] = "rejected:rate_limited"
         wrong = tmp_path / "wrong.json"
-        wrong.write_text(__import__("json").dumps(data))
+        wrong.write_text(json.dumps(data))
         bad = await asyncio.to_thread(_depin, sim_env, "simulate", "reconcile", str(wrong), "--wait", "0")
         assert bad.returncode == 1 and "expected rejected:rate_limited" in bad.stdout, bad.stdout + bad.stderr
 
@@ -144,7 +144,35 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
             amounts[d] for d, i in ledger.devices.items() if i["class"] == "honest" and i["kind"] == "weather"
         ]
         assert sum(by_class["sybil"]) <= max(honest_stations) * 1.01, (by_class["sybil"], honest_stations)
+
+        # Load mode (into epoch 2): the pacer holds the target rate over two connections, every packet's
+        # commit feedback comes back with its latency, and its ledger reconciles.
+        load_ledger = tmp_path / "load.json"
+        load = await asyncio.to_thread(
+            _depin,
+            sim_env,
+            "simulate",
+            "--scenario",
+            "load",
+            "--rate",
+            "40",
+            "--seconds",
+            "3",
+            "--connections",
+            "2",
+            "--register",
+            "--ledger",
+            str(load_ledger),
+        )
+        assert load.returncode == 0, load.stdout + load.stderr
+        report = json.loads(next(line for line in load.stdout.splitlines() if line.startswith("{")))
+        assert report["sent"] == 120 and report["committed"] == 120, report
+        assert 36 <= report["achieved_rate"] <= 44, report
+        assert 0 < report["p50_ms"] <= report["p99_ms"] < 5000, report
+        rec = await asyncio.to_thread(
+            _depin, sim_env, "simulate", "reconcile", str(load_ledger), "--wait", "10"
+        )
+        assert rec.returncode == 0, rec.stdout + rec.stderr
     finally:
         await proc.stop()
-    if os.environ.get("SIM_TEST_VERBOSE"):
-        print(sim.stdout)
+    print(f"\n{sim.stdout}load: {report}")
