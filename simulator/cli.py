@@ -39,6 +39,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--no-fleet", action="store_true", help="drive only the --cred devices (no generated ones)"
     )
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds of device time each honest device covers, ending now",
+    )
     p.add_argument("--register", action="store_true", help="register the generated devices (operator key)")
     p.add_argument("--ledger", type=Path, help="ledger file to write (default sim-ledger-<time>.json)")
     p.add_argument("--host", help="broker host (default DEPIN_MQTT_HOST, else 127.0.0.1)")
@@ -107,6 +113,10 @@ async def _simulate_async(args: argparse.Namespace) -> int:
     s = with_overrides(s, overrides)
     if args.no_fleet:
         s = replace(s, honest=replace(s.honest, dashcams=0, weather=0, air=0))
+    if args.duration is not None:
+        if args.duration <= 0:
+            raise ValueError("--duration must be > 0")
+        s = replace(s, honest=replace(s.honest, duration_s=args.duration))
     if args.rate is not None or args.seconds is not None or args.connections is not None:
         s = replace(
             s,
@@ -136,9 +146,10 @@ async def _simulate_async(args: argparse.Namespace) -> int:
         return 0
     creds: list[SimDevice] = []
     logins: dict[str, BrokerLogin] = {}
+    expect: dict[str, tuple[str, str]] = {}
     if args.cred:
-        creds, logins = await run.cred_devices(args.cred, chain, s.region.center, s.seed)
-    plan = make_plan(s, run.now_ms(), cred_devices=creds)
+        creds, logins, expect = await run.cred_devices(args.cred, chain, s.region.center, s.seed, dsn)
+    plan = make_plan(s, run.now_ms(), cred_devices=creds, cred_expect=expect)
     assert plan.ledger is not None
     if args.register and not args.dry_run:
         plan.ledger.notes += await run.register(plan, chain)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import h3
@@ -31,6 +31,7 @@ from simulator.fleet import (
     next_message,
     offset_latlon,
     readings_for,
+    route_position,
 )
 from simulator.ledger import Ledger, LedgerBuilder
 from simulator.scenario import CHEATERS, Scenario
@@ -107,11 +108,15 @@ def honest_fleet(s: Scenario) -> list[SimDevice]:
 
 
 def device_from_record(
-    identity: DeviceIdentity, record: DeviceRecord, center: tuple[float, float], seed: int
+    identity: DeviceIdentity, record: DeviceRecord | None, center: tuple[float, float], seed: int
 ) -> SimDevice:
-    """A registered device driven from its credential file: a station stands at its asserted cell's
-    centre (a dashcam drives a loop around the region's centre). Its seqs start at the wall clock in
-    ms (see `stream_honest`), so every run continues above the last one and above the firmware's."""
+    """A device driven from its credential file: a station stands at its asserted cell's centre (a
+    dashcam drives a loop around the region's centre, see `anchor_route`). Its seqs start at the wall
+    clock in ms (see `make_plan`), so every run continues above the last one and above the firmware's.
+    `record` None: not registered (driven as a weather station at the centre)."""
+    if record is None:
+        dev = make_fleet(1, ["0x" + "00" * 20], seed=seed, center=center, kinds=["weather"])[0]
+        return replace(dev, identity=identity)
     kind = next((c.name for c in CLASSES.values() if c.id == record.hw_class), None)
     if kind is None:
         raise ValueError(
@@ -134,41 +139,56 @@ def stream_honest(
     if start_seq is not None:
         dev.seq = start_seq - 1
     start = now_ms - int(h.duration_s * 1000)
-    out = []
-    if dev.mobile:
-        rpp = h.dashcam_readings_per_packet
-        step = rpp * 1000
-        t = start + step
-        while t <= now_ms:
-            out.append((dev.seq + 1, next_message(dev, t, rpp, 1000)))
-            t += step
-    else:
-        step = int(h.station_interval_s * 1000)
-        t = start + step
-        while t <= now_ms:
-            out.append((dev.seq + 1, next_message(dev, t)))
-            t += step
-    return out
+    # A duration shorter than one packet's span still sends one packet, ending now (a dashcam's then
+    # holds one 1 Hz sample per second of the duration).
+    rpp = min(h.dashcam_readings_per_packet, max(1, int(h.duration_s))) if dev.mobile else 1
+    step = rpp * 1000 if dev.mobile else int(h.station_interval_s * 1000)
+    times = list(range(start + step, now_ms + 1, step)) or [now_ms]
+    return [(dev.seq + 1, next_message(dev, t, rpp, 1000)) for t in times]
 
 
-def make_plan(s: Scenario, now_ms: int, *, cred_devices: Sequence[SimDevice] = ()) -> Plan:
-    """Everything a run of `s` sends at `now_ms`. `cred_devices`: real registered devices to drive as
-    honest ones (not registered again)."""
+def anchor_route(dev: SimDevice, lat: float, lon: float, at_ms: int) -> None:
+    """Move a dashcam's loop so that it passes (lat, lon) at `at_ms`: a real device driven from its
+    credential file continues from where its last stored reading left it, instead of jumping to a
+    route kilometres away (which the motion rule would rightly flag)."""
+    if not dev.mobile:
+        return
+    for _ in range(6):  # the loop's longitude scale depends on the origin's latitude: converge on it
+        here_lat, here_lon, _ = route_position(dev, at_ms)
+        dev.origin = (dev.origin[0] + lat - here_lat, dev.origin[1] + lon - here_lon)
+    dev.lat, dev.lon, dev.heading = route_position(dev, at_ms)
+
+
+def make_plan(
+    s: Scenario,
+    now_ms: int,
+    *,
+    cred_devices: Sequence[SimDevice] = (),
+    cred_expect: Mapping[str, tuple[str, str]] | None = None,
+) -> Plan:
+    """Everything a run of `s` sends at `now_ms`. `cred_devices`: real devices to drive as honest ones
+    (not registered again); `cred_expect`: hex id → (class, outcome) for those the registry does not
+    hold as active (not registered: unknown_device; revoked: revoked_device), driven all the same."""
+    cred_expect = cred_expect or {}
     rng = random.Random(f"cheaters-{s.seed}")
     book = LedgerBuilder(s.name, now_ms)
     plan = Plan()
     fleet = honest_fleet(s)
     plan.register += fleet
     honest = [*fleet, *cred_devices]
-    plan.honest = honest
     sent: dict[str, list[tuple[int, bytes]]] = {}
     for dev in honest:
-        book.device(dev.device_id, kind=dev.kind, owner=dev.owner, cls=HONEST)
+        cls, result = cred_expect.get(dev.identity.hex_id, (HONEST, "accepted"))
+        book.device(dev.device_id, kind=dev.kind, owner=dev.owner, cls=cls)
         start_seq = now_ms if dev in cred_devices else None
-        sent[dev.identity.hex_id] = msgs = stream_honest(dev, s, now_ms, start_seq=start_seq)
+        msgs = stream_honest(dev, s, now_ms, start_seq=start_seq)
+        if cls == HONEST:
+            sent[dev.identity.hex_id] = msgs
         for seq, msg in msgs:
-            book.expect(dev.device_id, seq, HONEST, "accepted")
+            book.expect(dev.device_id, seq, cls, result)
             plan.items.append(Item(dev.topic, msg, dev.identity.hex_id))
+    plan.honest = [d for d in honest if d.identity.hex_id not in cred_expect]
+    honest = plan.honest
     cheat_owner = owner_addresses(s.seed, 1, b"cheater")[0]
     center, radius = s.region.center, s.region.radius_m
 

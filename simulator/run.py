@@ -17,7 +17,7 @@ import aiomqtt
 import asyncpg
 
 from devices.chain.registry import DeviceInput
-from devices.cli.common import device_or_fail, open_chain
+from devices.cli.common import open_chain
 from devices.keys import load_identity
 from devices.protocol.topics import up_topic
 from devices.sdk import BrokerLogin
@@ -25,7 +25,7 @@ from devices.settings import ChainSettings
 from simulator.fleet import SimDevice, make_fleet, next_message
 from simulator.ledger import Ledger, LedgerBuilder, Observed, compare
 from simulator.pacing import LoadReport, devices_for_rate, due_until, schedule_ms, sleep_s
-from simulator.plan import Item, Plan, device_from_record, owner_addresses
+from simulator.plan import Item, Plan, anchor_route, device_from_record, owner_addresses
 from simulator.publish import connected_publisher, unique_client_id
 from simulator.scenario import Scenario
 
@@ -51,23 +51,45 @@ def now_ms() -> int:
 
 
 async def cred_devices(
-    files: Sequence[Path], chain: ChainSettings, center: tuple[float, float], seed: int
-) -> tuple[list[SimDevice], dict[str, BrokerLogin]]:
+    files: Sequence[Path],
+    chain: ChainSettings,
+    center: tuple[float, float],
+    seed: int,
+    dsn: str | None = None,
+) -> tuple[list[SimDevice], dict[str, BrokerLogin], dict[str, tuple[str, str]]]:
     """Real devices from their credential files; class, owner and cell from the registry. A file with
-    an `mqtt_password` (`depin broker dynsec --cred`) gives the device its own broker login."""
+    an `mqtt_password` (`depin broker dynsec --cred`) gives the device its own broker login. A device
+    the registry does not hold, or holds revoked, is driven all the same and expected rejected
+    (`unknown_device`, `revoked_device`). With the service's database, a dashcam continues from its
+    last stored position."""
     identities = [load_identity(f) for f in files]
     logins: dict[str, BrokerLogin] = {}
     for f, ident in zip(files, identities, strict=True):
         with contextlib.suppress(ValueError):
             logins[ident.hex_id] = BrokerLogin.from_credentials(f)
     async with open_chain(chain, signing=False) as c:
-        records = [await device_or_fail(c, ident.device_id) for ident in identities]
-    devices = []
+        records = [await c.registry.get_device(ident.device_id) for ident in identities]
+    devices, expect = [], {}
     for ident, rec in zip(identities, records, strict=True):
-        if not rec.active:
-            raise ValueError(f"device {ident.hex_id} is revoked: it cannot be driven")
         devices.append(device_from_record(ident, rec, center, seed))
-    return devices, logins
+        if rec is None:
+            expect[ident.hex_id] = ("unregistered", "rejected:unknown_device")
+        elif not rec.active:
+            expect[ident.hex_id] = ("revoked", "rejected:revoked_device")
+    mobile = [d for d in devices if d.mobile]
+    if dsn and mobile:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for dev in mobile:
+                row = await conn.fetchrow(
+                    "SELECT lat, lon, ts FROM readings WHERE device_id = $1 ORDER BY ts DESC LIMIT 1",
+                    dev.device_id,
+                )
+                if row is not None:
+                    anchor_route(dev, row["lat"], row["lon"], int(row["ts"].timestamp() * 1000))
+        finally:
+            await conn.close()
+    return devices, logins, expect
 
 
 async def register(plan: Plan, chain: ChainSettings) -> list[str]:

@@ -14,10 +14,10 @@ from devices.protocol.codec import decode
 from devices.protocol.model import Rejection, SignedMessage
 from ingest.core import rules
 from ingest.core.plausibility import too_fast
-from simulator.fleet import distance_driven, gps_noise
+from simulator.fleet import distance_driven, gps_noise, route_position
 from simulator.ledger import FLAG_BITS, Ledger, LedgerBuilder, Observed, compare
 from simulator.pacing import LoadReport, devices_for_rate, due_until, percentile, schedule_ms, sleep_s
-from simulator.plan import honest_fleet, make_plan, stream_honest
+from simulator.plan import anchor_route, honest_fleet, make_plan, stream_honest
 from simulator.scenario import BUILTINS, CHEATERS, Honest, Scenario, load_scenario, parse, with_overrides
 
 NOW = 1_780_000_000_000
@@ -293,3 +293,25 @@ def test_percentiles_and_report() -> None:
     assert r.achieved_rate == 100.0
     assert r.summary()["p50_ms"] == 20.0 and r.summary()["max_ms"] == 30.0
     assert devices_for_rate(200.0) == 250
+
+
+def test_a_short_duration_still_sends_one_packet_ending_now() -> None:
+    s = Scenario("t", honest=Honest(dashcams=1, weather=1, duration_s=1.0))
+    for dev in honest_fleet(s):
+        msgs = stream_honest(dev, s, NOW)
+        assert len(msgs) == 1
+        decoded = decode(msgs[0][1])
+        assert isinstance(decoded, SignedMessage)
+        assert [r.ts_ms for r in decoded.packet.readings] == [NOW]
+
+
+def test_a_credential_dashcam_continues_from_its_last_position() -> None:
+    dev = honest_fleet(Scenario("t", honest=Honest(dashcams=1)))[0]
+    anchor_route(dev, 52.5, 13.4, NOW)
+    lat, lon, _ = route_position(dev, NOW)
+    assert _metres(lat, lon, 52.5, 13.4) < 0.01
+    msgs = stream_honest(dev, Scenario("t", honest=Honest(dashcams=1, duration_s=10)), NOW + 10_000)
+    first = decode(msgs[0][1])
+    assert isinstance(first, SignedMessage)
+    r = first.packet.readings[0]
+    assert _metres(r.lat, r.lon, 52.5, 13.4) <= 12.0 * (r.ts_ms - NOW) / 1000 + 17.0  # speed + noise
