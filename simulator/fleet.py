@@ -243,11 +243,15 @@ def _values(dev: SimDevice, rng: random.Random, station: random.Random, ts_ms: i
             "wind_mps": round(abs(rng.gauss(3.0, 1.5)), 1),
         }
     if dev.kind == "air":
-        pm25 = min(35.0, max(2.0, rng.lognormvariate(math.log(10.0), 0.4)))
+        # Traffic: particulates peak at the morning and evening rush hours; CO2 is highest before dawn,
+        # under the night's shallow boundary layer (UTC hours: the simulator keeps no time zone).
+        hour = (ts_ms / 3_600_000.0) % 24.0
+        rush = math.exp(-((hour - 8.0) ** 2) / 2.0) + math.exp(-((hour - 18.0) ** 2) / 2.0)
+        pm25 = min(35.0, max(2.0, rng.lognormvariate(math.log(10.0 * (1.0 + 0.6 * rush)), 0.4)))
         return {
             "pm25_ugm3": round(pm25, 1),
             "pm10_ugm3": round(pm25 * rng.uniform(1.3, 2.0), 1),
-            "co2_ppm": int(rng.gauss(450, 30)),
+            "co2_ppm": int(rng.gauss(450 + 25 * math.cos(2 * math.pi * (hour - 4.0) / 24.0), 30)),
         }
     speed = dev.speed_mps
     if dev.drive_s > 0 and dev.stop_s > 0 and (ts_ms / 1000.0) % (dev.drive_s + dev.stop_s) >= dev.drive_s:

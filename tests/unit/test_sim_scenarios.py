@@ -14,7 +14,7 @@ from devices.protocol.codec import decode
 from devices.protocol.model import Rejection, SignedMessage
 from ingest.core import rules
 from ingest.core.plausibility import too_fast
-from simulator.fleet import distance_driven, gps_noise, route_position
+from simulator.fleet import distance_driven, gps_noise, readings_for, route_position
 from simulator.ledger import FLAG_BITS, Ledger, LedgerBuilder, Observed, compare
 from simulator.pacing import LoadReport, devices_for_rate, due_until, percentile, schedule_ms, sleep_s
 from simulator.plan import anchor_route, honest_fleet, make_plan, stream_honest
@@ -315,3 +315,17 @@ def test_a_credential_dashcam_continues_from_its_last_position() -> None:
     assert isinstance(first, SignedMessage)
     r = first.packet.readings[0]
     assert _metres(r.lat, r.lon, 52.5, 13.4) <= 12.0 * (r.ts_ms - NOW) / 1000 + 17.0  # speed + noise
+
+
+def test_air_stations_follow_the_day() -> None:
+    """Particulates higher at rush hour than at 3 am, CO2 higher before dawn than in the afternoon
+    (means over many readings: each one is noisy)."""
+    dev = honest_fleet(Scenario("t", honest=Honest(air=1)))[0]
+    day = (NOW // 86_400_000) * 86_400_000
+
+    def mean(hour: float, key: str) -> float:
+        vals = [readings_for(dev, seq, [int(day + hour * 3_600_000)])[0].vals[key] for seq in range(400)]
+        return sum(float(v) for v in vals) / len(vals)
+
+    assert mean(8, "pm25_ugm3") > mean(3, "pm25_ugm3") * 1.3
+    assert mean(4, "co2_ppm") > mean(16, "co2_ppm") + 30
