@@ -10,6 +10,7 @@ from pathlib import Path
 
 from devices.cli import add_commands as add_device_commands
 from devices.errors import DepinError
+from ingest.dev.simulate import add_commands as add_simulate_commands
 from ingest.keys_cli import add_commands as add_key_commands
 from ingest.logs import FORMATS, configure
 from ingest.score_cli import add_commands as add_score_commands
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker_commands(sub)
     add_key_commands(sub)  # api-key: ingest/keys_cli.py
     add_score_commands(sub)  # boost, epoch: ingest/score_cli.py
+    add_simulate_commands(sub)  # simulate, simulate reconcile: simulator/cli.py
     return p
 
 
@@ -180,6 +182,7 @@ def _command_name(args: argparse.Namespace) -> str:
         "key_command",
         "boost_command",
         "epoch_command",
+        "sim_command",
     ):
         if getattr(args, attr, None):
             words.append(getattr(args, attr))

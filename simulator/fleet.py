@@ -52,6 +52,12 @@ class SimDevice:
     origin: tuple[float, float] = field(default=SAN_FRANCISCO, repr=False)
     phase_m: float = 0.0
     last_ts_ms: int = 0
+    # Dashcams only, opt-in (0 = the old behaviour): drive `drive_s` seconds then stand `stop_s`
+    # seconds (lights, deliveries), repeating; and GPS noise of σ `gps_noise_m` per axis (bounded, see
+    # `gps_noise`) on every reported position.
+    drive_s: float = 0.0
+    stop_s: float = 0.0
+    gps_noise_m: float = 0.0
 
     @property
     def device_id(self) -> bytes:
@@ -101,7 +107,9 @@ def route_position(dev: SimDevice, ts_ms: int) -> tuple[float, float, float]:
     """(lat, lon, heading°) of a dashcam at `ts_ms`; stations are where they are."""
     if not dev.route:
         return dev.lat, dev.lon, dev.heading
-    s = (dev.phase_m + dev.speed_mps * ts_ms / 1000.0) % _route_length(dev.route)
+    s = (dev.phase_m + distance_driven(ts_ms, dev.speed_mps, dev.drive_s, dev.stop_s)) % _route_length(
+        dev.route
+    )
     for a, b in itertools.pairwise([*dev.route, dev.route[0]]):
         seg = math.dist(a, b)
         if s <= seg:
@@ -112,6 +120,34 @@ def route_position(dev: SimDevice, ts_ms: int) -> tuple[float, float, float]:
             return lat, lon, heading
         s -= seg
     raise AssertionError("unreachable: s is below the route length")
+
+
+def distance_driven(ts_ms: int, speed_mps: float, drive_s: float = 0.0, stop_s: float = 0.0) -> float:
+    """Metres driven by `ts_ms` at `speed_mps` in cycles of `drive_s` driving then `stop_s` standing
+    (`drive_s` 0 or `stop_s` 0: never stops). Never faster than `speed_mps` between any two times."""
+    t = ts_ms / 1000.0
+    if drive_s <= 0 or stop_s <= 0:
+        return speed_mps * t
+    cycle = drive_s + stop_s
+    full, rest = divmod(t, cycle)
+    return speed_mps * (full * drive_s + min(rest, drive_s))
+
+
+# GPS noise is clamped to ±_NOISE_CLAMP σ per axis: two readings' noise then differs by at most
+# 2·√2·clamp·σ, which for σ ≤ 4 m stays inside the motion rule's 25 m of slack (honest never flagged).
+_NOISE_CLAMP = 2.0
+
+
+def gps_noise(device_id: bytes, ts_ms: int, sigma_m: float) -> tuple[float, float]:
+    """Deterministic (east, north) noise in metres for one fix of one device."""
+    if sigma_m <= 0:
+        return 0.0, 0.0
+    rng = random.Random(hashlib.sha256(b"gps" + device_id + ts_ms.to_bytes(8, "big")).digest())
+    lim = _NOISE_CLAMP * sigma_m
+    return (
+        max(-lim, min(lim, rng.gauss(0, sigma_m))),
+        max(-lim, min(lim, rng.gauss(0, sigma_m))),
+    )
 
 
 def _make_route(rng: random.Random) -> tuple[tuple[float, float], ...]:
@@ -139,8 +175,10 @@ def make_fleet(
     center: tuple[float, float] = SAN_FRANCISCO,
     dashcam_share: float = 0.3,
     station_radius_m: float = 20_000.0,
+    kinds: Sequence[str] | None = None,
 ) -> list[SimDevice]:
-    """`n` devices, owners round-robin; the rest after dashcams split evenly between weather and air.
+    """`n` devices, owners round-robin; the rest after dashcams split evenly between weather and air
+    (`kinds`: exactly these kinds instead, in this order; `n` is then ignored).
 
     Stations sit near the centre of a cell of their class resolution (that cell is their asserted
     cell; location trust is measured from its centre), each in a cell of its own when space allows.
@@ -148,9 +186,10 @@ def make_fleet(
     if not owners:
         raise ValueError("need at least one owner")
     rng = random.Random(seed)
-    n_dash = round(n * dashcam_share)
-    kinds = ["dashcam"] * n_dash + [("weather", "air")[i % 2] for i in range(n - n_dash)]
-    rng.shuffle(kinds)
+    if kinds is None:
+        n_dash = round(n * dashcam_share)
+        kinds = ["dashcam"] * n_dash + [("weather", "air")[i % 2] for i in range(n - n_dash)]
+        rng.shuffle(kinds)
     taken: set[int] = set()
     fleet = []
     for i, kind in enumerate(kinds):
@@ -204,13 +243,20 @@ def _values(dev: SimDevice, rng: random.Random, station: random.Random, ts_ms: i
             "wind_mps": round(abs(rng.gauss(3.0, 1.5)), 1),
         }
     if dev.kind == "air":
-        pm25 = min(35.0, max(2.0, rng.lognormvariate(math.log(10.0), 0.4)))
+        # Traffic: particulates peak at the morning and evening rush hours; CO2 is highest before dawn,
+        # under the night's shallow boundary layer (UTC hours: the simulator keeps no time zone).
+        hour = (ts_ms / 3_600_000.0) % 24.0
+        rush = math.exp(-((hour - 8.0) ** 2) / 2.0) + math.exp(-((hour - 18.0) ** 2) / 2.0)
+        pm25 = min(35.0, max(2.0, rng.lognormvariate(math.log(10.0 * (1.0 + 0.6 * rush)), 0.4)))
         return {
             "pm25_ugm3": round(pm25, 1),
             "pm10_ugm3": round(pm25 * rng.uniform(1.3, 2.0), 1),
-            "co2_ppm": int(rng.gauss(450, 30)),
+            "co2_ppm": int(rng.gauss(450 + 25 * math.cos(2 * math.pi * (hour - 4.0) / 24.0), 30)),
         }
-    return {"speed_mps": round(max(0.0, dev.speed_mps + rng.gauss(0, 0.3)), 2)}
+    speed = dev.speed_mps
+    if dev.drive_s > 0 and dev.stop_s > 0 and (ts_ms / 1000.0) % (dev.drive_s + dev.stop_s) >= dev.drive_s:
+        speed = 0.0  # standing at a stop
+    return {"speed_mps": round(max(0.0, speed + rng.gauss(0, 0.3)), 2) if speed else 0.0}
 
 
 def readings_for(
@@ -232,6 +278,8 @@ def readings_for(
         lat, lon, heading = route_position(dev, ts)
         if positions is not None:
             lat, lon = positions[i]
+        elif dev.gps_noise_m > 0:
+            lat, lon = offset_latlon(lat, lon, *gps_noise(dev.device_id, ts, dev.gps_noise_m))
         vals = _values(dev, rng, station, ts)
         media = None
         if dev.kind == "dashcam":
