@@ -71,6 +71,10 @@ DB_TRANSIENT = (
 )
 
 
+# Messages judged between two yields to the event loop with shared state (~5 ms of 1-reading packets).
+JUDGE_SLICE = 64
+
+
 @dataclass(slots=True)
 class _Inflight:
     """A judged batch whose commit runs while the next batch is judged; acked once that commit is done."""
@@ -212,7 +216,17 @@ class Consumer:
             ids = {d for m in batch if (d := device_from_topic(m.topic)) is not None}
             await self.prefetch(ids)
         if self.shared_state:
-            return prejudge_batch(incoming, self.lookup, self.clock(), self.pipeline)
+            # In slices, yielding between them: the previous batch's transaction holds its devices'
+            # state rows locked while it runs, and each of its statements resumes only when this loop
+            # is free, so a batch judged in one go (~100 ms) would keep other workers waiting that long.
+            now, rejected, pending = self.clock(), [], Pending(self.pipeline)
+            for i in range(0, len(incoming), JUDGE_SLICE):
+                if i:
+                    await asyncio.sleep(0)
+                rej, part = prejudge_batch(incoming[i : i + JUDGE_SLICE], self.lookup, now, self.pipeline)
+                rejected += rej
+                pending.items += part.items
+            return rejected, pending
         return sort_batch(incoming, self.lookup, self.clock(), self.pipeline, self.pipeline_state)
 
     async def commit(
