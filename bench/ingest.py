@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--workers 2] [--repeat 3] [--devices 2000] [--packets 15] [--quick]
                                      [--only verify,drain,live,latency,bridge]
+                                     [--device-state database|memory|memory,database]
 
 Prints, all measured in this one run (one process tree, real Mosquitto and PostgreSQL):
 1. raw PyNaCl Ed25519 verify rate, 1 thread and 2 threads (the ceiling for signed packets);
