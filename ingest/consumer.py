@@ -282,6 +282,8 @@ class Consumer:
                 delay = min(delay * 2, 5.0)
                 continue
             metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            if result.state_lock_s is not None:
+                metrics.STATE_LOCK_SECONDS.observe(result.state_lock_s)
             return result
 
     def _count(

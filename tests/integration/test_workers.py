@@ -257,8 +257,13 @@ async def test_per_device_rules_are_exact_with_two_worker_processes(
         if (counts.packets, counts.rejections) != (len(accepted), {"rate_limited": len(limited)}):
             wrong.append(f"stored {counts.packets}, rejected {counts.rejections}; one: {len(accepted)}")
         assert not wrong, "; ".join(wrong)
-        shares = [(await w.metrics()).get("depin_received_total", 0.0) for w in workers]
+        seen = [await w.metrics() for w in workers]
+        shares = [m.get("depin_received_total", 0.0) for m in seen]
         assert all(s > 0 for s in shares), f"a worker did nothing: {shares}"
+        # Every batch with a verified message locked its devices' rows, and says how long it waited.
+        assert all(m.get("depin_device_state_lock_seconds_count", 0) > 0 for m in seen)
+        waits = [m["depin_device_state_lock_seconds_sum"] for m in seen]
+        print(f"\nreceived per worker {shares}, waited for state rows {[f'{w:.3f} s' for w in waits]}")
         for w in workers:
             assert await w.stop() == 0, w.log_tail()
     finally:

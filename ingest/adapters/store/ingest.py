@@ -188,8 +188,9 @@ class IngestStore(PoolStore):
         hours: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_BATCH_PRELUDE)
+            state_lock_s = None
             if pending is not None and pending.items:
-                judged = await self._judge_with_state(conn, pending)
+                judged, state_lock_s = await self._judge_with_state(conn, pending)
                 accepted = [*accepted, *judged.accepted]
                 rejected = [*rejected, *judged.rejected]
             batch = split_batch(accepted)  # raises ValueError on a caller bug
@@ -308,22 +309,26 @@ class IngestStore(PoolStore):
             epoch_closed=[(p.device_id, p.seq) for p in closed],
             rejections=n_rejections,
             reused_media=sorted(reused),
+            state_lock_s=state_lock_s,
         )
 
     @staticmethod
-    async def _judge_with_state(conn: asyncpg.Connection, pending: Pending) -> Sorted:
+    async def _judge_with_state(conn: asyncpg.Connection, pending: Pending) -> tuple[Sorted, float]:
         """Lock the state rows of the batch's devices (created empty if new), in device order, judge
         the stateful rules against them and write them back. The lock holds until the commit, so every
         worker judges a device's packets one batch after another, each against the state the last one
         committed: exact whatever the number of workers. Taken before any other row lock of the batch,
-        in one order, so two workers wait on each other instead of deadlocking."""
+        in one order, so two workers wait on each other instead of deadlocking. Also returns how long
+        the lock took (waiting for other workers' batches holding some of the rows)."""
         devices = pending.devices
+        started = time.perf_counter()
         rows = await conn.fetch(
             """INSERT INTO device_state (device_id) SELECT d FROM unnest($1::bytea[]) AS d ORDER BY d
                ON CONFLICT (device_id) DO UPDATE SET device_id = EXCLUDED.device_id
                RETURNING device_id, state""",
             devices,
         )
+        locked_s = time.perf_counter() - started
         states = {bytes(r["device_id"]): device_state.decode(r["state"]) for r in rows}
         judged = pending.finish(states)
         await conn.execute(
@@ -333,7 +338,7 @@ class IngestStore(PoolStore):
             devices,
             [device_state.encode(states[d]) for d in devices],
         )
-        return judged
+        return judged, locked_s
 
     @staticmethod
     async def _record_media(conn: asyncpg.Connection, packets: Sequence[AcceptedPacket]) -> set[bytes]:
