@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--workers 2] [--repeat 3] [--devices 2000] [--packets 15] [--quick]
                                      [--only verify,drain,live,latency,bridge]
+                                     [--device-state database|memory|memory,database]
 
 Prints, all measured in this one run (one process tree, real Mosquitto and PostgreSQL):
 1. raw PyNaCl Ed25519 verify rate, 1 thread and 2 threads (the ceiling for signed packets);
@@ -308,10 +309,10 @@ class TimedStore(IngestStore):
 
     latencies_ms: list[int]
 
-    async def write_batch(self, accepted: Any, rejected: Any) -> BatchResult:
-        result = await super().write_batch(accepted, rejected)
+    async def write_batch(self, accepted: Any, rejected: Any, pending: Any = None) -> BatchResult:
+        result = await super().write_batch(accepted, rejected, pending)
         done = now_ms()
-        for p in accepted:
+        for p in [*accepted, *(pending.result.accepted if pending is not None else ())]:
             assert isinstance(p, AcceptedPacket)
             self.latencies_ms.append(done - p.readings[-1].ts_ms)
         for r in rejected:
@@ -345,6 +346,7 @@ def _consumer_proc(
     cfg: MqttConfig,
     dsn: str,
     fleet_args: tuple[int, int],
+    shared_state: bool,
     handled: Any,
     ready: Any,
     go: Any,
@@ -364,7 +366,9 @@ def _consumer_proc(
         store = TimedStore(pool)
         store.latencies_ms = []
         # Batch size and wait: the service defaults (DEPIN_BATCH_MAX_SIZE, DEPIN_BATCH_MAX_WAIT_MS).
-        consumer = Consumer(cfg, store, registry.get)
+        # shared_state: the stateful rules in the batch's transaction against `device_state` rows, as
+        # `depin run` does (--device-state database); False: per-process state (memory, the old way).
+        consumer = Consumer(cfg, store, registry.get, shared_state=shared_state)
         ready.release()
         await asyncio.to_thread(go.wait)
         cpu0 = time.process_time()
@@ -399,7 +403,9 @@ def _consumer_proc(
 class Workers:
     """N consumer processes; `start()` returns when all are ready, `go()` lets them consume."""
 
-    def __init__(self, cfgs: list[MqttConfig], dsn: str, fleet_args: tuple[int, int]):
+    def __init__(
+        self, cfgs: list[MqttConfig], dsn: str, fleet_args: tuple[int, int], device_state: str = "database"
+    ):
         ctx = mp.get_context("spawn")
         self.handled = ctx.Value("q", 0)
         self._ready = ctx.Semaphore(0)
@@ -412,6 +418,7 @@ class Workers:
                     cfg,
                     dsn,
                     fleet_args,
+                    device_state == "database",
                     self.handled,
                     self._ready,
                     self._go,
@@ -451,7 +458,14 @@ class Workers:
 
 
 async def service_drain(
-    admin_dsn: str, broker: Any, args: argparse.Namespace, rpp: int, workers: int, *, live: bool = False
+    admin_dsn: str,
+    broker: Any,
+    args: argparse.Namespace,
+    rpp: int,
+    workers: int,
+    *,
+    live: bool = False,
+    device_state: str = "database",
 ) -> dict[str, float]:
     """Backlog mode (default): publish first, then time the workers alone. `live`: start the workers
     first and time from the first publish to the last commit, the publishers (pre-signed packets,
@@ -471,7 +485,7 @@ async def service_drain(
     cfgs = worker_configs(broker, name, workers)
     for cfg in cfgs:
         await register_session(cfg)
-    pool_w = Workers(cfgs, dsn, (args.devices, rpp))
+    pool_w = Workers(cfgs, dsn, (args.devices, rpp), device_state)
     meter = await CpuMeter.open(admin_dsn)
     if live and args.cold_publishers:  # as before 2026-11-30: their start-up inside the timed run
         await pool_w.start()
@@ -538,7 +552,7 @@ async def service_latency(
     await pool.close()
     devices = max(args.devices, int(rate * 2))  # stay within each device's rate limit
     cfgs = worker_configs(broker, f"lat{workers}", workers)
-    pool_w = Workers(cfgs, dsn_with_database(admin_dsn, "bench_latency"), (devices, 99))
+    pool_w = Workers(cfgs, dsn_with_database(admin_dsn, "bench_latency"), (devices, 99), args.device_state[0])
     await pool_w.start()
     pool_w.go()
     await asyncio.sleep(1.0)  # let every worker connect and subscribe before the stream starts
@@ -643,6 +657,25 @@ async def median_run(repeat: int, key: str, run: Callable[[], Awaitable[dict[str
     return best
 
 
+async def median_runs(
+    repeat: int, modes: list[str], key: str, run: Callable[[str], Awaitable[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """`median_run` for each device-state mode, the modes' runs interleaved (A B A B …): on a shared
+    machine, back-to-back runs of two codes compare; runs minutes apart do not."""
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for m in modes:
+            results[m].append(await run(m))
+    out = {}
+    for m, rs in results.items():
+        rs.sort(key=lambda r: r[key])
+        best = dict(rs[len(rs) // 2])
+        best["all"] = [r[key] for r in rs]
+        best["runs"] = rs
+        out[m] = best
+    return out
+
+
 def spread(r: dict[str, Any], fmt: str = ",.0f") -> str:
     return "runs " + " / ".join(format(x, fmt) for x in r["all"])
 
@@ -669,31 +702,41 @@ async def main(args: argparse.Namespace) -> None:
         ):
             for rpp in (1, 10) if "drain" in only else ():
                 for workers in sorted({1, args.workers}):
-                    r = runs[rpp, workers] = await median_run(
+                    by_mode = await median_runs(
                         args.repeat,
+                        args.device_state,
                         "readings_per_s",
-                        lambda rpp=rpp, workers=workers: service_drain(admin_dsn, broker, args, rpp, workers),
+                        lambda m, rpp=rpp, workers=workers: service_drain(
+                            admin_dsn, broker, args, rpp, workers, device_state=m
+                        ),
                     )
-                    shares = " / ".join(f"{x:.0%}" for x in r["shares"])
+                    for mode, r in by_mode.items():
+                        runs.setdefault((rpp, workers), r)  # the first mode's, for the ratios
+                        shares = " / ".join(f"{x:.0%}" for x in r["shares"])
+                        say(
+                            f"[2] service, {rpp:>2} reading(s)/packet, {workers} worker(s), state {mode}: "
+                            f"{r['packets']:,} packets in {r['seconds']:.2f} s = {r['packets_per_s']:,.0f} "
+                            f"packets/s, {r['readings_per_s']:,.0f} readings/s ({r['batches']} batches, "
+                            f"shares {shares}; {spread(r)} readings/s)"
+                        )
+                        say(cpu_line(r))
+            if "live" in only:
+                by_mode = await median_runs(
+                    args.repeat,
+                    args.device_state,
+                    "packets_per_s",
+                    lambda m: service_drain(
+                        admin_dsn, broker, args, 1, args.workers, live=True, device_state=m
+                    ),
+                )
+                for mode, r in by_mode.items():
+                    live = live or r
                     say(
-                        f"[2] service, {rpp:>2} reading(s)/packet, {workers} worker(s): {r['packets']:,} "
-                        f"packets in {r['seconds']:.2f} s = {r['packets_per_s']:,.0f} packets/s, "
-                        f"{r['readings_per_s']:,.0f} readings/s ({r['batches']} batches, shares {shares}; "
-                        f"{spread(r)} readings/s)"
+                        f"[3] live, publishers running alongside, 1 reading/packet, {args.workers} "
+                        f"worker(s), state {mode}: {r['packets']:,} packets in {r['seconds']:.2f} s = "
+                        f"{r['packets_per_s']:,.0f} packets/s ({r['batches']} batches; {spread(r)})"
                     )
                     say(cpu_line(r))
-            if "live" in only:
-                live = await median_run(
-                    args.repeat,
-                    "packets_per_s",
-                    lambda: service_drain(admin_dsn, broker, args, 1, args.workers, live=True),
-                )
-                say(
-                    f"[3] live, publishers running alongside, 1 reading/packet, {args.workers} worker(s): "
-                    f"{live['packets']:,} packets in {live['seconds']:.2f} s = {live['packets_per_s']:,.0f} "
-                    f"packets/s ({live['batches']} batches; {spread(live)})"
-                )
-                say(cpu_line(live))
             if "latency" in only:
                 maxima = [r["packets_per_s"] for r in (runs.get((1, args.workers)), live) if r is not None]
                 max_rate = min(maxima) if maxima else args.latency_rate * 2
@@ -749,6 +792,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
     p.add_argument("--quick", action="store_true", help="small run to check the script works")
     p.add_argument(
+        "--device-state",
+        default="database",
+        help="where the workers keep the per-device state of the stateful rules: database (as `depin "
+        "run`: device_state rows locked in each batch's transaction, exact with N workers), memory (per "
+        "process, exact with one worker only), or both as a comma list, their runs interleaved "
+        "(default database; the latency run uses the first)",
+    )
+    p.add_argument(
         "--only",
         default=",".join(PARTS),
         help=f"comma list of the parts to run: {', '.join(PARTS)} (default all; the ratios need all)",
@@ -767,6 +818,9 @@ def parse() -> argparse.Namespace:
     )
     args = p.parse_args()
     args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    args.device_state = [x.strip() for x in args.device_state.split(",") if x.strip()]
+    if not args.device_state or not set(args.device_state) <= {"database", "memory"}:
+        p.error("--device-state: database, memory, or both as a comma list")
     if not args.only or not args.only <= set(PARTS):
         p.error(f"--only: choose among {', '.join(PARTS)}")
     if args.quick:

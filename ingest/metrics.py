@@ -41,6 +41,12 @@ COMMIT_SECONDS = Histogram(
     "time to commit one batch to PostgreSQL (one attempt that succeeded)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+STATE_LOCK_SECONDS = Histogram(
+    "depin_device_state_lock_seconds",
+    "per batch: locking its devices' device_state rows, i.e. waiting for other workers' batches that "
+    "hold some of them (high with N workers on a broker without affinity, docs/DESIGN.md §2)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 PUBLISH_TO_COMMIT_SECONDS = Histogram(
     "depin_publish_to_commit_seconds",
     "newest reading's timestamp in a packet → its batch committed, per newly stored packet",

@@ -52,6 +52,9 @@ class BatchResult:
     rejections: int = 0
     # Media hashes this batch found sent by more than one device (their readings are now flagged).
     reused_media: list[bytes] = field(default_factory=list)
+    # Seconds the statement locking the batch's `device_state` rows took (waiting on other workers'
+    # batches that hold some of them); None when the batch judged no stateful rules in the store.
+    state_lock_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from devices.errors import ChainError
     from ingest.adapters.mqtt import Received
     from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
+    from ingest.pipeline import Pending
 
 
 class ConnectionPool(Protocol):
@@ -36,9 +37,13 @@ class BatchWriter(Protocol):
     def pool(self) -> ConnectionPool: ...
 
     async def write_batch(
-        self, accepted: Sequence[AcceptedPacket], rejected: Sequence[RejectedMessage]
+        self,
+        accepted: Sequence[AcceptedPacket],
+        rejected: Sequence[RejectedMessage],
+        pending: Pending | None = None,
     ) -> BatchResult:
-        """Commit a judged batch in one transaction; idempotent (a re-run stores nothing new)."""
+        """Commit a judged batch in one transaction; idempotent (a re-run stores nothing new). With
+        `pending`, judge its stateful rules in that transaction against the devices' shared state."""
         ...
 
 

@@ -298,6 +298,7 @@ def build_node(
         batch_max_wait_s=c.batch_max_wait_s,
         prefetch=follower.prefetch,  # ids the mirror does not know: bounded, cached chain reads
         rejection_budget=RejectionBudget(c.rejection_budget),
+        shared_state=True,  # exact with N workers: the stateful rules judged against `device_state` rows
     )
     distributor = DistributorClient(w3, deployment, Signer(w3, rewards) if rewards is not None else None)
     epochs = Epochs(epoch_store, distributor, settings.epochs)

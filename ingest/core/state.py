@@ -11,6 +11,10 @@ full): ~1.0 KB per device, so the default cap bounds the state near 100 MB howev
 arrive. With N consumers on a shared subscription each keeps its own state and sees about 1/N of each
 device's packets: checks still hold pairwise (no false flags), but the effective rate limit is N × the
 configured one, and a teleport or jump between two packets that went to different workers is missed.
+So `depin run` keeps no state between batches (`Consumer(shared_state=True)`): each
+batch's transaction locks the state rows of its devices (table `device_state`, migration 023), judges
+the stateful rules against them and writes them back (`encode`/`decode` below), which is exact
+whatever the number of workers (docs/DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ingest.core.plausibility import Track
+import orjson
+
+from ingest.core.plausibility import Fix, Run, Track
 from ingest.core.ratelimit import TokenBucket
 
 
@@ -49,3 +55,36 @@ class PipelineState:
     @property
     def devices(self) -> int:
         return len(self._devices)
+
+
+def encode(st: DeviceState) -> bytes:
+    """One device's state as stored in `device_state.state` (JSON; the seq bitmaps as hex)."""
+    b, t = st.bucket, st.track
+    fix = t.fix
+    return orjson.dumps(
+        [
+            b.tokens,
+            b.clock_ms,
+            b.top_seq,
+            f"{b.admitted:x}",
+            f"{b.limited:x}",
+            None if fix is None else [fix.ts_ms, fix.lat, fix.lon],
+            {k: [r.value, r.since_ms, r.last_ms] for k, r in t.runs.items()},
+            t.trust_memo,
+        ]
+    )
+
+
+def decode(raw: bytes | None) -> DeviceState:
+    """The state `encode` wrote; empty or None (a row just created) is a new device's state."""
+    if not raw:
+        return DeviceState()
+    tokens, clock_ms, top_seq, admitted, limited, fix, runs, memo = orjson.loads(raw)
+    return DeviceState(
+        TokenBucket(tokens, clock_ms, top_seq, int(admitted, 16), int(limited, 16)),
+        Track(
+            None if fix is None else Fix(*fix),
+            {k: Run(*r) for k, r in runs.items()},
+            None if memo is None else tuple(memo),
+        ),
+    )

@@ -56,6 +56,7 @@ ALL_MIGRATIONS = [
     "019_manifest_pages.sql",
     "021_usage_demand.sql",
     "022_distributor_mirror.sql",
+    "023_device_state.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -155,6 +156,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("019_manifest_pages", "native"),
             ("021_usage_demand", "native"),
             ("022_distributor_mirror", "native"),
+            ("023_device_state", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table

@@ -15,12 +15,22 @@ import asyncpg
 import pytest
 
 from devices.chain.registry import DeviceInput, RegistryClient
+from devices.protocol.model import Reading, Reason
 from devices.protocol.topics import ack_topic
 from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, drop_session
 from ingest.consumer import Consumer
+from ingest.core.rules import FLAG_FLATLINE, FLAG_IMPLAUSIBLE_MOTION
+from ingest.pipeline import Incoming, PipelineConfig, PipelineState, sort_batch
 from simulator import cheaters
-from simulator.fleet import SimDevice, device_record, make_fleet, next_message, readings_for
+from simulator.fleet import (
+    SimDevice,
+    device_record,
+    make_fleet,
+    next_message,
+    offset_latlon,
+    readings_for,
+)
 from simulator.publish import unique_client_id
 from tests.fixtures_pg import Store
 from tests.procs import ConsumerProcess, consumer_env, publish_resilient, table_counts, wait_for
@@ -90,6 +100,170 @@ async def test_two_worker_processes_split_the_load(
         print(f"\n2 workers: {sent} packets in {elapsed:.1f} s, accepted per worker {shares}")
         assert sum(shares) == sent, "each packet is stored first by exactly one worker"
         assert all(s > 0 for s in shares), f"a worker did nothing: {shares}"
+        for w in workers:
+            assert await w.stop() == 0, w.log_tail()
+    finally:
+        for w in workers:
+            w.kill()
+        for w in workers:
+            await drop_session(mosquitto.host, mosquitto.port, w.env["DEPIN_MQTT_CLIENT_ID"])
+
+
+def _flatline_packets(d: SimDevice, t0: int) -> list[tuple[str, bytes]]:
+    """Two packets of a weather station whose temperature never moves for 5 h: the first 0–150 min
+    after `t0`, the second 160–300 min (its readings past 240 min are a flatline only against the
+    first packet's run). Pressure and wind wobble, so only the temperature's run is stuck."""
+
+    def reading(minute: int) -> Reading:
+        vals = {
+            "temperature_c": 15.0,
+            "humidity_pct": 50.0 + minute % 20 / 10,
+            "pressure_hpa": 1010.0 + minute % 20 / 100,
+            "wind_mps": 2.0 + minute % 20 / 100,
+        }
+        return Reading(ts_ms=t0 + minute * 60_000, lat=d.lat, lon=d.lon, vals=vals, acc=1.5)
+
+    first = [reading(m) for m in range(0, 151, 10)]
+    second = [reading(m) for m in range(160, 301, 10)]
+    return [(d.topic, build_message(d.identity, seq, d.kind, rs)) for seq, rs in ((1, first), (2, second))]
+
+
+async def test_per_device_rules_are_exact_with_two_worker_processes(
+    store: Store,
+    pg_dsn: str,
+    mosquitto: Any,
+    anvil_url: str,
+    w3: Any,
+    deployment: Any,
+    signer: Any,
+    accounts: list,
+    tmp_path: Path,
+) -> None:
+    """One device's packets are spread over two workers on the shared subscription (Mosquitto: round
+    robin, no affinity), yet the rate limit, a teleport and a flatline come out as one worker judges
+    them (the pure pipeline with one `PipelineState`, on the same messages in publish order): the
+    stateful rules run in each batch's transaction against the devices' `device_state` rows.
+    With the state in each worker's memory (before migration 023) each worker admitted its own burst
+    of 20, and a teleport or flatline whose packets went to different workers was missed."""
+    fleet = new_fleet(40, [a.address for a in accounts[2:5]])
+    await register(w3, deployment, signer, fleet)
+    deployment.save(tmp_path / "deployment.json")
+    records = {d.device_id: device_record(d) for d in fleet}
+    # Odd counts: on Mosquitto's round robin over two workers the two packets of each teleport (sent
+    # len(dashcams) messages apart) and of each flatline (len(weather) apart) go to different workers.
+    dashcams = [d for d in fleet if d.kind == "dashcam"]
+    dashcams = dashcams[: len(dashcams) - 1 + len(dashcams) % 2]
+    weather = [d for d in fleet if d.kind == "weather"]
+    weather = weather[: len(weather) - 1 + len(weather) % 2]
+    flooders = [d for d in fleet if d.kind == "air"][:3]
+    assert dashcams and weather and flooders
+    now = time.time_ns() // 1_000_000
+    # Rate limit: 60 packets per flooder within 60 ms of device time, interleaved: a burst of 20 each.
+    flood = [
+        (d.topic, build_message(d.identity, i + 1, d.kind, readings_for(d, i + 1, [now - 10_000 + i])))
+        for i in range(60)
+        for d in flooders
+    ]
+    # Teleport: a dashcam 100 km away one second later.
+    t1 = now - 5_000
+
+    def hop(d: SimDevice, seq: int, ts: int, east_m: float) -> tuple[str, bytes]:
+        pos = offset_latlon(d.lat, d.lon, east_m, 0.0)
+        return d.topic, build_message(d.identity, seq, d.kind, readings_for(d, seq, [ts], positions=[pos]))
+
+    teleports = [hop(d, 1, t1, 0.0) for d in dashcams] + [hop(d, 2, t1 + 1000, 100_000.0) for d in dashcams]
+    # Flatline: each station's first packet is stored before its second is sent (a run grows only
+    # forwards in time, with one worker too).
+    t0 = now - 6 * 3_600_000
+    flat = {d.device_id: _flatline_packets(d, t0) for d in weather}
+    first_phase = flood + teleports + [flat[d.device_id][0] for d in weather]
+    second_phase = [flat[d.device_id][1] for d in weather]
+
+    # What one worker decides, judging every message in publish order against one state.
+    one = PipelineState()
+    expected = [
+        sort_batch([Incoming(t, m, now) for t, m in phase], records.get, now + 1000, PipelineConfig(), one)
+        for phase in (first_phase, second_phase)
+    ]
+    accepted = [p for s in expected for p in s.accepted]
+    limited = [r for s in expected for r in s.rejected if r.reason == Reason.RATE_LIMITED]
+    assert {r.reason for s in expected for r in s.rejected} == {Reason.RATE_LIMITED}
+    assert len(limited) == 40 * len(flooders)
+
+    def flagged(packets: Any, bit: int) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for device_id, flags in packets:
+            out[device_id] = out.get(device_id, 0) + sum(1 for f in flags if f & bit)
+        return out
+
+    want_motion = flagged(((p.device_id, p.flags) for p in accepted), FLAG_IMPLAUSIBLE_MOTION)
+    want_flat = flagged(((p.device_id, p.flags) for p in accepted), FLAG_FLATLINE)
+    assert all(want_motion[d.device_id] == 1 for d in dashcams)
+    assert all(want_flat[d.device_id] == 6 for d in weather)
+
+    group = unique_client_id("g")
+    workers = []
+    for i in range(2):
+        env = consumer_env(
+            database_url=pg_dsn,
+            mqtt_host=mosquitto.host,
+            mqtt_port=mosquitto.port,
+            client_id=unique_client_id(f"x{i}"),
+            group=group,
+            chain_rpc_url=anvil_url,
+            deployment_file=tmp_path / "deployment.json",
+            batch_max_wait_ms=10,  # small batches: each device's packets spread over batches and workers
+            batch_max_size=25,
+        )
+        workers.append(ConsumerProcess(env, tmp_path / f"worker{i}.log"))
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+
+        async def outcomes_at_least(n: int) -> Any:
+            async def check() -> bool:
+                return (await table_counts(pg_dsn)).outcomes >= n
+
+            return check
+
+        await publish_resilient(mosquitto.host, mosquitto.port, first_phase)
+        await wait_for(await outcomes_at_least(len(first_phase)), 60, "the first phase judged")
+        await publish_resilient(mosquitto.host, mosquitto.port, second_phase)
+        total = len(first_phase) + len(second_phase)
+        await wait_for(await outcomes_at_least(total), 60, "every message judged")
+        await asyncio.sleep(0.5)  # nothing more arrives
+        counts = await table_counts(pg_dsn)
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            rows = await conn.fetch("SELECT device_id, flags FROM readings")
+            limited_rows = await conn.fetch(
+                "SELECT device_id, count(*) AS n FROM rejections WHERE reason = 'rate_limited' GROUP BY 1"
+            )
+        finally:
+            await conn.close()
+        got_limited = {bytes(r["device_id"]): r["n"] for r in limited_rows}
+        got_motion = flagged(((bytes(r["device_id"]), [r["flags"]]) for r in rows), FLAG_IMPLAUSIBLE_MOTION)
+        got_flat = flagged(((bytes(r["device_id"]), [r["flags"]]) for r in rows), FLAG_FLATLINE)
+        # Every rule checked, then all differences named at once.
+        wrong = []
+        if got_limited != {d.device_id: 40 for d in flooders}:
+            wrong.append(f"rate_limited per flooder {sorted(got_limited.values())}, one worker: 40 each")
+        missed = [d for d in dashcams if got_motion.get(d.device_id, 0) != want_motion[d.device_id]]
+        if missed:
+            wrong.append(f"teleport: {len(missed)} of {len(dashcams)} dashcams not flagged exactly once")
+        missed = [d for d in weather if got_flat.get(d.device_id, 0) != want_flat[d.device_id]]
+        if missed:
+            flats = sorted(got_flat.get(d.device_id, 0) for d in weather)
+            wrong.append(f"flatline: {len(missed)} of {len(weather)} differ ({flats}, one worker: 6)")
+        if (counts.packets, counts.rejections) != (len(accepted), {"rate_limited": len(limited)}):
+            wrong.append(f"stored {counts.packets}, rejected {counts.rejections}; one: {len(accepted)}")
+        assert not wrong, "; ".join(wrong)
+        seen = [await w.metrics() for w in workers]
+        shares = [m.get("depin_received_total", 0.0) for m in seen]
+        assert all(s > 0 for s in shares), f"a worker did nothing: {shares}"
+        # Every batch with a verified message locked its devices' rows, and says how long it waited.
+        assert all(m.get("depin_device_state_lock_seconds_count", 0) > 0 for m in seen)
+        waits = [m["depin_device_state_lock_seconds_sum"] for m in seen]
+        print(f"\nreceived per worker {shares}, waited for state rows {[f'{w:.3f} s' for w in waits]}")
         for w in workers:
             assert await w.stop() == 0, w.log_tail()
     finally:

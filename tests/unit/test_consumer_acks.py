@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 import aiomqtt
 import pytest
 
+from devices.keys import new_identity
+from devices.protocol.model import DeviceRecord, Reading, Reason
+from devices.protocol.topics import up_topic
+from devices.sdk import build_message
 from ingest.adapters.mqtt import MqttConfig, Received
 from ingest.consumer import Consumer
+from ingest.core import state as device_state
+from ingest.core.ratelimit import RateLimit
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
+from ingest.pipeline import Pending, PipelineConfig
 
 TOPIC = "depin/v1/" + "ab" * 32 + "/up"
 
@@ -231,3 +238,73 @@ async def test_a_dropped_connection_lets_the_commit_finish_but_acks_nothing() ->
         writer.release(2)
         await until(lambda: second.acked == [1, 2, 3, 4], "the acks on the new session")
     assert writer.committed == [3, 3, 1]
+
+
+@dataclass
+class StateRowsWriter:
+    """A store that judges `pending` against state rows it keeps as bytes, as `IngestStore` does in
+    the batch's transaction; its first commit fails after judging (a transaction rolled back)."""
+
+    pool: FakePool = field(default_factory=FakePool)
+    rows: dict[bytes, bytes] = field(default_factory=dict)
+    failures: int = 1
+    judged: int = 0
+
+    async def write_batch(
+        self,
+        accepted: Sequence[AcceptedPacket],
+        rejected: Sequence[RejectedMessage],
+        pending: Pending | None = None,
+    ) -> BatchResult:
+        assert pending is not None and not accepted
+        states = {d: device_state.decode(self.rows.get(d)) for d in pending.devices}
+        out = pending.finish(states)
+        self.judged += 1
+        if self.failures:  # rolled back: the rows stay as they were
+            self.failures -= 1
+            raise OSError("connection reset")
+        self.rows.update({d: device_state.encode(s) for d, s in states.items()})
+        return BatchResult(stored=len(out.accepted), readings=len(out.accepted))
+
+
+async def test_with_shared_state_a_retried_commit_judges_again_from_the_rows() -> None:
+    """`shared_state`: the worker judges only the stateless part; the store runs the stateful rules in
+    its transaction, again from the rows when the transaction is retried, and the consumer counts
+    what the committed run decided (burst of 3: 3 stored, 2 rate limited, each counted once)."""
+    ident = new_identity()
+    rec = DeviceRecord(ident.device_id, ident.pubkey, "0x" + "ab" * 20, 2, 0, True)
+    now = 1_795_000_000_000
+    messages = [
+        Received(
+            up_topic(ident.device_id),
+            build_message(ident, seq, "weather", [Reading(now - 1000, 52.5, 13.4, {"temperature_c": 9.0})]),
+            seq,
+            1,
+            now,
+        )
+        for seq in range(1, 6)
+    ]
+    session, writer = FakeSession(messages), StateRowsWriter()
+    pending_sessions = iter([session])
+
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[FakeSession]:
+        yield next(pending_sessions)
+
+    c = Consumer(
+        MqttConfig(),
+        writer,
+        {rec.device_id: rec}.get,
+        pipeline=PipelineConfig(rate_limit=RateLimit(per_second=1.0, burst=3)),
+        batch_max_size=5,
+        batch_max_wait_s=0.001,
+        clock=lambda: now,
+        connect=connect,
+        shared_state=True,
+    )
+    async with running(c):
+        await until(lambda: session.acked == [1, 2, 3, 4, 5], "the acks")
+    assert writer.judged == 2  # the failed transaction's run, then the committed one
+    assert c.stats.stored == 3 and c.stats.rejected == {Reason.RATE_LIMITED: 2}
+    assert c.pipeline_state.devices == 0  # nothing judged against the process's own state
+    assert device_state.decode(writer.rows[rec.device_id]).bucket.top_seq == 5

@@ -17,11 +17,12 @@ from devices.protocol.model import DeviceRecord, Media, Reading, Reason
 from devices.protocol.topics import up_topic
 from devices.sdk import build_message
 from ingest.core import rules
+from ingest.core import state as device_state
 from ingest.core.geo import EARTH_RADIUS_M
 from ingest.core.ratelimit import RateLimit
 from ingest.core.rules import FLAG_BAD_VALUES
 from ingest.model import AcceptedPacket, RejectedMessage
-from ingest.pipeline import Incoming, PipelineConfig, PipelineState, judge, sort_batch
+from ingest.pipeline import Incoming, PipelineConfig, PipelineState, judge, prejudge_batch, sort_batch
 
 NOW = 1_795_000_000_000
 CFG = PipelineConfig()
@@ -294,3 +295,64 @@ def test_seq_extremes_cost_no_memory(seq: int) -> None:
 def test_arbitrary_bytes_never_raise(payload: bytes, topic: str) -> None:
     out = judge(Incoming(topic, payload, NOW), lambda _: None, NOW, CFG)
     assert isinstance(out, RejectedMessage)
+
+
+# --- shared state: prejudge in the worker, finish in the batch's transaction (docs/DESIGN.md §2) ------
+
+
+def _mixed_batch() -> tuple[list[Incoming], dict[bytes, DeviceRecord]]:
+    """A flood, a teleport, a jump and a flatline, with a malformed message and a forgery among them."""
+    flood, flood_rec = _station()
+    cam, cam_rec = _dashcam()
+    st, st_rec = _station()
+    registry = {r.device_id: r for r in (flood_rec, cam_rec, st_rec)}
+    hour = 3_600_000
+    batch = [_msg(flood, i + 1, "weather", _weather(ts=NOW - 10_000 + i)) for i in range(30)]
+    batch += [
+        _msg(cam, 1, "dashcam", [Reading(NOW - 9_000, *_north(0.0), {"speed_mps": 10.0})]),
+        _msg(cam, 2, "dashcam", [Reading(NOW - 8_000, *_north(20_000.0), {"speed_mps": 10.0})]),
+        Incoming(up_topic(cam.device_id), b"\xa1not cose", NOW),
+        _msg(new_identity(), 7, "weather", _weather()),  # unregistered
+    ]
+    times = [NOW - 5 * hour, NOW - 4 * hour, NOW - 3 * hour, NOW - 2 * hour, NOW - 61_000]
+    batch += [
+        _msg(st, seq, "weather", [Reading(ts, *BERLIN, {"temperature_c": 20.0})])
+        for seq, ts in enumerate(times, 1)
+    ]
+    batch.append(_msg(st, 6, "weather", [Reading(NOW - 1000, *BERLIN, {"temperature_c": 35.0})]))
+    return batch, registry
+
+
+def test_prejudge_then_finish_against_shared_states_is_judge() -> None:
+    """What the worker does alone (prejudge) and what the batch's transaction does against the
+    devices' state rows (finish, from states decoded from their stored bytes) give exactly what one
+    worker's `sort_batch` gives, batch after batch."""
+    batch, registry = _mixed_batch()
+    one = PipelineState()
+    rows: dict[bytes, bytes] = {}  # what device_state would hold
+    flags = []
+    for part in (batch[:13], batch[13:30], batch[30:], batch):  # the last: everything redelivered
+        want = sort_batch(part, registry.get, NOW, CFG, one)
+        rejected, pending = prejudge_batch(part, registry.get, NOW, CFG)
+        states = {d: device_state.decode(rows.get(d)) for d in pending.devices}
+        got = pending.finish(states)
+        rows.update({d: device_state.encode(s) for d, s in states.items()})
+        assert got.accepted == want.accepted
+        assert sorted(r.message_digest for r in rejected + got.rejected) == sorted(
+            r.message_digest for r in want.rejected
+        )
+        assert all(r.reason not in {Reason.RATE_LIMITED} for r in rejected)  # only finish charges
+        flags += [f for p in want.accepted for f in p.flags]
+    assert any(f & rules.FLAG_IMPLAUSIBLE_MOTION for f in flags)
+    assert any(f & rules.FLAG_FLATLINE for f in flags) and any(f & rules.FLAG_VALUE_JUMP for f in flags)
+
+
+def test_device_state_encoding_round_trips() -> None:
+    batch, registry = _mixed_batch()
+    state = PipelineState()
+    sort_batch(batch, registry.get, NOW, CFG, state)
+    for device_id in registry:
+        s = state.device(device_id)
+        assert device_state.decode(device_state.encode(s)) == s
+    assert device_state.decode(b"") == device_state.DeviceState()
+    assert device_state.decode(None) == device_state.DeviceState()

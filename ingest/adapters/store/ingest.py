@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -28,6 +28,7 @@ from ingest.adapters.store.devices import add_device_counts
 from ingest.adapters.store.records import as_rejection, reading_records, sealed_detail, text
 from ingest.adapters.store.rollups import mark_dirty
 from ingest.adapters.store.rows import DAY_MS, SEAL_LOCK_KEY, PoolStore, clamped_dt, ms_to_dt
+from ingest.core import state as device_state
 from ingest.core.device_counts import count_rejected, count_stored
 from ingest.core.h3cells import RES_SHIFT
 from ingest.core.media import MediaUse, first_uses
@@ -36,6 +37,9 @@ from ingest.core.rollup_rules import batch_hours
 from ingest.core.rules import FLAG_MEDIA_REUSE
 from ingest.core.storage_rules import INT64_MAX, Outcome, packet_outcome, split_batch
 from ingest.model import AcceptedPacket, BatchResult, RejectedMessage
+
+if TYPE_CHECKING:
+    from ingest.pipeline import Pending, Sorted
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +144,10 @@ class IngestStore(PoolStore):
                 self._known_days.update(missing)  # TimescaleDB creates chunks itself
 
     async def write_batch(
-        self, accepted: Sequence[AcceptedPacket], rejected: Sequence[RejectedMessage]
+        self,
+        accepted: Sequence[AcceptedPacket],
+        rejected: Sequence[RejectedMessage],
+        pending: Pending | None = None,
     ) -> BatchResult:
         """Store a batch in one transaction. Idempotent: a re-run stores nothing and reports duplicates.
 
@@ -154,21 +161,22 @@ class IngestStore(PoolStore):
         schema cannot hold (timestamp past year 9999, seq ≥ 2^63: the pipeline's limits should stop
         these) becomes a `malformed` rejection rather than failing the batch forever.
         Raises ValueError if cells/readings differ in length (a caller bug).
-        """
-        batch = split_batch(accepted)  # raises ValueError on a caller bug
-        first = batch.first
-        extra_rejections: list[RejectedMessage] = []
-        for p, problem in batch.unstorable:
-            log.warning("packet %s/%s cannot be stored: %s", p.device_id.hex(), p.seq, problem)
-            extra_rejections.append(as_rejection(p, Reason.MALFORMED, f"cannot be stored: {problem}"))
 
+        `pending`: verified messages still to be judged by the stateful rules (`Pending.finish`), in
+        this transaction, against their devices' `device_state` rows, locked first and in device order
+        and written back before the commit (docs/DESIGN.md §2); what it accepts and rejects joins
+        `accepted` and `rejected`, and stays in `pending.result` for the caller.
+        """
         # Readings are in time order (the decoder rejects others), so a packet's first and last reading
         # bound its days; a stray reading would still land in the default partition, never fail.
+        spans = [p.readings for p in accepted]
+        if pending is not None:
+            spans += [p.readings for p in pending.packets]
         await self._ensure_days(
             day
-            for p in first.values()
-            if p.readings
-            for day in range(p.readings[0].ts_ms // DAY_MS, p.readings[-1].ts_ms // DAY_MS + 1)
+            for readings in spans
+            if readings
+            for day in range(readings[0].ts_ms // DAY_MS, readings[-1].ts_ms // DAY_MS + 1)
         )
 
         inserted: set[tuple[bytes, int]] = set()
@@ -180,6 +188,17 @@ class IngestStore(PoolStore):
         hours: list[int] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_BATCH_PRELUDE)
+            state_lock_s = None
+            if pending is not None and pending.items:
+                judged, state_lock_s = await self._judge_with_state(conn, pending)
+                accepted = [*accepted, *judged.accepted]
+                rejected = [*rejected, *judged.rejected]
+            batch = split_batch(accepted)  # raises ValueError on a caller bug
+            first = batch.first
+            extra_rejections: list[RejectedMessage] = []
+            for p, problem in batch.unstorable:
+                log.warning("packet %s/%s cannot be stored: %s", p.device_id.hex(), p.seq, problem)
+                extra_rejections.append(as_rejection(p, Reason.MALFORMED, f"cannot be stored: {problem}"))
             if first:
                 await conn.copy_records_to_table(
                     "_stage_packets",
@@ -290,7 +309,36 @@ class IngestStore(PoolStore):
             epoch_closed=[(p.device_id, p.seq) for p in closed],
             rejections=n_rejections,
             reused_media=sorted(reused),
+            state_lock_s=state_lock_s,
         )
+
+    @staticmethod
+    async def _judge_with_state(conn: asyncpg.Connection, pending: Pending) -> tuple[Sorted, float]:
+        """Lock the state rows of the batch's devices (created empty if new), in device order, judge
+        the stateful rules against them and write them back. The lock holds until the commit, so every
+        worker judges a device's packets one batch after another, each against the state the last one
+        committed: exact whatever the number of workers. Taken before any other row lock of the batch,
+        in one order, so two workers wait on each other instead of deadlocking. Also returns how long
+        the lock took (waiting for other workers' batches holding some of the rows)."""
+        devices = pending.devices
+        started = time.perf_counter()
+        rows = await conn.fetch(
+            """INSERT INTO device_state (device_id) SELECT d FROM unnest($1::bytea[]) AS d ORDER BY d
+               ON CONFLICT (device_id) DO UPDATE SET device_id = EXCLUDED.device_id
+               RETURNING device_id, state""",
+            devices,
+        )
+        locked_s = time.perf_counter() - started
+        states = {bytes(r["device_id"]): device_state.decode(r["state"]) for r in rows}
+        judged = pending.finish(states)
+        await conn.execute(
+            """UPDATE device_state s SET state = u.state
+               FROM unnest($1::bytea[], $2::bytea[]) AS u(device_id, state)
+               WHERE s.device_id = u.device_id""",
+            devices,
+            [device_state.encode(states[d]) for d in devices],
+        )
+        return judged, locked_s
 
     @staticmethod
     async def _record_media(conn: asyncpg.Connection, packets: Sequence[AcceptedPacket]) -> set[bytes]:
