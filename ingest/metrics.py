@@ -21,6 +21,10 @@ REJECTED = Counter("depin_rejected_total", "messages rejected, by reason code", 
 REJECTIONS_UNRECORDED = Counter(
     "depin_rejections_unrecorded_total", "rejections counted but not stored (row budget spent)", ["reason"]
 )
+DEVICE_STATE_PRUNED = Counter(
+    "depin_device_state_pruned_total",
+    "device_state rows deleted: devices silent for DEPIN_DEVICE_STATE_IDLE_DAYS",
+)
 REJECTIONS_PRUNED = Counter(
     "depin_rejections_pruned_total",
     "rejection rows deleted: `expired` past the retention, `trimmed` unsigned ones over a device's cap",

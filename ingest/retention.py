@@ -5,7 +5,8 @@ each device's unsigned rows beyond its newest `DEPIN_REJECTIONS_UNSIGNED_KEEP` (
 (`maintain_partitions`): today's and the next `DEPIN_READINGS_PARTITIONS_AHEAD_DAYS` are created ahead,
 whole ones past `DEPIN_READINGS_RETENTION_DAYS` and sealed are dropped (with their hourly rollup rows),
 and days over for `DEPIN_READINGS_COMPACT_AFTER_DAYS` get their indexes rebuilt packed, once
-(`compact_partitions`; `depin_readings_partitions_total{action}`). With N workers each runs it; every
+(`compact_partitions`; `depin_readings_partitions_total{action}`). The `device_state` rows of devices
+silent for `DEPIN_DEVICE_STATE_IDLE_DAYS` go too (`prune_device_state`). With N workers each runs it; every
 step is idempotent."""
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from ingest.settings import ConsumerConfig
 
 log = logging.getLogger(__name__)
 
+# The state pruner scans `device_state` (its time column is not indexed, to keep the batches' rewrites
+# HOT): at start, then hourly, not every interval. Idle is counted in days: an hour late is nothing.
+DEVICE_STATE_PRUNE_EVERY_S = 3600.0
+
 
 async def prune_once(
     store: IngestStore, retention_ms: int, unsigned_keep: int, now_ms: int
@@ -34,6 +39,17 @@ async def prune_once(
     if expired or trimmed:
         log.info("rejections pruned: %d expired, %d unsigned over a device's cap", expired, trimmed)
     return expired, trimmed
+
+
+async def prune_device_state(store: IngestStore, idle_ms: int, now_ms: int) -> int:
+    """One pass: delete the stateful rules' rows of devices silent for `idle_ms` (0: none)."""
+    if idle_ms <= 0:
+        return 0
+    deleted = await store.prune_device_state(now_ms - idle_ms)
+    metrics.DEVICE_STATE_PRUNED.inc(deleted)
+    if deleted:
+        log.info("device state pruned: %d devices silent for %.0f days", deleted, idle_ms / 86_400_000)
+    return deleted
 
 
 async def maintain_partitions(
@@ -92,11 +108,18 @@ async def run_retention(
     upkeep never loses data, stopping the part would. Each step fails alone: one does not starve the other."""
     parts = PartitionStore(store.pool)
     interval_s = c.rejections_prune_interval_s
+    state_due = 0.0
     while True:
         try:
             await prune_once(store, c.rejections_retention_ms, c.rejections_unsigned_keep, clock())
         except Exception as exc:
             log.warning("pruning rejections failed (%r); retrying in %.0f s", exc, interval_s)
+        if time.monotonic() >= state_due:
+            try:
+                await prune_device_state(store, c.device_state_idle_ms, clock())
+                state_due = time.monotonic() + DEVICE_STATE_PRUNE_EVERY_S
+            except Exception as exc:
+                log.warning("pruning device state failed (%r); retrying in %.0f s", exc, interval_s)
         try:
             await maintain_partitions(
                 parts, c.readings_partitions_ahead_days, c.readings_retention_days, clock()

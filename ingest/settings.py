@@ -91,6 +91,9 @@ class Environment(BaseSettings):
     readings_retention_days: int = Field(default=0, ge=0)
     # Days over for this many days get their partition's indexes rebuilt packed, once (0 = never).
     readings_compact_after_days: int = Field(default=1, ge=0, le=366)
+    # The stateful rules' rows of devices silent this long are deleted (0 = kept forever): such a
+    # device comes back as a new one (README "Storage").
+    device_state_idle_days: float = Field(default=30.0, ge=0)
 
     # Wire limits (docs/DESIGN.md §3).
     max_message_bytes: int = 64 * 1024
@@ -221,6 +224,14 @@ class Environment(BaseSettings):
         files = self.mqtt_tls_ca_file or self.mqtt_tls_cert_file
         if self.mqtt_tls is False and files:
             raise ValueError("DEPIN_MQTT_TLS=false but a DEPIN_MQTT_TLS_*_FILE is set: remove one")
+        idle_ms = self.device_state_idle_days * 86_400_000
+        if 0 < idle_ms < self.max_lateness_ms:
+            # A packet may arrive that late and is judged against the state (its seq's verdict, the
+            # last fix before it): the state must outlive it.
+            raise ValueError(
+                "DEPIN_DEVICE_STATE_IDLE_DAYS must be 0 (keep forever) or at least DEPIN_MAX_LATENESS_MS "
+                f"({self.max_lateness_ms / 86_400_000:g} days)"
+            )
         return self
 
 
@@ -263,6 +274,7 @@ class ConsumerConfig:
     readings_partitions_ahead_days: int
     readings_retention_days: int
     readings_compact_after_days: int
+    device_state_idle_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +342,7 @@ def load_settings(env: Environment | None = None, *, mqtt: MqttConfig | None = N
             total_per_min=e.rejections_per_worker_per_min,
         ),
         rejections_retention_ms=int(e.rejections_retention_days * 86_400_000),
+        device_state_idle_ms=int(e.device_state_idle_days * 86_400_000),
     )
     epochs = _group(
         EpochConfig,

@@ -162,7 +162,8 @@ async def test_depin_run_budgets_garbage_and_prunes_expired_rows(
     tmp_path: Path,
 ) -> None:
     """The wiring, as an OS process (`depin run --parts consume,api`) on Mosquitto: the budget comes
-    from DEPIN_REJECTIONS_*, and the consume part prunes expired rows by itself."""
+    from DEPIN_REJECTIONS_*, and the consume part prunes expired rows by itself, and the state rows of
+    devices silent for DEPIN_DEVICE_STATE_IDLE_DAYS (default 30)."""
     (a,) = fleet = make_fleet(1, [accounts[2].address], seed=random.randrange(2**32))
     await register(w3, deployment, signer, fleet)
     deployment.save(tmp_path / "deployment.json")
@@ -172,6 +173,13 @@ async def test_depin_run_budgets_garbage_and_prunes_expired_rows(
         for i in range(30)
     ]
     await store.write_batch([], expired)
+    silent, heard = os.urandom(32), os.urandom(32)
+    for device, days in ((silent, 31), (heard, 29)):
+        await store.pool.execute(
+            "INSERT INTO device_state (device_id, touched_at) VALUES ($1, now() - make_interval(days => $2))",
+            device,
+            days,
+        )
     env = consumer_env(
         database_url=pg_dsn,
         mqtt_host=mosquitto.host,
@@ -200,6 +208,9 @@ async def test_depin_run_budgets_garbage_and_prunes_expired_rows(
             return m if m.get('depin_rejections_pruned_total{why="expired"}') == 30 else {}
 
         m = await wait_for(pruned, 10, "the 30 expired rows pruned")
+        assert m["depin_device_state_pruned_total"] == 1
+        kept = {bytes(r[0]) for r in await store.pool.fetch("SELECT device_id FROM device_state")}
+        assert heard in kept and silent not in kept
         rows = (await table_counts(pg_dsn)).rejections
         # 5 rows of garbage (the burst; + at most 1 refilled at 10/min), the signed one, no expired one.
         assert rows["clock_skew"] == 1 and 5 <= rows["malformed"] <= 6 and "rate_limited" not in rows, rows

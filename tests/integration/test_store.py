@@ -57,6 +57,7 @@ ALL_MIGRATIONS = [
     "021_usage_demand.sql",
     "022_distributor_mirror.sql",
     "023_device_state.sql",
+    "024_device_state_touched.sql",
 ]
 CELL_A = 0x8928308280FFFFF  # real res-9 H3 indexes
 CELL_B = 0x8928308280BFFFF
@@ -157,6 +158,7 @@ async def test_migrations_apply_once(pg_dsn: str) -> None:
             ("021_usage_demand", "native"),
             ("022_distributor_mirror", "native"),
             ("023_device_state", "native"),
+            ("024_device_state_touched", "native"),
         ]
         kind = await pool.fetchval("SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == b"p"  # partitioned table

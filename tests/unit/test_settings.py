@@ -66,3 +66,14 @@ def test_a_broker_of_the_callers_own_reads_no_mqtt_files(tmp_path: Path) -> None
         load_settings(env)
     mine = MqttConfig(host="broker", port=1)
     assert load_settings(env, mqtt=mine).mqtt is mine
+
+
+def test_device_state_must_outlive_the_latest_packet() -> None:
+    """Pruning a device's state while a packet it judges may still arrive would judge that packet
+    against a blank state: refused at start, naming both settings."""
+    must = r"DEPIN_DEVICE_STATE_IDLE_DAYS must be 0 .* at least DEPIN_MAX_LATENESS_MS"
+    with pytest.raises(SettingsError, match=must):
+        read_environment(device_state_idle_days=1, max_lateness_ms=2 * 86_400_000)
+    for days in (0, 3):
+        consumer = load_settings(read_environment(device_state_idle_days=days)).consumer
+        assert consumer.device_state_idle_ms == days * 86_400_000

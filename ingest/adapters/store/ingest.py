@@ -332,7 +332,7 @@ class IngestStore(PoolStore):
         states = {bytes(r["device_id"]): device_state.decode(r["state"]) for r in rows}
         judged = pending.finish(states)
         await conn.execute(
-            """UPDATE device_state s SET state = u.state
+            """UPDATE device_state s SET state = u.state, touched_at = now()
                FROM unnest($1::bytea[], $2::bytea[]) AS u(device_id, state)
                WHERE s.device_id = u.device_id""",
             devices,
@@ -489,6 +489,18 @@ class IngestStore(PoolStore):
             batch=batch,
         )
         return expired, trimmed
+
+    async def prune_device_state(self, idle_before_ms: int, batch: int = 10_000) -> int:
+        """Delete the `device_state` rows last written before `idle_before_ms` (devices silent since), in
+        statements of at most `batch` rows. The outer `touched_at` test is rechecked on a row a batch
+        wrote meanwhile (the subquery's choice is not), so a device that just spoke keeps its state.
+        Returns how many were deleted."""
+        return await self._delete_in_batches(
+            """DELETE FROM device_state WHERE touched_at < $1 AND device_id IN (
+                   SELECT device_id FROM device_state WHERE touched_at < $1 LIMIT $2)""",
+            clamped_dt(idle_before_ms),
+            batch=batch,
+        )
 
     async def _delete_in_batches(self, sql: str, *args: Any, batch: int) -> int:
         """Run a DELETE whose last parameter is its row limit until it deletes fewer than `batch` rows;
