@@ -171,6 +171,55 @@ def test_the_role_files_the_units_read_hold_settings_only() -> None:
     assert "DEPIN_REWARDS_KEY_FILE=" in (SYSTEMD / "depin-epochs.service").read_text()
 
 
+def env_file_values(text: str) -> dict[str, str]:
+    """An EnvironmentFile's assignments as systemd reads them (KEY=VALUE lines; '#' lines are comments)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def unit_environment(unit_text: str, files: dict[str, str]) -> dict[str, str]:
+    """The environment systemd gives a unit's process: its Environment= lines, then every
+    EnvironmentFile= in order on top of them, whatever the order of the lines (systemd.exec(5): "Settings
+    from these files override settings made with Environment="). `files` maps a path to its text."""
+    env: dict[str, str] = {}
+    lines = [line.strip() for line in unit_text.splitlines()]
+    for line in lines:
+        if line.startswith("Environment="):
+            key, value = line.removeprefix("Environment=").split("=", 1)
+            env[key] = value
+    for line in lines:
+        if line.startswith("EnvironmentFile="):
+            env.update(env_file_values(files[line.removeprefix("EnvironmentFile=").lstrip("-")]))
+    return env
+
+
+@pytest.mark.parametrize("name", ["depin.service", *SPLIT_UNITS])
+def test_the_data_dir_is_the_units_state_directory(name: str) -> None:
+    """With /etc/depin/depin.env copied from deploy/depin.env.example (and the role files the headers
+    write), DEPIN_DATA_DIR is the unit's StateDirectory, the one path ProtectSystem=strict leaves writable
+    and kept: the example no longer sets it (its /var/tmp/depin used to win and land in PrivateTmp's
+    /var/tmp, deleted at every stop). An operator's own value in the env file wins (README there)."""
+    text = (UNIT if name == "depin.service" else SYSTEMD / name).read_text()
+    example = (REPO / "deploy" / "depin.env.example").read_text()
+    assert "DEPIN_DATA_DIR" not in env_file_values(example)
+    files = {
+        "/etc/depin/depin.env": example,
+        "/etc/depin/epochs.env": "DEPIN_REWARDS_KEY_FILE=/etc/depin/rewards.key\nDEPIN_API_PORT=9100\n",
+        "/etc/depin/ingest-%i.env": "DEPIN_MQTT_USERNAME=depin-ingest-1\nDEPIN_API_PORT=9101\n",
+    }
+    assert "DEPIN_DATA_DIR" not in text.split("[Unit]", 1)[0]  # the role files the header writes
+    (state,) = [line for line in text.splitlines() if line.startswith("StateDirectory=")]
+    assert unit_environment(text, files)["DEPIN_DATA_DIR"] == "/var/lib/" + state.split("=", 1)[1]
+    # The rule the README states: a value in the env file is the one the service gets.
+    files["/etc/depin/depin.env"] = example + "\nDEPIN_DATA_DIR=/srv/depin\n"
+    assert unit_environment(text, files)["DEPIN_DATA_DIR"] == "/srv/depin"
+
+
 # --- command lines, parsed by `depin`'s own parser --------------------------------------------------------
 
 
