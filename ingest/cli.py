@@ -11,6 +11,7 @@ from pathlib import Path
 from devices.cli import add_commands as add_device_commands
 from devices.errors import DepinError
 from ingest.dev.simulate import add_commands as add_simulate_commands
+from ingest.emqxauth import add_command as add_emqx_users_command
 from ingest.keys_cli import add_commands as add_key_commands
 from ingest.logs import FORMATS, configure
 from ingest.score_cli import add_commands as add_score_commands
@@ -107,6 +108,7 @@ def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     acl.add_argument("--out", type=Path, help="ACL file to write, mode 0600 (default: stdout)")
     acl.set_defaults(func=_broker)
+    add_emqx_users_command(bsub)  # EMQX's user import file: ingest/emqxauth.py
 
 
 def build_parser() -> argparse.ArgumentParser:

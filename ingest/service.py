@@ -17,9 +17,10 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -83,6 +84,24 @@ class Stores:
         )
 
 
+def state_dir_warning(data_dir: Path, environ: Mapping[str, str]) -> str | None:
+    """Under a systemd unit with `StateDirectory=` (systemd passes it as $STATE_DIRECTORY, several
+    separated by ':'), a DEPIN_DATA_DIR outside it is refused by `ProtectSystem=strict` or, in /tmp or
+    /var/tmp, deleted at every stop (`PrivateTmp=`): the line to warn with, or None."""
+    state = [Path(p) for p in environ.get("STATE_DIRECTORY", "").split(":") if p]
+    if not state:
+        return None
+    where = Path(os.path.abspath(data_dir))
+    if any(where == d or d in where.parents for d in state):
+        return None
+    return (
+        f"DEPIN_DATA_DIR={data_dir} is outside the unit's state directory ({':'.join(map(str, state))}): "
+        "under the shipped units' hardening the embedded PostgreSQL cannot write there, or loses its "
+        "data at every stop in a private /tmp or /var/tmp; remove DEPIN_DATA_DIR from the env file or "
+        "give the unit ReadWritePaths= (deploy/systemd/README.md)"
+    )
+
+
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Migrated database, one pool per part (sizes DEPIN_DB_POOL_*_SIZE), the API's cursor key."""
@@ -91,6 +110,9 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         dsn = db.url
         if dsn is None:
             pg_dir = db.data_dir / "pg"
+            outside = state_dir_warning(db.data_dir, os.environ)
+            if outside:
+                log.warning("%s", outside)
             dsn = await stack.enter_async_context(embedded_postgres(pg_dir))
             log.info("database: embedded PostgreSQL in %s (DEPIN_DATABASE_URL unset)", pg_dir)
         else:

@@ -171,6 +171,55 @@ def test_the_role_files_the_units_read_hold_settings_only() -> None:
     assert "DEPIN_REWARDS_KEY_FILE=" in (SYSTEMD / "depin-epochs.service").read_text()
 
 
+def env_file_values(text: str) -> dict[str, str]:
+    """An EnvironmentFile's assignments as systemd reads them (KEY=VALUE lines; '#' lines are comments)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def unit_environment(unit_text: str, files: dict[str, str]) -> dict[str, str]:
+    """The environment systemd gives a unit's process: its Environment= lines, then every
+    EnvironmentFile= in order on top of them, whatever the order of the lines (systemd.exec(5): "Settings
+    from these files override settings made with Environment="). `files` maps a path to its text."""
+    env: dict[str, str] = {}
+    lines = [line.strip() for line in unit_text.splitlines()]
+    for line in lines:
+        if line.startswith("Environment="):
+            key, value = line.removeprefix("Environment=").split("=", 1)
+            env[key] = value
+    for line in lines:
+        if line.startswith("EnvironmentFile="):
+            env.update(env_file_values(files[line.removeprefix("EnvironmentFile=").lstrip("-")]))
+    return env
+
+
+@pytest.mark.parametrize("name", ["depin.service", *SPLIT_UNITS])
+def test_the_data_dir_is_the_units_state_directory(name: str) -> None:
+    """With /etc/depin/depin.env copied from deploy/depin.env.example (and the role files the headers
+    write), DEPIN_DATA_DIR is the unit's StateDirectory, the one path ProtectSystem=strict leaves writable
+    and kept: the example no longer sets it (its /var/tmp/depin used to win and land in PrivateTmp's
+    /var/tmp, deleted at every stop). An operator's own value in the env file wins (README there)."""
+    text = (UNIT if name == "depin.service" else SYSTEMD / name).read_text()
+    example = (REPO / "deploy" / "depin.env.example").read_text()
+    assert "DEPIN_DATA_DIR" not in env_file_values(example)
+    files = {
+        "/etc/depin/depin.env": example,
+        "/etc/depin/epochs.env": "DEPIN_REWARDS_KEY_FILE=/etc/depin/rewards.key\nDEPIN_API_PORT=9100\n",
+        "/etc/depin/ingest-%i.env": "DEPIN_MQTT_USERNAME=depin-ingest-1\nDEPIN_API_PORT=9101\n",
+    }
+    assert "DEPIN_DATA_DIR" not in text.split("[Unit]", 1)[0]  # the role files the header writes
+    (state,) = [line for line in text.splitlines() if line.startswith("StateDirectory=")]
+    assert unit_environment(text, files)["DEPIN_DATA_DIR"] == "/var/lib/" + state.split("=", 1)[1]
+    # The rule the README states: a value in the env file is the one the service gets.
+    files["/etc/depin/depin.env"] = example + "\nDEPIN_DATA_DIR=/srv/depin\n"
+    assert unit_environment(text, files)["DEPIN_DATA_DIR"] == "/srv/depin"
+
+
 # --- command lines, parsed by `depin`'s own parser --------------------------------------------------------
 
 
@@ -418,11 +467,21 @@ def test_the_manifest_check_can_fail() -> None:
     assert "readinessProb" in (k8s_errors(doc) or "")
 
 
-def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+# Applied on purpose only, never by `kubectl apply -k`: the Secrets' template and the simulator Job.
+NOT_IN_KUSTOMIZATION = ("kustomization.yaml", "secrets.example.yaml", "simulator.yaml")
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template_and_the_simulator() -> None:
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(
-        p.name for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml", "secrets.example.yaml")
-    )
+    assert sorted(listed) == sorted(p.name for p in K8S.glob("*.yaml") if p.name not in NOT_IN_KUSTOMIZATION)
+
+
+def jobs() -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == "Job"}
+
+
+def pod_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(doc["spec"]["template"]["spec"]["containers"])
 
 
 def depin_containers() -> dict[str, dict[str, Any]]:
@@ -468,7 +527,7 @@ def test_k8s_sets_only_real_settings() -> None:
             names |= {
                 k for k in {**doc.get("data", {}), **doc.get("stringData", {})} if k.startswith("DEPIN_")
             }
-    for c in depin_containers().values():
+    for c in [*depin_containers().values(), *(c for job in jobs().values() for c in pod_containers(job))]:
         names |= {e["name"] for e in c.get("env", []) if e["name"].startswith("DEPIN_")}
     assert names and names - known == set()
 
@@ -487,7 +546,7 @@ def test_k8s_rewards_key_is_a_secret_copied_to_a_0600_file() -> None:
     assert secret["secretName"] == "depin-rewards-key"
     assert init["command"][3] == f"{secret_mount['rewards-key-secret']}/rewards.key"
     # No other depin pod sees the key.
-    for name, doc in workloads().items():
+    for name, doc in {**workloads(), **jobs()}.items():
         if name != "depin-epochs":
             assert "depin-rewards-key" not in yaml.safe_dump(doc), name
 
@@ -520,3 +579,147 @@ def test_k8s_every_file_setting_is_mounted() -> None:
             if setting == "DEPIN_DEPLOYMENT_FILE" and parts == {"api"}:
                 continue
             assert any(value.startswith(m.rstrip("/") + "/") for m in mounts), (name, setting, value)
+
+
+# --- EMQX's logins: `depin broker emqx-users` writes what the authenticator checks -------------------------
+
+
+def emqx_hocon() -> str:
+    (emqx_config,) = [doc for _, doc in manifests() if doc["metadata"]["name"] == "emqx-config"]
+    return cast(str, emqx_config["data"]["base.hocon"])
+
+
+def hocon_fields(body: str) -> dict[str, str]:
+    """`a = b` pairs of one HOCON object's body (separated by newlines or commas; no nesting)."""
+    out = {}
+    for pair in re.split(r"[,\n]", body):
+        if pair.strip() and not pair.strip().startswith("#"):
+            key, value = pair.split("=", 1)
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def emqx_authenticator(hocon: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The one authenticator of an EMQX config: its fields and its password_hash_algorithm."""
+    (block,) = re.findall(r"^\s*authentication\s*=\s*\[\s*\{(.*?)\}\s*\]", hocon, re.MULTILINE | re.DOTALL)
+    (algo,) = re.findall(r"password_hash_algorithm\s*\{([^{}]*)\}", block)
+    rest = re.sub(r"password_hash_algorithm\s*\{[^{}]*\}", "", block)
+    return hocon_fields(rest), hocon_fields(algo)
+
+
+def configured_algorithm(algo: dict[str, str]) -> Any:
+    from ingest import emqxauth
+
+    return emqxauth.Algorithm(
+        algo["name"],
+        salt_position=algo.get("salt_position", "prefix"),  # EMQX's default position
+        mac_fun=algo.get("mac_fun", "sha256"),
+        iterations=int(algo.get("iterations", 0)),
+        dk_length=int(algo["dk_length"]) if "dk_length" in algo else None,
+    )
+
+
+def test_the_authenticator_check_can_fail() -> None:
+    from ingest import emqxauth
+
+    hocon = emqx_hocon().replace("salt_position = suffix", "salt_position = prefix")
+    assert configured_algorithm(emqx_authenticator(hocon)[1]) != emqxauth.DEFAULT_ALGORITHM
+    hocon = emqx_hocon().replace("name = sha256,", "name = pbkdf2, mac_fun = sha512, iterations = 4096,")
+    algo = configured_algorithm(emqx_authenticator(hocon)[1])
+    assert algo == emqxauth.Algorithm("pbkdf2", "suffix", "sha512", 4096) != emqxauth.DEFAULT_ALGORITHM
+
+
+def test_emqx_authenticator_matches_what_emqx_users_writes() -> None:
+    """deploy/k8s/emqx.yaml's authenticator is the built-in database keyed by username, and hashes as
+    `depin broker emqx-users` does by default: a file written with the defaults imports and verifies."""
+    from ingest import emqxauth
+    from ingest.brokerauth import Account
+
+    fields, algo = emqx_authenticator(emqx_hocon())
+    assert fields == {
+        "mechanism": "password_based",
+        "backend": "built_in_database",
+        "user_id_type": "username",
+    }
+    configured = configured_algorithm(algo)
+    assert configured == emqxauth.DEFAULT_ALGORITHM, (algo, emqxauth.DEFAULT_ALGORITHM)
+    # The authenticator's id in the import URL is mechanism:backend.
+    assert f"/authentication/{fields['mechanism']}%3A{fields['backend']}/import_users?type=hash" in (
+        emqxauth.IMPORT_PATH
+    )
+    (line,) = emqxauth.import_document(emqxauth.DEFAULT_ALGORITHM, [Account("depin-ingest", "pw", False)])
+    assert emqxauth.check_password(configured, "pw", line)
+    # The README's import command names this path and the file the tool writes.
+    readme = (K8S / "README.md").read_text()
+    assert emqxauth.IMPORT_PATH in readme and "depin broker emqx-users" in readme
+
+
+def test_emqx_acl_names_the_service_account_the_consumers_use() -> None:
+    acl = yaml.safe_load((K8S / "emqx.yaml").read_text().split("\n---\n", 1)[0])["data"]["acl.conf"]
+    env = {e["name"]: e.get("value") for e in depin_containers()["depin-consumer"]["env"]}
+    assert f'{{username, "{env["DEPIN_MQTT_USERNAME"]}"}}' in acl
+
+
+# --- the simulator Job (deploy/k8s/simulator.yaml, applied on its own) -------------------------------------
+
+
+def simulator_commands() -> list[list[str]]:
+    """The `depin …` command lines of the Job's shell script, in order (globs given one match)."""
+    (container,) = pod_containers(jobs()["depin-simulator"])
+    assert container["command"] == ["/bin/sh", "-c"]
+    (script,) = container["args"]
+    steps = [s.strip() for s in script.split("&&")]
+    out = []
+    for step in steps:
+        words = shlex.split(step.replace("*", "1"))
+        if words[0] == "exec":
+            words = words[1:]
+        assert words[0] == "depin", step
+        out.append(words[1:])
+    return out
+
+
+def test_k8s_simulator_job_runs_valid_depin_commands() -> None:
+    simulate, reconcile = simulator_commands()
+    sim, rec = parse_depin(simulate), parse_depin(reconcile)
+    assert sim.command == "simulate" and sim.sim_command is None
+    assert rec.command == "simulate" and rec.sim_command == "reconcile"
+    assert rec.ledger == sim.ledger  # reconciles the ledger it just wrote
+    # Only the registered devices of the Secret, each with its own login: generated devices have none.
+    assert sim.no_fleet and sim.cred and not sim.register
+    job = jobs()["depin-simulator"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cred_dir = str(Path(simulate[simulate.index("--cred") + 1]).parent)
+    assert volumes[mounts[cred_dir]]["secret"]["secretName"] == "depin-sim-devices"
+    ledger_dir = str(Path(sim.ledger).parent)
+    assert "emptyDir" in volumes[mounts[ledger_dir]]  # writable under readOnlyRootFilesystem
+    # The deployment file the chain settings name is mounted.
+    (config,) = [doc for _, doc in manifests() if doc["metadata"]["name"] == "depin-env"]
+    deployment = Path(config["data"]["DEPIN_DEPLOYMENT_FILE"])
+    assert volumes[mounts[str(deployment.parent)]]["configMap"]["name"] == "depin-deployment"
+    refs = {next(iter(e.values()))["name"] for e in container["envFrom"]}
+    assert refs == {"depin-env", "depin-db"}  # chain settings and the database to reconcile against
+
+
+def test_k8s_simulator_publishes_on_the_devices_listener() -> None:
+    """Like a device: Service emqx on the port of the listener in zone `devices` (client id = username,
+    the ACL's own topics), not the consumers' internal one."""
+    (simulate, _) = simulator_commands()
+    sim = parse_depin(simulate)
+    (service,) = [d for _, d in manifests() if d["kind"] == "Service" and d["metadata"]["name"] == sim.host]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == sim.port]
+    listeners = {
+        name: hocon_fields(body)
+        for name, body in re.findall(r"listeners\.tcp\.(\w+) \{([^}]*)\}", emqx_hocon())
+    }
+    (zone,) = [f["zone"] for f in listeners.values() if f["bind"].endswith(f":{sim.port}")]
+    assert zone == "devices"
+    emqx_ports = {p["name"]: p["containerPort"] for p in pod_containers(workloads()["emqx"])[0]["ports"]}
+    assert emqx_ports[port["targetPort"]] == sim.port
+    # The NetworkPolicy lets any pod reach that port.
+    (policy,) = [d for _, d in manifests() if d["kind"] == "NetworkPolicy"]
+    assert {"ports": [{"port": sim.port}]} in policy["spec"]["ingress"]
