@@ -3,9 +3,8 @@ generated devices): the commands of ingest/dynsec_control.py published on the dy
 plugin's control topic as an admin login, their answers read back, each failure one line.
 
 Why live: the plugin reads its file at start only, and a restart drops the service's `$share`
-subscription until it reconnects. The plugin saves every change it accepts to its own file (it writes
-`<file>.new` and renames it over the file), so the broker's file stays in step with what it runs —
-provided user `mosquitto` may write in that file's directory.
+subscription until it reconnects. The plugin saves every change it accepts to its own file (Debian's
+2.0.11 rewrites it in place, owner and mode kept), so the broker's file stays in step with what it runs.
 """
 
 from __future__ import annotations
