@@ -61,6 +61,11 @@ DYNSEC_DEFAULT_ACCESS = {
 }
 SERVICE_ROLE = "depin-service"
 DEVICE_ROLE_PREFIX = "depin-device-"
+# The operator's admin login for live changes over `$CONTROL/dynamic-security/v1` (ingest/brokeradmin.py).
+# Narrower than `mosquitto_ctrl dynsec init`'s "admin" role, which may also read `#` and `$SYS/#`: the
+# account that manages logins has no business reading the devices' traffic.
+ADMIN_ROLE = "depin-broker-admin"
+CONTROL_TOPICS = "$CONTROL/dynamic-security/#"
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -182,32 +187,65 @@ def service_role() -> dict[str, Any]:
     }
 
 
+def admin_role() -> dict[str, Any]:
+    """The admin login's role: send commands to the dynamic security plugin and read its answers."""
+    return {
+        "rolename": ADMIN_ROLE,
+        "acls": [
+            _acl("publishClientSend", CONTROL_TOPICS),
+            _acl("publishClientReceive", CONTROL_TOPICS),
+            _acl("subscribePattern", CONTROL_TOPICS),
+        ],
+    }
+
+
+def check_device_name(name: str) -> str:
+    if not _HEX_ID.fullmatch(name):
+        raise BrokerAuthError(f"not a device id (64 lowercase hex digits): {name!r}")
+    return name
+
+
+def check_account_name(name: str, what: str) -> str:
+    """A service or admin account: a plain username that cannot be mistaken for a device's."""
+    check_username(name)
+    if _HEX_ID.fullmatch(name):
+        raise BrokerAuthError(f"{what} {name!r} looks like a device id")
+    return name
+
+
+def is_device_name(name: str) -> bool:
+    return bool(_HEX_ID.fullmatch(name))
+
+
 def dynsec_update(
     doc: dict[str, Any] | None,
     devices: dict[str, dict[str, Any]],
     services: dict[str, dict[str, Any]],
     remove: Iterable[str] = (),
+    admins: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The plugin's config `doc` with each device (hex id → `dynsec_hash` fields) and service account
-    written as a client with its role, those in `remove` (and a removed device's role) taken out, our
-    roles and the default access rewritten as this module defines them, every other client, group and
-    role kept (an operator's admin account, say). A new `doc` when None."""
+    """The plugin's config `doc` with each device (hex id → `dynsec_hash` fields), service account and
+    admin account written as a client with its role, those in `remove` (and a removed device's role)
+    taken out, our roles and the default access rewritten as this module defines them, every other
+    client, group and role kept (an admin account made with `mosquitto_ctrl`, say). A new `doc` when
+    None."""
+    admins = admins or {}
     for name in devices:
-        if not _HEX_ID.fullmatch(name):
-            raise BrokerAuthError(f"not a device id (64 lowercase hex digits): {name!r}")
+        check_device_name(name)
     for name in services:
-        check_username(name)
-        if _HEX_ID.fullmatch(name):
-            raise BrokerAuthError(f"service account {name!r} looks like a device id")
+        check_account_name(name, "service account")
+    for name in admins:
+        check_account_name(name, "admin account")
     doc = {} if doc is None else dict(doc)
     gone = set(remove)
-    ours = set(devices) | set(services)
+    ours = set(devices) | set(services) | set(admins)
     clients = [
         c for c in doc.get("clients", []) if c.get("username") not in gone and c.get("username") not in ours
     ]
     by_name = {c.get("username"): c for c in doc.get("clients", [])}
-    for name, pw in [*devices.items(), *services.items()]:
+    for name, pw in [*devices.items(), *services.items(), *admins.items()]:
         role = DEVICE_ROLE_PREFIX + name if name in devices else SERVICE_ROLE
+        role = ADMIN_ROLE if name in admins else role
         old = by_name.get(name, {})
         client = {k: v for k, v in old.items() if k not in ("password", "salt", "iterations")}
         client.update({"username": name, **pw, "roles": [{"rolename": role}]})
@@ -217,9 +255,13 @@ def dynsec_update(
     roles = [
         r
         for r in doc.get("roles", [])
-        if not str(r.get("rolename", "")).startswith(DEVICE_ROLE_PREFIX) and r.get("rolename") != SERVICE_ROLE
+        if not str(r.get("rolename", "")).startswith(DEVICE_ROLE_PREFIX)
+        and r.get("rolename") not in (SERVICE_ROLE, ADMIN_ROLE)
     ]
     roles.append(service_role())
+    # The admin role is written only while a client holds it: a file without an admin stays as before.
+    if any(r.get("rolename") == ADMIN_ROLE for c in clients for r in c.get("roles", [])):
+        roles.append(admin_role())
     roles += [device_role(name.removeprefix(DEVICE_ROLE_PREFIX)) for name in sorted(wanted)]
     doc["defaultACLAccess"] = dict(DYNSEC_DEFAULT_ACCESS)
     doc["clients"] = clients
@@ -313,25 +355,33 @@ def read_password_file(path: Path) -> str:
 @dataclass(frozen=True)
 class AccountChanges:
     """What `broker passwd` and `broker dynsec` are asked to do: device accounts from credential files,
-    one service account (`user` with its `password_file`), accounts to take out (`remove`)."""
+    one service account (`user`) or one admin account (`admin`, dynsec only) with its `password_file`,
+    accounts to take out (`remove`)."""
 
     creds: tuple[Path, ...] = ()
     user: str | None = None
     password_file: Path | None = None
     rotate: bool = False
     remove: tuple[str, ...] = ()
+    admin: str | None = None
 
     def check(self) -> None:
-        """The argument rules: a service account comes with its password file, there is something to
-        do, and no name is both added and removed. Every credential file is read here, before any
-        file is written: a bad one stops the run with nothing changed."""
-        if self.user is None and self.password_file is not None:
-            raise BrokerAuthError("--password-file belongs to --user NAME (the service account)")
-        if self.user is not None and self.password_file is None:
+        """The argument rules: a service or admin account comes with its password file, there is
+        something to do, and no name is both added and removed. Every credential file is read here,
+        before any file is written: a bad one stops the run with nothing changed."""
+        if self.user is not None and self.admin is not None:
+            raise BrokerAuthError("--user and --admin each take their own --password-file: one per run")
+        account = self.user if self.user is not None else self.admin
+        flag = "--user" if self.user is not None else "--admin"
+        if account is None and self.password_file is not None:
             raise BrokerAuthError(
-                f"give --password-file for {self.user!r} (created with a new password if absent)"
+                "--password-file belongs to --user NAME (the service account) or --admin NAME"
             )
-        if not self.creds and self.user is None and not self.remove:
+        if account is not None and self.password_file is None:
+            raise BrokerAuthError(
+                f"give --password-file for {account!r} ({flag}; created with a new password if absent)"
+            )
+        if not self.creds and account is None and not self.remove:
             raise BrokerAuthError(
                 "nothing to do: give --cred FILE… (devices), --user NAME --password-file FILE, "
                 "or --remove NAME…"
@@ -339,8 +389,10 @@ class AccountChanges:
         for name in self.remove:
             check_username(name)
         if self.user is not None:
-            check_username(self.user)
-        adding = [load_identity(cred).hex_id for cred in self.creds] + ([self.user] if self.user else [])
+            check_account_name(self.user, "service account")
+        if self.admin is not None:
+            check_account_name(self.admin, "admin account")
+        adding = [load_identity(cred).hex_id for cred in self.creds] + ([account] if account else [])
         both = sorted(set(adding) & set(self.remove))
         if both:
             raise BrokerAuthError(f"{both[0]} is both added and removed")
@@ -353,11 +405,18 @@ class AccountChanges:
             return []
         return [service_account(self.user, self.password_file, self.rotate)]
 
+    def admin_accounts(self) -> list[Account]:
+        if self.admin is None or self.password_file is None:
+            return []
+        return [service_account(self.admin, self.password_file, self.rotate)]
+
 
 def cmd_passwd(file: Path, changes: AccountChanges) -> int:
     """`depin broker passwd`: add or replace the entries of devices (`--cred`) and a service account,
     take out those named by `--remove` (a revoked device's id, a retired account)."""
     changes.check()
+    if changes.admin is not None:
+        raise BrokerAuthError("--admin is for `broker dynsec` (a password-file broker has no control topic)")
     accounts = changes.device_accounts() + changes.service_accounts()
     text = _read(file, "password file")
     present = {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
@@ -384,24 +443,22 @@ def cmd_acl(service_users: Sequence[str], out: Path | None) -> int:
 
 
 def cmd_dynsec(file: Path, changes: AccountChanges) -> int:
-    """`depin broker dynsec`: add or replace devices (`--cred`) and a service account in the dynamic
-    security plugin's file, take out those named by `--remove`. Same password rules as `passwd`."""
+    """`depin broker dynsec` (file only): add or replace devices (`--cred`) and a service or admin
+    account in the dynamic security plugin's file, take out those named by `--remove`. Same password
+    rules as `passwd`. `--live` goes through ingest/brokeradmin.py instead (and this file too)."""
     accounts, removed = update_dynsec_file(file, changes)
     created = sum(a.created for a in accounts)
     print(
         f"{file}: {len(accounts)} client(s) written ({created} new password(s), "
         f"{len(accounts) - created} kept), {removed} removed; restart Mosquitto to "
-        "apply (its dynamic security plugin reads the file at start only)",
+        "apply (its dynamic security plugin reads the file at start only), or apply them to the "
+        "running broker with --live",
         file=sys.stderr,
     )
     return 0
 
 
-def update_dynsec_file(file: Path, changes: AccountChanges) -> tuple[list[Account], int]:
-    """Write the devices and the service account of `changes` into the dynamic security `file`
-    (created when absent), take out its `remove`; return the accounts written and how many were
-    removed. Nothing is written when any input is bad (`AccountChanges.check`)."""
-    changes.check()
+def load_dynsec_doc(file: Path) -> dict[str, Any] | None:
     text = _read(file, "dynamic security file")
     try:
         doc = json.loads(text) if text.strip() else None
@@ -409,13 +466,31 @@ def update_dynsec_file(file: Path, changes: AccountChanges) -> tuple[list[Accoun
         raise BrokerAuthError(f"{file} is not JSON: {exc}") from None
     if doc is not None and not isinstance(doc, dict):
         raise BrokerAuthError(f"{file} is not a dynamic security file (a JSON object expected)")
-    accounts, services = changes.device_accounts(), changes.service_accounts()
+    return doc
+
+
+def update_dynsec_file(
+    file: Path, changes: AccountChanges, accounts: Sequence[Account] | None = None
+) -> tuple[list[Account], int]:
+    """Write the devices and the service/admin account of `changes` into the dynamic security `file`
+    (created when absent), take out its `remove`; return the accounts written and how many were
+    removed. Nothing is written when any input is bad (`AccountChanges.check`). `accounts`: the
+    accounts already resolved by the caller (`--live` resolves them once for the broker and the file),
+    in the order devices, service, admin."""
+    changes.check()
+    doc = load_dynsec_doc(file)
+    if accounts is None:
+        accounts = changes.device_accounts() + changes.service_accounts() + changes.admin_accounts()
     present = {c.get("username") for c in (doc or {}).get("clients", [])}
+    devices = [a for a in accounts if is_device_name(a.username)]
+    admins = [a for a in accounts if a.username == changes.admin]
+    services = [a for a in accounts if a not in devices and a not in admins]
     new = dynsec_update(
         doc,
-        {a.username: dynsec_hash(a.password) for a in accounts},
+        {a.username: dynsec_hash(a.password) for a in devices},
         {a.username: dynsec_hash(a.password) for a in services},
         changes.remove,
+        {a.username: dynsec_hash(a.password) for a in admins},
     )
     write_private(file, json.dumps(new, indent=2) + "\n")
-    return accounts + services, len(set(changes.remove) & present)
+    return list(accounts), len(set(changes.remove) & present)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devices.cli import add_commands as add_device_commands
 from devices.errors import DepinError
@@ -15,6 +16,9 @@ from ingest.emqxauth import add_command as add_emqx_users_command
 from ingest.keys_cli import add_commands as add_key_commands
 from ingest.logs import FORMATS, configure
 from ingest.score_cli import add_commands as add_score_commands
+
+if TYPE_CHECKING:
+    from ingest.brokerauth import AccountChanges
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -58,16 +62,37 @@ def _broker(args: argparse.Namespace) -> int:
 
     if args.broker_command in ("dynsec", "passwd"):
         changes = brokerauth.AccountChanges(
-            tuple(args.cred), args.user, args.password_file, args.rotate, tuple(args.remove)
+            tuple(args.cred),
+            args.user,
+            args.password_file,
+            args.rotate,
+            tuple(args.remove),
+            getattr(args, "admin", None),
         )
+        if args.broker_command == "dynsec" and args.live:
+            return _dynsec_live(args, changes)
+        if args.file is None:
+            raise brokerauth.BrokerAuthError("give --file (or --live to change the running broker)")
         command = brokerauth.cmd_dynsec if args.broker_command == "dynsec" else brokerauth.cmd_passwd
         return command(args.file, changes)
     return brokerauth.cmd_acl(args.service_user, args.out)
 
 
+def _dynsec_live(args: argparse.Namespace, changes: AccountChanges) -> int:
+    from ingest import brokeradmin, brokerauth
+
+    if not args.admin_user or args.admin_password_file is None:
+        raise brokerauth.BrokerAuthError("--live needs --admin-user NAME and --admin-password-file FILE")
+    password = brokerauth.read_password_file(args.admin_password_file)
+    target = brokeradmin.target_from_env(
+        args.admin_user, password, host=args.host, port=args.port, timeout_s=args.timeout
+    )
+    return brokeradmin.cmd_dynsec_live(args.file, changes, target)
+
+
 def _account_options(p: argparse.ArgumentParser, file_help: str, noun: str) -> None:
     """The options `broker dynsec` and `broker passwd` share (one body: ingest.brokerauth)."""
-    p.add_argument("--file", type=Path, required=True, help=file_help)
+    p.add_argument("--file", type=Path, help=file_help)
     p.add_argument("--cred", type=Path, nargs="+", default=[], help="device credential file(s)")
     p.add_argument("--user", help="service account name (DEPIN_MQTT_USERNAME), e.g. depin-ingest")
     p.add_argument(
@@ -90,9 +115,26 @@ def _add_broker_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         '("mqtt_password", generated if absent) and may publish only on their own .../up and subscribe '
         "only to their own .../ack; the service account (--user) reads every .../up, shared or not, and "
         "writes .../ack. Its password is kept in --password-file (generated if absent). Other clients, "
-        "groups and roles in --file are kept. Restart Mosquitto to apply.",
+        "groups and roles in --file are kept. Restart Mosquitto to apply, or apply to the running broker "
+        "with --live (through the plugin's control topic, as an admin: --admin-user, "
+        "--admin-password-file; then --file is optional and updated too when given).",
     )
-    _account_options(ds, "dynamic security JSON file to update", "clients")
+    _account_options(ds, "dynamic security JSON file to update (with --live: optional)", "clients")
+    ds.add_argument(
+        "--admin",
+        metavar="NAME",
+        help="write an admin account (role depin-broker-admin: the plugin's control topic only) with "
+        "its password in --password-file (generated if absent), for --live",
+    )
+    live = ds.add_argument_group("live: change the running broker (its dynamic security plugin)")
+    live.add_argument("--live", action="store_true", help="apply to the running broker now")
+    live.add_argument("--admin-user", help="the admin account to log in as (made with --admin)")
+    live.add_argument("--admin-password-file", type=Path, help="its password (first line)")
+    live.add_argument("--host", help="broker host (default DEPIN_MQTT_HOST, else 127.0.0.1)")
+    live.add_argument("--port", type=int, help="broker port (default DEPIN_MQTT_PORT, else 1883)")
+    live.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the plugin's answer (default 5)"
+    )
     pw = bsub.add_parser(
         "passwd",
         help="add or replace users in a Mosquitto password file (mode 0600; for acl_file brokers, "

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import replace
@@ -19,11 +20,15 @@ from simulator.fleet import SimDevice
 from simulator.ledger import Ledger
 
 if TYPE_CHECKING:
-    from simulator.run import Broker
+    from simulator.run import Broker, LoginProvisioner
 from simulator.scenario import BUILTINS, CHEATERS, load_scenario, with_overrides
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], provisioner: LoginProvisioner | None = None
+) -> None:
+    """`provisioner`: creates broker logins on a running broker (ingest/dev/simulate.py passes the
+    dynamic security one); without it `--broker-admin-user` is refused."""
     p = sub.add_parser(
         "simulate",
         parents=[chain_options()],
@@ -52,6 +57,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--username", help="broker login for messages of devices without their own")
     p.add_argument("--password-file", type=Path, help="its password")
     p.add_argument(
+        "--broker-admin-user",
+        help="on a secured broker: create the generated devices' logins live as this admin "
+        "(`depin broker dynsec --admin`) before publishing",
+    )
+    p.add_argument("--broker-admin-password-file", type=Path, help="the admin's password (first line)")
+    p.add_argument(
+        "--save-creds",
+        type=Path,
+        metavar="DIR",
+        help="write the generated devices' credential files (0600, with their mqtt_password when "
+        "--broker-admin-user made one) here, for --cred later",
+    )
+    p.add_argument(
         "--database-url",
         help="the service's database, to wait for the registry mirror (default DEPIN_DATABASE_URL)",
     )
@@ -69,7 +87,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lg.add_argument("--rate", type=float, help="target packets/s")
     lg.add_argument("--seconds", type=float, help="how long")
     lg.add_argument("--connections", type=int, help="MQTT connections to spread the packets over")
-    p.set_defaults(func=_simulate)
+    p.set_defaults(func=_simulate, provisioner=provisioner)
     ssub = p.add_subparsers(dest="sim_command")
     r = ssub.add_parser("reconcile", help="compare a ledger with what the service stored, rejected, flagged")
     r.add_argument("ledger", type=Path)
@@ -98,6 +116,26 @@ def _broker(args: argparse.Namespace) -> Broker:
         args.port or int(os.environ.get("DEPIN_MQTT_PORT", "1883")),
         login,
     )
+
+
+def _admin_login(args: argparse.Namespace) -> BrokerLogin | None:
+    """The broker admin's login, for creating the generated devices' logins (`--register` only)."""
+    if args.broker_admin_user is None:
+        if args.broker_admin_password_file is not None:
+            raise ValueError("--broker-admin-password-file belongs to --broker-admin-user")
+        return None
+    if args.broker_admin_password_file is None:
+        raise ValueError("--broker-admin-user needs --broker-admin-password-file")
+    if not args.register:
+        raise ValueError(
+            "--broker-admin-user creates the logins of the devices --register registers: add --register"
+        )
+    if args.provisioner is None:
+        raise ValueError("this build of `depin simulate` cannot create broker logins")
+    lines = args.broker_admin_password_file.read_text().strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"the password file {args.broker_admin_password_file} is empty")
+    return BrokerLogin(args.broker_admin_user, lines[0].strip())
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -133,7 +171,13 @@ async def _simulate_async(args: argparse.Namespace) -> int:
     broker = _broker(args)
     dsn = _dsn(args.database_url)
     ledger_path = args.ledger or Path(f"sim-ledger-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    admin = _admin_login(args)
     if s.load.rate > 0:
+        if admin is not None:
+            raise ValueError(
+                "--broker-admin-user is not for load runs: they publish over --username's login on "
+                "--connections connections, which a secured broker confines to one device's topic"
+            )
         report = await run.run_load(
             s, broker, chain=chain if args.register else None, dsn=dsn, ledger_path=ledger_path
         )
@@ -149,10 +193,20 @@ async def _simulate_async(args: argparse.Namespace) -> int:
     expect: dict[str, tuple[str, str]] = {}
     if args.cred:
         creds, logins, expect = await run.cred_devices(args.cred, chain, s.region.center, s.seed, dsn)
-    plan = make_plan(s, run.now_ms(), cred_devices=creds, cred_expect=expect)
+    plan = make_plan(s, run.now_ms(), cred_devices=creds, cred_expect=expect, broker_logins=admin is not None)
     assert plan.ledger is not None
+    passwords: dict[str, str] = {}
     if args.register and not args.dry_run:
         plan.ledger.notes += await run.register(plan, chain)
+        if admin is not None:
+            passwords = {d.identity.hex_id: secrets.token_urlsafe(24) for d in plan.login_devices()}
+            await args.provisioner(broker.host, broker.port, admin, passwords)
+            logins.update({h: BrokerLogin(h, pw) for h, pw in passwords.items()})
+            note = f"broker logins created live for {len(passwords)} devices"
+            if plan.no_login:
+                note += f"; {len(plan.no_login)} unregistered device(s) have none (refused at connect)"
+            plan.ledger.notes.append(note)
+            run.say(note)
         if dsn:
             ids = [d.device_id for d in plan.register] + [d.device_id for d, _ in plan.coarse]
             await run.wait_mirrored(dsn, ids)
@@ -160,11 +214,18 @@ async def _simulate_async(args: argparse.Namespace) -> int:
             run.say("no database URL: waiting 5 s for the service's registry mirror")
             await asyncio.sleep(5)
     plan.ledger.save(ledger_path)
+    if args.save_creds is not None:
+        classes = {h: info["class"] for h, info in plan.ledger.devices.items()}
+        saved = run.save_creds(args.save_creds, plan.login_devices(), passwords, classes)
+        run.say(f"{len(saved)} credential files in {args.save_creds}")
     if args.dry_run:
         run.say(f"dry run: {len(plan.items)} messages planned; ledger {ledger_path}")
         return 0
-    seconds = await run.publish(plan.items, broker, logins)
-    run.say(f"scenario {s.name}: sent {len(plan.items)} messages in {seconds:.2f} s; ledger {ledger_path}")
+    seconds, refused = await run.publish(plan.items, broker, logins, no_login=plan.no_login)
+    sent = f"sent {len(plan.items) - refused} messages"
+    if refused:
+        sent += f" ({refused} more refused at login)"
+    run.say(f"scenario {s.name}: {sent} in {seconds:.2f} s; ledger {ledger_path}")
     for line in run.summary_lines(plan.ledger):
         print(line)
     return 0

@@ -8,6 +8,8 @@ Outcome classes (README "Outcomes and reason codes"):
     flagged:<flag>      stored, at least one reading carries <flag> (others may carry more flags)
     rejected:<reason>   a rejection row with <reason> for that seq, nothing stored under it
     duplicate           a byte-identical re-send: the original is stored once, no rejection row
+    refused:<why>       the broker refused the sender's login (a device with no broker login):
+                        the service never saw it, so nothing is stored and no rejection row exists
 
 A ledger entry is (device, class, seq range, outcome); messages whose seq the service cannot read
 (garbage: `malformed`) are counted per device instead (`unsequenced`). Several entries may name one
@@ -46,7 +48,11 @@ def check_outcome(outcome: str) -> str:
         return outcome
     if kind == "flagged" and what in FLAG_BITS:
         return outcome
-    raise ValueError(f"not an outcome class: {outcome!r} (accepted, duplicate, rejected:R, flagged:F)")
+    if kind == "refused" and what:
+        return outcome
+    raise ValueError(
+        f"not an outcome class: {outcome!r} (accepted, duplicate, rejected:R, flagged:F, refused:W)"
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,8 @@ def _matches(outcome: str, flags: int | None, reasons: list[str]) -> bool:
         return flags is not None and not reasons
     if kind == "flagged":
         return flags is not None and bool(flags & FLAG_BITS[what]) and not reasons
+    if kind == "refused":  # never reached the service
+        return flags is None and not reasons
     return flags is None and what in reasons  # rejected:<reason>
 
 

@@ -37,6 +37,7 @@ from simulator.ledger import Ledger, LedgerBuilder
 from simulator.scenario import CHEATERS, Scenario
 
 HONEST = "honest"
+REFUSED = "refused:not_authorized"  # the broker's CONNACK for a login it does not know
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,17 @@ class Plan:
     items: list[Item] = field(default_factory=list)
     ledger: Ledger | None = None
     honest: list[SimDevice] = field(default_factory=list)
+    # Devices (hex) that have no broker login in reality: on a secured broker they are refused at
+    # connect (the ledger expects `refused:not_authorized`), so nothing of theirs reaches the service.
+    no_login: set[str] = field(default_factory=set)
 
     def owners(self) -> set[str]:
         return {d.owner for d in self.register}
+
+    def login_devices(self) -> list[SimDevice]:
+        """The generated devices an operator would give a broker login: every one registered on chain
+        (the coarse-cell asserters end up registered too, with no cell)."""
+        return [*self.register, *(d for d, _ in self.coarse)]
 
 
 def owner_addresses(seed: int, n: int, label: bytes = b"owner") -> list[str]:
@@ -165,10 +174,13 @@ def make_plan(
     *,
     cred_devices: Sequence[SimDevice] = (),
     cred_expect: Mapping[str, tuple[str, str]] | None = None,
+    broker_logins: bool = False,
 ) -> Plan:
     """Everything a run of `s` sends at `now_ms`. `cred_devices`: real devices to drive as honest ones
     (not registered again); `cred_expect`: hex id → (class, outcome) for those the registry does not
-    hold as active (not registered: unknown_device; revoked: revoked_device), driven all the same."""
+    hold as active (not registered: unknown_device; revoked: revoked_device), driven all the same.
+    `broker_logins`: the run creates broker logins for the devices it registers (a secured broker), so
+    an `unregistered` cheater, which no operator gave a login, is refused by the broker itself."""
     cred_expect = cred_expect or {}
     rng = random.Random(f"cheaters-{s.seed}")
     book = LedgerBuilder(s.name, now_ms)
@@ -260,9 +272,13 @@ def make_plan(
 
     for _ in range(s.cheater_count("unregistered")):
         dev = new_dev("weather", "unregistered", register=False)
+        expected = outcome["unregistered"]
+        if broker_logins:
+            plan.no_login.add(dev.identity.hex_id)
+            expected = REFUSED
         for t in (now_ms - 10_000, now_ms):
             seq = dev.seq + 1
-            add(dev, "unregistered", seq, next_message(dev, t), outcome["unregistered"])
+            add(dev, "unregistered", seq, next_message(dev, t), expected)
 
     for _ in range(s.cheater_count("clock_skewed")):
         dev = new_dev("air", "clock_skewed")

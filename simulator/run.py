@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import asyncpg
+from aiomqtt.exceptions import MqttConnectError
 
 from devices.chain.registry import DeviceInput
 from devices.cli.common import open_chain
-from devices.keys import load_identity
+from devices.keys import load_identity, save_identity
 from devices.protocol.topics import up_topic
 from devices.sdk import BrokerLogin
 from devices.settings import ChainSettings
@@ -41,6 +44,12 @@ class Broker:
     host: str
     port: int
     login: BrokerLogin | None = None  # the login for messages of devices without one of their own
+
+
+# Creates broker logins on a running broker: (host, port, admin login, {device hex: password}). The
+# simulator may not import ingest/ (the layering table); `depin simulate` is reached through
+# ingest/dev/simulate.py, which passes ingest/brokeradmin.py's implementation in.
+LoginProvisioner = Callable[[str, int, BrokerLogin, Mapping[str, str]], Awaitable[None]]
 
 
 def now_ms() -> int:
@@ -150,26 +159,43 @@ async def wait_mirrored(dsn: str, ids: Sequence[bytes], timeout_s: float = 60.0)
 
 @contextlib.asynccontextmanager
 async def _clients(
-    broker: Broker, logins: dict[str, BrokerLogin], keys: set[str]
+    broker: Broker, logins: dict[str, BrokerLogin], keys: set[str], no_login: set[str]
 ) -> AsyncIterator[dict[str, aiomqtt.Client]]:
+    """One connected client per key; a key in `no_login` tries the device's id with a password no one
+    gave it (what such a device can do) and, refused as expected, gets no client."""
     async with contextlib.AsyncExitStack() as stack:
         out = {}
         for key in sorted(keys):
             login = logins.get(key) if key != DEFAULT else broker.login
-            out[key] = await stack.enter_async_context(
-                connected_publisher(broker.host, broker.port, login=login)
-            )
+            if key in no_login:
+                login = BrokerLogin(key, secrets.token_urlsafe(16))
+            try:
+                out[key] = await stack.enter_async_context(
+                    connected_publisher(broker.host, broker.port, login=login)
+                )
+            except MqttConnectError:
+                if key not in no_login:
+                    raise
         yield out
 
 
 async def publish(
-    items: Sequence[Item], broker: Broker, logins: dict[str, BrokerLogin], inflight: int = 100
-) -> float:
+    items: Sequence[Item],
+    broker: Broker,
+    logins: dict[str, BrokerLogin],
+    inflight: int = 100,
+    no_login: set[str] | None = None,
+) -> tuple[float, int]:
     """Publish in plan order, QoS 1 (one connection per device with a login of its own, one shared by
-    the rest); returns the seconds it took. Each connection keeps its messages' order."""
-    keys = {i.login if i.login in logins else DEFAULT for i in items}
+    the rest); returns the seconds it took and how many messages were not sent because the broker
+    refused their sender's login (`no_login` devices: expected). Each connection keeps its messages'
+    order. A `no_login` device the broker lets in publishes all the same: the service then sees what
+    the ledger says it should not, and reconcile reports it."""
+    no_login = no_login or set()
+    keys = {i.login if i.login in logins or i.login in no_login else DEFAULT for i in items}
     sem = asyncio.Semaphore(inflight)
     errors: list[BaseException] = []
+    refused = 0
 
     async def one(client: aiomqtt.Client, item: Item) -> None:
         try:
@@ -180,16 +206,41 @@ async def publish(
             sem.release()
 
     started = time.monotonic()
-    async with _clients(broker, logins, keys) as clients:
+    async with _clients(broker, logins, keys, no_login) as clients:
         tasks = []
         for item in items:
+            key = item.login if item.login in logins or item.login in no_login else DEFAULT
+            if key not in clients:  # refused at connect
+                refused += 1
+                continue
             await sem.acquire()
-            client = clients[item.login if item.login in logins else DEFAULT]
-            tasks.append(asyncio.create_task(one(client, item)))
+            tasks.append(asyncio.create_task(one(clients[key], item)))
         await asyncio.gather(*tasks)
     if errors:
         raise errors[0]
-    return time.monotonic() - started
+    return time.monotonic() - started, refused
+
+
+def save_creds(
+    directory: Path, devices: Sequence[SimDevice], passwords: Mapping[str, str], classes: Mapping[str, str]
+) -> list[Path]:
+    """One credential file per device, as `depin device new` writes it (0600) plus, when the run made
+    one, its broker login (`"mqtt_password"`, as `depin broker dynsec --cred` adds it): an owner can
+    drive the device again with `--cred`. Named `<class>-<id prefix>.json` (`honest-*.json`: the
+    honest fleet)."""
+    out = []
+    for dev in devices:
+        hex_id = dev.identity.hex_id
+        path = directory / f"{classes.get(hex_id, 'device')}-{hex_id[:16]}.json"
+        save_identity(dev.identity, path)
+        if hex_id in passwords:
+            data = json.loads(path.read_text())
+            data["mqtt_password"] = passwords[hex_id]
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+        out.append(path)
+    return out
 
 
 # --- the service's side ------------------------------------------------------------------------------

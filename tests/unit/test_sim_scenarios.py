@@ -252,6 +252,36 @@ def test_bad_ledgers_are_refused(tmp_path: Path) -> None:
         Ledger.load(f)
 
 
+def test_a_refused_login_expects_nothing_at_the_service() -> None:
+    book = LedgerBuilder("x", NOW)
+    dev = bytes.fromhex("bb" * 32)
+    book.expect(dev, 1, "unregistered", "refused:not_authorized")
+    ledger = book.build()
+    assert compare(ledger, Observed()) == []
+    stored = Observed(packets={"bb" * 32: {1: 0}}, new_packets={"bb" * 32: {1}})
+    assert any("expected refused:not_authorized: seq 1: stored clean" in d for d in compare(ledger, stored))
+    rejected = Observed(rejections={"bb" * 32: [(1, "unknown_device")]})
+    assert any("rejected unknown_device" in d for d in compare(ledger, rejected))
+
+
+def test_with_broker_logins_the_unregistered_device_has_none_and_is_expected_refused() -> None:
+    s = with_overrides(BUILTINS["mixed"], {"coarse_cell": 1})
+    plan = make_plan(s, NOW, broker_logins=True)
+    assert plan.ledger is not None
+    (stranger,) = [h for h, i in plan.ledger.devices.items() if i["class"] == "unregistered"]
+    assert plan.no_login == {stranger}
+    assert plan.ledger.classes()["unregistered"] == {"refused:not_authorized"}
+    logins = {d.identity.hex_id for d in plan.login_devices()}
+    assert stranger not in logins
+    # Every registered device gets a login, the coarse-cell asserter (registered with no cell) too.
+    assert logins == {d.identity.hex_id for d in plan.register} | {d.identity.hex_id for d, _ in plan.coarse}
+    assert len(plan.coarse) == 1
+    # Without broker logins the run is what it was: the service rejects the stranger.
+    plain = make_plan(s, NOW)
+    assert plain.no_login == set() and plain.ledger is not None
+    assert plain.ledger.classes()["unregistered"] == {"rejected:unknown_device"}
+
+
 # --- pacing -------------------------------------------------------------------------------------------
 
 
