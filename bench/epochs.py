@@ -54,11 +54,13 @@ async def main(args: argparse.Namespace) -> None:
 
     say(f"seeding with ingest from {sys.modules['ingest'].__file__}")
     rnd = random.Random(14)
-    # a pool of distinct resolution-9 cells around Berlin (~150 k in the box)
+    # a pool of distinct resolution-9 cells from Berlin northwards (~150 k per degree of latitude in the
+    # box: it grows with the pool, else a pool above that never fills)
     pool_cells: list[int] = []
     seen: set[int] = set()
+    top = 52.0 + max(1.0, args.cells / 50_000)
     while len(pool_cells) < args.cells:
-        c = h3.str_to_int(h3.latlng_to_cell(rnd.uniform(52.0, 53.0), rnd.uniform(12.5, 14.5), 9))
+        c = h3.str_to_int(h3.latlng_to_cell(rnd.uniform(52.0, top), rnd.uniform(12.5, 14.5), 9))
         if c not in seen:
             seen.add(c)
             pool_cells.append(c)

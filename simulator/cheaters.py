@@ -70,15 +70,21 @@ def seq_reuse(dev: SimDevice, now_ms: int, seq: int = 1) -> Message:
 
 
 def teleporting(dev: SimDevice, now_ms: int, jump_m: float = 50_000.0) -> Message:
-    """A dashcam that claims two positions `jump_m` apart 500 ms apart (the device's own key, next seq)."""
+    """A dashcam whose GPS jumps `jump_m` away for one reading and back, 500 ms apart each (the device's
+    own key, next seq). Back on its route at the end, so the service's newest fix of the device is an
+    honest one whatever order its packets are judged in (N workers on a round-robin broker): the
+    packet is flagged by its own jump, and the device's honest packets judged after it are not."""
     if not dev.mobile:
         raise ValueError("teleporting needs a mobile device")
     dev.seq += 1
-    t0 = max(now_ms - 500, dev.last_ts_ms + 1)
-    lat, lon, _ = route_position(dev, t0)  # honest first reading, then the jump
+    t0 = max(now_ms - 1000, dev.last_ts_ms + 1)
+    lat, lon, _ = route_position(dev, t0)  # honest first reading, then the jump, then back
+    back_lat, back_lon, _ = route_position(dev, t0 + 1000)
     here, there = (lat, lon), offset_latlon(lat, lon, jump_m, 0.0)
-    readings = readings_for(dev, dev.seq, [t0, t0 + 500], positions=[here, there])
-    dev.last_ts_ms = t0 + 500
+    readings = readings_for(
+        dev, dev.seq, [t0, t0 + 500, t0 + 1000], positions=[here, there, (back_lat, back_lon)]
+    )
+    dev.last_ts_ms = t0 + 1000
     return dev.topic, build_message(dev.identity, dev.seq, dev.kind, readings)
 
 

@@ -11,7 +11,8 @@
 #   mqtt/depin-ingest-N.pass         one broker account per consumer slot (CONSUMER_SLOTS):
 #                                    deploy/mosquitto.conf keys sessions by username, so every consumer
 #                                    needs its own (README "Securing the broker")
-#   broker/dynamic-security.json     `depin broker dynsec`: the devices' and the consumers' logins
+#   mqtt/broker-admin.pass           the broker admin `depin-admin` (live logins, the attacker service)
+#   broker/dynamic-security.json     `depin broker dynsec`: the devices', the consumers' and the admin's logins
 set -eu
 umask 077
 S="${STATE_DIR:-/state}"  # the volume; another directory for a run outside a container (the tests)
@@ -43,4 +44,8 @@ while [ "$i" -le "$CONSUMER_SLOTS" ]; do
   i=$((i + 1))
 done
 depin broker dynsec --file "$S/broker/dynamic-security.json" --cred "$S"/devices/dev-*.json
+# The broker admin (the plugin's control topic only): `depin broker dynsec --live` and the `attacker`
+# service's `depin simulate --register` create logins on the running broker with it.
+depin broker dynsec --file "$S/broker/dynamic-security.json" --admin depin-admin \
+  --password-file "$S/mqtt/broker-admin.pass"
 echo "init: deployment, $SIM_DEVICES devices and $CONSUMER_SLOTS consumer accounts ready in $S"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -83,14 +84,15 @@ async def test_compose_init_broker_and_consumer_slots(tmp_path: Path, anvil_url:
     first = run_init(env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "init: deployment, 3 devices and 2 consumer accounts ready" in first.stdout
-    for secret in ("operator.key", "rewards.key", "mqtt/depin-ingest-1.pass", "broker/dynamic-security.json"):
+    secrets = ("operator.key", "rewards.key", "mqtt/depin-ingest-1.pass", "mqtt/broker-admin.pass")
+    for secret in (*secrets, "broker/dynamic-security.json"):
         assert stat.S_IMODE((state / secret).stat().st_mode) == 0o600, secret
     creds = sorted((state / "devices").glob("dev-*.json"))
     assert len(creds) == 3
     dynsec = json.loads((state / "broker" / "dynamic-security.json").read_text())
     users = {c["username"] for c in dynsec["clients"]}
     ids = {json.loads(c.read_text())["device_id"] for c in creds}
-    assert users == {"depin-ingest-1", "depin-ingest-2"} | ids
+    assert users == {"depin-ingest-1", "depin-ingest-2", "depin-admin"} | ids
     deployment = (state / "deployment.json").read_text()
 
     again = run_init(env)  # idempotent: nothing redeployed, registered devices skipped
@@ -205,6 +207,23 @@ async def test_compose_init_broker_and_consumer_slots(tmp_path: Path, anvil_url:
                 )
             finally:
                 await conn.close()
+
+            # The attacker (profile simulator): `mixed` registered on chain, its logins created on the
+            # running broker with the admin init made, then reconciled — compose's own script.
+            (sh, flag, script) = compose["services"]["attacker"]["entrypoint"]
+            script = re.sub(r"/state|/tmp", lambda m: str(state if m[0] == "/state" else tmp_path), script)
+            attack = await asyncio.to_thread(
+                subprocess.run,
+                [sh, flag, script],
+                env={**run_env, "DEPIN_OPERATOR_KEY_FILE": str(state / "operator.key")},
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert attack.returncode == 0, attack.stdout + attack.stderr
+            assert "no differences" in attack.stdout, attack.stdout
+            assert "refused:not_authorized" in attack.stdout, attack.stdout
         finally:
             for proc, _, _ in procs:
                 if proc.poll() is None:

@@ -274,7 +274,7 @@ def depin_services() -> dict[str, dict[str, Any]]:
     return {
         name: svc
         for name, svc in compose()["services"].items()
-        if svc.get("build", {}).get("target") == "depin" and name not in ("init", "simulator")
+        if svc.get("build", {}).get("target") == "depin" and name not in ("init", "simulator", "attacker")
     }
 
 
@@ -392,6 +392,7 @@ def test_compose_init_runs_valid_depin_commands() -> None:
         ["device", "register-batch"],
         ["broker", "dynsec"],
         ["broker", "dynsec"],
+        ["broker", "dynsec"],
     ], commands
     for argv in commands:
         parse_depin(argv)
@@ -403,6 +404,21 @@ def test_compose_simulator_uses_the_simulate_command() -> None:
     sh, flag, script = svc["entrypoint"]
     assert (sh, flag) == ("/bin/sh", "-c") and script.startswith("exec depin simulate ")
     parse_depin(shlex.split(script.removeprefix("exec depin ").replace("*", "1")))
+
+
+def test_compose_attacker_registers_with_live_logins_then_reconciles() -> None:
+    svc = compose()["services"]["attacker"]
+    assert svc["profiles"] == ["simulator"]
+    sh, flag, script = svc["entrypoint"]
+    simulate, reconcile = (shlex.split(step) for step in script.split("&&"))
+    assert (sh, flag, simulate[0], reconcile[:2]) == ("/bin/sh", "-c", "depin", ["exec", "depin"])
+    sim, rec = parse_depin(simulate[1:]), parse_depin(reconcile[2:])
+    assert sim.register and sim.broker_admin_user == "depin-admin" and rec.ledger == sim.ledger
+    init = (REPO / "deploy" / "compose" / "init.sh").read_text()
+    # init.sh makes that admin, with that password file
+    assert "--admin depin-admin" in init and f"$S/mqtt/{Path(sim.broker_admin_password_file).name}" in init
+    env = svc["environment"]
+    assert env["DEPIN_OPERATOR_KEY_FILE"].startswith("/state/") and "DEPIN_DATABASE_URL" in env
 
 
 def test_compose_broker_runs_deploy_mosquitto_conf() -> None:

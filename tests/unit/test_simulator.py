@@ -148,8 +148,9 @@ def test_cheaters() -> None:
 
     next_message(cam, T0)
     _, raw = cheaters.teleporting(cam, T0 + 1000)
-    a, b = signed(raw).packet.readings
+    a, b, c = signed(raw).packet.readings
     assert b.ts_ms - a.ts_ms <= 1000 and haversine_m(a.lat, a.lon, b.lat, b.lon) > 49_000
+    assert c.ts_ms - a.ts_ms <= 1000 and haversine_m(a.lat, a.lon, c.lat, c.lon) < 50  # back on its route
     assert check_signature(signed(raw), cam.pubkey) is None
 
     _, raw = cheaters.spoofing(station, T0 + 10_000)
