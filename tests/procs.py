@@ -33,6 +33,21 @@ from simulator.publish import publisher, unique_client_id
 REPO = Path(__file__).resolve().parent.parent
 
 
+def depin_cli(
+    env: dict[str, str], *args: str | Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`depin ARGS…` as its own process from this checkout, with exactly `env`; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 async def wait_for(
     check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition", every: float = 0.1
 ) -> Any:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from devices.chain.signer import Signer
 from simulator.ledger import Ledger
 from simulator.publish import unique_client_id
 from simulator.scenario import CHEATERS
-from tests.procs import ConsumerProcess, consumer_env, wait_for
+from tests.procs import ConsumerProcess, consumer_env, depin_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +36,6 @@ LEAD_S = 50  # the epoch ends this long after the test starts
 GRACE_S = 1
 # Cheaters none of whose stored readings may earn (the others also send some honest packets first).
 EARN_NOTHING = {"moved_station", "coarse_cell", "clock_skewed", "unregistered", "media_copier"}
-
-
-def _depin(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns(
@@ -97,7 +83,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
     try:
         await proc.start()
         sim = await asyncio.to_thread(
-            _depin, sim_env, "simulate", "--scenario", "attack", "--register", "--ledger", str(ledger_file)
+            depin_cli, sim_env, "simulate", "--scenario", "attack", "--register", "--ledger", str(ledger_file)
         )
         assert sim.returncode == 0, sim.stdout + sim.stderr + proc.log_tail(40)
         ledger = Ledger.load(ledger_file)
@@ -108,7 +94,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
         assert any("registry refused" in n for n in ledger.notes), ledger.notes
 
         rec = await asyncio.to_thread(
-            _depin, sim_env, "simulate", "reconcile", str(ledger_file), "--wait", "20"
+            depin_cli, sim_env, "simulate", "reconcile", str(ledger_file), "--wait", "20"
         )
         assert rec.returncode == 0, rec.stdout + rec.stderr + "\n" + proc.log_tail(40)
         assert "no differences" in rec.stdout
@@ -119,7 +105,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
         flooder["outcome"] = "rejected:rate_limited"
         wrong = tmp_path / "wrong.json"
         wrong.write_text(json.dumps(data))
-        bad = await asyncio.to_thread(_depin, sim_env, "simulate", "reconcile", str(wrong), "--wait", "0")
+        bad = await asyncio.to_thread(depin_cli, sim_env, "simulate", "reconcile", str(wrong), "--wait", "0")
         assert bad.returncode == 1 and "expected rejected:rate_limited" in bad.stdout, bad.stdout + bad.stderr
 
         # The epoch closes by itself; then who earned what.
@@ -149,7 +135,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
         # commit feedback comes back with its latency, and its ledger reconciles.
         load_ledger = tmp_path / "load.json"
         load = await asyncio.to_thread(
-            _depin,
+            depin_cli,
             sim_env,
             "simulate",
             "--scenario",
@@ -170,7 +156,7 @@ async def test_attack_scenario_is_judged_as_the_ledger_says_and_no_cheater_earns
         assert 36 <= report["achieved_rate"] <= 44, report
         assert 0 < report["p50_ms"] <= report["p99_ms"] < 5000, report
         rec = await asyncio.to_thread(
-            _depin, sim_env, "simulate", "reconcile", str(load_ledger), "--wait", "10"
+            depin_cli, sim_env, "simulate", "reconcile", str(load_ledger), "--wait", "10"
         )
         assert rec.returncode == 0, rec.stdout + rec.stderr
     finally:

@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +23,9 @@ from simulator.plan import REFUSED
 from tests.fixtures_mqtt import secured_mosquitto
 from tests.integration.test_dynsec_live import with_admin
 from tests.integration.test_secured_broker import SERVICE, provision, service_env
-from tests.procs import REPO, ConsumerProcess
+from tests.procs import ConsumerProcess, depin_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _depin(env: dict[str, str], *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest.cli", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def _stored(dsn: str, device_hex: str) -> tuple[list[int], int, int]:
@@ -78,7 +64,7 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
         try:
             await proc.start()
             sim = await asyncio.to_thread(
-                _depin,
+                depin_cli,
                 sim_env,
                 "simulate",
                 "--scenario",
@@ -99,7 +85,7 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
             ledger = Ledger.load(ledger_file)
             assert ledger.classes()["unregistered"] == {REFUSED}
             rec = await asyncio.to_thread(
-                _depin, sim_env, "simulate", "reconcile", ledger_file, "--wait", "20"
+                depin_cli, sim_env, "simulate", "reconcile", ledger_file, "--wait", "20"
             )
             assert rec.returncode == 0, rec.stdout + rec.stderr + "\n" + proc.log_tail(40)
             assert "no differences" in rec.stdout
@@ -129,7 +115,7 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
             # first run's packets fall out of that window.
             await asyncio.sleep(5.5)
             again = await asyncio.to_thread(
-                _depin,
+                depin_cli,
                 sim_env,
                 "simulate",
                 "--no-fleet",
@@ -142,7 +128,7 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
             )
             assert again.returncode == 0, again.stdout + again.stderr
             rec = await asyncio.to_thread(
-                _depin, sim_env, "simulate", "reconcile", again_file, "--wait", "20"
+                depin_cli, sim_env, "simulate", "reconcile", again_file, "--wait", "20"
             )
             assert rec.returncode == 0, rec.stdout + rec.stderr + "\n" + proc.log_tail(40)
             second = Ledger.load(again_file)
