@@ -86,7 +86,11 @@ def add_commands(
     lg = p.add_argument_group("load (overrides the scenario's [load])")
     lg.add_argument("--rate", type=float, help="target packets/s")
     lg.add_argument("--seconds", type=float, help="how long")
-    lg.add_argument("--connections", type=int, help="MQTT connections to spread the packets over")
+    lg.add_argument(
+        "--connections",
+        type=int,
+        help="MQTT connections to spread the packets over (with --broker-admin-user: one per device)",
+    )
     p.set_defaults(func=_simulate, provisioner=provisioner)
     ssub = p.add_subparsers(dest="sim_command")
     r = ssub.add_parser("reconcile", help="compare a ledger with what the service stored, rejected, flagged")
@@ -173,13 +177,19 @@ async def _simulate_async(args: argparse.Namespace) -> int:
     ledger_path = args.ledger or Path(f"sim-ledger-{time.strftime('%Y%m%dT%H%M%S')}.json")
     admin = _admin_login(args)
     if s.load.rate > 0:
-        if admin is not None:
-            raise ValueError(
-                "--broker-admin-user is not for load runs: they publish over --username's login on "
-                "--connections connections, which a secured broker confines to one device's topic"
-            )
+        provision = None
+        if admin is not None:  # a secured broker: each load device gets a login and a connection
+
+            async def provision(passwords: dict[str, str]) -> None:
+                await args.provisioner(broker.host, broker.port, admin, passwords)
+
         report = await run.run_load(
-            s, broker, chain=chain if args.register else None, dsn=dsn, ledger_path=ledger_path
+            s,
+            broker,
+            chain=chain if args.register else None,
+            dsn=dsn,
+            ledger_path=ledger_path,
+            provision=provision,
         )
         print(json.dumps(report.summary()))
         if report.committed == 0:

@@ -310,11 +310,16 @@ async def run_load(
     dsn: str | None,
     ledger_path: Path | None,
     feedback_timeout_s: float = 10.0,
+    provision: Callable[[dict[str, str]], Awaitable[None]] | None = None,
 ) -> LoadReport:
     """`s.load.rate` packets/s for `s.load.seconds` over `s.load.connections` connections, on a fleet of
     stations big enough that none exceeds its rate limit. Messages are signed before the run with their
     scheduled send time as the reading's timestamp; latency comes from the service's …/ack feedback
-    (`DEPIN_ACK_FEEDBACK=true`), as bench/ingest.py measures it."""
+    (`DEPIN_ACK_FEEDBACK=true`), as bench/ingest.py measures it.
+
+    `provision` (a secured broker: it creates the given hex id → password logins on the running broker)
+    gives every device a login and a connection of its own, as a real fleet has, each reading its own
+    …/ack; `s.load.connections` is then the fleet's size."""
     rate, seconds, conns = s.load.rate, s.load.seconds, s.load.connections
     if rate <= 0:
         raise ValueError("the scenario has no load rate ([load] rate = …)")
@@ -326,6 +331,13 @@ async def run_load(
         await register(plan, chain)
         if dsn:
             await wait_mirrored(dsn, [d.device_id for d in fleet])
+    logins: list[BrokerLogin] = []
+    if provision is not None:
+        passwords = {d.identity.hex_id: secrets.token_urlsafe(24) for d in fleet}
+        await provision(passwords)
+        logins = [BrokerLogin(h, pw) for h, pw in passwords.items()]
+        conns = n
+        say(f"broker logins created live for {n} load devices: one connection each")
     total = int(rate * seconds)
     # Sign everything first, for timestamps in the future: signing must not slow the pacer.
     probe = time.perf_counter()
@@ -351,17 +363,8 @@ async def run_load(
         raise RuntimeError("signing took longer than planned: the timestamps would inflate the latency")
 
     async with contextlib.AsyncExitStack() as stack:
-        sub = await stack.enter_async_context(
-            aiomqtt.Client(
-                broker.host,
-                broker.port,
-                identifier=unique_client_id("sim-ack"),
-                **(broker.login.client_kwargs() if broker.login else {}),
-            )
-        )
-        await sub.subscribe("depin/v1/+/ack", qos=0)
 
-        async def listen() -> None:
+        async def listen(sub: aiomqtt.Client) -> None:
             async for message in sub.messages:
                 at = time.time_ns() / 1e6
                 dev_hex = str(message.topic).split("/")[2]
@@ -373,14 +376,37 @@ async def run_load(
                     if outcome in ("accepted", "flagged"):
                         committed.setdefault((dev_hex, int(seq)), at)
 
-        listener = asyncio.create_task(listen())
-        stack.callback(listener.cancel)
-        clients = [
-            await stack.enter_async_context(
-                connected_publisher(broker.host, broker.port, login=broker.login, inflight=1000)
+        subs: list[aiomqtt.Client] = []
+        if logins:  # device i's connection is clients[i]; it reads its own acks
+            clients = [
+                await stack.enter_async_context(
+                    connected_publisher(broker.host, broker.port, login=login, inflight=100)
+                )
+                for login in logins
+            ]
+            for client, d in zip(clients, fleet, strict=True):
+                await client.subscribe(f"depin/v1/{d.identity.hex_id}/ack", qos=0)
+            subs = clients
+        else:
+            sub = await stack.enter_async_context(
+                aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=unique_client_id("sim-ack"),
+                    **(broker.login.client_kwargs() if broker.login else {}),
+                )
             )
-            for _ in range(conns)
-        ]
+            await sub.subscribe("depin/v1/+/ack", qos=0)
+            subs = [sub]
+            clients = [
+                await stack.enter_async_context(
+                    connected_publisher(broker.host, broker.port, login=broker.login, inflight=1000)
+                )
+                for _ in range(conns)
+            ]
+        for sub in subs:
+            listener = asyncio.create_task(listen(sub))
+            stack.callback(listener.cancel)
         pending: set[asyncio.Task[None]] = set()
         errors: list[BaseException] = []
 

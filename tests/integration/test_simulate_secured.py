@@ -57,6 +57,7 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
     creds_dir = tmp_path / "creds"
     async with secured_mosquitto(tmp_path / "broker", p.files()) as broker:
         env = service_env(broker, p, pg_dsn, anvil_url, tmp_path / "deployment.json")
+        env["DEPIN_ACK_FEEDBACK"] = "true"  # the load run's latencies
         proc = ConsumerProcess(env, tmp_path / "depin-run.log", parts="consume,follow,api")
         sim_env = {**env, "DEPIN_OPERATOR_KEY_FILE": str(operator_key)}
         del sim_env["DEPIN_MQTT_USERNAME"], sim_env["DEPIN_MQTT_PASSWORD_FILE"]  # no shared login
@@ -137,6 +138,38 @@ async def test_simulate_mixed_registers_logs_in_and_reconciles_on_the_secured_br
                 seqs, _, _ = await _stored(pg_dsn, dev)
                 new = [s for s in seqs if s not in first[dev]]
                 assert new and min(new) > max(first[dev]), (dev, first[dev], new)
+
+            # Load on the secured broker: every load device registered, given a login live and a
+            # connection of its own (reading its own …/ack), all packets committed and reconciled.
+            await asyncio.sleep(5.5)
+            load_file = tmp_path / "load.json"
+            load = await asyncio.to_thread(
+                depin_cli,
+                sim_env,
+                "simulate",
+                "--scenario",
+                "load",
+                "--rate",
+                "40",
+                "--seconds",
+                "2",
+                "--register",
+                "--broker-admin-user",
+                "depin-admin",
+                "--broker-admin-password-file",
+                admin_pass,
+                "--ledger",
+                load_file,
+                timeout=180,
+            )
+            assert load.returncode == 0, load.stdout + load.stderr + proc.log_tail(40)
+            assert "broker logins created live for 50 load devices" in load.stdout + load.stderr
+            report = json.loads(next(line for line in load.stdout.splitlines() if line.startswith("{")))
+            assert report["sent"] == 80 and report["committed"] == 80, report
+            rec = await asyncio.to_thread(
+                depin_cli, sim_env, "simulate", "reconcile", load_file, "--wait", "20"
+            )
+            assert rec.returncode == 0, rec.stdout + rec.stderr + "\n" + proc.log_tail(40)
             assert await proc.stop() == 0, proc.log_tail()
         finally:
             proc.kill()
