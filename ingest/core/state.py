@@ -71,6 +71,8 @@ def encode(st: DeviceState) -> bytes:
             None if fix is None else [fix.ts_ms, fix.lat, fix.lon],
             {k: [r.value, r.since_ms, r.last_ms] for k, r in t.runs.items()},
             t.trust_memo,
+            [[ts, int(ok), after] for ts, ok, after in b.recent],
+            None if b.base is None else list(b.base),
         ]
     )
 
@@ -79,9 +81,20 @@ def decode(raw: bytes | None) -> DeviceState:
     """The state `encode` wrote; empty or None (a row just created) is a new device's state."""
     if not raw:
         return DeviceState()
-    tokens, clock_ms, top_seq, admitted, limited, fix, runs, memo = orjson.loads(raw)
+    tokens, clock_ms, top_seq, admitted, limited, fix, runs, memo, *bucket_order = orjson.loads(raw)
+    # Rows written before the bucket kept its decisions in order (8 fields) have none: `base` is then
+    # taken from tokens and clock at the next packet.
+    recent, base = bucket_order or ([], None)
     return DeviceState(
-        TokenBucket(tokens, clock_ms, top_seq, int(admitted, 16), int(limited, 16)),
+        TokenBucket(
+            tokens,
+            clock_ms,
+            top_seq,
+            int(admitted, 16),
+            int(limited, 16),
+            [(ts, bool(ok), after) for ts, ok, after in recent],
+            None if base is None else (base[0], base[1]),
+        ),
         Track(
             None if fix is None else Fix(*fix),
             {k: Run(*r) for k, r in runs.items()},

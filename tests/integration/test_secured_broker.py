@@ -295,7 +295,10 @@ async def test_two_workers_with_their_own_accounts_and_no_session_takeover(
             async def all_stored() -> bool:
                 return (await table_counts(pg_dsn)).packets >= 120
 
-            await wait_for(all_stored, 30, "120 packets stored")
+            try:
+                await wait_for(all_stored, 30, "120 packets stored")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {await table_counts(pg_dsn)}") from None
             counts = await table_counts(pg_dsn)
             assert counts.packets == 120 and counts.rejections == {}
             samples = [await w.metrics() for w in workers]

@@ -356,3 +356,15 @@ def test_device_state_encoding_round_trips() -> None:
         assert device_state.decode(device_state.encode(s)) == s
     assert device_state.decode(b"") == device_state.DeviceState()
     assert device_state.decode(None) == device_state.DeviceState()
+
+
+def test_a_state_row_from_before_the_ordered_bucket_still_decodes() -> None:
+    """Rows written by migration 023's first code have 8 fields: the bucket goes on from its tokens and
+    clock (the packets before stay decided by seq)."""
+    old = b'[0.5,1000,7,"7f","0",null,{},null]'
+    s = device_state.decode(old)
+    assert (s.bucket.tokens, s.bucket.clock_ms, s.bucket.recent, s.bucket.base) == (0.5, 1000, [], None)
+    assert s.bucket.admit(7, 1000, RateLimit())  # decided before: repeated
+    assert not s.bucket.admit(8, 1000, RateLimit())  # half a token left
+    assert s.bucket.admit(9, 3000, RateLimit()) and s.bucket.base == (0.5, 1000)
+    assert device_state.decode(device_state.encode(s)) == s

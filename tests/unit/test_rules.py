@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import h3
 import pytest
@@ -106,13 +107,57 @@ def test_seqs_beyond_the_window_are_charged_and_huge_jumps_are_cheap() -> None:
     assert b.admitted.bit_length() <= 4 and b.limited.bit_length() <= 4
 
 
-def test_the_bucket_clock_never_runs_backwards() -> None:
+def test_an_older_packet_is_judged_as_if_it_had_come_in_order() -> None:
+    """N workers may judge a device's packets out of device-time order: a packet 50 s older than the
+    20 the bucket just took is what an in-order bucket admits (one packet, then 50 s of refill)."""
     b = TokenBucket()
-    for seq in range(1, 21):
-        b.admit(seq, T0, RL)
-    assert not b.admit(21, T0 - 50_000, RL)  # an older packet brings no tokens
-    assert b.clock_ms == T0
-    assert b.admit(22, T0 + 1000, RL)
+    assert all(b.admit(seq, T0, RL) for seq in range(1, 21))
+    assert b.admit(21, T0 - 50_000, RL)
+    assert b.tokens == 0.0 and b.clock_ms == T0
+    assert not b.admit(22, T0, RL)  # as in order: 20 at T0 after the refill, the 21st limited
+    assert b.admit(23, T0 + 1000, RL)
+
+
+@given(st.permutations(range(32)))
+def test_an_honest_stream_passes_in_any_order(order: list[int]) -> None:
+    b = TokenBucket()
+    assert all(b.admit(i + 1, T0 + i * 1000, RL) for i in order)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [*range(30, 60), *range(30)],  # the second half's batch judged first
+        [*range(1, 60, 2), *range(0, 60, 2)],  # round robin over two workers, the odd ones first
+    ],
+)
+def test_a_backlog_split_over_two_workers_passes(order: list[int]) -> None:
+    b = TokenBucket()
+    assert all(b.admit(i + 1, T0 + i * 1000, RL) for i in order)
+
+
+def test_walking_back_in_time_buys_nothing() -> None:
+    """A device claiming ever older times after spending its burst: each older packet would overdraw
+    the packets already admitted after it, so none passes; new time refills as usual."""
+    b = TokenBucket()
+    assert all(b.admit(seq, T0, RL) for seq in range(1, 21))
+    assert not any(b.admit(21 + k, T0 - 1 - k, RL) for k in range(300))
+    assert b.admit(1000, T0 + 1000, RL) and not b.admit(1001, T0 + 1000, RL)
+
+
+@given(st.permutations(range(60)))
+@settings(max_examples=50)
+def test_a_flood_gets_its_burst_in_any_order(order: list[int]) -> None:
+    b = TokenBucket()
+    assert sum(b.admit(i + 1, T0 + i, RL) for i in order) == 20  # 60 packets in 60 ms
+
+
+def test_a_flood_in_any_order_gets_no_more_than_in_order() -> None:
+    times = [T0 + i * 100 for i in range(1000)]  # 10 packets/s for 100 s
+    in_order = TokenBucket()
+    admitted = sum(in_order.admit(i + 1, t, RL) for i, t in enumerate(times))
+    shuffled, order = TokenBucket(), random.Random(3).sample(range(1000), 1000)
+    assert sum(shuffled.admit(i + 1, times[i], RL) for i in order) <= admitted
 
 
 def _packet(*ts: int) -> Packet:
