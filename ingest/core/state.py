@@ -6,10 +6,11 @@ device evicted (or a process restarted) starts again with a full bucket and no h
 at most one burst and one unchecked first reading — never a wrong flag. (Media reuse needs every hash
 ever stored: the store decides it, see `ingest/core/media.py`.)
 
-Memory (tracemalloc, CPython 3.11: a weather track with 5 value runs, a bucket whose seq window is
-full): ~1.0 KB per device, so the default cap bounds the state near 100 MB however many devices
-arrive. With N consumers on a shared subscription each keeps its own state and sees about 1/N of each
-device's packets: checks still hold pairwise (no false flags), but the effective rate limit is N × the
+Memory (tracemalloc, CPython 3.11): ~1.0 KB per device for a weather track with 5 value runs and a
+full seq window, plus ~3.9 KB for the bucket's 32 ordered decisions (ingest/core/ratelimit.py), so the
+default cap of 20,000 devices bounds the state near 100 MB however many devices arrive. With N
+consumers on a shared subscription each keeps its own state and sees about 1/N of each device's
+packets: checks still hold pairwise (no false flags), but the effective rate limit is N × the
 configured one, and a teleport or jump between two packets that went to different workers is missed.
 So `depin run` keeps no state between batches (`Consumer(shared_state=True)`): each
 batch's transaction locks the state rows of its devices (table `device_state`, migration 023), judges
@@ -35,7 +36,7 @@ class DeviceState:
 
 
 class PipelineState:
-    def __init__(self, max_devices: int = 100_000) -> None:
+    def __init__(self, max_devices: int = 20_000) -> None:
         if max_devices < 1:
             raise ValueError("the device cap must be >= 1")
         self.max_devices = max_devices
