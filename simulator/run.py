@@ -333,6 +333,7 @@ async def run_load(
             await wait_mirrored(dsn, [d.device_id for d in fleet])
     logins: list[BrokerLogin] = []
     if provision is not None:
+        _enough_descriptors(n + 64)  # a connection per device, and some for everything else
         passwords = {d.identity.hex_id: secrets.token_urlsafe(24) for d in fleet}
         await provision(passwords)
         logins = [BrokerLogin(h, pw) for h, pw in passwords.items()]
@@ -443,6 +444,20 @@ async def run_load(
         ledger.sent = total
         ledger.save(ledger_path)
     return LoadReport(rate, total, elapsed, len(latencies), tuple(latencies))
+
+
+def _enough_descriptors(needed: int) -> None:
+    """Raise the soft open-files limit to `needed` (up to the hard limit), or say what to raise."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ValueError(
+                f"{needed} open files needed (a connection per load device) but the hard limit is {hard}: "
+                "lower --rate or raise `ulimit -Hn`"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def topic_of(device_hex: str) -> str:

@@ -359,3 +359,20 @@ def test_air_stations_follow_the_day() -> None:
 
     assert mean(8, "pm25_ugm3") > mean(3, "pm25_ugm3") * 1.3
     assert mean(4, "co2_ppm") > mean(16, "co2_ppm") + 30
+
+
+def test_a_secured_load_run_raises_the_open_files_limit_or_says_what_to_raise() -> None:
+    import resource
+
+    from simulator.run import _enough_descriptors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        _enough_descriptors(300)  # a connection per load device: raised up to the hard limit
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 300
+        if hard != resource.RLIM_INFINITY:
+            with pytest.raises(ValueError, match=r"hard limit is \d+: lower --rate"):
+                _enough_descriptors(hard + 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
