@@ -30,11 +30,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from devices.protocol.model import Packet
 
 # A new device's bucket is full before its first packet, whenever that is.
 _NEVER = -(2**62)
+_time = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,9 @@ class TokenBucket:
         if self.base is None:  # a new device, or a state kept before `recent` existed
             self.base = (limit.burst, _NEVER) if self.tokens is None else (self.tokens, self.clock_ms)
         base_ms = self.base[1]
-        i = bisect_right(self.recent, at_ms, key=lambda d: d[0])
+        recent = self.recent
+        # In order (the usual case) the packet goes last: no search.
+        i = len(recent) if not recent or at_ms >= recent[-1][0] else bisect_right(recent, at_ms, key=_time)
         tokens, clock = (self.recent[i - 1][2], max(base_ms, self.recent[i - 1][0])) if i else self.base
         replayed = self._replay(at_ms, None, self.recent[i:], tokens, clock, limit)
         ok = replayed[0][1]
